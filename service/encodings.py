@@ -1,0 +1,414 @@
+"""Label encodings: detect them, check them, convert them. Validation happens here, once.
+
+The encoding of ``y_true`` is decided by its shape against ``y_pred`` first,
+then by its values (the names are fixed; see the README):
+
+``sparse``
+    ``y_true`` has one dimension less than ``y_pred`` (or a class axis of
+    size 1 where ``y_pred``'s is ``C > 1``): integer class indices in ``[0, C)``.
+``binary``
+    ``y_pred``'s class axis has size 1, or both are 1-D of one length: targets in ``[0, 1]``.
+``one_hot``
+    same shape, ``C > 1``, every row a single 1 and zeros elsewhere.
+``multi_hot``
+    same shape, 0/1 values, any other count of ones per row (all-zero rows included).
+``soft``
+    same shape, values in ``[0, 1]`` that are not all 0 or 1.
+
+:func:`prepare` checks, in this order, and raises :class:`InvalidInput` at
+the first problem: empty arrays; non-finite values; the class axis; shapes;
+label values for the detected encoding; a stated encoding against the
+values; ``sample_weight``. Loss- and metric-specific checks (does the
+encoding fit the loss, can the predictions be probabilities, are sparse
+labels in range) are the other functions of this module, called by the
+registry after :func:`prepare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import InvalidInput, invalid
+
+Encoding = Literal["sparse", "binary", "one_hot", "multi_hot", "soft"]
+ENCODINGS: tuple[Encoding, ...] = ("sparse", "binary", "one_hot", "multi_hot", "soft")
+DENSE: frozenset[Encoding] = frozenset({"one_hot", "multi_hot", "soft"})
+ComputeDtype = Literal["float32", "float64"]
+
+#: The loss that fits each encoding, named in errors and warnings.
+FITTING_LOSS: dict[Encoding, str] = {
+    "sparse": "sparse_categorical_crossentropy",
+    "one_hot": "categorical_crossentropy",
+    "soft": "categorical_crossentropy",
+    "multi_hot": "binary_crossentropy",
+    "binary": "binary_crossentropy",
+}
+
+Floats = NDArray[np.floating]
+Indices = NDArray[np.int64]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _first(mask: NDArray[np.bool_]) -> tuple[int, ...]:
+    """Index of the first True in ``mask`` (which has at least one)."""
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
+
+
+def _at(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in index) + "]"
+
+
+@dataclass
+class Batch:
+    """A validated batch, classes on the last axis and samples flattened to rows.
+
+    ``y_pred`` is ``(rows, classes)`` in the compute dtype; for sparse labels
+    ``labels`` holds ``(rows,)`` integer indices and ``dense`` is None; for the
+    other encodings ``dense`` holds ``(rows, classes)`` targets (one-hot labels
+    also get their ``labels``, so the sparse loss and metrics can use them).
+    Per-sample results have ``sample_shape`` (``y_pred``'s shape without its
+    class axis); ``sample_weight`` already broadcasts to it.
+    """
+
+    encoding: Encoding
+    y_pred: Floats
+    labels: Indices | None
+    dense: Floats | None
+    sample_shape: tuple[int, ...]
+    n_classes: int
+    sample_weight: Floats | None
+    stated: bool = False
+    _row_sums: Floats | None = field(default=None, repr=False)
+
+    @property
+    def n_samples(self) -> int:
+        return self.sample_shape[0] if self.sample_shape else 1
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.y_pred.shape[0])
+
+    def row_sums(self) -> Floats:
+        """Each row's sum of predictions (computed once, used by several checks)."""
+        if self._row_sums is None:
+            self._row_sums = self.y_pred.sum(axis=1, dtype=np.float64)
+        return self._row_sums
+
+    def reshape(self, per_row: NDArray[np.generic]) -> NDArray[np.generic]:
+        """Per-row results back to ``sample_shape``."""
+        return per_row.reshape(self.sample_shape)
+
+
+def _check_not_empty(name: str, a: NDArray[np.generic]) -> None:
+    if a.size == 0:
+        raise invalid(
+            (name,),
+            f"`{name}` is empty: expected at least one sample, received shape {_shape(a.shape)}.",
+        )
+
+
+def _check_finite(name: str, a: NDArray[np.generic]) -> None:
+    if a.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        where = _first(bad)
+        raise invalid(
+            (name, *where),
+            f"`{name}` has {int(bad.sum())} non-finite value(s) (NaN or infinity), the first "
+            f"{a[where]!r} at index {_at(where)}: expected finite numbers.",
+        )
+
+
+def _normalize_axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise invalid(
+            ("axis",),
+            f"`axis` is out of range: expected an integer in [{-ndim}, {ndim - 1}] for `y_pred` "
+            f"with {ndim} dimension(s), received axis={axis}.",
+        )
+    return axis % ndim
+
+
+def _shape_error(y_true: NDArray[np.generic], y_pred: NDArray[np.generic], ax: int) -> InvalidInput:
+    without = y_pred.shape[:ax] + y_pred.shape[ax + 1 :]
+    return invalid(
+        ("y_true",),
+        f"`y_true` does not match `y_pred`: expected shape {_shape(y_pred.shape)} (one-hot, "
+        f"multi-hot, soft or binary targets) or {_shape(without)} (integer class indices) "
+        f"for `y_pred` of shape {_shape(y_pred.shape)} with classes on axis {ax}, received "
+        f"{_shape(y_true.shape)}.",
+    )
+
+
+def _shape_class(
+    y_true: NDArray[np.generic], y_pred: NDArray[np.generic], ax: int
+) -> tuple[Literal["sparse", "binary", "dense"], NDArray[np.generic]]:
+    """Which family the shapes say, with ``y_true`` reshaped to match it."""
+    pred, true = y_pred.shape, y_true.shape
+    without = pred[:ax] + pred[ax + 1 :]
+    kept = pred[:ax] + (1,) + pred[ax + 1 :]
+    if pred[ax] == 1 or y_pred.ndim == 1:
+        if y_pred.ndim == 1 and true in (pred, (*pred, 1)):
+            return "binary", y_true.reshape(pred)
+        if true == pred:
+            return "binary", y_true
+        if true == without:
+            return "binary", y_true.reshape(pred)
+        raise _shape_error(y_true, y_pred, ax)
+    if true == without:
+        return "sparse", y_true
+    if true == kept:
+        return "sparse", y_true.reshape(without)
+    if true == pred:
+        return "dense", y_true
+    raise _shape_error(y_true, y_pred, ax)
+
+
+def _check_unit_interval(y: NDArray[np.generic], what: str) -> None:
+    bad = (y < 0) | (y > 1)
+    if bad.any():
+        where = _first(bad)
+        hint = ""
+        if y.dtype.kind in "iub" or np.all(y == np.floor(y)):
+            hint = (
+                " Integer class indices go in `y_true` with one dimension less than `y_pred`"
+                " (shape (n,) for `y_pred` of shape (n, C))."
+            )
+        raise invalid(
+            ("y_true", *where),
+            f"`y_true` holds {what}, which must lie in [0, 1]: received {y[where]!r} at index "
+            f"{_at(where)}.{hint}",
+        )
+
+
+def _dense_encoding(d: Floats) -> Encoding:
+    """one_hot, multi_hot or soft, from the values of ``(rows, C)`` targets in [0, 1]."""
+    binary_valued = bool(np.all((d == 0) | (d == 1)))
+    if not binary_valued:
+        return "soft"
+    return "one_hot" if bool(np.all(d.sum(axis=1) == 1)) else "multi_hot"
+
+
+def _check_integer_labels(y: NDArray[np.generic]) -> Indices:
+    if y.dtype.kind == "f":
+        bad = y != np.floor(y)
+        if bad.any():
+            where = _first(bad)
+            raise invalid(
+                ("y_true", *where),
+                f"`y_true` has one dimension less than `y_pred`, so it holds integer class "
+                f"indices: received {y[where]!r} at index {_at(where)}. Soft targets go in "
+                "`y_true` of `y_pred`'s shape.",
+            )
+    return y.astype(np.int64, copy=False).reshape(-1)
+
+
+def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) -> Encoding:
+    if stated == detected:
+        return stated
+    if dense is not None and stated in DENSE:
+        ok = {
+            # a multi-label batch whose rows happen to hold one positive each
+            "multi_hot": detected == "one_hot",
+            # one-hot rows are a special case of soft targets
+            "soft": detected in ("one_hot", "multi_hot"),
+            "one_hot": False,
+        }[stated]
+        if ok:
+            return stated
+        if stated == "one_hot":
+            sums = dense.sum(axis=1)
+            bad = sums != 1 if detected == "multi_hot" else ~np.all((dense == 0) | (dense == 1), 1)
+            row = int(np.argmax(bad))
+            raise invalid(
+                ("label_encoding",),
+                f"`label_encoding` is 'one_hot', which expects every row of `y_true` to hold a "
+                f"single 1 and zeros elsewhere; row {row} does not (its values sum to "
+                f"{float(sums[row]):g}): these labels are {detected}.",
+            )
+    raise invalid(
+        ("label_encoding",),
+        f"`label_encoding` is '{stated}', but `y_true` against `y_pred` is {detected}: "
+        + {
+            "sparse": "sparse labels are integer class indices with one dimension less than "
+            "`y_pred`.",
+            "binary": "binary targets go with a `y_pred` whose class axis has size 1, or with a "
+            "1-D `y_pred`; several labels per row are 'multi_hot'.",
+        }.get(stated, "one-hot, multi-hot and soft targets have `y_pred`'s shape.")
+        + " Leave `label_encoding` out to have it detected.",
+    )
+
+
+def align_sample_weight(sample_weight: NDArray[np.generic], target: tuple[int, ...]) -> Floats:
+    """``sample_weight`` shaped to broadcast against per-sample values of shape ``target``.
+
+    As Keras does, a trailing axis of size 1 is squeezed; weights with fewer
+    dimensions apply to the leading (batch) axes.
+    """
+    w = sample_weight
+    if w.ndim == len(target) + 1 and w.shape[-1] == 1:
+        w = w.reshape(w.shape[:-1])
+    if w.ndim < len(target):
+        w = w.reshape(w.shape + (1,) * (len(target) - w.ndim))
+    fits = w.ndim == len(target) and all(a in (1, b) for a, b in zip(w.shape, target, strict=True))
+    if not fits:
+        raise invalid(
+            ("sample_weight",),
+            f"`sample_weight` does not fit the batch: expected shape {_shape(target[:1])} (one "
+            f"weight per sample) or {_shape(target)} (one per loss value), received "
+            f"{_shape(sample_weight.shape)}.",
+        )
+    negative = w < 0
+    if negative.any():
+        where = _first(negative)
+        raise invalid(
+            ("sample_weight", *where),
+            f"`sample_weight` must be non-negative: received {w[where]!r} at index {_at(where)}.",
+        )
+    return w.astype(np.float64, copy=False)
+
+
+def prepare(
+    y_true: NDArray[np.generic],
+    y_pred: NDArray[np.generic],
+    *,
+    sample_weight: NDArray[np.generic] | None = None,
+    axis: int = -1,
+    label_encoding: Encoding | None = None,
+    dtype: ComputeDtype = "float32",
+) -> Batch:
+    """Validate a batch and bring it to the kernels' layout (see the module docstring)."""
+    for name, a in (("y_true", y_true), ("y_pred", y_pred)):
+        _check_not_empty(name, a)
+    if y_true.ndim == 0:
+        raise invalid(
+            ("y_true",), "`y_true` is a single number: expected a batch (an array of samples)."
+        )
+    if sample_weight is not None:
+        _check_not_empty("sample_weight", sample_weight)
+    for name, a in (("y_true", y_true), ("y_pred", y_pred), ("sample_weight", sample_weight)):
+        if a is not None:
+            _check_finite(name, a)
+    ax = _normalize_axis(axis, y_pred.ndim)
+    family, y_true = _shape_class(y_true, y_pred, ax)
+
+    pred = np.moveaxis(y_pred, ax, -1)
+    sample_shape = tuple(int(d) for d in pred.shape[:-1]) or (1,)
+    n_classes = int(pred.shape[-1])
+    rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
+    rows = np.ascontiguousarray(rows)
+
+    labels: Indices | None = None
+    dense: Floats | None = None
+    encoding: Encoding
+    if family == "sparse":
+        labels = _check_integer_labels(y_true)
+        encoding = "sparse"
+    else:
+        _check_unit_interval(
+            y_true, "binary targets" if family == "binary" else "one-hot, multi-hot or soft targets"
+        )
+        targets = np.moveaxis(y_true, ax, -1).reshape(-1, n_classes)
+        dense = np.ascontiguousarray(targets)
+        encoding = "binary" if family == "binary" else _dense_encoding(dense)
+        if encoding == "one_hot":
+            labels = dense.argmax(axis=1).astype(np.int64)
+    stated = label_encoding is not None
+    if label_encoding is not None:
+        encoding = _check_stated(label_encoding, encoding, dense)
+        if encoding not in ("sparse", "one_hot"):
+            labels = None  # stated multi-hot or soft rows are not class indices
+    weights = None
+    if sample_weight is not None:
+        weights = align_sample_weight(sample_weight, sample_shape)
+    return Batch(encoding, rows, labels, dense, sample_shape, n_classes, weights, stated)
+
+
+# ---- checks that depend on the loss or metric -------------------------------------------
+
+
+def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
+    """Sparse labels must be class indices in ``[0, C)`` (or ``ignore_class``)."""
+    labels = batch.labels
+    if labels is None or batch.encoding != "sparse":
+        return
+    bad = (labels < 0) | (labels >= batch.n_classes)
+    if ignore_class is not None:
+        bad &= labels != ignore_class
+    if bad.any():
+        i = int(np.argmax(bad))
+        where = np.unravel_index(i, batch.sample_shape)
+        allowed = "" if ignore_class is None else f" or ignore_class={ignore_class}"
+        raise invalid(
+            ("y_true", *(int(j) for j in where)),
+            f"`y_true` has {int(bad.sum())} label(s) outside the classes of `y_pred`: expected "
+            f"integers in [0, {batch.n_classes - 1}]{allowed}, received {int(labels[i])} at "
+            f"index {_at(tuple(int(j) for j in where))}.",
+        )
+
+
+def check_probabilities(batch: Batch, *, binary: bool, loss: str) -> None:
+    """With ``from_logits`` false, predictions must be able to be probabilities."""
+    p = batch.y_pred
+    bad = (p < 0) | (p > 1) if binary else p < 0
+    if bad.any():
+        row, col = _first(bad)
+        expected = "in [0, 1]" if binary else "non-negative"
+        raise invalid(
+            ("y_pred",),
+            f"`y_pred` cannot be probabilities for {loss}: expected values {expected} with "
+            f"`from_logits` false, received {float(p[row, col])!r} (sample row {row}, class "
+            f"{col}). If these are logits (raw scores), send `from_logits: true`.",
+        )
+    if not binary:
+        zero = batch.row_sums() == 0
+        if zero.any():
+            row = int(np.argmax(zero))
+            raise invalid(
+                ("y_pred",),
+                f"`y_pred` row {row} sums to 0, so it cannot be renormalized to probabilities "
+                f"for {loss}: expected each row to hold a probability distribution.",
+            )
+
+
+def check_fits_loss(batch: Batch, *, loss: str, family: Literal["categorical", "sparse", "binary"]) -> None:
+    """Can ``loss`` (of ``family``) be computed on this batch's labels?"""
+    enc = batch.encoding
+    fits = FITTING_LOSS[enc]
+    if family == "binary" and enc == "sparse":
+        raise invalid(
+            ("y_true",),
+            f"{loss} needs targets of `y_pred`'s shape, but `y_true` holds integer class "
+            f"indices (sparse labels): use {fits}, or send one target per output.",
+        )
+    if family != "binary" and enc == "binary":
+        raise invalid(
+            ("y_pred",),
+            f"{loss} needs at least 2 classes, but `y_pred` has a single output per sample "
+            "(binary): use binary_crossentropy for one sigmoid output.",
+        )
+    if family == "sparse" and enc not in ("sparse", "one_hot"):
+        raise invalid(
+            ("y_true",),
+            f"{loss} needs integer labels or one-hot rows, but `y_true` is {enc}: "
+            f"use {fits}.",
+        )
+
+
+def sparse_labels(batch: Batch, ignore_class: int | None) -> tuple[Indices, NDArray[np.bool_] | None]:
+    """Labels with ``ignore_class`` positions replaced by 0, and the mask of kept positions."""
+    assert batch.labels is not None
+    if ignore_class is None:
+        return batch.labels, None
+    keep = batch.labels != ignore_class
+    if keep.all():
+        return batch.labels, None
+    return np.where(keep, batch.labels, 0), keep

@@ -1,0 +1,63 @@
+"""Accuracy metrics: one match (1.0 or 0.0) per prediction, and their weighted mean.
+
+Argmax metrics take 2-D ``(rows, classes)`` predictions and return one match
+per row; threshold metrics compare element by element. Ties follow Keras:
+``argmax`` picks the first maximum, and ``in_top_k`` counts a class as in the
+top ``k`` when fewer than ``k`` classes score strictly higher than it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.kernels._blocks import for_each_block
+from service.kernels.categorical import Floats, Indices
+
+Matches = NDArray[np.float64]
+
+
+def binary_accuracy(y_true: Floats, y_pred: Floats, *, threshold: float = 0.5) -> Matches:
+    """``y_true == (y_pred > threshold)``, element by element."""
+    return np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).astype(np.float64)
+
+
+def subset_accuracy(y_true: Floats, y_pred: Floats, *, threshold: float = 0.5) -> Matches:
+    """Exact match per row of 2-D multi-label targets: every label right, or no hit."""
+    return np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).all(axis=1).astype(np.float64)
+
+
+def categorical_accuracy(labels: Indices, y_pred: Floats) -> Matches:
+    """``labels == argmax(y_pred)`` per row; for one-hot or soft targets pass their argmax."""
+    return np.equal(labels, y_pred.argmax(axis=1)).astype(np.float64)
+
+
+def top_k_accuracy(labels: Indices, y_pred: Floats, *, k: int = 5) -> Matches:
+    """1.0 where the true class is among the ``k`` highest scores of its row.
+
+    A hit is "fewer than ``k`` classes score strictly higher": tied classes at
+    the boundary all count as in the top ``k``, as TensorFlow's ``in_top_k``.
+    """
+    n, c = y_pred.shape
+    out = np.empty(n, dtype=np.float64)
+
+    def work(rows: slice) -> None:
+        scores = y_pred[rows]
+        target = np.take_along_axis(scores, labels[rows, None], axis=1)
+        higher = np.count_nonzero(scores > target, axis=1)
+        out[rows] = higher < k
+
+    for_each_block(n, c, work)
+    return out
+
+
+def weighted_mean(values: Matches, sample_weight: Floats | None = None) -> float:
+    """Mean of ``values``, or ``Σ v w / Σ w`` with weights broadcast to ``values``.
+
+    Like Keras metrics, zero total weight gives 0.0 rather than a division by zero.
+    """
+    if sample_weight is None:
+        return float(values.mean())
+    weights = np.broadcast_to(sample_weight, values.shape).astype(np.float64)
+    total = float(weights.sum())
+    return float(np.dot(values.ravel(), weights.ravel()) / total) if total else 0.0
