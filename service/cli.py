@@ -1,4 +1,4 @@
-"""The ``loss-service`` command: ``loss-service serve [--host] [--port] [--workers] [--log-level]``."""
+"""The ``loss-service`` command: ``loss-service serve [--host --port --workers --log-level]``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP service")
-    serve.add_argument("--host", default=settings.host, help="address to bind (default %(default)s)")
+    serve.add_argument(
+        "--host", default=settings.host, help="address to bind (default %(default)s)"
+    )
     serve.add_argument("--port", type=int, default=settings.port, help="port (default %(default)s)")
     serve.add_argument(
-        "--workers", type=int, default=settings.workers, help="worker processes (default %(default)s)"
+        "--workers",
+        type=int,
+        default=settings.workers,
+        help="worker processes (default %(default)s)",
     )
     serve.add_argument(
         "--log-level",

@@ -27,7 +27,7 @@ registry after :func:`prepare`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -101,12 +101,12 @@ class Batch:
             self._row_sums = self.y_pred.sum(axis=1, dtype=np.float64)
         return self._row_sums
 
-    def reshape(self, per_row: NDArray[np.generic]) -> NDArray[np.generic]:
+    def reshape(self, per_row: NDArray[Any]) -> NDArray[Any]:
         """Per-row results back to ``sample_shape``."""
         return per_row.reshape(self.sample_shape)
 
 
-def _check_not_empty(name: str, a: NDArray[np.generic]) -> None:
+def _check_not_empty(name: str, a: NDArray[Any]) -> None:
     if a.size == 0:
         raise invalid(
             (name,),
@@ -114,7 +114,7 @@ def _check_not_empty(name: str, a: NDArray[np.generic]) -> None:
         )
 
 
-def _check_finite(name: str, a: NDArray[np.generic]) -> None:
+def _check_finite(name: str, a: NDArray[Any]) -> None:
     if a.dtype.kind != "f":
         return
     bad = ~np.isfinite(a)
@@ -123,7 +123,7 @@ def _check_finite(name: str, a: NDArray[np.generic]) -> None:
         raise invalid(
             (name, *where),
             f"`{name}` has {int(bad.sum())} non-finite value(s) (NaN or infinity), the first "
-            f"{a[where]!r} at index {_at(where)}: expected finite numbers.",
+            f"{a[where].item()!r} at index {_at(where)}: expected finite numbers.",
         )
 
 
@@ -137,7 +137,7 @@ def _normalize_axis(axis: int, ndim: int) -> int:
     return axis % ndim
 
 
-def _shape_error(y_true: NDArray[np.generic], y_pred: NDArray[np.generic], ax: int) -> InvalidInput:
+def _shape_error(y_true: NDArray[Any], y_pred: NDArray[Any], ax: int) -> InvalidInput:
     without = y_pred.shape[:ax] + y_pred.shape[ax + 1 :]
     return invalid(
         ("y_true",),
@@ -149,12 +149,12 @@ def _shape_error(y_true: NDArray[np.generic], y_pred: NDArray[np.generic], ax: i
 
 
 def _shape_class(
-    y_true: NDArray[np.generic], y_pred: NDArray[np.generic], ax: int
-) -> tuple[Literal["sparse", "binary", "dense"], NDArray[np.generic]]:
+    y_true: NDArray[Any], y_pred: NDArray[Any], ax: int
+) -> tuple[Literal["sparse", "binary", "dense"], NDArray[Any]]:
     """Which family the shapes say, with ``y_true`` reshaped to match it."""
     pred, true = y_pred.shape, y_true.shape
     without = pred[:ax] + pred[ax + 1 :]
-    kept = pred[:ax] + (1,) + pred[ax + 1 :]
+    kept = (*pred[:ax], 1, *pred[ax + 1 :])
     if pred[ax] == 1 or y_pred.ndim == 1:
         if y_pred.ndim == 1 and true in (pred, (*pred, 1)):
             return "binary", y_true.reshape(pred)
@@ -172,7 +172,7 @@ def _shape_class(
     raise _shape_error(y_true, y_pred, ax)
 
 
-def _check_unit_interval(y: NDArray[np.generic], what: str) -> None:
+def _check_unit_interval(y: NDArray[Any], what: str) -> None:
     bad = (y < 0) | (y > 1)
     if bad.any():
         where = _first(bad)
@@ -184,8 +184,8 @@ def _check_unit_interval(y: NDArray[np.generic], what: str) -> None:
             )
         raise invalid(
             ("y_true", *where),
-            f"`y_true` holds {what}, which must lie in [0, 1]: received {y[where]!r} at index "
-            f"{_at(where)}.{hint}",
+            f"`y_true` holds {what}, which must lie in [0, 1]: received {y[where].item()!r} at "
+            f"index {_at(where)}.{hint}",
         )
 
 
@@ -197,7 +197,7 @@ def _dense_encoding(d: Floats) -> Encoding:
     return "one_hot" if bool(np.all(d.sum(axis=1) == 1)) else "multi_hot"
 
 
-def _check_integer_labels(y: NDArray[np.generic]) -> Indices:
+def _check_integer_labels(y: NDArray[Any], n_classes: int) -> Indices:
     if y.dtype.kind == "f":
         bad = y != np.floor(y)
         if bad.any():
@@ -205,8 +205,17 @@ def _check_integer_labels(y: NDArray[np.generic]) -> Indices:
             raise invalid(
                 ("y_true", *where),
                 f"`y_true` has one dimension less than `y_pred`, so it holds integer class "
-                f"indices: received {y[where]!r} at index {_at(where)}. Soft targets go in "
+                f"indices: received {y[where].item()!r} at index {_at(where)}. Soft targets go in "
                 "`y_true` of `y_pred`'s shape.",
+            )
+        # beyond int64, the cast below would wrap (and warn): such labels are out of range anyway
+        huge = np.abs(y) >= 2.0**62
+        if huge.any():
+            where = _first(huge)
+            raise invalid(
+                ("y_true", *where),
+                f"`y_true` has a label outside the classes of `y_pred`: expected integers in "
+                f"[0, {n_classes - 1}], received {y[where].item()!r} at index {_at(where)}.",
             )
     return y.astype(np.int64, copy=False).reshape(-1)
 
@@ -247,7 +256,7 @@ def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) ->
     )
 
 
-def align_sample_weight(sample_weight: NDArray[np.generic], target: tuple[int, ...]) -> Floats:
+def align_sample_weight(sample_weight: NDArray[Any], target: tuple[int, ...]) -> Floats:
     """``sample_weight`` shaped to broadcast against per-sample values of shape ``target``.
 
     As Keras does, a trailing axis of size 1 is squeezed; weights with fewer
@@ -271,16 +280,17 @@ def align_sample_weight(sample_weight: NDArray[np.generic], target: tuple[int, .
         where = _first(negative)
         raise invalid(
             ("sample_weight", *where),
-            f"`sample_weight` must be non-negative: received {w[where]!r} at index {_at(where)}.",
+            f"`sample_weight` must be non-negative: received {w[where].item()!r} at index "
+            f"{_at(where)}.",
         )
     return w.astype(np.float64, copy=False)
 
 
 def prepare(
-    y_true: NDArray[np.generic],
-    y_pred: NDArray[np.generic],
+    y_true: NDArray[Any],
+    y_pred: NDArray[Any],
     *,
-    sample_weight: NDArray[np.generic] | None = None,
+    sample_weight: NDArray[Any] | None = None,
     axis: int = -1,
     label_encoding: Encoding | None = None,
     dtype: ComputeDtype = "float32",
@@ -294,13 +304,17 @@ def prepare(
         )
     if sample_weight is not None:
         _check_not_empty("sample_weight", sample_weight)
-    for name, a in (("y_true", y_true), ("y_pred", y_pred), ("sample_weight", sample_weight)):
-        if a is not None:
-            _check_finite(name, a)
+    _check_finite("y_true", y_true)
+    _check_finite("y_pred", y_pred)
+    if sample_weight is not None:
+        _check_finite("sample_weight", sample_weight)
     ax = _normalize_axis(axis, y_pred.ndim)
     family, y_true = _shape_class(y_true, y_pred, ax)
 
     pred = np.moveaxis(y_pred, ax, -1)
+    if pred.ndim == 1:
+        # 1-D binary targets: one sample each, as if shaped (n, 1) (see the API contract)
+        pred = pred[:, None]
     sample_shape = tuple(int(d) for d in pred.shape[:-1]) or (1,)
     n_classes = int(pred.shape[-1])
     rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
@@ -310,7 +324,7 @@ def prepare(
     dense: Floats | None = None
     encoding: Encoding
     if family == "sparse":
-        labels = _check_integer_labels(y_true)
+        labels = _check_integer_labels(y_true, n_classes)
         encoding = "sparse"
     else:
         _check_unit_interval(
@@ -326,7 +340,7 @@ def prepare(
         encoding = _check_stated(label_encoding, encoding, dense)
         if encoding not in ("sparse", "one_hot"):
             labels = None  # stated multi-hot or soft rows are not class indices
-    weights = None
+    weights: Floats | None = None
     if sample_weight is not None:
         weights = align_sample_weight(sample_weight, sample_shape)
     return Batch(encoding, rows, labels, dense, sample_shape, n_classes, weights, stated)
@@ -379,7 +393,9 @@ def check_probabilities(batch: Batch, *, binary: bool, loss: str) -> None:
             )
 
 
-def check_fits_loss(batch: Batch, *, loss: str, family: Literal["categorical", "sparse", "binary"]) -> None:
+def check_fits_loss(
+    batch: Batch, *, loss: str, family: Literal["categorical", "sparse", "binary"]
+) -> None:
     """Can ``loss`` (of ``family``) be computed on this batch's labels?"""
     enc = batch.encoding
     fits = FITTING_LOSS[enc]
@@ -398,12 +414,13 @@ def check_fits_loss(batch: Batch, *, loss: str, family: Literal["categorical", "
     if family == "sparse" and enc not in ("sparse", "one_hot"):
         raise invalid(
             ("y_true",),
-            f"{loss} needs integer labels or one-hot rows, but `y_true` is {enc}: "
-            f"use {fits}.",
+            f"{loss} needs integer labels or one-hot rows, but `y_true` is {enc}: use {fits}.",
         )
 
 
-def sparse_labels(batch: Batch, ignore_class: int | None) -> tuple[Indices, NDArray[np.bool_] | None]:
+def sparse_labels(
+    batch: Batch, ignore_class: int | None
+) -> tuple[Indices, NDArray[np.bool_] | None]:
     """Labels with ``ignore_class`` positions replaced by 0, and the mask of kept positions."""
     assert batch.labels is not None
     if ignore_class is None:

@@ -8,9 +8,11 @@ into one ``application/problem+json`` response (RFC 9457) in one handler::
     ├── Unauthorized                 401     Unauthorized
     ├── Forbidden                    403     Forbidden
     ├── NotFound                     404     Not found
+    ├── MethodNotAllowed             405     Method not allowed
     ├── PayloadTooLarge              413     Payload too large
     ├── UnsupportedMediaType         415     Unsupported media type
-    └── InvalidInput                 422     Invalid input
+    ├── InvalidInput                 422     Invalid input
+    └── InternalError                500     Internal error (a bug: logged, no internals shown)
 
 An error carries ``detail`` (one sentence: what was wrong, what was expected,
 what was received) and ``errors``, a list of ``FieldError`` that point at the
@@ -82,6 +84,12 @@ class NotFound(ServiceError):
     slug = "not-found"
 
 
+class MethodNotAllowed(ServiceError):
+    status = 405
+    title = "Method not allowed"
+    slug = "method-not-allowed"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     title = "Payload too large"
@@ -98,6 +106,12 @@ class InvalidInput(ServiceError):
     status = 422
     title = "Invalid input"
     slug = "invalid-input"
+
+
+class InternalError(ServiceError):
+    status = 500
+    title = "Internal error"
+    slug = "internal-error"
 
 
 def invalid(loc: Loc, msg: str) -> InvalidInput:

@@ -51,14 +51,15 @@ class Param:
         ok = {
             "bool": isinstance(value, bool),
             "float": isinstance(value, int | float) and not isinstance(value, bool),
-            "int": isinstance(value, int) and not isinstance(value, bool)
-            or isinstance(value, float) and value.is_integer(),
+            "int": (isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, float) and value.is_integer()),
             "str": isinstance(value, str),
         }[self.kind]
         if not ok:
             raise invalid(
-                loc, f"`{self.name}` has the wrong type: expected {self.expected()}, "
-                f"received {value!r}."
+                loc,
+                f"`{self.name}` has the wrong type: expected {self.expected()}, "
+                f"received {value!r}.",
             )
         if self.kind == "float":
             value = float(value)
@@ -76,12 +77,18 @@ class Param:
         high_ok = self.maximum is None or value <= self.maximum
         if not (low_ok and high_ok):
             raise invalid(
-                loc, f"`{self.name}` is out of range: expected {self.expected()}, received {value!r}."
+                loc,
+                f"`{self.name}` is out of range: expected {self.expected()}, received {value!r}.",
             )
         return value
 
     def expected(self) -> str:
-        kind = {"bool": "true or false", "float": "a number", "int": "an integer", "str": "a string"}
+        kind = {
+            "bool": "true or false",
+            "float": "a number",
+            "int": "an integer",
+            "str": "a string",
+        }
         text = kind[self.kind]
         if self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
@@ -111,46 +118,76 @@ class Param:
 
 
 FROM_LOGITS = Param(
-    "from_logits", "bool", False, "Whether `y_pred` holds logits (raw scores) rather than probabilities."
+    "from_logits",
+    "bool",
+    False,
+    "Whether `y_pred` holds logits (raw scores) rather than probabilities.",
 )
 LABEL_SMOOTHING = Param(
-    "label_smoothing", "float", 0.0,
+    "label_smoothing",
+    "float",
+    0.0,
     "Mixes targets with the uniform distribution: y (1 - s) + s / C (binary: + s / 2).",
-    minimum=0.0, maximum=1.0,
+    minimum=0.0,
+    maximum=1.0,
 )
-AXIS = Param("axis", "int", -1, "The class axis of `y_pred` (the axis a binary loss averages over).")
+AXIS = Param(
+    "axis", "int", -1, "The class axis of `y_pred` (the axis a binary loss averages over)."
+)
 REDUCTION = Param(
-    "reduction", "str", "sum_over_batch_size",
-    "How per-sample losses are reduced: `none` returns them all.", choices=kernels.REDUCTIONS,
+    "reduction",
+    "str",
+    "sum_over_batch_size",
+    "How per-sample losses are reduced: `none` returns them all.",
+    choices=kernels.REDUCTIONS,
 )
 ALPHA = Param("alpha", "float", 0.25, "Focal weighting factor.", minimum=0.0, maximum=1.0)
-GAMMA = Param("gamma", "float", 2.0, "Focusing parameter: how much easy examples are down-weighted.",
-              minimum=0.0)
+GAMMA = Param(
+    "gamma",
+    "float",
+    2.0,
+    "Focusing parameter: how much easy examples are down-weighted.",
+    minimum=0.0,
+)
 IGNORE_CLASS = Param(
-    "ignore_class", "int", None,
+    "ignore_class",
+    "int",
+    None,
     "A label value to leave out: its positions give 0 and the mean divides by the rest.",
     nullable=True,
 )
 APPLY_CLASS_BALANCING = Param(
-    "apply_class_balancing", "bool", False, "Weigh positives by `alpha` and negatives by `1 - alpha`."
+    "apply_class_balancing",
+    "bool",
+    False,
+    "Weigh positives by `alpha` and negatives by `1 - alpha`.",
 )
 THRESHOLD = Param("threshold", "float", 0.5, "A prediction above this counts as positive.")
 K = Param("k", "int", 5, "How many of the highest scores count as a hit.", minimum=1)
 METRIC_FROM_LOGITS = Param(
-    "from_logits", "bool", False,
+    "from_logits",
+    "bool",
+    False,
     "Threshold `sigmoid(y_pred)` rather than `y_pred` (argmax metrics ignore it).",
 )
 
 #: Parameters every compute request takes, on top of the loss's or metric's own.
 COMMON = (
     Param(
-        "label_encoding", "str", None,
+        "label_encoding",
+        "str",
+        None,
         "State the encoding of `y_true` instead of detecting it (it is then checked).",
-        nullable=True, choices=ENCODINGS,
+        nullable=True,
+        choices=ENCODINGS,
     ),
-    Param("dtype", "str", "float32",
-          "The compute dtype: float32 gives Keras' numbers, float64 more precision.",
-          choices=("float32", "float64")),
+    Param(
+        "dtype",
+        "str",
+        "float32",
+        "The compute dtype: float32 gives Keras' numbers, float64 more precision.",
+        choices=("float32", "float64"),
+    ),
 )
 
 Family = Literal["categorical", "sparse", "binary"]
@@ -174,44 +211,79 @@ class MetricSpec:
 LOSSES: dict[str, LossSpec] = {
     s.name: s
     for s in (
-        LossSpec("categorical_crossentropy", "categorical",
-                 (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
-                 "Cross-entropy for one-hot or soft labels (integer labels accepted too)."),
-        LossSpec("sparse_categorical_crossentropy", "sparse",
-                 (FROM_LOGITS, IGNORE_CLASS, AXIS, REDUCTION),
-                 "Cross-entropy for integer class labels (one-hot rows accepted too)."),
-        LossSpec("binary_crossentropy", "binary",
-                 (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
-                 "Cross-entropy for binary and multi-label targets, averaged over the last axis."),
-        LossSpec("categorical_focal_crossentropy", "categorical",
-                 (ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
-                 "Focal cross-entropy for one-hot or soft labels (integer labels accepted too)."),
-        LossSpec("binary_focal_crossentropy", "binary",
-                 (APPLY_CLASS_BALANCING, ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS,
-                  REDUCTION),
-                 "Focal cross-entropy for binary and multi-label targets."),
+        LossSpec(
+            "categorical_crossentropy",
+            "categorical",
+            (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
+            "Cross-entropy for one-hot or soft labels (integer labels accepted too).",
+        ),
+        LossSpec(
+            "sparse_categorical_crossentropy",
+            "sparse",
+            (FROM_LOGITS, IGNORE_CLASS, AXIS, REDUCTION),
+            "Cross-entropy for integer class labels (one-hot rows accepted too).",
+        ),
+        LossSpec(
+            "binary_crossentropy",
+            "binary",
+            (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
+            "Cross-entropy for binary and multi-label targets, averaged over the last axis.",
+        ),
+        LossSpec(
+            "categorical_focal_crossentropy",
+            "categorical",
+            (ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
+            "Focal cross-entropy for one-hot or soft labels (integer labels accepted too).",
+        ),
+        LossSpec(
+            "binary_focal_crossentropy",
+            "binary",
+            (APPLY_CLASS_BALANCING, ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
+            "Focal cross-entropy for binary and multi-label targets.",
+        ),
     )
 }
 
 METRICS: dict[str, MetricSpec] = {
     s.name: s
     for s in (
-        MetricSpec("binary_accuracy", (THRESHOLD, METRIC_FROM_LOGITS),
-                   "Share of targets matched by `y_pred > threshold`, element by element."),
-        MetricSpec("categorical_accuracy", (),
-                   "Share of samples whose argmax matches the label's (first maximum wins ties)."),
-        MetricSpec("sparse_categorical_accuracy", (),
-                   "Share of samples whose argmax equals the integer label."),
-        MetricSpec("top_k_categorical_accuracy", (K,),
-                   "Share of samples whose true class is among the k highest scores."),
-        MetricSpec("sparse_top_k_categorical_accuracy", (K,),
-                   "Share of samples whose integer label is among the k highest scores."),
-        MetricSpec("subset_accuracy", (THRESHOLD, METRIC_FROM_LOGITS),
-                   "Share of samples whose every label is matched at `threshold` (exact match)."),
-        MetricSpec("accuracy", (THRESHOLD, METRIC_FROM_LOGITS, K),
-                   "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
-                   "soft → categorical_accuracy, binary → binary_accuracy, multi-hot → "
-                   "subset_accuracy."),
+        MetricSpec(
+            "binary_accuracy",
+            (THRESHOLD, METRIC_FROM_LOGITS),
+            "Share of targets matched by `y_pred > threshold`, element by element.",
+        ),
+        MetricSpec(
+            "categorical_accuracy",
+            (),
+            "Share of samples whose argmax matches the label's (first maximum wins ties).",
+        ),
+        MetricSpec(
+            "sparse_categorical_accuracy",
+            (),
+            "Share of samples whose argmax equals the integer label.",
+        ),
+        MetricSpec(
+            "top_k_categorical_accuracy",
+            (K,),
+            "Share of samples whose true class is among the k highest scores.",
+        ),
+        MetricSpec(
+            "sparse_top_k_categorical_accuracy",
+            (K,),
+            "Share of samples whose integer label is among the k highest scores.",
+        ),
+        MetricSpec(
+            "subset_accuracy",
+            (THRESHOLD, METRIC_FROM_LOGITS),
+            "Share of samples whose every label is matched at `threshold` (exact match).",
+        ),
+        MetricSpec(
+            "accuracy",
+            (THRESHOLD, METRIC_FROM_LOGITS, K),
+            "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
+            "soft → categorical_accuracy, binary → binary_accuracy, multi-hot → "
+            "subset_accuracy.",
+        ),
     )
 }
 
@@ -277,8 +349,12 @@ def compute_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> NDA
         assert batch.dense is not None
         if spec.name == "binary_focal_crossentropy":
             per_row = kernels.binary_focal_crossentropy(
-                batch.dense, pred, apply_class_balancing=params["apply_class_balancing"],
-                from_logits=from_logits, label_smoothing=smoothing, **focal,
+                batch.dense,
+                pred,
+                apply_class_balancing=params["apply_class_balancing"],
+                from_logits=from_logits,
+                label_smoothing=smoothing,
+                **focal,
             )
         else:
             per_row = kernels.binary_crossentropy(
@@ -288,16 +364,22 @@ def compute_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> NDA
         labels, mask = sparse_labels(batch, ignore_class)
         per_row = kernels.sparse_categorical_crossentropy(labels, pred, from_logits=from_logits)
     elif batch.labels is not None:  # integer or one-hot labels: no n × C target matrix needed
-        fn = (kernels.categorical_focal_crossentropy_from_indices if focal
-              else kernels.categorical_crossentropy_from_indices)
-        per_row = fn(batch.labels, pred, from_logits=from_logits, label_smoothing=smoothing,
-                     **focal)
+        fn = (
+            kernels.categorical_focal_crossentropy_from_indices
+            if focal
+            else kernels.categorical_crossentropy_from_indices
+        )
+        per_row = fn(
+            batch.labels, pred, from_logits=from_logits, label_smoothing=smoothing, **focal
+        )
     else:
         assert batch.dense is not None
-        dense_fn = (kernels.categorical_focal_crossentropy if focal
-                    else kernels.categorical_crossentropy)
-        per_row = dense_fn(batch.dense, pred, from_logits=from_logits,
-                           label_smoothing=smoothing, **focal)
+        dense_fn = (
+            kernels.categorical_focal_crossentropy if focal else kernels.categorical_crossentropy
+        )
+        per_row = dense_fn(
+            batch.dense, pred, from_logits=from_logits, label_smoothing=smoothing, **focal
+        )
     values = per_row.reshape(batch.sample_shape)
     return kernels.reduce_loss(
         values,
@@ -311,10 +393,13 @@ def resolve_metric(name: str, batch: Batch) -> str:
     return ACCURACY_FOR[batch.encoding] if name == "accuracy" else name
 
 
-def _threshold_input(batch: Batch, params: Mapping[str, Any]) -> NDArray[np.floating]:
+def threshold_input(batch: Batch, params: Mapping[str, Any]) -> NDArray[np.floating]:
+    """What threshold metrics compare: `y_pred`, or `sigmoid(y_pred)` with `from_logits`."""
     pred = batch.y_pred
     if params.get("from_logits"):
-        pred = 1 / (1 + np.exp(-pred))
+        # exp(-x) overflows to inf for very negative logits; 1 / (1 + inf) = 0 is σ's limit
+        with np.errstate(over="ignore"):
+            pred = 1 / (1 + np.exp(-pred))
     return pred
 
 
@@ -336,7 +421,7 @@ def compute_metric(name: str, batch: Batch, params: Mapping[str, Any]) -> tuple[
         if resolved == "subset_accuracy" and enc == "soft":
             _metric_error(resolved, batch, "0/1 targets", fitting)
         assert batch.dense is not None
-        pred = _threshold_input(batch, params)
+        pred = threshold_input(batch, params)
         if resolved == "binary_accuracy":
             per_row = kernels.binary_accuracy(
                 batch.dense, pred, threshold=params["threshold"]

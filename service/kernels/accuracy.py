@@ -19,17 +19,21 @@ Matches = NDArray[np.float64]
 
 def binary_accuracy(y_true: Floats, y_pred: Floats, *, threshold: float = 0.5) -> Matches:
     """``y_true == (y_pred > threshold)``, element by element."""
-    return np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).astype(np.float64)
+    matches: Matches = np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).astype(np.float64)
+    return matches
 
 
 def subset_accuracy(y_true: Floats, y_pred: Floats, *, threshold: float = 0.5) -> Matches:
     """Exact match per row of 2-D multi-label targets: every label right, or no hit."""
-    return np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).all(axis=1).astype(np.float64)
+    hits: NDArray[np.bool_] = np.equal(y_true, y_pred > y_pred.dtype.type(threshold))
+    matches: Matches = np.all(hits, axis=1).astype(np.float64)
+    return matches
 
 
 def categorical_accuracy(labels: Indices, y_pred: Floats) -> Matches:
     """``labels == argmax(y_pred)`` per row; for one-hot or soft targets pass their argmax."""
-    return np.equal(labels, y_pred.argmax(axis=1)).astype(np.float64)
+    matches: Matches = np.equal(labels, y_pred.argmax(axis=1)).astype(np.float64)
+    return matches
 
 
 def top_k_accuracy(labels: Indices, y_pred: Floats, *, k: int = 5) -> Matches:

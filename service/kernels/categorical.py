@@ -50,7 +50,8 @@ def _log_probabilities(p: Floats) -> Floats:
     lo, hi = _clip_bounds(p.dtype)
     q = p / p.sum(axis=1, keepdims=True)
     np.clip(q, lo, hi, out=q)
-    return np.log(q, out=q)
+    logq: Floats = np.log(q, out=q)
+    return logq
 
 
 def _gather(matrix: Floats, labels: Indices) -> Floats:
@@ -158,8 +159,9 @@ def _focal_probabilities(y_pred: Floats, from_logits: bool) -> Floats:
     else:
         p = y_pred
     lo, hi = _clip_bounds(y_pred.dtype)
-    q = p / p.sum(axis=1, keepdims=True)
-    return np.clip(q, lo, hi, out=q)
+    q: Floats = p / p.sum(axis=1, keepdims=True)
+    np.clip(q, lo, hi, out=q)
+    return q
 
 
 def categorical_focal_crossentropy(

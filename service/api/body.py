@@ -1,0 +1,209 @@
+"""The request-body intake of the compute endpoints: one dependency, ``read_body``.
+
+It checks the content type, enforces the body limit (``max_body_bytes``, set by
+``LOSS_SERVICE_MAX_BODY_BYTES``) before and while reading, and hands the route the
+raw bytes; decoding them is someone else's job::
+
+    @router.post("/...")
+    def compute(raw: Annotated[RawBody, Depends(read_body)]) -> ...: ...
+
+Accepted bodies:
+
+- ``application/json`` (a ``charset`` parameter, if any, must be UTF-8): ``"json"``;
+- ``application/octet-stream``: ``"binary"``, the Open Inference Protocol binary
+  tensor extension, which needs ``Inference-Header-Content-Length``, the byte
+  length of the JSON header that starts the body.
+
+A declared ``Content-Length`` over the limit is answered with a 413 before a byte
+of the body is read; a body without one (chunked) is counted while it arrives and
+answered with a 413 as soon as it passes the limit. Such early answers reach a
+client that is still sending only with ``service.api.drain.DrainRequestBody``
+wrapping the app.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from typing import Final, Literal
+
+from starlette.requests import ClientDisconnect, Request
+
+from service import errors
+from service.settings import Settings
+
+JSON_MEDIA_TYPE: Final = "application/json"
+BINARY_MEDIA_TYPE: Final = "application/octet-stream"
+HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
+MAX_BODY_ENV: Final = "LOSS_SERVICE_MAX_BODY_BYTES"
+
+_ACCEPTED = f"{JSON_MEDIA_TYPE} or {BINARY_MEDIA_TYPE}"
+_INTEGER = re.compile(r"-?[0-9]+")
+_DIGITS = 40  # longer numbers are not parsed: they are over any limit anyway
+_UTF8 = frozenset({"utf-8", "utf8"})
+_SHOWN = 64  # longest received value quoted back in a detail
+
+_CONTENT_TYPE_LOC: Final[errors.Loc] = ("header", "content-type")
+_CONTENT_LENGTH_LOC: Final[errors.Loc] = ("header", "content-length")
+_HEADER_LENGTH_LOC: Final[errors.Loc] = ("header", HEADER_LENGTH_HEADER.lower())
+_BODY_LOC: Final[errors.Loc] = ("body",)
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A request body that passed the intake: its bytes, what they are, and for
+    ``"binary"`` the length of the JSON header that starts them."""
+
+    data: bytes
+    content_type: Literal["json", "binary"]
+    header_length: int | None
+
+
+@cache
+def _default_settings() -> Settings:
+    return Settings()
+
+
+def _settings(request: Request) -> Settings:
+    settings = getattr(request.app.state, "settings", None)
+    return settings if isinstance(settings, Settings) else _default_settings()
+
+
+def _clip(value: str) -> str:
+    """``value`` cut short for a detail, if long."""
+    return value if len(value) <= _SHOWN else value[:_SHOWN] + "..."
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted for a detail, cut short if long."""
+    return repr(_clip(value))
+
+
+def _content_type(request: Request) -> Literal["json", "binary"]:
+    raw = request.headers.get("content-type")
+    if raw is None or not raw.strip():
+        raise errors.UnsupportedMediaType.at(
+            _CONTENT_TYPE_LOC,
+            f"the request has no Content-Type; expected {_ACCEPTED}",
+        )
+    media_type, *parameters = (part.strip() for part in raw.split(";"))
+    media_type = media_type.lower()
+    if media_type == JSON_MEDIA_TYPE:
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            charset = value.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset not in _UTF8:
+                raise errors.UnsupportedMediaType.at(
+                    _CONTENT_TYPE_LOC,
+                    f"Content-Type {_shown(raw)} has an unsupported charset; "
+                    f"expected {JSON_MEDIA_TYPE} in UTF-8 (or {BINARY_MEDIA_TYPE})",
+                )
+        return "json"
+    if media_type == BINARY_MEDIA_TYPE:
+        return "binary"
+    raise errors.UnsupportedMediaType.at(
+        _CONTENT_TYPE_LOC,
+        f"Content-Type {_shown(raw)} is not supported; expected {_ACCEPTED}",
+    )
+
+
+def _header_length(request: Request) -> int:
+    """The declared JSON-header length of a binary request (checked against the
+    body once it has been read)."""
+    raw = request.headers.get(HEADER_LENGTH_HEADER)
+    expected = (
+        f"expected {HEADER_LENGTH_HEADER}: <bytes>, the byte length of the JSON header "
+        f"that starts an {BINARY_MEDIA_TYPE} body, a non-negative integer"
+    )
+    if raw is None:
+        raise errors.MalformedRequest.at(
+            _HEADER_LENGTH_LOC, f"{HEADER_LENGTH_HEADER} is missing; {expected}"
+        )
+    text = raw.strip()
+    if _INTEGER.fullmatch(text) is None:
+        raise errors.MalformedRequest.at(
+            _HEADER_LENGTH_LOC,
+            f"{HEADER_LENGTH_HEADER} is not an integer; {expected}; received {_shown(raw)}",
+        )
+    if text.startswith("-"):
+        raise errors.MalformedRequest.at(
+            _HEADER_LENGTH_LOC,
+            f"{HEADER_LENGTH_HEADER} is negative; {expected}; received {_shown(text)}",
+        )
+    return int(text) if len(text) <= _DIGITS else 10**_DIGITS
+
+
+def _declared_length(request: Request) -> tuple[int, str] | None:
+    """The declared ``Content-Length``, and its text, if there is one."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit():
+        # The server's HTTP parser rejects these first; this is for other servers.
+        raise errors.MalformedRequest.at(
+            _CONTENT_LENGTH_LOC,
+            f"Content-Length is not a non-negative integer; received {_shown(raw)}",
+        )
+    return (int(text) if len(text) <= _DIGITS else 10**_DIGITS), text
+
+
+def _too_large(limit: int, received: str) -> errors.ServiceError:
+    return errors.PayloadTooLarge.at(
+        _BODY_LOC,
+        f"the request body is over the limit of {limit} bytes; expected at most "
+        f"{limit} bytes (setting {MAX_BODY_ENV}); received {received}",
+    )
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    """The body, read once, refused as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    count = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            count += len(chunk)
+            if count > limit:
+                raise _too_large(limit, f"{count} bytes so far, and the client was still sending")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise errors.MalformedRequest.at(
+            _BODY_LOC,
+            f"the client disconnected before the request body was complete; received {count} bytes",
+        ) from None
+    return b"".join(chunks)
+
+
+async def read_body(request: Request) -> RawBody:
+    """The request's body, if its type is accepted and its size within the limit.
+
+    Raises ``UnsupportedMediaType`` (415), ``MalformedRequest`` (400) or
+    ``PayloadTooLarge`` (413), whose ``detail`` says what was expected and received.
+    """
+    content_type = _content_type(request)
+    header_length = _header_length(request) if content_type == "binary" else None
+
+    limit = _settings(request).max_body_bytes
+    declared = _declared_length(request)
+    if declared is not None and declared[0] > limit:
+        raise _too_large(limit, f"a declared Content-Length of {_clip(declared[1])} bytes")
+
+    data = await _read(request, limit)
+    if not data:
+        raise errors.MalformedRequest.at(
+            _BODY_LOC,
+            f"the request body is empty; expected an "
+            f"{JSON_MEDIA_TYPE if content_type == 'json' else BINARY_MEDIA_TYPE} body of 1 to "
+            f"{limit} bytes; received 0 bytes",
+        )
+    if header_length is not None and header_length > len(data):
+        raise errors.MalformedRequest.at(
+            _HEADER_LENGTH_LOC,
+            f"{HEADER_LENGTH_HEADER} is greater than the body; expected at most the "
+            f"body's {len(data)} bytes; received "
+            f"{_clip(request.headers[HEADER_LENGTH_HEADER].strip())}",
+        )
+    return RawBody(data, content_type, header_length)

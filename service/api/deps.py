@@ -1,0 +1,28 @@
+"""Dependencies shared by the routes, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from service.api.body import RawBody, read_body
+from service.arrays import parse_binary, parse_json
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RawBodyDep = Annotated[RawBody, Depends(read_body)]
+
+
+def decode(raw: RawBody, settings: Settings) -> Any:
+    """The request body as JSON values, with binary tensors already as NumPy views."""
+    if raw.content_type == "binary":
+        assert raw.header_length is not None
+        return parse_binary(raw.data, raw.header_length, settings.max_elements)
+    return parse_json(raw.data)

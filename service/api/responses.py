@@ -1,0 +1,28 @@
+"""JSON responses serialized by orjson: NumPy arrays are written natively, with no Python loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Response
+
+from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, problem
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    return Response(
+        orjson.dumps(content, option=_OPTIONS), status_code, media_type="application/json"
+    )
+
+
+def problem_response(error: ServiceError, instance: str | None = None) -> Response:
+    headers = {"Connection": "close"} if error.status == 413 else None
+    return Response(
+        orjson.dumps(problem(error, instance)),
+        error.status,
+        headers=headers,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )

@@ -1,0 +1,29 @@
+"""``/v1/evaluate``: many losses and metrics on one batch, or on several heads."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from service import evaluation
+from service.api import schemas
+from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.openapi_body import request_body
+from service.api.responses import json_response
+from service.api.routes.errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1", tags=["evaluate"])
+
+
+@router.post(
+    "/evaluate",
+    operation_id="evaluate",
+    response_model=None,
+    responses={
+        200: {"model": schemas.EvaluateResponse | schemas.HeadsResponse},
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=request_body(schemas.EvaluateRequest, schemas.HeadsRequest),
+)
+def evaluate(raw: RawBodyDep, settings: SettingsDep) -> Response:
+    """Compute several losses and metrics on one batch (or one per head), with diagnoses."""
+    return json_response(evaluation.evaluate(decode(raw, settings), settings.max_elements))

@@ -1,0 +1,53 @@
+"""``/v1/losses``: the loss catalogue and one loss on a batch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from service import diagnostics, evaluation, registry
+from service.api import schemas
+from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.openapi_body import request_body
+from service.api.responses import json_response
+from service.api.routes.errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/losses", tags=["losses"])
+
+LossName = Annotated[
+    str,
+    Path(
+        description="The loss (Keras 3 name).", json_schema_extra={"enum": sorted(registry.LOSSES)}
+    ),
+]
+
+
+@router.get("", operation_id="list_losses", response_model=schemas.LossCatalogue)
+def list_losses() -> dict[str, object]:
+    """Every loss, with each parameter, its type, default and meaning."""
+    return {
+        "losses": [
+            {
+                "name": s.name,
+                "description": s.description,
+                "parameters": [p.describe() for p in s.params],
+            }
+            for s in registry.LOSSES.values()
+        ],
+        "common_parameters": [p.describe() for p in registry.COMMON],
+        "warning_codes": diagnostics.CODES,
+    }
+
+
+@router.post(
+    "/{name}",
+    operation_id="compute_loss",
+    response_model=None,
+    responses={200: {"model": schemas.LossResponse}, **ERROR_RESPONSES},
+    openapi_extra=request_body(schemas.LossRequest),
+)
+def compute_loss(name: LossName, raw: RawBodyDep, settings: SettingsDep) -> Response:
+    """Compute one loss on a batch, with Keras 3's numbers and diagnoses."""
+    registry.get_loss(name)
+    return json_response(evaluation.loss(name, decode(raw, settings), settings.max_elements))

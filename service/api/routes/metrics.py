@@ -1,0 +1,54 @@
+"""``/v1/metrics``: the metric catalogue and one metric on a batch."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from service import diagnostics, evaluation, registry
+from service.api import schemas
+from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.openapi_body import request_body
+from service.api.responses import json_response
+from service.api.routes.errors import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
+
+MetricName = Annotated[
+    str,
+    Path(
+        description="The metric; `accuracy` is resolved from the labels.",
+        json_schema_extra={"enum": sorted(registry.METRICS)},
+    ),
+]
+
+
+@router.get("", operation_id="list_metrics", response_model=schemas.MetricCatalogue)
+def list_metrics() -> dict[str, object]:
+    """Every metric, with each parameter, its type, default and meaning."""
+    return {
+        "metrics": [
+            {
+                "name": s.name,
+                "description": s.description,
+                "parameters": [p.describe() for p in s.params],
+            }
+            for s in registry.METRICS.values()
+        ],
+        "common_parameters": [p.describe() for p in registry.COMMON],
+        "warning_codes": diagnostics.CODES,
+    }
+
+
+@router.post(
+    "/{name}",
+    operation_id="compute_metric",
+    response_model=None,
+    responses={200: {"model": schemas.MetricResponse}, **ERROR_RESPONSES},
+    openapi_extra=request_body(schemas.MetricRequest),
+)
+def compute_metric(name: MetricName, raw: RawBodyDep, settings: SettingsDep) -> Response:
+    """Compute one metric on a batch; the response says what `accuracy` resolved to."""
+    registry.get_metric(name)
+    return json_response(evaluation.metric(name, decode(raw, settings), settings.max_elements))

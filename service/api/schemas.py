@@ -1,0 +1,248 @@
+"""Pydantic models of every request and response, for the OpenAPI spec and the docs page.
+
+Request bodies are *described* by these models but not parsed by them: array
+fields can hold millions of numbers, which are decoded straight to NumPy
+(:mod:`service.arrays`) instead of being validated one by one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.arrays import DTYPES
+from service.diagnostics import CODES
+from service.encodings import ENCODINGS
+from service.kernels import REDUCTIONS
+
+DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+assert set(DType.__args__) == set(DTYPES)  # type: ignore[attr-defined]
+
+
+class TypedArray(BaseModel):
+    """An array as its raw bytes: C order, little-endian, base64-encoded."""
+
+    model_config = ConfigDict(extra="forbid")
+    dtype: DType
+    shape: list[int] = Field(
+        description="The array's shape; its product times the item size is "
+        "the byte count of `data`."
+    )
+    data: str = Field(description="Base64 (RFC 4648, padded) of the array's bytes.")
+
+
+class BinaryTensor(BaseModel):
+    """In a binary request's JSON header: a tensor whose bytes follow the header."""
+
+    model_config = ConfigDict(extra="forbid")
+    dtype: DType
+    shape: list[int]
+    binary_data_size: int = Field(
+        description="Byte length of this tensor in the body, after "
+        "the header and the tensors described before it."
+    )
+
+
+NestedLists = list[Any]
+ArrayInput = NestedLists | TypedArray
+ARRAY_DESCRIPTION = (
+    "Nested JSON lists of numbers (rectangular), or a typed array {dtype, shape, data}."
+)
+
+
+class _Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    y_true: ArrayInput = Field(
+        description="Labels: integer class indices (one dimension less than `y_pred`), or "
+        "one-hot / multi-hot / soft / binary targets of `y_pred`'s shape. " + ARRAY_DESCRIPTION
+    )
+    y_pred: ArrayInput = Field(
+        description="Predictions: probabilities, or logits with `from_logits: true`. "
+        + ARRAY_DESCRIPTION
+    )
+    sample_weight: ArrayInput | None = Field(
+        None, description="One weight per sample, or per loss value. " + ARRAY_DESCRIPTION
+    )
+    label_encoding: Literal[ENCODINGS] | None = Field(  # type: ignore[valid-type]
+        None, description="State the encoding of `y_true` instead of detecting it (it is checked)."
+    )
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="Compute dtype: float32 gives Keras' numbers."
+    )
+
+
+class LossRequest(_Batch):
+    """A batch and the loss's Keras parameters; a parameter the loss does not take is a 422."""
+
+    from_logits: bool = False
+    label_smoothing: float = Field(0.0, ge=0, le=1, description="Not for the sparse loss.")
+    axis: int = -1
+    ignore_class: int | None = Field(None, description="Sparse loss only.")
+    alpha: float = Field(0.25, ge=0, le=1, description="Focal losses only.")
+    gamma: float = Field(2.0, ge=0, description="Focal losses only.")
+    apply_class_balancing: bool = Field(False, description="binary_focal_crossentropy only.")
+    reduction: Literal[REDUCTIONS] = "sum_over_batch_size"  # type: ignore[valid-type]
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"y_true": [1, 2], "y_pred": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]},
+                {
+                    "y_true": [[0, 1, 0], [0, 0, 1]],
+                    "y_pred": [[2.0, 5.0, 1.0], [0.5, 1.5, 3.0]],
+                    "from_logits": True,
+                    "label_smoothing": 0.1,
+                },
+            ]
+        },
+    )
+
+
+class MetricRequest(_Batch):
+    """A batch and the metric's parameters; a parameter the metric does not take is a 422."""
+
+    threshold: float = Field(0.5, description="binary_accuracy, subset_accuracy, accuracy.")
+    from_logits: bool = Field(
+        False, description="Threshold metrics only: threshold sigmoid(y_pred)."
+    )
+    k: int = Field(5, ge=1, description="Top-k metrics (and accuracy).")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"y_true": [[0, 1, 1], [1, 0, 0]], "y_pred": [[0.2, 0.7, 0.6], [0.9, 0.3, 0.1]]}
+            ]
+        },
+    )
+
+
+class Entry(BaseModel):
+    """A loss or metric in an evaluate call, with its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    as_: str | None = Field(None, alias="as", description="The key of its result.")
+
+
+class EvaluateRequest(_Batch):
+    """One batch, many losses and metrics. Omitted lists mean: the ones that fit the labels."""
+
+    from_logits: bool | None = Field(
+        None, description="Applies to every loss and threshold metric that does not set its own."
+    )
+    losses: list[str | Entry] | None = None
+    metrics: list[str | Entry] | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "y_true": [[0, 1, 1, 0], [1, 0, 0, 0]],
+                    "y_pred": [[0.1, 0.8, 0.7, 0.2], [0.6, 0.1, 0.2, 0.1]],
+                    "losses": ["binary_crossentropy"],
+                    "metrics": ["accuracy", "binary_accuracy"],
+                }
+            ]
+        },
+    )
+
+
+class HeadsRequest(BaseModel):
+    """Several model outputs: one evaluate body per head, and optional loss weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    outputs: dict[str, EvaluateRequest]
+    loss_weights: dict[str, float] | None = None
+
+
+class Warning(BaseModel):
+    code: Literal[tuple(CODES)]  # type: ignore[valid-type]
+    message: str
+
+
+class _Summary(BaseModel):
+    label_encoding: Literal[ENCODINGS]  # type: ignore[valid-type]
+    n_samples: int
+    n_classes: int
+    warnings: list[Warning]
+
+
+class LossResponse(_Summary):
+    loss: float | list[Any] = Field(
+        description="The reduced loss, or nested per-sample losses for `reduction: none`."
+    )
+    name: str
+    reduction: str
+
+
+class MetricResponse(_Summary):
+    value: float
+    name: str
+    resolved_as: str = Field(description="The metric computed (`accuracy` is resolved).")
+
+
+class EvaluateResponse(_Summary):
+    losses: dict[str, float]
+    metrics: dict[str, float]
+    resolved: dict[str, str] = Field(description="What each `accuracy` entry resolved to.")
+
+
+class HeadsResponse(BaseModel):
+    outputs: dict[str, EvaluateResponse]
+    total_loss: float = Field(description="Σ over heads of weight × the sum of the head's losses.")
+
+
+class ProblemError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemError]
+    instance: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ParamInfo(BaseModel):
+    name: str
+    type: str
+    default: Any
+    nullable: bool
+    description: str
+    choices: list[str] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+class CatalogueItem(BaseModel):
+    name: str
+    description: str
+    parameters: list[ParamInfo]
+
+
+class _Catalogue(BaseModel):
+    common_parameters: list[ParamInfo] = Field(
+        description="Parameters every compute request takes, besides its own."
+    )
+    warning_codes: dict[str, str] = Field(description="Every diagnosis code and what it means.")
+
+
+class LossCatalogue(_Catalogue):
+    losses: list[CatalogueItem]
+
+
+class MetricCatalogue(_Catalogue):
+    metrics: list[CatalogueItem]

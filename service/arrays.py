@@ -1,0 +1,259 @@
+"""Request payloads to NumPy, once: JSON bodies, typed arrays and the binary encoding.
+
+An array field (``y_true``, ``y_pred``, ``sample_weight``) arrives as one of:
+
+* nested JSON lists of numbers, rectangular: ``[[0, 1, 0], [0, 0, 1]]``;
+* a typed array ``{"dtype": "float32", "shape": [4096, 1000], "data": "<base64>"}``,
+  ``data`` being the C-order little-endian bytes;
+* in a binary request (``Content-Type: application/octet-stream``), a typed
+  array whose ``data`` is replaced by ``"binary_data_size": <bytes>``: the
+  body is a JSON header of ``Inference-Header-Content-Length`` bytes followed
+  by the raw tensors, back to back, in the order their descriptors appear in
+  the header (the Open Inference Protocol's binary tensor extension). Those
+  arrays are views of the request body: decoding copies nothing.
+
+Sizes are checked before anything is allocated: a typed array's ``shape`` is
+multiplied out and compared with the element limit (413) and with its byte
+count (422) first.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pybase64
+from numpy.typing import NDArray
+
+from service.errors import Loc, MalformedRequest, PayloadTooLarge, invalid
+
+DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+MAX_DIMS = 32
+_TYPED_KEYS = frozenset({"dtype", "shape", "data", "binary_data_size"})
+
+
+def _where(loc: Loc) -> str:
+    return "`" + ".".join(str(p) for p in loc) + "`"
+
+
+def parse_json(data: bytes | memoryview) -> Any:
+    """The JSON document in ``data``; malformed JSON (NaN and Infinity tokens included) is a 400."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest.at(
+            ("body",),
+            f"The request body is not valid JSON: {exc}. Expected a JSON object (NaN and "
+            "Infinity are not JSON numbers).",
+        ) from None
+
+
+def _check_elements(n: int, loc: Loc, max_elements: int) -> None:
+    if n > max_elements:
+        raise PayloadTooLarge.at(
+            loc,
+            f"{_where(loc)} has {n} elements, over the limit of {max_elements} per array "
+            "(setting LOSS_SERVICE_MAX_ELEMENTS).",
+        )
+
+
+def from_lists(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
+    """Nested JSON lists (or a single number) to an array of numbers."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise invalid(
+            loc,
+            f"{_where(loc)} is not a rectangular array: expected nested lists of numbers whose "
+            "rows all have the same length, received rows of different lengths.",
+        ) from None
+    if arr.dtype.kind not in "biuf":
+        raise invalid(
+            loc,
+            f"{_where(loc)} must hold numbers only: expected nested lists of numbers, received "
+            f"{_describe_bad_items(arr)}.",
+        )
+    if arr.ndim > MAX_DIMS:
+        raise invalid(loc, f"{_where(loc)} has {arr.ndim} dimensions: expected at most {MAX_DIMS}.")
+    _check_elements(arr.size, loc, max_elements)
+    return arr
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _describe_bad_items(arr: NDArray[Any]) -> str:
+    if arr.dtype.kind in "US":
+        return "strings"
+    kinds = {type(x).__name__ for x in arr.reshape(-1)[:1000]} - {"int", "float", "bool"}
+    names = {"NoneType": "null", "str": "strings", "dict": "objects", "list": "lists"}
+    return ", ".join(sorted(names.get(k, k) for k in kinds)) or "values that are not numbers"
+
+
+def _typed_header(
+    value: dict[str, Any], loc: Loc, max_elements: int
+) -> tuple[np.dtype[Any], list[int], int]:
+    unknown = sorted(set(value) - _TYPED_KEYS)
+    if unknown:
+        raise invalid(
+            (*loc, unknown[0]),
+            f"{_where(loc)} is a typed array with unknown field(s) {unknown}: expected `dtype`, "
+            "`shape` and `data` (or `binary_data_size` in a binary request).",
+        )
+    dtype = value.get("dtype")
+    if dtype not in DTYPES:
+        raise invalid(
+            (*loc, "dtype"),
+            f"{_where(loc)}.dtype is not supported: expected one of {list(DTYPES)}, "
+            f"received {dtype!r}.",
+        )
+    shape = value.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise invalid(
+            (*loc, "shape"),
+            f"{_where(loc)}.shape must be a list of at most {MAX_DIMS} non-negative integers, "
+            f"received {shape!r}.",
+        )
+    n = math.prod(shape)
+    _check_elements(n, loc, max_elements)
+    return np.dtype(dtype).newbyteorder("<"), shape, n
+
+
+def _from_bytes(
+    buf: bytes | memoryview, dtype: np.dtype[Any], shape: list[int], n: int, loc: Loc
+) -> NDArray[Any]:
+    expected = n * dtype.itemsize
+    if len(buf) != expected:
+        raise invalid(
+            loc,
+            f"{_where(loc)} holds {len(buf)} bytes, but dtype {dtype.name} and shape {shape} need "
+            f"{expected} ({n} elements × {dtype.itemsize} bytes).",
+        )
+    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    if dtype.kind == "b" and arr.view(np.uint8).max(initial=0) > 1:
+        raise invalid(loc, f"{_where(loc)} is bool, so its bytes must be 0 or 1.")
+    return arr
+
+
+def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[Any]:
+    """A base64 typed array to an array (sizes checked before decoding)."""
+    dtype, shape, n = _typed_header(value, loc, max_elements)
+    data = value.get("data")
+    if not isinstance(data, str):
+        raise invalid(
+            (*loc, "data"),
+            f"{_where(loc)}.data must be a base64 string of the array's bytes, received "
+            f"{type(data).__name__}.",
+        )
+    expected = n * dtype.itemsize
+    if len(data) > 4 * (expected // 3 + 1) + 4:  # cheaper than decoding what is too long anyway
+        raise invalid(
+            (*loc, "data"),
+            f"{_where(loc)}.data is {len(data)} base64 characters, too many for dtype "
+            f"{dtype.name} and shape {shape} ({expected} bytes).",
+        )
+    try:
+        buf = pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(
+            (*loc, "data"), f"{_where(loc)}.data is not valid base64 (RFC 4648, with padding)."
+        ) from None
+    return _from_bytes(buf, dtype, shape, n, loc)
+
+
+def to_array(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
+    """An array field of a JSON body: nested lists or a typed array."""
+    if isinstance(value, np.ndarray):  # already decoded from a binary request
+        return value
+    if isinstance(value, dict):
+        if "binary_data_size" in value:
+            raise invalid(
+                loc,
+                f"{_where(loc)} uses `binary_data_size`, which belongs in binary requests "
+                "(Content-Type application/octet-stream): expected `data` here.",
+            )
+        return from_typed(value, loc, max_elements)
+    if isinstance(value, list | int | float) and not isinstance(value, bool):
+        return from_lists(value, loc, max_elements)
+    raise invalid(
+        loc,
+        f"{_where(loc)} must be an array: expected nested lists of numbers or a typed array "
+        f"{{dtype, shape, data}}, received {_kind(value)}.",
+    )
+
+
+def _descriptors(node: Any, loc: Loc) -> Iterator[tuple[dict[str, Any], Loc]]:
+    """Typed-array descriptors with ``binary_data_size`` in document order.
+
+    Only objects, and lists whose first item is an object, are walked: lists of
+    numbers are never visited item by item.
+    """
+    if isinstance(node, dict):
+        if "binary_data_size" in node:
+            yield node, loc
+            return
+        for key, child in node.items():
+            yield from _descriptors(child, (*loc, key))
+    elif isinstance(node, list) and node and isinstance(node[0], dict):
+        for i, child in enumerate(node):
+            yield from _descriptors(child, (*loc, i))
+
+
+def parse_binary(data: bytes, header_length: int, max_elements: int) -> Any:
+    """A binary request: its JSON header with every ``binary_data_size`` descriptor
+    replaced by a zero-copy view of its bytes."""
+    header = parse_json(memoryview(data)[:header_length])
+    if not isinstance(header, dict) or "binary_data_size" in header:
+        raise MalformedRequest.at(
+            ("body",),
+            "The JSON header of a binary request must be an object of request fields "
+            "(`y_true`, `y_pred`, ...), each tensor described by {dtype, shape, binary_data_size}.",
+        )
+    tensors = memoryview(data)[header_length:]
+    offset = 0
+    for desc, loc in _descriptors(header, ()):
+        size = desc.get("binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(
+                (*loc, "binary_data_size"),
+                f"{_where(loc)}.binary_data_size must be a non-negative integer, "
+                f"received {size!r}.",
+            )
+        if "data" in desc:
+            raise invalid(
+                loc, f"{_where(loc)} has both `data` and `binary_data_size`: expected one."
+            )
+        dtype, shape, n = _typed_header(desc, loc, max_elements)
+        if offset + size > len(tensors):
+            raise MalformedRequest.at(
+                (*loc, "binary_data_size"),
+                f"{_where(loc)}.binary_data_size is {size}, but only {len(tensors) - offset} "
+                "bytes of tensor data are left in the body.",
+            )
+        arr = _from_bytes(tensors[offset : offset + size], dtype, shape, n, loc)
+        offset += size
+        _replace(header, loc, arr)
+    if offset != len(tensors):
+        raise MalformedRequest.at(
+            ("body",),
+            f"The binary body has {len(tensors) - offset} bytes after the last tensor: the "
+            f"header's binary_data_size values add up to {offset}, the tensor data is "
+            f"{len(tensors)} bytes.",
+        )
+    return header
+
+
+def _replace(root: Any, loc: Loc, value: Any) -> None:
+    node = root
+    for key in loc[:-1]:
+        node = node[key]
+    node[loc[-1]] = value

@@ -1,0 +1,217 @@
+"""The application factory: routers, the one error handler, the spec, the offline docs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import fastapi_offline
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
+
+from service import __version__
+from service.api.drain import DrainRequestBody
+from service.api.openapi_body import add_request_models
+from service.api.responses import problem_response
+from service.api.routes import evaluate, health, losses, metrics
+from service.api.schemas import Problem
+from service.diagnostics import CODES
+from service.errors import (
+    FieldError,
+    InternalError,
+    InvalidInput,
+    MalformedRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+    UnsupportedMediaType,
+)
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+STATIC = Path(fastapi_offline.__file__).parent / "static"
+
+DESCRIPTION = (
+    """
+Classification losses and accuracy metrics with **Keras 3's numbers**, for labels in
+either encoding (integer class indices or one-hot / multi-hot / soft targets) and
+predictions as probabilities or logits.
+
+* `accuracy` is resolved from the labels, never from a loss, and the response says what it
+  resolved to.
+* Every compute response carries `warnings`: diagnoses of likely mistakes, each with a
+  stable code:
+"""
+    + "".join(f"  * `{code}`: {text}\n" for code, text in CODES.items())
+    + """
+* Errors are `application/problem+json` (RFC 9457) with `detail` and per-field `errors`.
+* Large batches: send arrays as typed arrays (`{dtype, shape, data}` with base64 bytes), or
+  use the binary encoding (`Content-Type: application/octet-stream` with an
+  `Inference-Header-Content-Length` header: a JSON header, then the raw tensors).
+"""
+)
+
+
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
+    return [FieldError(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """One format for every error, the framework's own included."""
+
+    async def service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        return problem_response(exc, request.url.path)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        path = request.url.path
+        error: ServiceError
+        if exc.status_code == 404:
+            error = NotFound.at(("path",), f"No route {path}: see /docs for the API's paths.")
+        elif exc.status_code == 405:
+            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            error = MethodNotAllowed.at(
+                ("method",),
+                f"{request.method} is not allowed on {path}: expected {allowed or 'another'}.",
+            )
+        elif exc.status_code == 400:
+            error = MalformedRequest.at(("body",), str(exc.detail))
+        elif exc.status_code == 415:
+            error = UnsupportedMediaType.at(("header", "content-type"), str(exc.detail))
+        else:
+            error = MalformedRequest.at(("request",), str(exc.detail))
+        response = problem_response(error, path)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = _field_errors(exc)
+        detail = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
+        return problem_response(
+            InvalidInput(f"Invalid request: {detail}.", errors), request.url.path
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, not the caller's fault: log it, answer without internals.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            InternalError("The service failed on this request; the failure was logged."),
+            request.url.path,
+        )
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, with every asset served from here.
+
+    The assets are the ``fastapi-offline`` package's. The pages' Content-Security-Policy
+    lets them load nothing from elsewhere: ReDoc's sidebar otherwise fetches its
+    "API docs by Redocly" logo from cdn.redoc.ly (a broken image when offline).
+    """
+    csp = "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self' 'unsafe-inline'",
+            "style-src 'self' 'unsafe-inline'",
+            "img-src 'self' data:",
+            "font-src 'self' data:",
+            "worker-src 'self' blob:",
+            "connect-src 'self'",
+            "frame-ancestors 'self'",
+        ]
+    )
+    app.mount("/static/docs", StaticFiles(directory=STATIC), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> Response:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} – docs",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = csp
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} – ReDoc",
+            redoc_js_url="/static/docs/redoc.standalone.js",
+            redoc_favicon_url="/static/docs/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = csp
+        return page
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """The spec: routes, plus the request models the raw-body routes describe."""
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=[
+            {"name": "losses", "description": "Keras 3 losses."},
+            {"name": "metrics", "description": "Accuracy metrics."},
+            {"name": "evaluate", "description": "Many losses and metrics in one call."},
+            {"name": "service", "description": "Health."},
+        ],
+    )
+    add_request_models(spec)
+    spec["components"]["schemas"]["Problem"] = Problem.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    for name, sub in spec["components"]["schemas"]["Problem"].pop("$defs", {}).items():
+        spec["components"]["schemas"].setdefault(name, sub)
+    return spec
+
+
+class _App(FastAPI):
+    """FastAPI, with the request-body drain outside everything (its error middleware too),
+    so that an early answer (413, 415, ...) reaches a client that is still sending."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return DrainRequestBody(super().build_middleware_stack())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = _App(
+        title="Loss service",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    for module in (losses, metrics, evaluate, health):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    _install_docs(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,245 @@
+"""A battery of bad inputs: each gets a clear 4xx problem, never a 5xx."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import pytest
+
+GOOD_PRED = [[0.2, 0.8], [0.6, 0.4]]
+F32 = base64.b64encode(np.float32([0.5, 0.5]).tobytes()).decode()
+
+JSON_CASES: list[tuple[str, str, Any, int, str]] = [
+    (
+        "ragged",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [[0, 1], [1]], "y_pred": GOOD_PRED},
+        422,
+        "rectangular",
+    ),
+    (
+        "strings",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [["a", "b"], ["c", "d"]], "y_pred": GOOD_PRED},
+        422,
+        "numbers",
+    ),
+    (
+        "deeply nested",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [[[[[[[[0]]]]]]]], "y_pred": GOOD_PRED},
+        422,
+        "does not match",
+    ),
+    (
+        "nan in typed array",
+        "/v1/losses/binary_crossentropy",
+        {
+            "y_true": [0, 1],
+            "y_pred": {
+                "dtype": "float32",
+                "shape": [2],
+                "data": base64.b64encode(np.float32([np.nan, 0.5])).decode(),
+            },
+        },
+        422,
+        "non-finite",
+    ),
+    (
+        "byte count",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": {"dtype": "float32", "shape": [3], "data": F32}},
+        422,
+        "bytes",
+    ),
+    (
+        "bad base64",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": {"dtype": "float32", "shape": [2], "data": "***"}},
+        422,
+        "base64",
+    ),
+    (
+        "unknown dtype",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": {"dtype": "float128", "shape": [2], "data": F32}},
+        422,
+        "float128",
+    ),
+    (
+        "negative shape",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": {"dtype": "float32", "shape": [-2], "data": F32}},
+        422,
+        "non-negative",
+    ),
+    (
+        "huge shape",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": {"dtype": "float32", "shape": [2**40, 2**40], "data": F32}},
+        413,
+        "elements",
+    ),
+    (
+        "labels out of range",
+        "/v1/losses/sparse_categorical_crossentropy",
+        {"y_true": [0, 5], "y_pred": GOOD_PRED},
+        422,
+        "[0, 1]",
+    ),
+    (
+        "negative labels",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [0, -1], "y_pred": GOOD_PRED},
+        422,
+        "outside the classes",
+    ),
+    (
+        "fractional labels",
+        "/v1/losses/sparse_categorical_crossentropy",
+        {"y_true": [0, 0.5], "y_pred": GOOD_PRED},
+        422,
+        "integer class indices",
+    ),
+    (
+        "shape mismatch",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [[0, 1, 0]], "y_pred": GOOD_PRED},
+        422,
+        "does not match",
+    ),
+    (
+        "empty batch",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [], "y_pred": []},
+        422,
+        "empty",
+    ),
+    ("missing y_pred", "/v1/losses/categorical_crossentropy", {"y_true": [0, 1]}, 422, "missing"),
+    (
+        "unknown parameter",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": [0.5, 0.5], "smoothing": 0.1},
+        422,
+        "does not take",
+    ),
+    (
+        "wrong type",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": [0.5, 0.5], "from_logits": "yes"},
+        422,
+        "true or false",
+    ),
+    (
+        "label smoothing range",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": [0.5, 0.5], "label_smoothing": 2},
+        422,
+        "[0, 1]",
+    ),
+    (
+        "bad reduction",
+        "/v1/losses/binary_crossentropy",
+        {"y_true": [0, 1], "y_pred": [0.5, 0.5], "reduction": "avg"},
+        422,
+        "expected one of",
+    ),
+    (
+        "axis out of range",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [[0, 1], [1, 0]], "y_pred": GOOD_PRED, "axis": 3},
+        422,
+        "axis",
+    ),
+    (
+        "k below 1",
+        "/v1/metrics/top_k_categorical_accuracy",
+        {"y_true": [[0, 1], [1, 0]], "y_pred": GOOD_PRED, "k": 0},
+        422,
+        "k",
+    ),
+    (
+        "sample weight shape",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [0, 1], "y_pred": GOOD_PRED, "sample_weight": [1, 2, 3]},
+        422,
+        "sample_weight",
+    ),
+    (
+        "stated encoding",
+        "/v1/losses/categorical_crossentropy",
+        {"y_true": [[1, 1], [0, 1]], "y_pred": GOOD_PRED, "label_encoding": "one_hot"},
+        422,
+        "one_hot",
+    ),
+    ("body not an object", "/v1/evaluate", [1, 2, 3], 422, "JSON object"),
+    (
+        "heads shape mismatch",
+        "/v1/evaluate",
+        {
+            "outputs": {
+                "a": {"y_true": [0, 1], "y_pred": GOOD_PRED},
+                "b": {"y_true": [0, 1, 1], "y_pred": GOOD_PRED},
+            }
+        },
+        422,
+        "does not match",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [c[1:] for c in JSON_CASES],
+    ids=[c[0] for c in JSON_CASES],
+)
+def test_bad_json_inputs(client: Any, path: str, body: Any, status: int, words: str) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert words in problem["detail"], problem["detail"]
+    assert problem["errors"] and problem["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status"),
+    [
+        (b'{"y_true": [0, 1], "y_pred": [NaN, 0.5]}', {"Content-Type": "application/json"}, 400),
+        (b'{"y_true": [0, 1', {"Content-Type": "application/json"}, 400),
+        (b"[" * 5000 + b"]" * 5000, {"Content-Type": "application/json"}, 400),
+        (b"y_true=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        (b"\x00\x01", {"Content-Type": "application/octet-stream"}, 400),
+    ],
+    ids=["nan token", "truncated", "nested 5000 deep", "form", "binary without header length"],
+)
+def test_bad_bodies(client: Any, content: bytes, headers: dict[str, str], status: int) -> None:
+    r = client.post("/v1/losses/binary_crossentropy", content=content, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_framework_errors_are_problems_too(client: Any) -> None:
+    for r, status in ((client.get("/v2/nothing"), 404), (client.get("/v1/evaluate"), 405)):
+        assert r.status_code == status
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == status
+
+
+def test_body_over_the_limit_is_413(make_client: Any) -> None:
+    small = make_client(max_body_bytes=1000)
+    r = small.post(
+        "/v1/losses/binary_crossentropy", json={"y_true": [0] * 400, "y_pred": [0.5] * 400}
+    )
+    assert r.status_code == 413
+    assert "LOSS_SERVICE_MAX_BODY_BYTES" in r.json()["detail"]
+
+
+def test_elements_over_the_limit_is_413(make_client: Any) -> None:
+    small = make_client(max_elements=10)
+    r = small.post(
+        "/v1/losses/binary_crossentropy", json={"y_true": [0] * 20, "y_pred": [0.5] * 20}
+    )
+    assert r.status_code == 413

@@ -1,0 +1,89 @@
+"""POST /v1/metrics/{name} and GET /v1/metrics through HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+MULTI_TRUE = [[1, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 1, 0]]
+MULTI_PRED = [
+    [0.9, 0.1, 0.0, 0.0, 0.2, 0.0, 0.0, 0.3],
+    [0.0, 0.0, 0.1, 0.8, 0.0, 0.0, 0.0, 0.0],
+    [0.1, 0.7, 0.0, 0.0, 0.0, 0.0, 0.6, 0.0],
+]
+
+
+@pytest.mark.parametrize(
+    ("y_true", "resolved"),
+    [
+        ([1, 0], "sparse_categorical_accuracy"),
+        ([[0, 1, 0], [1, 0, 0]], "categorical_accuracy"),
+        ([[0.2, 0.8, 0.0], [0.6, 0.4, 0.0]], "categorical_accuracy"),
+        ([[0, 1, 1], [1, 0, 0]], "subset_accuracy"),
+    ],
+)
+def test_accuracy_is_resolved_from_the_labels(client: Any, y_true: Any, resolved: str) -> None:
+    y_pred = [[0.1, 0.6, 0.7], [0.8, 0.1, 0.1]]
+    r = client.post("/v1/metrics/accuracy", json={"y_true": y_true, "y_pred": y_pred})
+    assert r.status_code == 200, r.text
+    assert r.json()["resolved_as"] == resolved
+
+
+def test_binary_labels_resolve_to_binary_accuracy(client: Any) -> None:
+    r = client.post("/v1/metrics/accuracy", json={"y_true": [0, 1, 1], "y_pred": [0.2, 0.9, 0.4]})
+    assert r.json()["resolved_as"] == "binary_accuracy"
+    assert r.json()["value"] == pytest.approx(2 / 3)
+
+
+def test_binary_accuracy_on_multi_hot_labels_is_diagnosed(client: Any) -> None:
+    r = client.post(
+        "/v1/metrics/binary_accuracy", json={"y_true": MULTI_TRUE, "y_pred": MULTI_PRED}
+    )
+    body = r.json()
+    # 24 labels, one wrong (0.3 below 0.5 on a positive): 23 / 24.
+    assert body["value"] == pytest.approx(23 / 24)
+    (warning,) = body["warnings"]
+    assert warning["code"] == "binary_accuracy_inflated"
+    # all-zeros scores the share of zeros, 19 / 24; subset accuracy is 2 / 3 rows.
+    assert f"{19 / 24:.4f}" in warning["message"] and f"{2 / 3:.4f}" in warning["message"]
+
+
+def test_threshold_metrics_take_from_logits(client: Any) -> None:
+    body = {"y_true": [0, 1], "y_pred": [-0.5, 0.3], "from_logits": True}
+    assert client.post("/v1/metrics/binary_accuracy", json=body).json()["value"] == 1.0
+    body["from_logits"] = False
+    assert client.post("/v1/metrics/binary_accuracy", json=body).json()["value"] == 0.5
+
+
+def test_weighted_mean(client: Any) -> None:
+    r = client.post(
+        "/v1/metrics/sparse_categorical_accuracy",
+        json={
+            "y_true": [0, 1, 2],
+            "y_pred": [[1, 0, 0], [1, 0, 0], [0, 0, 1]],
+            "sample_weight": [1, 3, 1],
+        },
+    )
+    assert r.json()["value"] == pytest.approx(2 / 5)
+
+
+def test_argmax_metric_rejects_soft_labels_for_sparse(client: Any) -> None:
+    r = client.post(
+        "/v1/metrics/sparse_categorical_accuracy",
+        json={"y_true": [[0.5, 0.5]], "y_pred": [[0.4, 0.6]]},
+    )
+    assert r.status_code == 422 and "categorical_accuracy" in r.json()["detail"]
+
+
+def test_catalogue(client: Any) -> None:
+    names = {m["name"] for m in client.get("/v1/metrics").json()["metrics"]}
+    assert names == {
+        "binary_accuracy",
+        "categorical_accuracy",
+        "sparse_categorical_accuracy",
+        "top_k_categorical_accuracy",
+        "sparse_top_k_categorical_accuracy",
+        "subset_accuracy",
+        "accuracy",
+    }

@@ -1,0 +1,133 @@
+"""Payload decoding: nested lists, typed arrays, the binary encoding, and their errors."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+import pytest
+
+from service.arrays import parse_binary, parse_json, to_array
+from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
+
+LIMIT = 1_000_000
+
+
+def typed(a: np.ndarray) -> dict[str, object]:
+    return {
+        "dtype": a.dtype.name,
+        "shape": list(a.shape),
+        "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
+    }
+
+
+def binary_body(fields: dict[str, object], tensors: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    header = dict(fields)
+    for name, a in tensors.items():
+        header[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "binary_data_size": a.nbytes}
+    head = orjson.dumps(header)
+    return head + b"".join(a.tobytes() for a in tensors.values()), len(head)
+
+
+def test_nested_lists_become_numbers() -> None:
+    a = to_array([[0, 1], [1.5, 2]], ("y_pred",), LIMIT)
+    assert a.shape == (2, 2) and a.dtype == np.float64 and a[1, 0] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ([[1, 2], [3]], "not a rectangular array"),
+        ([["a", "b"]], "strings"),
+        ([[1, None]], "null"),
+        ("abc", "received str"),
+        (None, "received null"),
+        ({"x": 1}, "unknown field"),
+    ],
+)
+def test_bad_lists_are_422(value: object, words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        to_array(value, ("y_true",), LIMIT)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
+)
+def test_typed_arrays_round_trip_every_dtype(dtype: str) -> None:
+    a = (np.arange(12).reshape(3, 4) % 2).astype(dtype)
+    np.testing.assert_array_equal(to_array(typed(a), ("y_true",), LIMIT), a)
+
+
+def test_typed_array_byte_count_must_match_shape() -> None:
+    bad = typed(np.zeros((2, 3), np.float32)) | {"shape": [2, 4]}
+    with pytest.raises(InvalidInput, match=r"holds 24 bytes.*need 32"):
+        to_array(bad, ("y_pred",), LIMIT)
+
+
+def test_typed_array_checks_size_before_decoding() -> None:
+    huge = {"dtype": "float32", "shape": [10**6, 10**6], "data": ""}
+    with pytest.raises(PayloadTooLarge, match="1000000000000 elements"):
+        to_array(huge, ("y_pred",), LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("patch", "words"),
+    [
+        ({"dtype": "complex64"}, "not supported"),
+        ({"shape": [-1, 2]}, "non-negative integers"),
+        ({"shape": "2x2"}, "non-negative integers"),
+        ({"data": "!!!notbase64"}, "not valid base64"),
+        ({"data": 12}, "base64 string"),
+    ],
+)
+def test_bad_typed_arrays_are_422(patch: dict[str, object], words: str) -> None:
+    with pytest.raises(InvalidInput, match=words):
+        to_array(typed(np.zeros(4, np.float32)) | patch, ("y_pred",), LIMIT)
+
+
+def test_bool_bytes_must_be_0_or_1() -> None:
+    raw = {"dtype": "bool", "shape": [2], "data": base64.b64encode(b"\x00\x07").decode()}
+    with pytest.raises(InvalidInput, match="0 or 1"):
+        to_array(raw, ("y_true",), LIMIT)
+
+
+def test_nan_tokens_are_malformed_json() -> None:
+    with pytest.raises(MalformedRequest, match="not valid JSON"):
+        parse_json(b'{"y_pred": [NaN]}')
+
+
+def test_binary_body_is_decoded_without_copies() -> None:
+    y_pred = np.random.default_rng(0).random((5, 3), dtype=np.float32)
+    y_true = np.array([0, 2, 1, 1, 0], np.int64)
+    body, n = binary_body({"from_logits": False}, {"y_true": y_true, "y_pred": y_pred})
+    decoded = parse_binary(body, n, LIMIT)
+    np.testing.assert_array_equal(decoded["y_pred"], y_pred)
+    np.testing.assert_array_equal(decoded["y_true"], y_true)
+    assert decoded["from_logits"] is False
+    assert not decoded["y_pred"].flags.owndata  # a view of the request body
+
+
+def test_binary_tensors_in_nested_heads_follow_document_order() -> None:
+    a, b = np.float32([[0.2, 0.8]]), np.float32([[0.9, 0.1]])
+    header = {
+        "outputs": {
+            "h1": {"y_pred": {"dtype": "float32", "shape": [1, 2], "binary_data_size": 8}},
+            "h2": {"y_pred": {"dtype": "float32", "shape": [1, 2], "binary_data_size": 8}},
+        }
+    }
+    head = orjson.dumps(header)
+    decoded = parse_binary(head + a.tobytes() + b.tobytes(), len(head), LIMIT)
+    np.testing.assert_array_equal(decoded["outputs"]["h2"]["y_pred"], b)
+
+
+def test_binary_header_that_lies_about_sizes_is_rejected() -> None:
+    y = np.zeros(4, np.float32)
+    body, n = binary_body({}, {"y_pred": y})
+    with pytest.raises(MalformedRequest, match="bytes after the last tensor"):
+        parse_binary(body + b"\0\0\0\0", n, LIMIT)
+    with pytest.raises(MalformedRequest, match="only 12 bytes"):
+        parse_binary(body[:-4], n, LIMIT)
+    lying = orjson.dumps({"y_pred": {"dtype": "float32", "shape": [5], "binary_data_size": 16}})
+    with pytest.raises(InvalidInput, match="need 20"):
+        parse_binary(lying + y.tobytes(), len(lying), LIMIT)
