@@ -233,7 +233,7 @@ def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) ->
         }[stated]
         if ok:
             return stated
-        if stated == "one_hot":
+        if stated == "one_hot" and detected in DENSE:
             sums = dense.sum(axis=1)
             bad = sums != 1 if detected == "multi_hot" else ~np.all((dense == 0) | (dense == 1), 1)
             row = int(np.argmax(bad))
@@ -269,10 +269,12 @@ def align_sample_weight(sample_weight: NDArray[Any], target: tuple[int, ...]) ->
         w = w.reshape(w.shape + (1,) * (len(target) - w.ndim))
     fits = w.ndim == len(target) and all(a in (1, b) for a, b in zip(w.shape, target, strict=True))
     if not fits:
+        expected = f"{_shape(target[:1])} (one weight per sample)"
+        if len(target) > 1:
+            expected += f" or {_shape(target)} (one per loss value)"
         raise invalid(
             ("sample_weight",),
-            f"`sample_weight` does not fit the batch: expected shape {_shape(target[:1])} (one "
-            f"weight per sample) or {_shape(target)} (one per loss value), received "
+            f"`sample_weight` does not fit the batch: expected shape {expected}, received "
             f"{_shape(sample_weight.shape)}.",
         )
     negative = w < 0

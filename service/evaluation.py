@@ -58,7 +58,7 @@ class Inputs:
 
 def _inputs(body: dict[str, Any], loc: Loc, max_elements: int) -> Inputs:
     for name in ("y_true", "y_pred"):
-        if name not in body:
+        if body.get(name) is None:
             raise invalid(
                 (*loc, name),
                 f"`{name}` is missing: expected an array (nested lists or a typed array).",

@@ -1,0 +1,368 @@
+"""The registry: names, parameters, and how ``accuracy`` resolves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service import encodings, registry
+from service.errors import InvalidInput, NotFound
+
+LOSS_NAMES = [
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+    "categorical_focal_crossentropy",
+    "binary_focal_crossentropy",
+]
+METRIC_NAMES = [
+    "binary_accuracy",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+    "top_k_categorical_accuracy",
+    "sparse_top_k_categorical_accuracy",
+    "subset_accuracy",
+    "accuracy",
+]
+
+
+def parse(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    spec: registry.LossSpec | registry.MetricSpec
+    spec = registry.get_loss(name) if name in registry.LOSSES else registry.get_metric(name)
+    return registry.parse_params(name, spec.params, raw)
+
+
+def rejects(name: str, raw: dict[str, Any], *fragments: str) -> InvalidInput:
+    with pytest.raises(InvalidInput) as info:
+        parse(name, raw)
+    error = info.value
+    assert error.status == 422
+    for fragment in fragments:
+        assert fragment in error.detail, f"{fragment!r} not in {error.detail!r}"
+    return error
+
+
+def metric(name: str, y_true: Any, y_pred: Any, **raw: Any) -> tuple[float, str]:
+    params = parse(name, raw)
+    batch = encodings.prepare(np.asarray(y_true), np.asarray(y_pred))
+    return registry.compute_metric(name, batch, params)
+
+
+# ---- the catalogue ----------------------------------------------------------------------
+
+
+def test_the_contract_names() -> None:
+    assert sorted(registry.LOSSES) == sorted(LOSS_NAMES)
+    assert sorted(registry.METRICS) == sorted(METRIC_NAMES)
+    for name in LOSS_NAMES:
+        assert registry.get_loss(name).name == name
+    for name in METRIC_NAMES:
+        assert registry.get_metric(name).name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "categorical_crossentropy",
+            {
+                "from_logits": False,
+                "label_smoothing": 0.0,
+                "axis": -1,
+                "reduction": "sum_over_batch_size",
+            },
+        ),
+        (
+            "sparse_categorical_crossentropy",
+            {
+                "from_logits": False,
+                "ignore_class": None,
+                "axis": -1,
+                "reduction": "sum_over_batch_size",
+            },
+        ),
+        (
+            "binary_crossentropy",
+            {
+                "from_logits": False,
+                "label_smoothing": 0.0,
+                "axis": -1,
+                "reduction": "sum_over_batch_size",
+            },
+        ),
+        (
+            "categorical_focal_crossentropy",
+            {
+                "alpha": 0.25,
+                "gamma": 2.0,
+                "from_logits": False,
+                "label_smoothing": 0.0,
+                "axis": -1,
+                "reduction": "sum_over_batch_size",
+            },
+        ),
+        (
+            "binary_focal_crossentropy",
+            {
+                "apply_class_balancing": False,
+                "alpha": 0.25,
+                "gamma": 2.0,
+                "from_logits": False,
+                "label_smoothing": 0.0,
+                "axis": -1,
+                "reduction": "sum_over_batch_size",
+            },
+        ),
+        ("binary_accuracy", {"threshold": 0.5, "from_logits": False}),
+        ("top_k_categorical_accuracy", {"k": 5}),
+        ("sparse_top_k_categorical_accuracy", {"k": 5}),
+        ("categorical_accuracy", {}),
+    ],
+)
+def test_keras_defaults(name: str, expected: dict[str, Any]) -> None:
+    assert parse(name, {}) == expected
+
+
+def test_unknown_loss_lists_the_known_ones() -> None:
+    with pytest.raises(NotFound) as info:
+        registry.get_loss("categorical_hinge")
+    assert info.value.status == 404
+    assert "'categorical_hinge'" in info.value.detail
+    for name in LOSS_NAMES:
+        assert name in info.value.detail
+    assert info.value.errors[0].loc == ("path", "name")
+
+
+def test_unknown_metric_lists_the_known_ones() -> None:
+    with pytest.raises(NotFound) as info:
+        registry.get_metric("auc")
+    assert "'auc'" in info.value.detail
+    for name in METRIC_NAMES:
+        assert name in info.value.detail
+
+
+def test_a_loss_is_not_a_metric() -> None:
+    with pytest.raises(NotFound):
+        registry.get_metric("categorical_crossentropy")
+    with pytest.raises(NotFound):
+        registry.get_loss("accuracy")
+
+
+# ---- parameters -------------------------------------------------------------------------
+
+
+def test_unknown_parameter_names_what_the_loss_takes() -> None:
+    error = rejects(
+        "sparse_categorical_crossentropy",
+        {"label_smoothing": 0.1},
+        "sparse_categorical_crossentropy does not take `label_smoothing`",
+        "`from_logits`",
+        "`ignore_class`",
+        "`axis`",
+        "`reduction`",
+    )
+    assert error.errors[0].loc == ("label_smoothing",)
+    rejects("categorical_crossentropy", {"ignore_class": 0}, "does not take `ignore_class`")
+    rejects("binary_crossentropy", {"gamma": 2}, "does not take `gamma`")
+    rejects("categorical_accuracy", {"k": 2}, "does not take `k`", "no parameters")
+    rejects("categorical_crossentropy", {"dtype": "float64"}, "does not take `dtype`")
+
+
+def test_unknown_parameter_location_is_prefixed() -> None:
+    spec = registry.get_loss("binary_crossentropy")
+    with pytest.raises(InvalidInput) as info:
+        registry.parse_params(spec.name, spec.params, {"beta": 1}, ("losses", 0))
+    assert info.value.errors[0].loc == ("losses", 0, "beta")
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "fragments"),
+    [
+        ("categorical_crossentropy", {"label_smoothing": True}, ["wrong type", "a number"]),
+        ("categorical_crossentropy", {"label_smoothing": "0.1"}, ["wrong type", "'0.1'"]),
+        ("categorical_crossentropy", {"from_logits": "true"}, ["wrong type", "true or false"]),
+        ("categorical_crossentropy", {"from_logits": 1}, ["wrong type", "received 1"]),
+        ("top_k_categorical_accuracy", {"k": 1.5}, ["wrong type", "an integer", "1.5"]),
+        ("top_k_categorical_accuracy", {"k": True}, ["wrong type", "an integer"]),
+        ("categorical_crossentropy", {"axis": "last"}, ["wrong type"]),
+        ("categorical_crossentropy", {"reduction": 1}, ["wrong type", "one of"]),
+        ("categorical_focal_crossentropy", {"alpha": None}, ["must not be null"]),
+        ("binary_accuracy", {"threshold": float("nan")}, ["must be finite"]),
+    ],
+)
+def test_wrong_types(name: str, raw: dict[str, Any], fragments: list[str]) -> None:
+    rejects(name, raw, *fragments)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "fragments"),
+    [
+        ("categorical_crossentropy", {"label_smoothing": 1.5}, ["out of range", "[0, 1]", "1.5"]),
+        ("categorical_crossentropy", {"label_smoothing": -0.1}, ["out of range", "-0.1"]),
+        ("top_k_categorical_accuracy", {"k": 0}, ["out of range", "received 0"]),
+        ("sparse_top_k_categorical_accuracy", {"k": -2}, ["out of range"]),
+        ("categorical_focal_crossentropy", {"alpha": 1.25}, ["out of range"]),
+        ("categorical_focal_crossentropy", {"gamma": -1}, ["out of range"]),
+        ("categorical_crossentropy", {"reduction": "auto"}, ["'sum_over_batch_size'", "'auto'"]),
+    ],
+)
+def test_out_of_range(name: str, raw: dict[str, Any], fragments: list[str]) -> None:
+    rejects(name, raw, *fragments)
+
+
+def test_json_like_numbers_are_accepted() -> None:
+    params = parse("categorical_focal_crossentropy", {"alpha": 1, "gamma": 0, "label_smoothing": 0})
+    assert params["alpha"] == 1.0 and isinstance(params["alpha"], float)
+    assert params["gamma"] == 0.0 and isinstance(params["gamma"], float)
+    params = parse("top_k_categorical_accuracy", {"k": 3.0})
+    assert params["k"] == 3 and isinstance(params["k"], int)
+    params = parse("sparse_categorical_crossentropy", {"ignore_class": None, "axis": 1})
+    assert params["ignore_class"] is None and params["axis"] == 1
+    assert parse("sparse_categorical_crossentropy", {"ignore_class": -1})["ignore_class"] == -1
+
+
+@pytest.mark.parametrize(
+    "reduction", ["sum_over_batch_size", "mean", "sum", "mean_with_sample_weight", "none"]
+)
+def test_every_reduction_is_accepted(reduction: str) -> None:
+    assert parse("binary_crossentropy", {"reduction": reduction})["reduction"] == reduction
+
+
+def test_common_parameters() -> None:
+    common = registry.parse_params("The request", registry.COMMON, {})
+    assert common == {"label_encoding": None, "dtype": "float32"}
+    common = registry.parse_params(
+        "The request", registry.COMMON, {"label_encoding": "soft", "dtype": "float64"}
+    )
+    assert common == {"label_encoding": "soft", "dtype": "float64"}
+    with pytest.raises(InvalidInput, match="float16"):
+        registry.parse_params("The request", registry.COMMON, {"dtype": "float16"})
+    with pytest.raises(InvalidInput, match="'dense'"):
+        registry.parse_params("The request", registry.COMMON, {"label_encoding": "dense"})
+
+
+# ---- accuracy -----------------------------------------------------------------------------
+
+P3 = np.float32([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0.1, 0.1, 0.8]])
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "resolved", "value"),
+    [
+        ([1, 2, 2], P3, "sparse_categorical_accuracy", 2 / 3),
+        ([[1], [2], [2]], P3, "sparse_categorical_accuracy", 2 / 3),
+        ([[0, 1, 0], [0, 0, 1], [0, 0, 1]], P3, "categorical_accuracy", 2 / 3),
+        ([[0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0, 0, 1]], P3, "categorical_accuracy", 2 / 3),
+        ([[1], [0], [1]], [[0.9], [0.6], [0.4]], "binary_accuracy", 1 / 3),
+        ([1, 0, 1], [0.9, 0.6, 0.4], "binary_accuracy", 1 / 3),
+        # P3 > 0.5 is [[0, 0, 0], [1, 0, 0], [0, 0, 1]] (0.5 is not above 0.5)
+        ([[0, 1, 1], [1, 0, 0], [0, 0, 1]], P3, "subset_accuracy", 2 / 3),
+        ([[0, 0, 0], [1, 0, 0], [1, 1, 0]], P3, "subset_accuracy", 2 / 3),
+        ([[0, 0, 0], [1, 1, 0], [1, 1, 0]], P3, "subset_accuracy", 1 / 3),
+    ],
+)
+def test_accuracy_resolves_from_the_labels(
+    y_true: Any, y_pred: Any, resolved: str, value: float
+) -> None:
+    got, name = metric("accuracy", y_true, y_pred)
+    assert name == resolved
+    assert got == pytest.approx(value)
+    # and it is the same number as the metric it resolved to
+    direct, same = metric(resolved, y_true, y_pred)
+    assert same == resolved
+    assert got == direct
+
+
+def test_accuracy_resolution_table() -> None:
+    assert registry.ACCURACY_FOR == {
+        "sparse": "sparse_categorical_accuracy",
+        "one_hot": "categorical_accuracy",
+        "soft": "categorical_accuracy",
+        "binary": "binary_accuracy",
+        "multi_hot": "subset_accuracy",
+    }
+    assert set(registry.ACCURACY_FOR) == set(encodings.ENCODINGS)
+
+
+def test_accuracy_follows_a_stated_encoding() -> None:
+    y_true = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    batch = encodings.prepare(y_true, P3, label_encoding="multi_hot")
+    assert registry.resolve_metric("accuracy", batch) == "subset_accuracy"
+    value, name = registry.compute_metric("accuracy", batch, parse("accuracy", {}))
+    # P3 > 0.5 is [[0, 0, 0], [1, 0, 0], [0, 0, 1]]: rows 1 and 2 match exactly
+    assert (name, value) == ("subset_accuracy", pytest.approx(2 / 3))
+    # detected, the same labels are one-hot: argmax of P3 is [1, 0, 2], all right
+    batch = encodings.prepare(y_true, P3)
+    assert registry.compute_metric("accuracy", batch, parse("accuracy", {})) == (
+        1.0,
+        "categorical_accuracy",
+    )
+
+
+@pytest.mark.parametrize(
+    "y_true", [[[0.1, 0.8, 0.1], [0, 1, 0], [0, 0, 1]], [[1, 1, 0], [1, 0, 0], [0, 0, 1]]]
+)
+@pytest.mark.parametrize(
+    "name", ["sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy"]
+)
+def test_soft_or_multi_hot_labels_for_a_sparse_metric(y_true: Any, name: str) -> None:
+    with pytest.raises(InvalidInput, match="integer labels or one-hot rows") as info:
+        metric(name, y_true, P3)
+    assert "use " in info.value.detail
+
+
+def test_sparse_metric_accepts_one_hot_rows() -> None:
+    assert metric("sparse_categorical_accuracy", np.eye(3)[[1, 2, 2]], P3) == (
+        pytest.approx(2 / 3),
+        "sparse_categorical_accuracy",
+    )
+
+
+def test_threshold_metrics_need_targets_of_y_pred_shape() -> None:
+    for name in ("binary_accuracy", "subset_accuracy"):
+        with pytest.raises(InvalidInput, match="targets of `y_pred`'s shape"):
+            metric(name, [1, 0, 2], P3)
+    with pytest.raises(InvalidInput, match="0/1 targets"):
+        metric("subset_accuracy", [[0.1, 0.8, 0.1], [0, 1, 0], [0, 0, 1]], P3)
+
+
+def test_argmax_metrics_need_two_classes() -> None:
+    with pytest.raises(InvalidInput, match="at least 2 classes"):
+        metric("categorical_accuracy", [[1], [0]], [[0.9], [0.1]])
+
+
+@pytest.mark.parametrize("name", ["binary_accuracy", "accuracy"])
+def test_binary_accuracy_from_logits_thresholds_the_sigmoid(name: str) -> None:
+    y_true = [[1], [0], [1], [0]]
+    logits = [[2.0], [-2.0], [0.4], [0.3]]
+    # σ(2) = 0.88, σ(-2) = 0.12, σ(0.4) = 0.599, σ(0.3) = 0.574: [1, 0, 1, 1] against the labels
+    value, resolved = metric(name, y_true, logits, from_logits=True)
+    assert resolved == "binary_accuracy"
+    assert value == 0.75
+    # compared as given: [1, 0, 0, 0], so rows 0, 1 and 3 are right
+    assert metric(name, y_true, logits)[0] == 0.75
+    # a threshold of 0.35 tells them apart: logits 0.4 and 0.3 → [1, 0, 1, 0], σ → [1, 0, 1, 1]
+    assert metric(name, y_true, logits, threshold=0.35)[0] == 1.0
+    assert metric(name, y_true, logits, threshold=0.35, from_logits=True)[0] == 0.75
+    # a threshold of 0.58 on σ: σ(0.4) = 0.599 passes, σ(0.3) = 0.574 does not
+    sigma = 1 / (1 + np.exp(-np.array([2.0, -2.0, 0.4, 0.3])))
+    expected = np.mean((sigma > 0.58) == np.array([1, 0, 1, 0]))
+    assert metric(name, y_true, logits, from_logits=True, threshold=0.58)[0] == expected == 1.0
+
+
+def test_subset_accuracy_from_logits() -> None:
+    y_true = [[1, 0, 1], [0, 1, 0]]
+    logits = [[3.0, -1.0, 0.1], [-0.1, 2.0, -0.2]]
+    # σ > 0.5 where the logit is > 0: [1, 0, 1] and [0, 1, 0], both exact
+    assert metric("subset_accuracy", y_true, logits, from_logits=True)[0] == 1.0
+    # as given, 0.1 is not above 0.5: row 0 misses
+    assert metric("subset_accuracy", y_true, logits)[0] == 0.5
+
+
+def test_argmax_metrics_ignore_from_logits() -> None:
+    logits = np.float32([[-1.0, 2.0, 0.5], [3.0, 0.0, -2.0], [0.0, 0.1, -0.1]])
+    a = metric("accuracy", [1, 0, 2], logits, from_logits=True)
+    b = metric("accuracy", [1, 0, 2], logits)
+    assert a == b == (pytest.approx(2 / 3), "sparse_categorical_accuracy")
