@@ -7,7 +7,7 @@ fields can hold millions of numbers, which are decoded straight to NumPy
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,7 +44,7 @@ class BinaryTensor(BaseModel):
     )
 
 
-NestedLists = list[Any]
+NestedLists = Annotated[list[Any], Field(min_length=1)]
 ArrayInput = NestedLists | TypedArray
 ARRAY_DESCRIPTION = (
     "Nested JSON lists of numbers (rectangular), or a typed array {dtype, shape, data}."
@@ -87,14 +87,9 @@ class LossRequest(_Batch):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
+            # one example every loss accepts: one-hot labels fit each of them
             "examples": [
-                {"y_true": [1, 2], "y_pred": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]},
-                {
-                    "y_true": [[0, 1, 0], [0, 0, 1]],
-                    "y_pred": [[2.0, 5.0, 1.0], [0.5, 1.5, 3.0]],
-                    "from_logits": True,
-                    "label_smoothing": 0.1,
-                },
+                {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]}
             ]
         },
     )
@@ -113,7 +108,7 @@ class MetricRequest(_Batch):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"y_true": [[0, 1, 1], [1, 0, 0]], "y_pred": [[0.2, 0.7, 0.6], [0.9, 0.3, 0.1]]}
+                {"y_true": [[0, 1, 0], [1, 0, 0]], "y_pred": [[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]]}
             ]
         },
     )

@@ -1,0 +1,164 @@
+"""The OpenAPI document: the committed file, stable operation ids, documented errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import openapi_export
+
+SPEC_FILE = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+DRIFT = f"{SPEC_FILE.name} differs from GET /openapi.json: run `make openapi` and commit the file"
+
+OPERATION_IDS = {
+    ("post", "/v1/losses/{name}"): "compute_loss",
+    ("post", "/v1/metrics/{name}"): "compute_metric",
+    ("post", "/v1/evaluate"): "evaluate",
+    ("get", "/v1/losses"): "list_losses",
+    ("get", "/v1/metrics"): "list_metrics",
+    ("get", "/healthz"): "health",
+}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+def _operations(spec: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    }
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return openapi_export.spec()
+
+
+def test_served_spec_equals_the_committed_file(client: Any) -> None:
+    assert SPEC_FILE.exists(), f"{SPEC_FILE} is missing: run `make openapi`"
+    committed = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == committed, DRIFT
+
+
+def test_committed_file_is_formatted_as_make_openapi_writes_it() -> None:
+    text = SPEC_FILE.read_text(encoding="utf-8")
+    assert text == openapi_export.render(json.loads(text)), (
+        f"{SPEC_FILE.name} is not formatted as `make openapi` writes it: run `make openapi`"
+    )
+
+
+def test_export_writes_the_served_spec(tmp_path: Path, spec: dict[str, Any]) -> None:
+    out = tmp_path / "nested" / "openapi.json"
+    assert openapi_export.main([str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.endswith("}\n")
+    assert json.loads(text) == spec
+    assert openapi_export.main(["--check", str(out)]) == 0
+    out.write_text(text.replace("Loss service", "Drifted"), encoding="utf-8")
+    assert openapi_export.main(["--check", str(out)]) == 1
+
+
+def test_operation_ids_are_stable_and_unique(spec: dict[str, Any]) -> None:
+    operations = _operations(spec)
+    ids = [operation.get("operationId") for operation in operations.values()]
+    assert len(ids) == len(set(ids)), f"duplicate operation ids: {ids}"
+    assert {key: op.get("operationId") for key, op in operations.items()} == OPERATION_IDS
+
+
+def test_docs_pages_are_not_operations(spec: dict[str, Any]) -> None:
+    assert not {"/docs", "/redoc", "/openapi.json"} & set(spec["paths"])
+    assert not any(path.startswith("/static") for path in spec["paths"])
+
+
+@pytest.mark.parametrize(
+    "key", [key for key in OPERATION_IDS if key[0] == "post"], ids=lambda key: OPERATION_IDS[key]
+)
+def test_every_post_documents_its_problem_responses(
+    spec: dict[str, Any], key: tuple[str, str]
+) -> None:
+    operation = _operations(spec)[key]
+    statuses = {"400", "413", "415", "422"}
+    # Unknown names: in the path, or (evaluate) in the `losses` / `metrics` entries.
+    statuses.add("404")
+    responses = operation["responses"]
+    missing = statuses - set(responses)
+    assert not missing, f"{OPERATION_IDS[key]} does not document {sorted(missing)}"
+    for status in sorted(statuses):
+        content = responses[status].get("content", {})
+        assert set(content) == {"application/problem+json"}, (status, content)
+        assert content["application/problem+json"]["schema"] == {"$ref": PROBLEM_REF}
+        assert responses[status].get("description")
+    assert "200" in responses
+    assert "application/json" in responses["200"]["content"]
+
+
+@pytest.mark.parametrize(
+    "key", [key for key in OPERATION_IDS if key[0] == "post"], ids=lambda key: OPERATION_IDS[key]
+)
+def test_every_post_documents_json_and_binary_bodies(
+    spec: dict[str, Any], key: tuple[str, str]
+) -> None:
+    body = _operations(spec)[key]["requestBody"]
+    assert body["required"] is True
+    assert set(body["content"]) == {"application/json", "application/octet-stream"}
+    binary = body["content"]["application/octet-stream"]["schema"]
+    assert binary["format"] == "binary"
+    assert "Inference-Header-Content-Length" in binary["description"]
+
+
+def test_problem_schema_is_rfc_9457(spec: dict[str, Any]) -> None:
+    problem = spec["components"]["schemas"]["Problem"]
+    assert {"type", "title", "status", "detail", "errors"} <= set(problem["required"])
+
+
+def test_every_reference_resolves(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    dangling: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                prefix = "#/components/schemas/"
+                if not ref.startswith(prefix) or ref[len(prefix) :] not in schemas:
+                    dangling.append(ref)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    assert not dangling, f"unresolved $ref: {sorted(set(dangling))}"
+
+
+def test_spec_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"].startswith("3.1.")
+    try:
+        from openapi_spec_validator import validate  # type: ignore[import-not-found]
+    except ImportError:
+        validate = None
+    if validate is not None:
+        validate(spec)
+        return
+    # openapi-spec-validator is not installed; schemathesis bundles the OpenAPI 3.1
+    # meta-schema (the structure of the document) with a JSON Schema validator.
+    try:
+        import jsonschema_rs
+        from schemathesis.specs.openapi.definitions import OPENAPI_31
+    except ImportError:  # pragma: no cover - both come with schemathesis
+        pytest.skip("neither openapi-spec-validator nor schemathesis' OpenAPI 3.1 schema here")
+    validator = jsonschema_rs.Draft202012Validator(OPENAPI_31)
+    errors = [f"{list(e.instance_path)}: {e.message}" for e in validator.iter_errors(spec)]
+    assert not errors, "\n".join(errors[:20])
+    # Each schema is a valid JSON Schema 2020-12 (OpenAPI 3.1's dialect).
+    for name, schema in spec["components"]["schemas"].items():
+        assert jsonschema_rs.meta.is_valid(schema), f"components.schemas.{name}"
