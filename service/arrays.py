@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pybase64
+import simdjson
 from numpy.typing import NDArray
 
 from service.errors import Loc, MalformedRequest, PayloadTooLarge, invalid
@@ -172,7 +173,8 @@ def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[An
 
 def to_array(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
     """An array field of a JSON body: nested lists or a typed array."""
-    if isinstance(value, np.ndarray):  # already decoded from a binary request
+    if isinstance(value, np.ndarray):  # decoded from a binary request, or by the fast JSON path
+        _check_elements(value.size, loc, max_elements)
         return value
     if isinstance(value, dict):
         if "binary_data_size" in value:
@@ -257,3 +259,111 @@ def _replace(root: Any, loc: Loc, value: Any) -> None:
     for key in loc[:-1]:
         node = node[key]
     node[loc[-1]] = value
+
+
+# ---- the fast JSON path -------------------------------------------------------------------
+
+#: Fields whose nested lists are read straight into a float64 buffer by the fast path.
+NUMERIC_FIELDS = frozenset({"y_true", "y_pred", "sample_weight"})
+
+
+class _Fallback(Exception):
+    """The fast path cannot vouch for this body: the general parser takes it."""
+
+
+def parse_json_body(data: bytes) -> Any:
+    """A JSON request body, with its numeric arrays already as NumPy arrays where possible.
+
+    simdjson parses the body and writes each rectangular numeric array of
+    ``y_true``/``y_pred``/``sample_weight`` straight into a float64 buffer (no
+    Python float per element). Anything the fast path cannot vouch for (a
+    parse error, a ragged array, a non-number, an empty array) goes to
+    :func:`parse_json`, so validation and errors are those of the general path.
+
+    simdjson's buffer export flattens nested arrays, so a nested array hidden
+    among the numbers would go unseen by shape checks alone: the fast path
+    also counts every ``[`` of the body and requires it to equal the arrays it
+    accounted for (the rectangular arrays' rows, plus every array and string
+    elsewhere in the document).
+    """
+    try:
+        parser = simdjson.Parser()
+        doc = parser.parse(data)
+        if not isinstance(doc, simdjson.Object):
+            raise _Fallback
+        brackets = [0]
+        body = _fast_object(doc, brackets, numeric_fields=True)
+        if data.count(b"[") != brackets[0]:
+            raise _Fallback
+        return body
+    except (_Fallback, ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        return parse_json(data)
+
+
+def _fast_object(obj: Any, brackets: list[int], *, numeric_fields: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in obj.keys():  # noqa: SIM118 (items() would convert every value to Python)
+        value = obj[key]
+        brackets[0] += key.count("[")
+        if numeric_fields and key in NUMERIC_FIELDS and isinstance(value, simdjson.Array):
+            out[key] = _fast_numeric(value, brackets)
+        elif numeric_fields and key == "outputs" and isinstance(value, simdjson.Object):
+            heads = {}
+            for head in value.keys():  # noqa: SIM118
+                head_body = value[head]
+                brackets[0] += head.count("[")
+                if isinstance(head_body, simdjson.Object):
+                    heads[head] = _fast_object(head_body, brackets, numeric_fields=True)
+                else:
+                    heads[head] = _plain(head_body, brackets)
+            out[key] = heads
+        else:
+            out[key] = _plain(value, brackets)
+    return out
+
+
+def _plain(value: Any, brackets: list[int]) -> Any:
+    """A small JSON value as Python objects, counting the ``[`` it accounts for."""
+    if isinstance(value, simdjson.Array):
+        value = value.as_list()
+    elif isinstance(value, simdjson.Object):
+        value = value.as_dict()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            brackets[0] += 1
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                brackets[0] += k.count("[")
+                stack.append(v)
+        elif isinstance(node, str):
+            brackets[0] += node.count("[")
+    return value
+
+
+def _fast_numeric(arr: Any, brackets: list[int]) -> NDArray[np.float64]:
+    shape: list[int] = []
+    node = arr
+    while isinstance(node, simdjson.Array):
+        if len(node) == 0 or len(shape) == MAX_DIMS:
+            raise _Fallback
+        shape.append(len(node))
+        node = node[0]
+    # Every array above the last level must have the length its level says.
+    level = [arr]
+    for depth in range(len(shape) - 1):
+        children = []
+        for parent in level:
+            for child in parent:
+                if not isinstance(child, simdjson.Array) or len(child) != shape[depth + 1]:
+                    raise _Fallback
+                children.append(child)
+        level = children
+    n = math.prod(shape)
+    buf = np.frombuffer(arr.as_buffer(of_type="d"), dtype=np.float64)
+    if buf.size != n:
+        raise _Fallback
+    brackets[0] += sum(math.prod(shape[:k]) for k in range(len(shape)))
+    return buf.reshape(shape)

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service.arrays import parse_binary, parse_json, to_array
+from service.arrays import parse_binary, parse_json, parse_json_body, to_array
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
 
 LIMIT = 1_000_000
@@ -131,3 +131,61 @@ def test_binary_header_that_lies_about_sizes_is_rejected() -> None:
     lying = orjson.dumps({"y_pred": {"dtype": "float32", "shape": [5], "binary_data_size": 16}})
     with pytest.raises(InvalidInput, match="need 20"):
         parse_binary(lying + y.tobytes(), len(lying), LIMIT)
+
+
+FAST_PATH_BODIES = [
+    b'{"y_true": [1, 2], "y_pred": [[0.1, 0.9, 0.0], [0.2, 0.3, 0.5]], "from_logits": false}',
+    b'{"y_true": [[[1]], [[0]]], "y_pred": [[[0.5]], [[0.25]]], "losses": ["a", {"name": "b"}]}',
+    b'{"y_pred": [[1, 2], [3, 4, 5], [6]], "y_true": [0, 1, 0]}',  # ragged, same total
+    b'{"y_pred": [[1, [2]], [3, 4]], "y_true": [0, 1]}',  # a nested array among numbers
+    b'{"y_pred": [[[], 5, [6, 7]]], "y_true": [0]}',  # nested arrays that keep the count
+    b'{"y_pred": [true, false], "y_true": [1, 0]}',
+    b'{"y_pred": [1, null], "y_true": [1, 0]}',
+    b'{"y_pred": [], "y_true": []}',
+    b'{"y_pred": [1e400], "y_true": [1]}',
+    b'{"y_pred": [0.5], "y_true": [1], "note": "a [bracket] in a string", "k[": 1}',
+    b'{"outputs": {"a": {"y_true": [1], "y_pred": [[0.3, 0.7]]}, "b": [1, [2]]}}',
+    b"[1, 2]",
+    b'{"y_pred": [NaN]}',
+]
+
+
+def _numeric_fields(body: object) -> object:
+    """Every numeric field of a decoded body as an array (or the error it raises)."""
+    if not isinstance(body, dict):
+        return body
+    out: dict[str, object] = {}
+    for key, value in body.items():
+        if key in ("y_true", "y_pred", "sample_weight"):
+            try:
+                a = to_array(value, (key,), LIMIT)
+                out[key] = (a.shape, a.astype(np.float64).tolist())
+            except InvalidInput as e:
+                out[key] = ("error", e.detail)
+        elif key == "outputs" and isinstance(value, dict):
+            out[key] = {h: _numeric_fields(v) for h, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("raw", FAST_PATH_BODIES, ids=range(len(FAST_PATH_BODIES)))
+def test_fast_json_path_decodes_exactly_as_the_general_parser(raw: bytes) -> None:
+    try:
+        slow = _numeric_fields(parse_json(raw))
+    except MalformedRequest as e:
+        with pytest.raises(MalformedRequest) as fast_error:
+            parse_json_body(raw)
+        assert fast_error.value.detail == e.detail
+        return
+    assert _numeric_fields(parse_json_body(raw)) == slow
+
+
+def test_fast_json_path_reads_big_arrays_into_buffers() -> None:
+    y_pred = np.random.default_rng(1).random((64, 50))
+    raw = orjson.dumps(
+        {"y_true": list(range(64)), "y_pred": y_pred}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+    body = parse_json_body(raw)
+    assert isinstance(body["y_pred"], np.ndarray) and body["y_pred"].shape == (64, 50)
+    np.testing.assert_array_equal(body["y_pred"], y_pred)

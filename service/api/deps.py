@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from service.api.body import RawBody, read_body
-from service.arrays import parse_binary, parse_json
+from service.arrays import parse_binary, parse_json_body
 from service.settings import Settings
 
 
@@ -25,4 +25,4 @@ def decode(raw: RawBody, settings: Settings) -> Any:
     if raw.content_type == "binary":
         assert raw.header_length is not None
         return parse_binary(raw.data, raw.header_length, settings.max_elements)
-    return parse_json(raw.data)
+    return parse_json_body(raw.data)
