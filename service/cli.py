@@ -1,47 +1,145 @@
-"""The ``loss-service`` command: ``loss-service serve [--host --port --workers --log-level]``."""
+"""The ``loss-service`` command: ``loss-service serve [--host --port --workers --log-level
+--log-format]``; each option's default is its ``LOSS_SERVICE_*`` setting.
+
+``serve`` runs uvicorn with the service's logging (JSON lines or console lines on
+standard error, one access line per request, uvicorn's own access log off), a
+graceful shutdown (on SIGTERM or SIGINT, in-flight requests get up to
+``LOSS_SERVICE_SHUTDOWN_TIMEOUT`` seconds to finish, then the command exits 0) and,
+with several workers, Prometheus metrics shared through a temporary
+``PROMETHEUS_MULTIPROC_DIR`` (created here and removed at exit, unless it was set).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
+LOG_FORMATS = ["json", "console"]
+
+
+def _settings_error(error: ValidationError) -> str:
+    """The errors of the settings, one a line, naming the environment variable; the
+    values themselves are never shown (they may be secrets)."""
+    lines = ["loss-service: invalid settings:"]
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        field = ".".join(str(part) for part in item["loc"][:1])
+        lines.append(f"  LOSS_SERVICE_{field.upper()}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handler: before it starts, or raised again by it
+    once it has shut down gracefully. Either way the command is done: exit 0."""
+    raise SystemExit(0)
+
+
+@contextmanager
+def _multiprocess_metrics(workers: int) -> Iterator[str | None]:
+    """With several workers, a ``PROMETHEUS_MULTIPROC_DIR`` for their metrics."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        os.makedirs(given, exist_ok=True)
+        yield given
+        return
+    if workers <= 1:
+        yield None
+        return
+    created = tempfile.mkdtemp(prefix="loss-service-metrics-")
+    os.environ[MULTIPROC_ENV] = created
+    try:
+        yield created
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(created, ignore_errors=True)
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loss-service", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the HTTP service")
+    serve.add_argument(
+        "--host", default=defaults.host, help="address to bind (default %(default)s)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=defaults.port, help="TCP port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="worker processes (default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=defaults.log_level,
+        choices=LOG_LEVELS,
+        help="log level (default %(default)s)",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=defaults.log_format,
+        choices=LOG_FORMATS,
+        help="json lines or readable console lines (default %(default)s)",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from service.settings import Settings
 
-    settings = Settings()
-    parser = argparse.ArgumentParser(prog="loss-service", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the HTTP service")
-    serve.add_argument(
-        "--host", default=settings.host, help="address to bind (default %(default)s)"
-    )
-    serve.add_argument("--port", type=int, default=settings.port, help="port (default %(default)s)")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=settings.workers,
-        help="worker processes (default %(default)s)",
-    )
-    serve.add_argument(
-        "--log-level",
-        default=settings.log_level,
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="log level (default %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(_settings_error(error), file=sys.stderr)
+        return 2
+    args = build_parser(settings).parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        print(f"loss-service: --port must be 0 to 65535, not {args.port}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"loss-service: --workers must be at least 1, not {args.workers}", file=sys.stderr)
+        return 2
+    return serve(args, settings)
 
-    import uvicorn
 
-    uvicorn.run(
-        "service.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-    )
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        with _multiprocess_metrics(args.workers):
+            # Imported once PROMETHEUS_MULTIPROC_DIR is settled (see service.ops.prometheus).
+            import uvicorn
+
+            from service.ops.logs import logging_config
+
+            uvicorn.run(
+                "service.main:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                log_config=logging_config(args.log_level, args.log_format),
+                log_level=args.log_level,
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=settings.shutdown_timeout,
+            )
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

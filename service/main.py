@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from service import __version__
+from service import __version__, ops
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
 from service.api.responses import problem_response
@@ -214,4 +214,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    ops.install(app, settings)
     return app

@@ -1,18 +1,97 @@
-"""The service's settings: one class, read from ``LOSS_SERVICE_*`` environment variables."""
+"""The service's settings: one class, read from ``LOSS_SERVICE_*`` environment variables.
+
+Every field is set by the environment variable ``LOSS_SERVICE_<FIELD>`` (case-insensitive),
+or by a keyword argument in tests. The list settings (``cors_origins``, ``api_keys``) take
+either a comma-separated string (``LOSS_SERVICE_API_KEYS=key-one,key-two``) or a JSON
+array; an empty string means none.
+"""
 
 from __future__ import annotations
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["json", "console"]
+
+#: What an API key may hold: the visible ASCII characters of a Bearer token (no spaces).
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_ORIGIN = re.compile(r"https?://[^\s/]+")
+
+
+def _split(value: Any) -> Any:
+    """A comma-separated string (or a JSON array in a string) as a list of items."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOSS_SERVICE_", extra="ignore")
 
+    #: Address to bind (the Docker image binds 0.0.0.0).
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    log_level: str = "info"
+    #: TCP port to listen on.
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: Worker processes; with more than one, metrics are aggregated across them.
+    workers: int = Field(default=1, ge=1)
+    #: Log level of the service's and the server's logs.
+    log_level: LogLevel = "info"
+    #: ``json``: one JSON object a line; ``console``: readable lines.
+    log_format: LogFormat = "json"
     #: Largest request body accepted, in bytes; larger ones get a 413.
-    max_body_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     #: Largest number of elements in one array of a request; more gets a 413.
-    max_elements: int = 64 * 1024 * 1024
+    max_elements: int = Field(default=64 * 1024 * 1024, gt=0)
+    #: Origins allowed to call the API from a browser (CORS); none by default.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    #: Keys accepted as ``Authorization: Bearer <key>`` on ``/v1/*``; none: no auth.
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    #: Seconds given to in-flight requests to finish after SIGTERM.
+    shutdown_timeout: int = Field(default=30, ge=0)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        cleaned = [origin.rstrip("/") for origin in origins]
+        for origin in cleaned:
+            if origin != "*" and _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(
+                    f"a CORS origin is '*' or scheme://host[:port] "
+                    f"(http or https, no path); received {origin!r}"
+                )
+        return cleaned
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for index, key in enumerate(keys):
+            if _TOKEN.fullmatch(key.get_secret_value()) is None:
+                # The key itself is never quoted back: it is a secret.
+                raise ValueError(
+                    f"API key #{index + 1} is empty or holds characters a Bearer token "
+                    "cannot (spaces, control or non-ASCII characters)"
+                )
+        return keys

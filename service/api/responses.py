@@ -8,6 +8,7 @@ import orjson
 from fastapi import Response
 
 from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, problem
+from service.ops.prometheus import record_warnings
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -26,3 +27,10 @@ def problem_response(error: ServiceError, instance: str | None = None) -> Respon
         headers=headers,
         media_type=PROBLEM_CONTENT_TYPE,
     )
+
+
+def computed_response(result: dict[str, Any]) -> Response:
+    """A compute endpoint's answer; its warnings (every head's) are counted for /metrics."""
+    bodies = result["outputs"].values() if "outputs" in result else [result]
+    record_warnings(w["code"] for body in bodies for w in body["warnings"])
+    return json_response(result)

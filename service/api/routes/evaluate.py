@@ -8,7 +8,7 @@ from service import evaluation
 from service.api import schemas
 from service.api.deps import RawBodyDep, SettingsDep, decode
 from service.api.openapi_body import request_body
-from service.api.responses import json_response
+from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["evaluate"])
@@ -26,4 +26,4 @@ router = APIRouter(prefix="/v1", tags=["evaluate"])
 )
 def evaluate(raw: RawBodyDep, settings: SettingsDep) -> Response:
     """Compute several losses and metrics on one batch (or one per head), with diagnoses."""
-    return json_response(evaluation.evaluate(decode(raw, settings), settings.max_elements))
+    return computed_response(evaluation.evaluate(decode(raw, settings), settings.max_elements))

@@ -10,7 +10,7 @@ from service import diagnostics, evaluation, registry
 from service.api import schemas
 from service.api.deps import RawBodyDep, SettingsDep, decode
 from service.api.openapi_body import request_body
-from service.api.responses import json_response
+from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
@@ -50,4 +50,4 @@ def list_losses() -> dict[str, object]:
 def compute_loss(name: LossName, raw: RawBodyDep, settings: SettingsDep) -> Response:
     """Compute one loss on a batch, with Keras 3's numbers and diagnoses."""
     registry.get_loss(name)
-    return json_response(evaluation.loss(name, decode(raw, settings), settings.max_elements))
+    return computed_response(evaluation.loss(name, decode(raw, settings), settings.max_elements))

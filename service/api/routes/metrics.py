@@ -10,7 +10,7 @@ from service import diagnostics, evaluation, registry
 from service.api import schemas
 from service.api.deps import RawBodyDep, SettingsDep, decode
 from service.api.openapi_body import request_body
-from service.api.responses import json_response
+from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
@@ -51,4 +51,4 @@ def list_metrics() -> dict[str, object]:
 def compute_metric(name: MetricName, raw: RawBodyDep, settings: SettingsDep) -> Response:
     """Compute one metric on a batch; the response says what `accuracy` resolved to."""
     registry.get_metric(name)
-    return json_response(evaluation.metric(name, decode(raw, settings), settings.max_elements))
+    return computed_response(evaluation.metric(name, decode(raw, settings), settings.max_elements))

@@ -1,0 +1,143 @@
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Exposed (besides the client library's ``process_*`` and ``python_*`` metrics when the
+service runs as one process):
+
+- ``loss_service_requests_total{method, route, status}``: requests answered;
+- ``loss_service_request_duration_seconds{method, route}``: latency histogram;
+- ``loss_service_request_body_bytes{route}``: histogram of request bodies received;
+- ``loss_service_requests_in_progress``: requests being served now;
+- ``loss_service_computations_total{kind, name, status}``: compute requests, ``kind``
+  ``loss`` or ``metric`` with the loss's or metric's ``name`` from the path, or
+  ``evaluate`` (named ``evaluate``);
+- ``loss_service_warnings_total{code}``: diagnoses returned, by warning code, counted by
+  ``record_warnings``, which the routes call.
+
+``route`` is the path template (``/v1/losses/{name}``), never the path itself;
+unknown paths are ``<unmatched>`` and unknown names ``<unknown>``, so a caller cannot
+create new series.
+
+Several worker processes: the values live in files of ``PROMETHEUS_MULTIPROC_DIR``
+(which ``loss-service serve --workers N`` creates and removes when N > 1, and which
+must be set before this module is first imported) and ``/metrics`` adds them up
+across workers with a ``MultiProcessCollector``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from starlette.responses import Response
+
+from service import diagnostics, registry
+
+PATH: Final = "/metrics"
+UNMATCHED: Final = "<unmatched>"
+UNKNOWN: Final = "<unknown>"
+OTHER_CODE: Final = "other"
+
+#: Whether values are kept in ``PROMETHEUS_MULTIPROC_DIR`` (decided by the client
+#: library when it was imported).
+MULTIPROCESS: Final[bool] = bool(getattr(values.ValueClass, "_multiprocess", False))
+
+_KiB = 1024
+
+REQUESTS = Counter(
+    "loss_service_requests",
+    "HTTP requests answered, by method, route template and status code.",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "loss_service_request_duration_seconds",
+    "Time from the request's arrival to the end of its response, by route template.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+REQUEST_BYTES = Histogram(
+    "loss_service_request_body_bytes",
+    "Request body bytes received, by route template.",
+    ["route"],
+    buckets=tuple(float(_KiB * 4**i) for i in range(10)),  # 1 KiB to 256 MiB
+)
+IN_PROGRESS = Gauge(
+    "loss_service_requests_in_progress",
+    "Requests being served.",
+    multiprocess_mode="livesum",
+)
+COMPUTATIONS = Counter(
+    "loss_service_computations",
+    "Compute requests by kind (loss, metric, evaluate), loss or metric name, and status.",
+    ["kind", "name", "status"],
+)
+WARNINGS = Counter(
+    "loss_service_warnings",
+    "Diagnoses (warnings) returned in responses, by warning code.",
+    ["code"],
+)
+for _code in diagnostics.CODES:
+    WARNINGS.labels(_code)
+
+#: The compute routes: template -> (kind, the names it knows, or None for evaluate).
+_COMPUTE: Final[Mapping[str, tuple[str, Mapping[str, object] | None]]] = {
+    "/v1/losses/{name}": ("loss", registry.LOSSES),
+    "/v1/metrics/{name}": ("metric", registry.METRICS),
+    "/v1/evaluate": ("evaluate", None),
+}
+
+
+def record_warnings(codes: Iterable[str]) -> None:
+    """Count the warnings of one response, given their codes (codes that are not in
+    ``service.diagnostics.CODES`` are counted as ``other``)."""
+    for code in codes:
+        WARNINGS.labels(code if code in diagnostics.CODES else OTHER_CODE).inc()
+
+
+def observe(
+    *,
+    method: str,
+    route: str,
+    path_params: Mapping[str, str],
+    status: int,
+    duration_s: float,
+    request_bytes: int,
+) -> None:
+    """Record one answered request."""
+    status_label = str(status)
+    REQUESTS.labels(method, route, status_label).inc()
+    LATENCY.labels(method, route).observe(duration_s)
+    REQUEST_BYTES.labels(route).observe(request_bytes)
+    compute = _COMPUTE.get(route)
+    if compute is not None and method == "POST":
+        kind, known = compute
+        if known is None:
+            name = kind
+        else:
+            given = path_params.get("name", "")
+            name = given if given in known else UNKNOWN
+        COMPUTATIONS.labels(kind, name, status_label).inc()
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus' text format, added up over the workers if several."""
+    if MULTIPROCESS:
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+        return generate_latest(collected)
+    return generate_latest(REGISTRY)
+
+
+def metrics_endpoint() -> Response:
+    """``GET /metrics``: Prometheus' text format."""
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

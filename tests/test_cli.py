@@ -1,0 +1,149 @@
+"""``loss-service serve``: options and their defaults from the settings, what uvicorn gets."""
+
+from __future__ import annotations
+
+import logging.config
+import os
+import signal
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service import cli
+from service.ops.logs import ConsoleFormatter, JsonFormatter
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("LOSS_SERVICE_") or name == cli.MULTIPROC_ENV:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Stands in for ``uvicorn.run``: records its arguments, and the environment and
+    SIGTERM handler it would have run with."""
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(app: str, **kwargs: Any) -> None:
+        kwargs["app"] = app
+        kwargs["multiproc_dir"] = os.environ.get(cli.MULTIPROC_ENV)
+        kwargs["multiproc_dir_exists"] = bool(
+            kwargs["multiproc_dir"] and os.path.isdir(kwargs["multiproc_dir"])
+        )
+        kwargs["sigterm"] = signal.getsignal(signal.SIGTERM)
+        calls.append(kwargs)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    return calls
+
+
+def test_serve_defaults(runs: list[dict[str, Any]]) -> None:
+    assert cli.main(["serve"]) == 0
+    (call,) = runs
+    assert call["app"] == "service.main:create_app"
+    assert call["factory"] is True
+    assert (call["host"], call["port"], call["workers"]) == ("127.0.0.1", 8000, 1)
+    assert call["log_level"] == "info"
+    assert call["access_log"] is False
+    assert call["timeout_graceful_shutdown"] == 30
+    assert call["multiproc_dir"] is None
+    formatter = call["log_config"]["formatters"]["default"]["()"]
+    assert formatter.endswith("JsonFormatter")
+
+
+def test_settings_are_the_defaults(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_PORT", "9123")
+    monkeypatch.setenv("LOSS_SERVICE_WORKERS", "3")
+    monkeypatch.setenv("LOSS_SERVICE_LOG_LEVEL", "warning")
+    monkeypatch.setenv("LOSS_SERVICE_LOG_FORMAT", "console")
+    monkeypatch.setenv("LOSS_SERVICE_SHUTDOWN_TIMEOUT", "7")
+    assert cli.main(["serve", "--host", "0.0.0.0"]) == 0
+    (call,) = runs
+    assert (call["host"], call["port"], call["workers"]) == ("0.0.0.0", 9123, 3)
+    assert call["log_level"] == "warning"
+    assert call["timeout_graceful_shutdown"] == 7
+    assert call["log_config"]["formatters"]["default"]["()"].endswith("ConsoleFormatter")
+
+
+def test_options_override_settings(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_PORT", "9123")
+    argv = ["serve", "--port", "9200", "--workers", "2", "--log-level", "debug"]
+    assert cli.main([*argv, "--log-format", "console"]) == 0
+    (call,) = runs
+    assert (call["port"], call["workers"], call["log_level"]) == (9200, 2, "debug")
+
+
+def test_several_workers_share_a_temporary_metrics_dir(runs: list[dict[str, Any]]) -> None:
+    assert cli.main(["serve", "--workers", "2"]) == 0
+    (call,) = runs
+    assert call["multiproc_dir_exists"]
+    assert not os.path.exists(call["multiproc_dir"])  # removed at exit
+    assert cli.MULTIPROC_ENV not in os.environ
+
+
+def test_a_given_metrics_dir_is_kept(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    given = tmp_path / "prom"
+    monkeypatch.setenv(cli.MULTIPROC_ENV, str(given))
+    assert cli.main(["serve", "--workers", "2"]) == 0
+    assert runs[0]["multiproc_dir"] == str(given)
+    assert given.is_dir()
+
+
+def test_sigterm_handler_during_and_after(runs: list[dict[str, Any]]) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["serve"]) == 0
+    assert runs[0]["sigterm"] is cli._exit_cleanly
+    assert signal.getsignal(signal.SIGTERM) == before
+    with pytest.raises(SystemExit) as caught:
+        cli._exit_cleanly(signal.SIGTERM, None)
+    assert caught.value.code == 0
+
+
+def test_invalid_settings_exit_2_without_secrets(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_API_KEYS", '["s3cret-one", "not valid"]')
+    monkeypatch.setenv("LOSS_SERVICE_WORKERS", "zero")
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "LOSS_SERVICE_API_KEYS" in err
+    assert "LOSS_SERVICE_WORKERS" in err
+    assert "s3cret" not in err
+    assert "not valid" not in err
+    assert runs == []
+
+
+@pytest.mark.parametrize(
+    "argv", [["serve", "--port", "70000"], ["serve", "--workers", "0"]], ids=["port", "workers"]
+)
+def test_invalid_options(runs: list[dict[str, Any]], argv: list[str]) -> None:
+    assert cli.main(argv) == 2
+    assert runs == []
+
+
+def test_unknown_log_level_is_an_argparse_error(runs: list[dict[str, Any]]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["serve", "--log-level", "loud"])
+    assert caught.value.code == 2
+
+
+def test_logging_config_is_valid() -> None:
+    """The dictConfig given to uvicorn is accepted by logging (on a scratch copy)."""
+    from service.ops.logs import logging_config
+
+    for fmt, formatter in (("json", JsonFormatter), ("console", ConsoleFormatter)):
+        config = logging_config("debug", fmt)
+        assert config["loggers"]["uvicorn.access"]["propagate"] is False
+        # Validate by building the formatter and filter the way dictConfig does.
+        configurator = logging.config.DictConfigurator(config)
+        built = configurator.configure_custom(dict(config["formatters"]["default"]))
+        assert isinstance(built, formatter)

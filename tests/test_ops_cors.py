@@ -1,0 +1,59 @@
+"""CORS: none by default; the configured origins only, preflights never need a key."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from service.main import create_app
+from service.settings import Settings
+
+ORIGIN = "https://app.example"
+URL = "/v1/losses/categorical_crossentropy"
+BODY = {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]}
+PREFLIGHT = {
+    "Origin": ORIGIN,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
+
+
+def call(settings: Settings, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.request(method, url, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_no_cors_by_default() -> None:
+    response = call(Settings(), "POST", URL, json=BODY, headers={"Origin": ORIGIN})
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_configured_origin() -> None:
+    settings = Settings(cors_origins=[ORIGIN])
+    response = call(settings, "POST", URL, json=BODY, headers={"Origin": ORIGIN})
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+    other = call(settings, "POST", URL, json=BODY, headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_preflight_needs_no_key() -> None:
+    settings = Settings(cors_origins=[ORIGIN], api_keys=["k"])
+    response = call(settings, "OPTIONS", URL, headers=PREFLIGHT)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_refusals_are_readable_by_the_page() -> None:
+    settings = Settings(cors_origins=[ORIGIN], api_keys=["k"])
+    response = call(settings, "POST", URL, json=BODY, headers={"Origin": ORIGIN})
+    assert response.status_code == 401
+    assert response.headers["access-control-allow-origin"] == ORIGIN

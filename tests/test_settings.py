@@ -1,0 +1,143 @@
+"""Settings: one class, ``LOSS_SERVICE_*`` environment variables, documented defaults."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("LOSS_SERVICE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert s.host == "127.0.0.1"
+    assert s.port == 8000
+    assert s.workers == 1
+    assert s.log_level == "info"
+    assert s.log_format == "json"
+    assert s.max_body_bytes == 64 * MiB
+    assert s.max_elements == 64 * MiB
+    assert s.cors_origins == []
+    assert s.api_keys == []
+    assert s.shutdown_timeout == 30
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "LOSS_SERVICE_HOST": "0.0.0.0",
+        "LOSS_SERVICE_PORT": "9000",
+        "LOSS_SERVICE_WORKERS": "4",
+        "LOSS_SERVICE_LOG_LEVEL": "WARNING",
+        "LOSS_SERVICE_LOG_FORMAT": "Console",
+        "LOSS_SERVICE_MAX_BODY_BYTES": "1000",
+        "LOSS_SERVICE_MAX_ELEMENTS": "2000",
+        "LOSS_SERVICE_SHUTDOWN_TIMEOUT": "5",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert (s.host, s.port, s.workers) == ("0.0.0.0", 9000, 4)
+    assert (s.log_level, s.log_format) == ("warning", "console")
+    assert (s.max_body_bytes, s.max_elements, s.shutdown_timeout) == (1000, 2000, 5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", []),
+        ("  ", []),
+        ("key-one", ["key-one"]),
+        ("key-one,key-two", ["key-one", "key-two"]),
+        (" key-one , key-two ,", ["key-one", "key-two"]),
+        ('["key-one", "key-two"]', ["key-one", "key-two"]),
+    ],
+)
+def test_api_keys_from_env(monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_API_KEYS", raw)
+    assert [k.get_secret_value() for k in Settings().api_keys] == expected
+
+
+def test_api_keys_are_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_API_KEYS", "s3cret-key-one,s3cret-key-two")
+    s = Settings()
+    assert "s3cret" not in repr(s)
+    assert "s3cret" not in str(s.model_dump())
+
+
+@pytest.mark.parametrize("raw", ["good,bad key", "good,ключ", '["good", ""]'])
+def test_bad_api_key_is_refused_without_quoting_it(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_API_KEYS", raw)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    messages = " ".join(
+        e["msg"] for e in caught.value.errors(include_input=False, include_context=False)
+    )
+    assert "API key #2" in messages
+    assert "bad key" not in messages
+    assert "ключ" not in messages
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", []),
+        ("https://a.example", ["https://a.example"]),
+        (
+            "https://a.example/, http://localhost:3000",
+            ["https://a.example", "http://localhost:3000"],
+        ),
+        ("*", ["*"]),
+        ('["https://a.example"]', ["https://a.example"]),
+    ],
+)
+def test_cors_origins_from_env(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_CORS_ORIGINS", raw)
+    assert Settings().cors_origins == expected
+
+
+@pytest.mark.parametrize("raw", ["a.example", "ftp://a.example", "https://a.example/path"])
+def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_CORS_ORIGINS", raw)
+    with pytest.raises(ValidationError, match="CORS origin"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOSS_SERVICE_PORT", "70000"),
+        ("LOSS_SERVICE_PORT", "http"),
+        ("LOSS_SERVICE_WORKERS", "0"),
+        ("LOSS_SERVICE_LOG_LEVEL", "verbose"),
+        ("LOSS_SERVICE_LOG_FORMAT", "xml"),
+        ("LOSS_SERVICE_MAX_BODY_BYTES", "0"),
+        ("LOSS_SERVICE_MAX_ELEMENTS", "-1"),
+        ("LOSS_SERVICE_SHUTDOWN_TIMEOUT", "-1"),
+    ],
+)
+def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_keyword_arguments_still_work() -> None:
+    s = Settings(max_body_bytes=100, api_keys=["k1"], cors_origins=["http://x.test"])
+    assert s.max_body_bytes == 100
+    assert [k.get_secret_value() for k in s.api_keys] == ["k1"]
+    assert s.cors_origins == ["http://x.test"]
