@@ -14,13 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from servers import wait_healthy
 
 from service.settings import Settings
 
@@ -207,16 +207,7 @@ def test_image_stages_and_cmd(tmp_path: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not become healthy"
-            time.sleep(0.2)
+        wait_healthy(base, process, seconds=60, on_exit=lambda: process.communicate()[1][-3000:])
 
         response = httpx.post(f"{base}/v1/losses/categorical_crossentropy", json=BODY, timeout=30)
         assert response.status_code == 200, response.text

@@ -4,17 +4,16 @@ access line per request (uvicorn's own access log is off), the metrics dir is re
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import service_env, wait_healthy
 
 BIN = Path(sys.executable).parent
 BODY = {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]}
@@ -55,11 +54,7 @@ def per_worker(metrics_dir: Path) -> dict[str, float]:
 @pytest.mark.timeout(120)
 def test_two_workers(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith("LOSS_SERVICE_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
+    env = service_env()
     env["TMPDIR"] = str(tmp_path)
     env["LOSS_SERVICE_WORKERS"] = "2"
     env["LOSS_SERVICE_PORT"] = str(port)
@@ -70,16 +65,7 @@ def test_two_workers(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     scrapes: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, "the server exited at start"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_healthy(base, process, seconds=60)
         (metrics_dir,) = tmp_path.glob("loss-service-metrics-*")
 
         url = f"{base}/v1/losses/categorical_crossentropy"

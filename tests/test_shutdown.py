@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import service_env, wait_healthy
 
 BIN = Path(sys.executable).parent
 SMALL = {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]}
@@ -96,11 +96,7 @@ async def scenario(base: str, process: subprocess.Popen[bytes]) -> dict[str, Any
 @pytest.mark.timeout(240)
 def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith("LOSS_SERVICE_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
+    env = service_env()
     log = (tmp_path / "server.log").open("w+")
     process = subprocess.Popen(
         [str(BIN / "loss-service"), "serve", "--port", str(port), "--workers", "1"],
@@ -110,16 +106,7 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, "the server exited at start"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_healthy(base, process, seconds=30)
 
         result = asyncio.run(scenario(base, process))
         exit_code = process.wait(timeout=EXIT_BOUND_S)

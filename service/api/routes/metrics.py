@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from service import diagnostics, evaluation, registry
+from service import evaluation, registry
 from service.api import schemas
+from service.api.catalogue import catalogue
 from service.api.deps import RawBodyDep, SettingsDep, decode
 from service.api.openapi_body import request_body
 from service.api.responses import computed_response
@@ -27,18 +28,7 @@ MetricName = Annotated[
 @router.get("", operation_id="list_metrics", response_model=schemas.MetricCatalogue)
 def list_metrics() -> dict[str, object]:
     """Every metric, with each parameter, its type, default and meaning."""
-    return {
-        "metrics": [
-            {
-                "name": s.name,
-                "description": s.description,
-                "parameters": [p.describe() for p in s.params],
-            }
-            for s in registry.METRICS.values()
-        ],
-        "common_parameters": [p.describe() for p in registry.COMMON],
-        "warning_codes": diagnostics.CODES,
-    }
+    return catalogue("metrics", registry.METRICS.values())
 
 
 @router.post(
