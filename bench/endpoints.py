@@ -1,0 +1,218 @@
+"""Endpoints: end-to-end latency of ``POST /v1/losses/sparse_categorical_crossentropy`` (from
+logits) per request encoding, against the in-process kernel time of the same batch.
+
+The service runs as ``loss-service serve`` (the virtualenv's console script) in a
+subprocess on a free loopback port; one persistent httpx client sends bodies encoded
+beforehand (the client's encode time is its own column), and a request's time runs
+from sending it to having its JSON answer parsed. References, measured in the same run:
+
+* kernel: ``service.kernels.sparse_categorical_crossentropy`` on the same arrays, in
+  this process, with the kernel threads the server uses (all cores);
+* in-process: ``service.evaluation.loss`` on the decoded arrays (validation, kernel,
+  reduction, diagnoses: the whole request minus HTTP and decoding);
+* orjson.loads of the JSON body, the floor of any JSON-lists decode.
+
+Memory: before each encoding's requests the server's peak RSS is reset
+(``/proc/PID/clear_refs``); after them ``VmHWM`` is its peak during them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from bench import (
+    Timing,
+    free_port,
+    ms,
+    proc_status,
+    ratio,
+    reset_peak_rss,
+    serve,
+    table,
+    time_it,
+    venv_script,
+)
+from bench.kernels import SHAPES
+from service import evaluation, kernels
+from service.client import Encoding, encode_body
+
+LOSS = "sparse_categorical_crossentropy"
+PATH = f"/v1/losses/{LOSS}"
+QUICK_SHAPES = [(4096, 1000), (512, 32000)]
+#: Bodies of these runs are far over the default 64 MiB limit (JSON lists of 16 M floats).
+MAX_BODY = 1 << 30
+ENCODINGS: tuple[Encoding, ...] = ("binary", "typed", "json")  # the largest body comes last
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    shape: str
+    encoding: str
+    body_bytes: int
+    encode: float
+    latency: Timing
+    kernel: float
+    in_process: float
+    loads: float | None
+    rss_before: int | None
+    peak: int | None
+
+
+def batch(n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((n, c), dtype=np.float32) * 3).astype(np.float32)
+    labels = rng.integers(0, c, size=n, dtype=np.int64)
+    return labels, logits
+
+
+def _post(http: httpx.Client, content: bytes, headers: dict[str, str]) -> float:
+    response = http.post(PATH, content=content, headers=headers)
+    if response.status_code != 200:
+        raise RuntimeError(f"{response.status_code}: {response.text[:500]}")
+    value: float = orjson.loads(response.content)["loss"]
+    return value
+
+
+def _measure(
+    http: httpx.Client,
+    pid: int,
+    shape: tuple[int, int],
+    repeat: int,
+    budget: float,
+) -> list[Row]:
+    n, c = shape
+    labels, logits = batch(n, c)
+    body: dict[str, Any] = {"y_true": labels, "y_pred": logits, "from_logits": True}
+    kernel = time_it(
+        lambda: kernels.sparse_categorical_crossentropy(labels, logits, from_logits=True),
+        repeat=repeat,
+        budget=budget,
+    ).min
+    in_process = time_it(
+        lambda: evaluation.loss(LOSS, dict(body), max_elements=1 << 40),
+        repeat=repeat,
+        budget=budget,
+    ).min
+    expected = float(evaluation.loss(LOSS, dict(body), max_elements=1 << 40)["loss"])
+    rows: list[Row] = []
+    for encoding in ENCODINGS:
+        encoded = time_it(partial(encode_body, body, encoding), repeat=3, warmup=0)
+        content, headers, _ = encode_body(body, encoding)
+        loads = None
+        if encoding != "binary":
+            loads = time_it(partial(orjson.loads, content), repeat=3, budget=budget).min
+        got = _post(http, content, headers)  # warm-up, and the value is the in-process one
+        if abs(got - expected) > 1e-6 * max(1.0, abs(expected)):
+            raise RuntimeError(f"{encoding}: the service says {got}, in process {expected}")
+        rss_before = proc_status(pid, "VmRSS")
+        reset = reset_peak_rss(pid)
+        latency = time_it(
+            partial(_post, http, content, headers),
+            repeat=repeat,
+            warmup=0,
+            budget=budget,
+        )
+        peak = proc_status(pid, "VmHWM")
+        rows.append(
+            Row(
+                f"{n}x{c}",
+                encoding,
+                len(content),
+                encoded.min,
+                latency,
+                kernel,
+                in_process,
+                loads,
+                rss_before if reset else None,
+                peak,
+            )
+        )
+        del content
+    return rows
+
+
+def run(quick: bool = False) -> str:
+    shapes = QUICK_SHAPES if quick else SHAPES
+    repeat, budget = (3, 3.0) if quick else (10, 8.0)
+    port = free_port()
+    command = [venv_script("loss-service"), "serve", "--port", str(port), "--log-level", "warning"]
+    rows: list[Row] = []
+    with (
+        serve(
+            command,
+            port,
+            probe="/healthz",
+            env={"LOSS_SERVICE_MAX_BODY_BYTES": str(MAX_BODY)},
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=600) as http,
+    ):
+        started_rss = proc_status(server.pid, "VmRSS")
+        for shape in shapes:
+            rows.extend(_measure(http, server.pid, shape, repeat, budget))
+        final_peak = proc_status(server.pid, "VmHWM")
+    headers = [
+        "shape",
+        "encoding",
+        "body MiB",
+        "encode ms",
+        "min ms",
+        "median ms",
+        "kernel ms",
+        "in-proc ms",
+        "min/kernel",
+        "min/in-proc",
+        "loads ms",
+        "min/loads",
+        "peak RSS MiB",
+        "(peak-rss)/body",
+    ]
+    lines = []
+    for r in rows:
+        extra = None
+        if r.peak is not None and r.rss_before is not None:
+            extra = (r.peak - r.rss_before) / r.body_bytes
+        lines.append(
+            [
+                r.shape,
+                r.encoding,
+                f"{r.body_bytes / MiB:.1f}",
+                ms(r.encode),
+                ms(r.latency.min),
+                ms(r.latency.median),
+                ms(r.kernel),
+                ms(r.in_process),
+                ratio(r.latency.min / r.kernel),
+                ratio(r.latency.min / r.in_process),
+                ms(r.loads),
+                "-" if r.loads is None else ratio(r.latency.min / r.loads),
+                "-" if r.peak is None else f"{r.peak / MiB:.0f}",
+                "-" if extra is None else f"{extra:.2f}",
+            ]
+        )
+    largest = max(rows, key=lambda r: r.body_bytes)
+    summary = [
+        f"server: {' '.join(command)} (pid {server.pid}), LOSS_SERVICE_MAX_BODY_BYTES={MAX_BODY}",
+        f"latency: minimum and median of up to {repeat} requests (~{budget:g} s at most per "
+        "row); kernel and in-process times: minimum, in this process, all cores.",
+        "(peak-rss)/body: the server's peak RSS during that row's requests above its RSS "
+        "before them, per byte of request body.",
+    ]
+    if started_rss is not None and final_peak is not None:
+        summary.append(
+            f"server RSS after start-up {started_rss / MiB:.0f} MiB; peak RSS after the largest "
+            f"request ({largest.shape} {largest.encoding}, {largest.body_bytes / MiB:.0f} MiB "
+            f"body) {final_peak / MiB:.0f} MiB = {final_peak / largest.body_bytes:.1f}x the "
+            f"payload ({(final_peak - started_rss) / largest.body_bytes:.1f}x above start-up)."
+        )
+    return "\n".join([*summary, "", table(headers, lines)])
+
+
+if __name__ == "__main__":
+    print(run())

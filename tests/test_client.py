@@ -1,0 +1,431 @@
+"""service.client: the async client in process (``httpx.ASGITransport``), the sync client
+against a real uvicorn server on 127.0.0.1, and the request encodings byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import uvicorn
+
+from service.arrays import parse_binary
+from service.client import (
+    AsyncLossClient,
+    Encoding,
+    LossClient,
+    LossServiceError,
+    build_request,
+    encode_body,
+)
+from service.main import create_app
+from service.settings import Settings
+
+T = TypeVar("T")
+
+Y_TRUE = [[0, 1, 0], [0, 0, 1]]
+Y_PRED = [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]
+CCE = 1.1769392490386963  # Keras: categorical_crossentropy(Y_TRUE, Y_PRED)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def async_client(**kwargs: Any) -> AsyncLossClient:
+    app = create_app(Settings())
+    return AsyncLossClient("http://testserver", transport=httpx.ASGITransport(app=app), **kwargs)
+
+
+def big_batch(n: int = 1024, c: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(n, c)).astype(np.float32)
+    labels = rng.integers(0, c, size=n)
+    return labels, logits
+
+
+def reference_sparse_cce(labels: np.ndarray, logits: np.ndarray) -> float:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+# ---- a real server for the sync client --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    """The service under uvicorn in a background thread, on a free port of 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(Settings()),
+        log_level="warning",
+        access_log=False,
+        ws="none",
+        loop="asyncio",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            pytest.fail("the uvicorn server did not start within 20 s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+        assert not thread.is_alive(), "the uvicorn server did not stop within 20 s"
+
+
+@pytest.fixture
+def sync_client(server_url: str) -> Iterator[LossClient]:
+    with LossClient(server_url, timeout=30) as client:
+        yield client
+
+
+class Seen:
+    """An event hook that records the Content-Type of every request sent."""
+
+    def __init__(self) -> None:
+        self.content_types: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> None:
+        self.content_types.append(request.headers.get("content-type", ""))
+
+    async def on_request(self, request: httpx.Request) -> None:
+        self(request)
+
+
+# ---- the sync client, over a socket -------------------------------------------------------
+
+
+def test_sync_health_and_catalogues(sync_client: LossClient) -> None:
+    assert sync_client.health() == {"status": "ok"}
+    names = {entry["name"] for entry in sync_client.losses()["losses"]}
+    assert "categorical_crossentropy" in names
+    assert "accuracy" in {entry["name"] for entry in sync_client.metrics()["metrics"]}
+
+
+def test_sync_golden_loss(sync_client: LossClient) -> None:
+    result = sync_client.loss("categorical_crossentropy", Y_TRUE, Y_PRED)
+    assert result["loss"] == pytest.approx(CCE, rel=1e-6)
+    assert isinstance(result["loss"], float)
+    assert result["label_encoding"] == "one_hot"
+    # The same with integer labels and NumPy inputs.
+    labels = np.array([1, 2])
+    result = sync_client.loss("categorical_crossentropy", labels, np.array(Y_PRED, np.float32))
+    assert result["loss"] == pytest.approx(CCE, rel=1e-6)
+    assert result["label_encoding"] == "sparse"
+
+
+def test_sync_reduction_none_is_an_array(sync_client: LossClient) -> None:
+    result = sync_client.loss(
+        "binary_crossentropy", [0, 1, 1], [-2.0, 1.5, 0.3], from_logits=True, reduction="none"
+    )
+    assert isinstance(result["loss"], np.ndarray)
+    assert result["loss"].dtype == np.float32
+    np.testing.assert_allclose(result["loss"], [0.126928, 0.20141327, 0.55435526], rtol=1e-6)
+
+
+def test_sync_metric_and_evaluate(sync_client: LossClient) -> None:
+    result = sync_client.metric(
+        "accuracy", [[1, 0, 0, 1], [0, 1, 0, 0]], [[0.8, 0.1, 0.2, 0.7], [0.3, 0.4, 0.1, 0.1]]
+    )
+    assert result["value"] == 0.5
+    assert result["resolved_as"] == "subset_accuracy"
+    result = sync_client.evaluate(
+        [1, 2],
+        Y_PRED,
+        losses=["sparse_categorical_crossentropy", {"name": "categorical_crossentropy"}],
+        metrics=["accuracy"],
+    )
+    assert result["losses"]["categorical_crossentropy"] == pytest.approx(CCE, rel=1e-6)
+    assert result["losses"]["sparse_categorical_crossentropy"] == pytest.approx(CCE, rel=1e-6)
+    assert result["metrics"] == {"accuracy": 0.5}
+    assert result["resolved"] == {"accuracy": "sparse_categorical_accuracy"}
+
+
+def test_sync_evaluate_heads(sync_client: LossClient) -> None:
+    result = sync_client.evaluate_heads(
+        {
+            "kind": {"y_true": [1, 2], "y_pred": Y_PRED},
+            "tags": {"y_true": [[1, 0], [0, 1]], "y_pred": [[0.8, 0.1], [0.3, 0.6]]},
+        },
+        loss_weights={"kind": 0.5},
+    )
+    assert result["total_loss"] == pytest.approx(0.8500936627388, rel=1e-6)
+    assert set(result["outputs"]) == {"kind", "tags"}
+
+
+def test_sync_large_batch_goes_binary_with_the_json_loss(server_url: str) -> None:
+    labels, logits = big_batch()
+    seen = Seen()
+    with LossClient(server_url, event_hooks={"request": [seen]}) as client:
+        binary = client.loss("sparse_categorical_crossentropy", labels, logits, from_logits=True)
+    with LossClient(server_url, event_hooks={"request": [seen]}, encoding="json") as client:
+        as_json = client.loss("sparse_categorical_crossentropy", labels, logits, from_logits=True)
+    assert seen.content_types == ["application/octet-stream", "application/json"]
+    assert binary["loss"] == as_json["loss"]
+    assert binary["loss"] == pytest.approx(reference_sparse_cce(labels, logits), rel=1e-5)
+
+
+def test_sync_error_raises_with_the_problem(sync_client: LossClient) -> None:
+    with pytest.raises(LossServiceError) as caught:
+        sync_client.loss("categorical_crossentropy", [0, 1], [[2.0, -1.0], [0.5, 1.5]])
+    err = caught.value
+    assert err.status == 422
+    assert err.title == "Invalid input"
+    assert "from_logits: true" in err.detail
+    assert err.errors and err.errors[0]["loc"] == ["y_pred"]
+    assert err.problem["type"] == "urn:loss-service:problem:invalid-input"
+    assert err.problem["instance"] == "/v1/losses/categorical_crossentropy"
+    assert "422" in str(err)
+
+
+def test_sync_unknown_loss_is_a_404(sync_client: LossClient) -> None:
+    with pytest.raises(LossServiceError) as caught:
+        sync_client.loss("no_such_loss", [1], [[0.5, 0.5]])
+    assert caught.value.status == 404
+    assert "categorical_crossentropy" in caught.value.detail
+
+
+# ---- the async client, in process ---------------------------------------------------------
+
+
+def test_async_golden_values() -> None:
+    async def main() -> None:
+        async with async_client() as client:
+            assert await client.health() == {"status": "ok"}
+            result = await client.loss("categorical_crossentropy", Y_TRUE, Y_PRED)
+            assert result["loss"] == pytest.approx(CCE, rel=1e-6)
+            result = await client.metric("categorical_accuracy", Y_TRUE, Y_PRED)
+            assert result["value"] == 0.5
+            result = await client.evaluate(Y_TRUE, Y_PRED)
+            assert result["losses"] == {"categorical_crossentropy": pytest.approx(CCE, rel=1e-6)}
+            result = await client.evaluate_heads({"a": {"y_true": [1, 2], "y_pred": Y_PRED}})
+            assert result["total_loss"] == pytest.approx(CCE, rel=1e-6)
+            assert (await client.losses())["losses"]
+            assert (await client.metrics())["metrics"]
+
+    run(main())
+
+
+def test_async_reduction_none_float64() -> None:
+    async def main() -> dict[str, Any]:
+        async with async_client() as client:
+            return await client.loss(
+                "categorical_crossentropy", Y_TRUE, Y_PRED, reduction="none", dtype="float64"
+            )
+
+    result = run(main())
+    assert isinstance(result["loss"], np.ndarray)
+    assert result["loss"].dtype == np.float64
+    assert result["loss"].shape == (2,)
+    assert result["loss"].mean() == pytest.approx(CCE, rel=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["typed", "binary"])
+def test_async_large_batch_every_encoding_gives_the_json_loss(encoding: Encoding) -> None:
+    labels, logits = big_batch(2048, 7)
+    seen = Seen()
+
+    async def main() -> tuple[float, float, float]:
+        hooks = {"request": [seen.on_request]}
+        async with async_client(event_hooks=hooks) as auto:
+            binary = await auto.loss(
+                "sparse_categorical_crossentropy", labels, logits, None, from_logits=True
+            )
+        async with async_client(event_hooks=hooks, encoding="json") as json_client:
+            as_json = await json_client.loss(
+                "sparse_categorical_crossentropy", labels, logits, from_logits=True
+            )
+        async with async_client(event_hooks=hooks, encoding=encoding) as forced:
+            other = await forced.loss(
+                "sparse_categorical_crossentropy", labels, logits, from_logits=True
+            )
+        return binary["loss"], as_json["loss"], other["loss"]
+
+    binary, as_json, other = run(main())
+    expected_type = "application/json" if encoding == "typed" else "application/octet-stream"
+    assert seen.content_types == ["application/octet-stream", "application/json", expected_type]
+    assert binary == as_json == other
+    assert binary == pytest.approx(reference_sparse_cce(labels, logits), rel=1e-5)
+
+
+def test_async_threshold_is_the_total_element_count() -> None:
+    seen = Seen()
+    y_true = np.zeros(10, np.int64)
+    y_pred = np.full((10, 4), 0.25, np.float32)  # 10 + 40 = 50 elements
+
+    async def main() -> None:
+        hooks = {"request": [seen.on_request]}
+        async with async_client(event_hooks=hooks, binary_threshold=50) as client:
+            await client.loss("sparse_categorical_crossentropy", y_true, y_pred)
+        async with async_client(event_hooks=hooks, binary_threshold=49) as client:
+            await client.loss("sparse_categorical_crossentropy", y_true, y_pred)
+
+    run(main())
+    assert seen.content_types == ["application/json", "application/octet-stream"]
+
+
+def test_async_errors_raise() -> None:
+    async def main() -> None:
+        async with async_client() as client:
+            with pytest.raises(LossServiceError) as caught:
+                await client.loss("categorical_crossentropy", [0, 1], [[2.0, -1.0], [0.5, 1.5]])
+            assert caught.value.status == 422
+            assert "from_logits: true" in caught.value.detail
+            # The same mistake in a binary request.
+            labels, logits = big_batch()
+            with pytest.raises(LossServiceError) as caught:
+                await client.loss("categorical_crossentropy", labels, logits)
+            assert caught.value.status == 422
+            assert "from_logits" in caught.value.detail
+            with pytest.raises(LossServiceError) as caught:
+                await client.loss("binary_crossentropy", [0, 1], [0.2, 0.3], gamma=2.0)
+            assert caught.value.status == 422
+            assert "gamma" in caught.value.detail
+
+    run(main())
+
+
+# ---- what goes on the wire ----------------------------------------------------------------
+
+
+def test_api_key_is_a_bearer_token() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    with LossClient("http://x", api_key="s3cret", transport=httpx.MockTransport(handler)) as c:
+        c.health()
+    with LossClient("http://x", transport=httpx.MockTransport(handler)) as c:
+        c.health()
+    assert seen[0].headers["authorization"] == "Bearer s3cret"
+    assert "authorization" not in seen[1].headers
+
+
+def test_an_error_that_is_not_a_problem_document() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="upstream down")
+
+    with (
+        LossClient("http://x", transport=httpx.MockTransport(handler)) as client,
+        pytest.raises(LossServiceError) as caught,
+    ):
+        client.health()
+    assert caught.value.status == 502
+    assert caught.value.title == "Bad Gateway"
+    assert caught.value.detail == "upstream down"
+    assert caught.value.errors == []
+
+
+def test_binary_body_decodes_to_the_same_arrays_heads_included() -> None:
+    rng = np.random.default_rng(1)
+    a_true = rng.integers(0, 3, size=100)
+    a_pred = rng.random((100, 3)).astype(np.float64)
+    b_true = rng.integers(0, 2, size=(50, 4)).astype(np.uint8)
+    b_pred = np.asfortranarray(rng.random((50, 4)).astype(">f4"))  # not C-order, big-endian
+    weights = np.arange(50, dtype=np.uint32)  # not a wire dtype: sent as int64
+    request = build_request(
+        "/v1/evaluate",
+        {
+            "outputs": {
+                "a": {"y_true": a_true, "y_pred": a_pred, "losses": ["categorical_crossentropy"]},
+                "b": {"y_pred": b_pred, "y_true": b_true, "sample_weight": weights},
+            },
+            "loss_weights": {"a": 0.5},
+        },
+        encoding="binary",
+    )
+    assert request.encoding == "binary"
+    assert request.content is not None
+    header_length = int(request.headers["Inference-Header-Content-Length"])
+    body = parse_binary(request.content, header_length, 10**6)
+    head_a, head_b = body["outputs"]["a"], body["outputs"]["b"]
+    np.testing.assert_array_equal(head_a["y_true"], a_true)
+    np.testing.assert_array_equal(head_a["y_pred"], a_pred)
+    np.testing.assert_array_equal(head_b["y_true"], b_true)
+    np.testing.assert_array_equal(head_b["y_pred"], b_pred)
+    np.testing.assert_array_equal(head_b["sample_weight"], weights)
+    assert head_b["sample_weight"].dtype == np.int64
+    assert head_a["losses"] == ["categorical_crossentropy"]
+    assert body["loss_weights"] == {"a": 0.5}
+
+
+def test_binary_header_is_padded_so_tensors_start_aligned() -> None:
+    labels, logits = big_batch(300, 7)
+    for extra in range(8):  # header lengths that vary with the parameters
+        request = build_request(
+            "/v1/losses/x",
+            {"y_true": labels, "y_pred": logits, "pad": "x" * extra},
+            encoding="binary",
+        )
+        assert request.content is not None
+        length = int(request.headers["Inference-Header-Content-Length"])
+        assert length % 64 == 0
+        assert request.content[:length].rstrip(b" ").endswith(b"}")
+        body = parse_binary(request.content, length, 10**6)
+        assert body["pad"] == "x" * extra
+        assert body["y_true"].flags.aligned and body["y_pred"].flags.aligned
+
+
+def test_json_and_typed_bodies() -> None:
+    body = {
+        "y_true": np.array([1, 2]),
+        "y_pred": np.array(Y_PRED, np.float32),
+        "from_logits": False,
+    }
+    content, headers, used = encode_body(body, "json")
+    assert used == "json" and headers["Content-Type"] == "application/json"
+    assert orjson.loads(content) == {"y_true": [1, 2], "y_pred": Y_PRED, "from_logits": False}
+    content, _, used = encode_body(body, "typed")
+    typed = orjson.loads(content)["y_pred"]
+    assert used == "typed"
+    assert typed["dtype"] == "float32" and typed["shape"] == [2, 3]
+    # Values that are not arrays (ragged rows) go as they are, for the service to judge.
+    content, _, _ = encode_body({"y_true": [1, 2], "y_pred": [[0.5, 0.5], [1.0]]}, "json")
+    assert orjson.loads(content)["y_pred"] == [[0.5, 0.5], [1.0]]
+
+
+def test_ragged_rows_are_the_services_422() -> None:
+    async def main() -> LossServiceError:
+        async with async_client() as client:
+            try:
+                await client.loss("categorical_crossentropy", [1, 0], [[0.5, 0.5], [1.0]])
+            except LossServiceError as err:
+                return err
+        raise AssertionError("no error raised")
+
+    err = run(main())
+    assert err.status == 422
+    assert "rectangular" in err.detail
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"encoding": "xml"}, "encoding"), ({"binary_threshold": -1}, "binary_threshold")],
+)
+def test_bad_options(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LossClient("http://x", **kwargs)
