@@ -55,7 +55,7 @@ class RawBody:
     """A request body that passed the intake: its bytes, what they are, and for
     ``"binary"`` the length of the JSON header that starts them."""
 
-    data: bytes
+    data: bytes | bytearray
     content_type: Literal["json", "binary"]
     header_length: int | None
 
@@ -157,23 +157,36 @@ def _too_large(limit: int, received: str) -> errors.ServiceError:
     )
 
 
-async def _read(request: Request, limit: int) -> bytes:
-    """The body, read once, refused as soon as it passes ``limit`` bytes."""
+async def _read(request: Request, limit: int, declared: int | None) -> bytes | bytearray:
+    """The body, read once, refused as soon as it passes ``limit`` bytes.
+
+    With a declared length the chunks are copied into one buffer of that size as they
+    arrive, so the body is held once (a list of chunks joined at the end holds it twice).
+    """
     chunks: list[bytes] = []
+    buffer = bytearray(declared) if declared else None
     count = 0
     try:
         async for chunk in request.stream():
             if not chunk:
                 continue
-            count += len(chunk)
+            start, count = count, count + len(chunk)
             if count > limit:
                 raise _too_large(limit, f"{count} bytes so far, and the client was still sending")
-            chunks.append(chunk)
+            if buffer is not None and count <= len(buffer):
+                buffer[start:count] = chunk
+            else:
+                if buffer is not None:  # more than declared: keep what came, go on with a list
+                    chunks.append(bytes(buffer[:start]))
+                    buffer = None
+                chunks.append(chunk)
     except ClientDisconnect:
         raise errors.MalformedRequest.at(
             _BODY_LOC,
             f"the client disconnected before the request body was complete; received {count} bytes",
         ) from None
+    if buffer is not None:
+        return buffer if count == len(buffer) else bytes(buffer[:count])
     return b"".join(chunks)
 
 
@@ -191,7 +204,7 @@ async def read_body(request: Request) -> RawBody:
     if declared is not None and declared[0] > limit:
         raise _too_large(limit, f"a declared Content-Length of {_clip(declared[1])} bytes")
 
-    data = await _read(request, limit)
+    data = await _read(request, limit, declared[0] if declared is not None else None)
     if not data:
         raise errors.MalformedRequest.at(
             _BODY_LOC,
