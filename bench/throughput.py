@@ -1,7 +1,7 @@
 """Throughput: small requests (``categorical_crossentropy`` on a 32x10 JSON batch) with
 concurrent clients, against two references under the same uvicorn settings (1 worker,
-uvicorn's default loop and HTTP parser, log level warning, no uvicorn access log, as
-``loss-service serve`` runs it):
+the event loop and HTTP parser ``loss-service serve`` picks: uvloop and httptools when
+installed, log level warning, no uvicorn access log, as ``loss-service serve`` runs it):
 
 * ``raw_app``: a raw ASGI app that reads the body and returns a constant JSON object;
 * ``bare_app``: a bare FastAPI app whose endpoint returns a constant dict.
@@ -33,6 +33,7 @@ import orjson
 from fastapi import FastAPI
 
 from bench import Server, free_port, ratio, serve, table, venv_script
+from service import cli
 
 PATH = "/v1/losses/categorical_crossentropy"
 CONSTANT = b'{"loss":0.0}'
@@ -224,7 +225,11 @@ def run(quick: bool = False) -> str:
     body = request_body()
     use_wrk = shutil.which("wrk") is not None and os.environ.get(GENERATOR_ENV) != "httpx"
     uvicorn = venv_script("uvicorn")
-    common = ["--host", "127.0.0.1", "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    common = [
+        *("--host", "127.0.0.1", "--workers", "1", "--log-level", "warning", "--no-access-log"),
+        # What `loss-service serve` runs with, named, so that the settings are the same.
+        *("--loop", cli.event_loop(), "--http", cli.http_parser()),
+    ]
     ports = {name: free_port() for name in ("raw", "bare", "ours")}
     commands = {
         "raw": [uvicorn, "bench.throughput:raw_app", "--port", str(ports["raw"]), *common],

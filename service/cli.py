@@ -1,17 +1,20 @@
 """The ``loss-service`` command: ``loss-service serve [--host --port --workers --log-level
 --log-format]``; each option's default is its ``LOSS_SERVICE_*`` setting.
 
-``serve`` runs uvicorn with the service's logging (JSON lines or console lines on
-standard error, one access line per request, uvicorn's own access log off), a
-graceful shutdown (on SIGTERM or SIGINT, in-flight requests get up to
-``LOSS_SERVICE_SHUTDOWN_TIMEOUT`` seconds to finish, then the command exits 0) and,
-with several workers, Prometheus metrics shared through a temporary
-``PROMETHEUS_MULTIPROC_DIR`` (created here and removed at exit, unless it was set).
+``serve`` runs uvicorn on uvloop with the httptools HTTP parser (both come with
+``uvicorn[standard]``; asyncio's loop and h11 without them), with the service's
+logging (JSON lines or console lines on standard error, one access line per request,
+uvicorn's own access log off), a graceful shutdown (on SIGTERM or SIGINT, in-flight
+requests get up to ``LOSS_SERVICE_SHUTDOWN_TIMEOUT`` seconds to finish, then the
+command exits 0) and, with several workers, Prometheus metrics shared through a
+temporary ``PROMETHEUS_MULTIPROC_DIR`` (created here and removed at exit, unless it
+was set).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import signal
@@ -66,6 +69,16 @@ def _multiprocess_metrics(workers: int) -> Iterator[str | None]:
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(created, ignore_errors=True)
+
+
+def event_loop() -> str:
+    """uvloop when installed (``uvicorn[standard]`` installs it), else asyncio's loop."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def http_parser() -> str:
+    """httptools when installed (``uvicorn[standard]`` installs it), else h11."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
@@ -132,6 +145,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 host=args.host,
                 port=args.port,
                 workers=args.workers,
+                loop=event_loop(),
+                http=http_parser(),
                 log_config=logging_config(args.log_level, args.log_format),
                 log_level=args.log_level,
                 access_log=False,

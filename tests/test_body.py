@@ -413,6 +413,28 @@ def test_no_drain_without_a_request_body_or_when_100_continue_was_not_sent() -> 
         assert (b"connection", b"close") in sent[0]["headers"]  # a 413 always closes
 
 
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], (True, False)),
+        ([(b"content-length", b"0")], (True, False)),
+        ([(b"Content-Length", b" 000 ")], (True, False)),
+        ([(b"content-length", b"12")], (False, False)),
+        ([(b"content-length", b"0"), (b"content-length", b"5")], (False, False)),
+        ([(b"transfer-encoding", b"chunked")], (False, False)),
+        ([(b"content-length", b"3"), (b"Expect", b" 100-Continue ")], (False, True)),
+        ([(b"expect", b"something-else")], (True, False)),
+    ],
+)
+def test_drain_reads_the_request_headers_once(
+    headers: list[tuple[bytes, bytes]], expected: tuple[bool, bool]
+) -> None:
+    """(no body to read, expects 100 Continue), from one pass over the headers."""
+    from service.api import drain
+
+    assert drain._request_headers(headers) == expected
+
+
 def test_drain_rejects_bad_bounds() -> None:
     with pytest.raises(ValueError, match="max_drain_bytes"):
         DrainRequestBody(refuse_at_once, max_drain_bytes=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging.config
 import os
 import signal
@@ -52,6 +53,21 @@ def test_serve_defaults(runs: list[dict[str, Any]]) -> None:
     assert call["multiproc_dir"] is None
     formatter = call["log_config"]["formatters"]["default"]["()"]
     assert formatter.endswith("JsonFormatter")
+    # uvicorn[standard] installs both: named, not left to "auto".
+    assert (call["loop"], call["http"]) == ("uvloop", "httptools")
+
+
+def test_loop_and_parser_without_uvicorn_standard(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name in ("uvloop", "httptools") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert cli.main(["serve"]) == 0
+    assert (runs[0]["loop"], runs[0]["http"]) == ("asyncio", "h11")
 
 
 def test_settings_are_the_defaults(

@@ -97,12 +97,7 @@ class _Exchange:
         self._limits = limits
         self._receive = receive
         self._send = send
-        headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-        self.request_done = not _has_body(headers)
-        self.expects_continue = any(
-            name.lower() == b"expect" and value.strip().lower() == b"100-continue"
-            for name, value in headers
-        )
+        self.request_done, self.expects_continue = _request_headers(scope.get("headers", ()))
         self.receive_called = False
 
     async def receive(self) -> Message:
@@ -143,15 +138,20 @@ class _Exchange:
                     drained += len(message.get("body", b""))
 
 
-def _has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether an HTTP/1 request with these headers has a body to read."""
+def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, bool]:
+    """Whether an HTTP/1 request with these headers has no body to read, and whether it
+    expects ``100 Continue``: one pass over the headers."""
+    has_body = False
+    expects_continue = False
     for name, value in headers:
         key = name.lower()
         if key == b"transfer-encoding":
-            return True
-        if key == b"content-length" and value.strip().lstrip(b"0"):
-            return True
-    return False
+            has_body = True
+        elif key == b"content-length":
+            has_body = has_body or bool(value.strip().lstrip(b"0"))
+        elif key == b"expect":
+            expects_continue = expects_continue or value.strip().lower() == b"100-continue"
+    return not has_body, expects_continue
 
 
 def _with_close(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

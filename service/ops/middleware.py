@@ -1,0 +1,194 @@
+"""One pure ASGI middleware for what operations do to every request: ``Operations``.
+
+For each HTTP request it
+
+- takes the request id (``service.ops.requestid``), makes it current for the logs,
+  stores it as ``request.state.request_id`` and adds ``X-Request-ID`` to the response;
+- with ``cors_origins``, answers CORS (Starlette's ``CORSMiddleware``, preflights
+  included, refusals below included);
+- with ``api_keys``, refuses a ``/v1/*`` request without a valid
+  ``Authorization: Bearer <key>`` (``service.ops.auth``) before its body is read;
+- counts the request body bytes the app receives and the response body bytes it sends,
+  without holding either;
+- when the response is over, records the metrics (``service.ops.prometheus.observe``)
+  and logs the access line (``service.ops.logs.access``; nothing of it is computed
+  when the ``service.access`` logger is not enabled for INFO).
+
+The messages are passed on as they come: streaming and early answers are untouched.
+One layer instead of three (request id, logs and metrics; CORS; auth): every layer is
+a coroutine call on each request, whichever of them has work to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.ops import auth, logs, prometheus, requestid
+from service.ops.routes import RouteTemplates, route_path
+
+_HEADER: Final = requestid.HEADER.lower().encode("latin-1")
+
+#: Headers a browser may send cross-origin.
+CORS_HEADERS: Final = (
+    "Authorization",
+    "Content-Type",
+    "Inference-Header-Content-Length",
+    "X-Request-ID",
+)
+
+log = logging.getLogger(__name__)
+
+
+def _logged_path(scope: Scope) -> str:
+    """The path as sent (still percent-encoded: no control characters), no query."""
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw).split(b"?", 1)[0].decode("ascii", "backslashreplace")
+    path: str = scope.get("path", "")
+    return path.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+class Operations:
+    """Pure ASGI middleware: request id, CORS, API keys, metrics and access log."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: Sequence[str] = (),
+        cors_origins: Sequence[str] = (),
+    ) -> None:
+        self.app = app
+        self.routes = RouteTemplates()
+        self._keys = auth.Keys(api_keys) if api_keys else None
+        inner: ASGIApp = self._guarded if self._keys is not None else app
+        if cors_origins:
+            inner = CORSMiddleware(
+                inner,
+                allow_origins=cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=list(CORS_HEADERS),
+                expose_headers=[requestid.HEADER],
+                max_age=600,
+            )
+        self._inner = inner
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app behind the API keys (inside CORS: refusals carry its headers, and
+        preflights are answered before they get here)."""
+        assert self._keys is not None
+        if scope["type"] == "http" and auth.is_protected(route_path(scope)):
+            refusal = self._keys.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._inner(scope, receive, send)
+            return
+
+        start = time.perf_counter()
+        # Read now: a mount below changes the scope's root_path.
+        app, path = scope.get("app"), route_path(scope)
+        request_id = requestid.from_headers(scope.get("headers", ()))
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state["request_id"] = request_id
+        token = requestid.set_current(request_id)
+        header = (_HEADER, request_id.encode("ascii"))
+        received = 0
+        sent = 0
+        status = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            nonlocal sent, status
+            kind = message["type"]
+            if kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            elif kind == "http.response.start":
+                status = message["status"]
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() != _HEADER
+                ]
+                headers.append(header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        prometheus.IN_PROGRESS.inc()
+        failed = False
+        try:
+            await self._inner(scope, counting_receive, tagging_send)
+        except BaseException:
+            # The server's error middleware answers (a 500 unless a response had begun)
+            # and logs the error; the request id stays current for that log.
+            failed = True
+            raise
+        finally:
+            prometheus.IN_PROGRESS.dec()
+            duration = time.perf_counter() - start
+            if failed and not status:
+                status = 500
+            try:
+                self._record(scope, app, path, request_id, status, duration, received, sent)
+            except Exception:
+                # Bookkeeping never fails a request.
+                log.exception("recording the request failed")
+            if not failed:
+                requestid.reset_current(token)
+
+    def _record(
+        self,
+        scope: Scope,
+        app: object,
+        path: str,
+        request_id: str,
+        status: int,
+        duration: float,
+        received: int,
+        sent: int,
+    ) -> None:
+        method: str = scope.get("method", "")
+        route, params = self.routes.resolve(app, path)
+        prometheus.observe(
+            method=method,
+            route=route,
+            path_params=params,
+            status=status,
+            duration_s=duration,
+            request_bytes=received,
+        )
+        if logs.access_enabled():
+            logs.access(
+                request_id=request_id,
+                method=method,
+                path=_logged_path(scope),
+                route=route,
+                status=status,
+                duration_s=duration,
+                request_bytes=received,
+                response_bytes=sent,
+                client=_client(scope),
+            )

@@ -1,0 +1,117 @@
+"""``Operations``: request id, CORS, API keys, metrics and access log in one middleware,
+with cheap per-request work (the behaviour itself: test_ops_auth, _cors, _logs, _prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from service.main import create_app
+from service.ops import logs, middleware, requestid
+from service.ops.routes import UNMATCHED, RouteTemplates
+from service.settings import Settings
+
+URL = "/v1/losses/categorical_crossentropy"
+BODY = {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]}
+
+
+def call(method: str, url: str, settings: Settings | None = None, **kw: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(settings or Settings()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.request(method, url, **kw)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [Settings(), Settings(api_keys=["k"]), Settings(api_keys=["k"], cors_origins=["https://a.b"])],
+    ids=["default", "keys", "keys and cors"],
+)
+def test_one_ops_middleware_whatever_is_configured(settings: Settings) -> None:
+    app = create_app(settings)
+    assert [m.cls for m in app.user_middleware] == [middleware.Operations]
+
+
+def test_route_templates() -> None:
+    app = create_app(Settings())
+    routes = RouteTemplates()
+    assert routes.resolve(app, "/v1/losses") == ("/v1/losses", {})
+    assert routes.resolve(app, "/healthz") == ("/healthz", {})
+    assert routes.resolve(app, "/metrics") == ("/metrics", {})
+    assert routes.resolve(app, "/v1/losses/x") == ("/v1/losses/{name}", {"name": "x"})
+    assert routes.resolve(app, "/v1/metrics/accuracy") == (
+        "/v1/metrics/{name}",
+        {"name": "accuracy"},
+    )
+    assert routes.resolve(app, "/static/docs/a/b.css") == (
+        "/static/docs/{path}",
+        {"path": "a/b.css"},
+    )
+    for path in ["/v1/losses/x/y", "/v1/losses/", "/v1", "/nowhere", "/healthz/", ""]:
+        assert routes.resolve(app, path) == (UNMATCHED, {}), path
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    ids = {requestid.new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in ids:
+        parsed = uuid.UUID(hex=value)
+        assert parsed.hex == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+
+
+def test_access_fields_are_not_gathered_when_the_line_is_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gathered: list[object] = []
+    real = middleware._logged_path
+
+    def spy(scope: Any) -> str:
+        gathered.append(scope)
+        return real(scope)
+
+    monkeypatch.setattr(middleware, "_logged_path", spy)
+    caplog.set_level(logging.WARNING, logger=logs.ACCESS_LOGGER)
+    assert not logs.access_enabled()
+    assert call("POST", URL, json=BODY).status_code == 200
+    assert gathered == []
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER)
+    assert logs.access_enabled()
+    assert call("POST", URL, json=BODY).status_code == 200
+    assert len(gathered) == 1
+
+
+def test_refused_preflighted_and_answered_requests_all_get_a_request_id() -> None:
+    settings = Settings(api_keys=["k"], cors_origins=["https://a.b"])
+    refused = call("POST", URL, settings, json=BODY, headers={"X-Request-ID": "r-1"})
+    assert refused.status_code == 401
+    assert refused.headers.get_list("x-request-id") == ["r-1"]
+    preflight = call(
+        "OPTIONS",
+        URL,
+        settings,
+        headers={
+            "Origin": "https://a.b",
+            "Access-Control-Request-Method": "POST",
+            "X-Request-ID": "r-2",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers.get_list("x-request-id") == ["r-2"]
+    answered = call(
+        "POST",
+        URL,
+        settings,
+        json=BODY,
+        headers={"Authorization": "Bearer k", "X-Request-ID": "r-3"},
+    )
+    assert answered.status_code == 200
+    assert answered.headers.get_list("x-request-id") == ["r-3"]
