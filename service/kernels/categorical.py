@@ -18,14 +18,43 @@ Numerics, as Keras 3 (TensorFlow backend) computes them:
   not the same number as the categorical loss (each zero adds ε to the sum);
 * label smoothing mixes the targets with the uniform distribution:
   ``y (1 - s) + s / C``, ``C`` counting the classes.
+
+How they run (the numbers are the same, up to rounding):
+
+* rows go by cache-sized blocks (:mod:`service.kernels._blocks`), big
+  batches on all cores; each thread works in place (``out=``) in its own
+  scratch buffer, and integer labels only ever gather one value per row;
+* the loss at a label from logits, ``logsumexp(z) - z_t``, is
+  ``log(Σ_j e^{z_j} / e^{z_t})``, without the max shift: no pass for the row
+  maxima, none for ``z - max``. The quotient is ≥ 1, so its log does not
+  cancel, and ``e^{z_t}`` is the very term of the sum, so that its rounding
+  cancels out of a confident row's quotient. Rows where an
+  exponential overflows, or ``e^{z_t}`` falls below ``√tiny`` (float32:
+  ``z_t < -43``), are recomputed with the shift;
+* dense targets whose rows are all one-hot (checked per block) take the
+  integer labels' path, from logits as from probabilities
+  (``-log(clip(p_t / Σp))``); soft or smoothed targets weigh every class, and
+  go through the shifted log-softmax or the clipped log-probabilities of the
+  whole row.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import NDArray
 
-from service.kernels._blocks import for_each_block
+from service.kernels._blocks import (
+    NARROW_COLUMNS,
+    for_each_block,
+    row_dots,
+    row_max,
+    row_products,
+    row_sums,
+    scratch,
+)
+from service.kernels._math import exp_into, log_base, log_into
 
 Floats = NDArray[np.floating]
 Indices = NDArray[np.integer]
@@ -38,24 +67,121 @@ def _clip_bounds(dtype: np.dtype[np.floating]) -> tuple[np.floating, np.floating
     return eps, dtype.type(1) - eps
 
 
-def _log_softmax_parts(z: Floats) -> tuple[Floats, Floats]:
-    """``(z - max, log Σ exp(z - max))`` per row: log-softmax is their difference."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(shifted).sum(axis=1))
-    return shifted, lse
-
-
-def _log_probabilities(p: Floats) -> Floats:
-    """``log(clip(p / Σp))`` per row: the log-probabilities Keras uses."""
-    lo, hi = _clip_bounds(p.dtype)
-    q = p / p.sum(axis=1, keepdims=True)
-    np.clip(q, lo, hi, out=q)
-    logq: Floats = np.log(q, out=q)
-    return logq
-
-
 def _gather(matrix: Floats, labels: Indices) -> Floats:
+    """``matrix[i, labels[i]]`` for every row, one value per row."""
+    rows, c = matrix.shape
+    if matrix.flags.c_contiguous:
+        starts = (
+            _row_starts(rows, c) if rows <= 1 << 14 else np.arange(0, rows * c, c, dtype=np.intp)
+        )
+        gathered: Floats = matrix.reshape(-1).take(np.add(starts, labels))
+        return gathered
     return np.take_along_axis(matrix, labels[:, None], axis=1)[:, 0]
+
+
+@lru_cache(maxsize=16)
+def _row_starts(rows: int, c: int) -> NDArray[np.intp]:
+    """``[0, c, 2c, ...]``: where each row of a C-contiguous ``(rows, c)`` block starts."""
+    starts = np.arange(0, rows * c, c, dtype=np.intp)
+    starts.flags.writeable = False
+    return starts
+
+
+def _shifted(z: Floats, buf: Floats) -> Floats:
+    """Writes ``z - max`` (per row) into ``buf``; returns the row maxima."""
+    top = row_max(z)
+    np.subtract(z, top[:, None], out=buf)
+    return top
+
+
+def _log_sum_exp_in_place(shifted: Floats) -> Floats:
+    """``log Σ exp(shifted)`` per row, exponentiating ``shifted`` in place."""
+    sums = row_sums(exp_into(shifted, shifted))
+    return log_into(sums, sums)
+
+
+def _log_sum_exp_minus(z: Floats, labels: Indices) -> Floats:
+    """``logsumexp(z) - z_t`` per row of a block of logits, ``t`` the row's label.
+
+    Computed as ``log(Σ_j e^{z_j} / e^{z_t})``, a log of a quotient ≥ 1 (see
+    the module's docstring).
+    """
+    dtype = z.dtype
+    floor, largest = _limits(dtype)
+    e = scratch(z.shape, dtype)
+    with np.errstate(all="ignore"):  # overflow and underflow are caught below
+        exp_into(z, e)
+        sums = row_sums(e)
+        e_t = _gather(e, labels)
+        loss = np.log(np.divide(sums, e_t, out=sums), out=sums)
+    # Valid where e^{z_t} kept its precision (≥ √tiny, so that terms lost to
+    # underflow are negligible next to the sum) and nothing overflowed; else
+    # shift by the max.
+    if not (np.minimum.reduce(e_t) >= floor and np.maximum.reduce(loss) <= largest):
+        redo = np.flatnonzero(~((e_t >= floor) & (loss <= largest)))
+        block = z[redo]
+        buf = np.empty_like(block)
+        top = _shifted(block, buf)
+        loss[redo] = _log_sum_exp_in_place(buf) - (_gather(block, labels[redo]) - top)
+    return loss
+
+
+@lru_cache(maxsize=8)
+def _limits(dtype: np.dtype[np.floating]) -> tuple[np.floating, np.floating]:
+    """``(√tiny, max)`` of ``dtype``: the range where the unshifted sums stay exact enough."""
+    info = np.finfo(dtype)
+    return dtype.type(np.sqrt(info.tiny)), dtype.type(info.max)
+
+
+def _log_probabilities(p: Floats, buf: Floats) -> tuple[Floats, np.floating]:
+    """``log(clip(p / Σp))`` per row, as Keras uses them: ``(v, f)`` with the logs ``v f``.
+
+    ``v`` is written into ``buf``; ``f`` is a constant factor (float32 logs are
+    base 2, see :func:`service.kernels._math.log_base`), for callers that sum
+    the logs before scaling the sums.
+    """
+    lo, hi = _clip_bounds(p.dtype)
+    np.divide(p, row_sums(p)[:, None], out=buf)
+    np.clip(buf, lo, hi, out=buf)
+    return log_base(buf, buf)
+
+
+def _one_hot_labels(y: Floats) -> Indices | None:
+    """Each row's class if every row of ``y`` is one-hot (a 1, zeros elsewhere), else None.
+
+    Exact, with no tolerance: as many nonzeros as rows, and in each row either
+    a sum of 1 (then its one nonzero is that 1) or a 1 at its largest entry.
+    """
+    rows, c = y.shape
+    first = y[0]
+    if np.count_nonzero(first) != 1 or first.max() != 1:  # soft targets: no need to look further
+        return None
+    if np.count_nonzero(y != 0) != rows:
+        return None
+    if c <= NARROW_COLUMNS:
+        # one product gives each row's sum and Σ_j j y_j, a one-hot row's class (exactly)
+        sums, index = row_products(y, _sum_and_index(c, y.dtype)).T
+        if not np.all(sums == 1):
+            return None
+        found: Indices = index.astype(np.intp)
+        return found
+    labels: Indices = y.argmax(axis=1)
+    return labels if np.all(_gather(y, labels) == 1) else None
+
+
+@lru_cache(maxsize=16)
+def _sum_and_index(c: int, dtype: np.dtype[np.floating]) -> Floats:
+    """The ``(c, 2)`` columns ``[1, ..., 1]`` and ``[0, 1, ..., c - 1]``."""
+    columns = np.stack([np.ones(c, dtype=dtype), np.arange(c, dtype=dtype)], axis=1)
+    columns.flags.writeable = False
+    return columns
+
+
+def _minus_log_clipped(q: Floats, dtype: np.dtype[np.floating]) -> Floats:
+    """``-log(clip(q))`` in place, for one probability per row."""
+    lo, hi = _clip_bounds(dtype)
+    np.clip(q, lo, hi, out=q)
+    return np.negative(log_into(q, q), out=q)
 
 
 def categorical_crossentropy(
@@ -73,19 +199,34 @@ def categorical_crossentropy(
 
     def work(rows: slice) -> None:
         y = y_true[rows].astype(dtype, copy=False)
-        if from_logits:
-            # Σ_j y_j (lse - z_j): every term is ≥ 0, so nothing cancels.
-            shifted, lse = _log_softmax_parts(y_pred[rows])
-            loss = y.sum(axis=1) * lse - np.einsum("ij,ij->i", y, shifted)
-            if label_smoothing:
-                uniform = c * lse - shifted.sum(axis=1)
-                loss = keep * loss + spread * uniform
+        z = y_pred[rows]
+        labels = None if label_smoothing else _one_hot_labels(y)
+        if labels is not None:
+            # one-hot rows: the loss at their labels, as from integer labels
+            if from_logits:
+                out[rows] = _log_sum_exp_minus(z, labels)
+            else:
+                out[rows] = _minus_log_clipped(_gather(z, labels) / row_sums(z), dtype)
+        elif from_logits:
+            # Σ_j y_j (lse - z_j) = Σy · lse_shifted - Σ_j y_j (z_j - max):
+            # every term is ≥ 0, so nothing cancels.
+            buf, tmp = scratch(z.shape, dtype), scratch(z.shape, dtype, slot=1)
+            _shifted(z, buf)
+            y_dot = row_dots(y, buf, tmp)
+            total = row_sums(buf) if label_smoothing else None
+            lse = _log_sum_exp_in_place(buf)
+            loss: Floats = row_sums(y) * lse - y_dot
+            if total is not None:
+                loss = keep * loss + spread * (c * lse - total)
+            out[rows] = loss
         else:
-            logq = _log_probabilities(y_pred[rows])
-            loss = -np.einsum("ij,ij->i", y, logq)
-            if label_smoothing:
-                loss = keep * loss - spread * logq.sum(axis=1)
-        out[rows] = loss
+            logq, factor = _log_probabilities(z, scratch(z.shape, dtype))
+            total = row_sums(logq) if label_smoothing else None
+            loss_q: Floats = row_dots(y, logq, logq)
+            if total is not None:
+                loss_q = keep * loss_q + spread * total
+            loss_q *= -factor
+            out[rows] = loss_q
 
     for_each_block(n, c, work)
     return out
@@ -103,23 +244,26 @@ def categorical_crossentropy_from_indices(
     dtype = y_pred.dtype
     out = np.empty(n, dtype=dtype)
     keep, spread = dtype.type(1 - label_smoothing), dtype.type(label_smoothing / c)
-    lo, hi = _clip_bounds(dtype)
 
     def work(rows: slice) -> None:
         t = labels[rows]
-        if from_logits:
-            shifted, lse = _log_softmax_parts(y_pred[rows])
-            loss = lse - _gather(shifted, t)
-            if label_smoothing:
-                loss = keep * loss + spread * (c * lse - shifted.sum(axis=1))
+        p = y_pred[rows]
+        if from_logits and not label_smoothing:
+            out[rows] = _log_sum_exp_minus(p, t)
+        elif from_logits:
+            buf = scratch(p.shape, dtype)
+            top = _shifted(p, buf)
+            z_t = _gather(p, t) - top
+            total = row_sums(buf)
+            lse = _log_sum_exp_in_place(buf)
+            out[rows] = keep * (lse - z_t) + spread * (c * lse - total)
         elif label_smoothing:
-            logq = _log_probabilities(y_pred[rows])
-            loss = -(keep * _gather(logq, t)) - spread * logq.sum(axis=1)
+            logq, factor = _log_probabilities(p, scratch(p.shape, dtype))
+            out[rows] = -factor * (keep * _gather(logq, t) + spread * row_sums(logq))
         else:
-            p = y_pred[rows]
-            q = _gather(p, t) / p.sum(axis=1)
-            loss = -np.log(np.clip(q, lo, hi))
-        out[rows] = loss
+            q = _gather(p, t)
+            q /= row_sums(p)
+            out[rows] = _minus_log_clipped(q, dtype)
 
     for_each_block(n, c, work)
     return out
@@ -140,28 +284,31 @@ def sparse_categorical_crossentropy(
 
     def work(rows: slice) -> None:
         t = labels[rows]
+        p = y_pred[rows]
         if from_logits:
-            shifted, lse = _log_softmax_parts(y_pred[rows])
-            out[rows] = lse - _gather(shifted, t)
-        else:
-            q = np.clip(y_pred[rows], lo, hi)
-            out[rows] = np.log(q.sum(axis=1)) - np.log(_gather(q, t))
+            out[rows] = _log_sum_exp_minus(p, t)
+            return
+        q = np.clip(p, lo, hi, out=scratch(p.shape, dtype))
+        # log(Σ clip(p) / clip(p_t)): the quotient is ≥ 1, so its log does not cancel.
+        total = row_sums(q)
+        total /= np.clip(_gather(p, t), lo, hi)
+        out[rows] = np.log(total, out=total)
 
     for_each_block(n, c, work)
     return out
 
 
-def _focal_probabilities(y_pred: Floats, from_logits: bool) -> Floats:
-    """Clipped, renormalized probabilities, as Keras' focal loss computes them."""
+def _focal_probabilities(y_pred: Floats, from_logits: bool, buf: Floats) -> Floats:
+    """Clipped, renormalized probabilities into ``buf``, as Keras' focal loss computes them."""
     if from_logits:
-        shifted, lse = _log_softmax_parts(y_pred)
-        p = np.exp(shifted - lse[:, None])
+        _shifted(y_pred, buf)
+        p = exp_into(buf, buf)
     else:
         p = y_pred
     lo, hi = _clip_bounds(y_pred.dtype)
-    q: Floats = p / p.sum(axis=1, keepdims=True)
-    np.clip(q, lo, hi, out=q)
-    return q
+    np.divide(p, row_sums(p)[:, None], out=buf)
+    np.clip(buf, lo, hi, out=buf)
+    return buf
 
 
 def categorical_focal_crossentropy(
@@ -184,9 +331,13 @@ def categorical_focal_crossentropy(
         y = y_true[rows].astype(dtype, copy=False)
         if label_smoothing:
             y = y * keep + spread
-        q = _focal_probabilities(y_pred[rows], from_logits)
-        factor = a * np.power(1 - q, g)
-        out[rows] = -np.einsum("ij,ij->i", y * factor, np.log(q))
+        q = _focal_probabilities(y_pred[rows], from_logits, scratch(y.shape, dtype))
+        factor = np.subtract(1, q, out=scratch(y.shape, dtype, slot=1))
+        np.power(factor, g, out=factor)
+        factor *= a
+        factor *= y
+        logq = np.log(q, out=q)
+        out[rows] = -row_dots(factor, logq, logq)
 
     for_each_block(n, c, work)
     return out
@@ -209,11 +360,15 @@ def categorical_focal_crossentropy_from_indices(
     keep, spread = dtype.type(1 - label_smoothing), dtype.type(label_smoothing / c)
 
     def work(rows: slice) -> None:
-        q = _focal_probabilities(y_pred[rows], from_logits)
+        p = y_pred[rows]
+        q = _focal_probabilities(p, from_logits, scratch(p.shape, dtype))
         qt = _gather(q, labels[rows])
         loss = -(a * np.power(1 - qt, g) * np.log(qt))
         if label_smoothing:
-            every = -np.einsum("ij,ij->i", a * np.power(1 - q, g), np.log(q))
+            factor = np.subtract(1, q, out=scratch(p.shape, dtype, slot=1))
+            np.power(factor, g, out=factor)
+            factor *= a
+            every = -row_dots(factor, np.log(q, out=q), q)
             loss = keep * loss + spread * every
         out[rows] = loss
 
