@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import uvicorn
 
 
 def service_env() -> dict[str, str]:
@@ -38,3 +43,33 @@ def wait_healthy(
             pass
         assert time.monotonic() < deadline, f"the service did not answer /healthz in {seconds} s"
         time.sleep(0.1)
+
+
+@contextmanager
+def serve_in_thread(app: Any, seconds: float = 20) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1 in a background thread;
+    yields its base URL and stops it (bounded waits both ways)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, ws="none", loop="asyncio", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while not server.started:
+            assert thread.is_alive(), "uvicorn exited at start"
+            assert time.monotonic() < deadline, f"uvicorn did not start within {seconds} s"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=seconds)
+        sock.close()
+        assert not thread.is_alive(), f"uvicorn did not stop within {seconds} s"

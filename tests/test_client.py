@@ -4,9 +4,6 @@ against a real uvicorn server on 127.0.0.1, and the request encodings byte for b
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -14,7 +11,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
+from servers import serve_in_thread
 
 from service.arrays import parse_binary
 from service.client import (
@@ -64,35 +61,8 @@ def reference_sparse_cce(labels: np.ndarray, logits: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
     """The service under uvicorn in a background thread, on a free port of 127.0.0.1."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(Settings()),
-        log_level="warning",
-        access_log=False,
-        ws="none",
-        loop="asyncio",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            pytest.fail("the uvicorn server did not start within 20 s")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-        assert not thread.is_alive(), "the uvicorn server did not stop within 20 s"
+    with serve_in_thread(create_app(Settings())) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,10 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
+from servers import serve_in_thread
 
 from service.main import create_app
 from service.settings import Settings
@@ -163,34 +160,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[str]:
     """The app served by uvicorn on 127.0.0.1 at a free port, in a background thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(Settings()),
-        log_level="warning",
-        ws="none",
-        lifespan="off",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                pytest.fail("uvicorn did not start within 15 s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop within 15 s"
+    with serve_in_thread(create_app(Settings())) as url:
+        yield url
 
 
 def _render(chromium: str, url: str, workdir: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
