@@ -169,7 +169,9 @@ def scratch(shape: tuple[int, int], dtype: np.dtype[Any], slot: int = 0) -> Floa
     key = (slot, dtype)
     buf = None if buffers is None else buffers.get(key)
     if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=dtype)
+        # One row of headroom: the blocks of a call differ by one row at most, so the
+        # first block's buffer serves them all.
+        buf = np.empty(size + shape[1], dtype=dtype)
         if buffers is not None and buf.size <= KEEP_ELEMENTS:
             buffers[key] = buf
     return buf[:size].reshape(shape)
