@@ -73,7 +73,7 @@ class Data:
     labels: np.ndarray  # (n,) int64
     logits: np.ndarray  # (n, c) float32
     probs: np.ndarray  # softmax rows
-    one_hot: np.ndarray  # (n, c) float32, for the dense op
+    soft: np.ndarray  # (n, c) float32 soft targets: what the service sends the dense op
     targets: np.ndarray  # (n, c) 0/1 float32, multi-label
     sigmoid: np.ndarray  # (n, c) probabilities of independent labels
 
@@ -84,11 +84,11 @@ def make_data(n: int, c: int, seed: int = 0) -> Data:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
     labels = rng.integers(0, c, size=n, dtype=np.int64)
-    one_hot = np.zeros((n, c), np.float32)
-    one_hot[np.arange(n), labels] = 1
+    soft = np.full((n, c), 0.1 / c, np.float32)  # label-smoothed targets, rows summing to 1
+    soft[np.arange(n), labels] += 0.9
     targets = (rng.random((n, c), dtype=np.float32) < 0.1).astype(np.float32)
     sigmoid = (1 / (1 + np.exp(-logits))).astype(np.float32)
-    return Data(labels, logits, probs, one_hot, targets, sigmoid)
+    return Data(labels, logits, probs, soft, targets, sigmoid)
 
 
 # ---- naive NumPy -----------------------------------------------------------------------
@@ -143,7 +143,7 @@ def cases(d: Data, torch: ModuleType | None) -> list[Case]:
     if torch is not None:
         f = torch.nn.functional
         t, z, p = (torch.from_numpy(a) for a in (d.labels, d.logits, d.probs))
-        y, yb, pb = (torch.from_numpy(a) for a in (d.one_hot, d.targets, d.sigmoid))
+        y, yb, pb = (torch.from_numpy(a) for a in (d.soft, d.targets, d.sigmoid))
         eps = float(EPS)
 
         def nll_of_probs() -> Any:
@@ -190,14 +190,14 @@ def cases(d: Data, torch: ModuleType | None) -> list[Case]:
         ),
         Case(
             "cce dense logits",
-            lambda: k.categorical_crossentropy(d.one_hot, d.logits, from_logits=True),
-            lambda: naive_cce_logits(d.one_hot, d.logits),
+            lambda: k.categorical_crossentropy(d.soft, d.logits, from_logits=True),
+            lambda: naive_cce_logits(d.soft, d.logits),
             t_ops.get("dense_logits"),
         ),
         Case(
             "cce dense probs",
-            lambda: k.categorical_crossentropy(d.one_hot, d.probs),
-            lambda: naive_cce_probs(d.one_hot, d.probs),
+            lambda: k.categorical_crossentropy(d.soft, d.probs),
+            lambda: naive_cce_probs(d.soft, d.probs),
             t_ops.get("dense_probs"),
         ),
         Case(

@@ -31,11 +31,10 @@ How they run (the numbers are the same, up to rounding):
   cancels out of a confident row's quotient. Rows where an
   exponential overflows, or ``e^{z_t}`` falls below ``√tiny`` (float32:
   ``z_t < -43``), are recomputed with the shift;
-* dense targets whose rows are all one-hot (checked per block) take the
-  integer labels' path, from logits as from probabilities
-  (``-log(clip(p_t / Σp))``); soft or smoothed targets weigh every class, and
-  go through the shifted log-softmax or the clipped log-probabilities of the
-  whole row.
+* dense targets weigh every class, and go through the shifted log-softmax
+  or the clipped log-probabilities of the whole row (one-hot labels reach
+  the ``*_from_indices`` kernels instead: the encodings turn them into
+  indices).
 """
 
 from __future__ import annotations
@@ -46,11 +45,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.kernels._blocks import (
-    NARROW_COLUMNS,
     for_each_block,
     row_dots,
     row_max,
-    row_products,
     row_sums,
     scratch,
 )
@@ -146,37 +143,6 @@ def _log_probabilities(p: Floats, buf: Floats) -> tuple[Floats, np.floating]:
     return log_base(buf, buf)
 
 
-def _one_hot_labels(y: Floats) -> Indices | None:
-    """Each row's class if every row of ``y`` is one-hot (a 1, zeros elsewhere), else None.
-
-    Exact, with no tolerance: as many nonzeros as rows, and in each row either
-    a sum of 1 (then its one nonzero is that 1) or a 1 at its largest entry.
-    """
-    rows, c = y.shape
-    first = y[0]
-    if np.count_nonzero(first) != 1 or first.max() != 1:  # soft targets: no need to look further
-        return None
-    if np.count_nonzero(y != 0) != rows:
-        return None
-    if c <= NARROW_COLUMNS:
-        # one product gives each row's sum and Σ_j j y_j, a one-hot row's class (exactly)
-        sums, index = row_products(y, _sum_and_index(c, y.dtype)).T
-        if not np.all(sums == 1):
-            return None
-        found: Indices = index.astype(np.intp)
-        return found
-    labels: Indices = y.argmax(axis=1)
-    return labels if np.all(_gather(y, labels) == 1) else None
-
-
-@lru_cache(maxsize=16)
-def _sum_and_index(c: int, dtype: np.dtype[np.floating]) -> Floats:
-    """The ``(c, 2)`` columns ``[1, ..., 1]`` and ``[0, 1, ..., c - 1]``."""
-    columns = np.stack([np.ones(c, dtype=dtype), np.arange(c, dtype=dtype)], axis=1)
-    columns.flags.writeable = False
-    return columns
-
-
 def _minus_log_clipped(q: Floats, dtype: np.dtype[np.floating]) -> Floats:
     """``-log(clip(q))`` in place, for one probability per row."""
     lo, hi = _clip_bounds(dtype)
@@ -200,14 +166,7 @@ def categorical_crossentropy(
     def work(rows: slice) -> None:
         y = y_true[rows].astype(dtype, copy=False)
         z = y_pred[rows]
-        labels = None if label_smoothing else _one_hot_labels(y)
-        if labels is not None:
-            # one-hot rows: the loss at their labels, as from integer labels
-            if from_logits:
-                out[rows] = _log_sum_exp_minus(z, labels)
-            else:
-                out[rows] = _minus_log_clipped(_gather(z, labels) / row_sums(z), dtype)
-        elif from_logits:
+        if from_logits:
             # Σ_j y_j (lse - z_j) = Σy · lse_shifted - Σ_j y_j (z_j - max):
             # every term is ≥ 0, so nothing cancels.
             buf, tmp = scratch(z.shape, dtype), scratch(z.shape, dtype, slot=1)
