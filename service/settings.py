@@ -62,9 +62,9 @@ class Settings(BaseSettings):
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
-    def _origins(cls, value: Any) -> Any:
+    def _lists(cls, value: Any) -> Any:
         return _split(value)
 
     @field_validator("cors_origins")
@@ -78,11 +78,6 @@ class Settings(BaseSettings):
                     f"(http or https, no path); received {origin!r}"
                 )
         return cleaned
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _keys(cls, value: Any) -> Any:
-        return _split(value)
 
     @field_validator("api_keys")
     @classmethod
