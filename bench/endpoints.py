@@ -10,7 +10,12 @@ from sending it to having its JSON answer parsed. References, measured in the sa
   this process, with the kernel threads the server uses (all cores);
 * in-process: ``service.evaluation.loss`` on the decoded arrays (validation, kernel,
   reduction, diagnoses: the whole request minus HTTP and decoding);
-* orjson.loads of the JSON body, the floor of any JSON-lists decode.
+* orjson.loads of the JSON body, the floor of any JSON-lists decode;
+* the transport floors of the same body: ``raw-asgi``, the throughput part's raw ASGI
+  app (reads the body, answers a constant) under the same uvicorn settings, over the
+  same kind of httpx connection; and ``socket``, the body sent over a loopback TCP
+  socket to a thread that ``recv_into``-s a ready buffer and answers one byte: what
+  moving those bytes costs this machine with no HTTP at all.
 
 Memory: before each encoding's requests the server's peak RSS is reset
 (``/proc/PID/clear_refs``); after them ``VmHWM`` is its peak during them.
@@ -18,6 +23,10 @@ Memory: before each encoding's requests the server's peak RSS is reset
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,7 +48,7 @@ from bench import (
     venv_script,
 )
 from bench.kernels import SHAPES
-from service import evaluation, kernels
+from service import cli, evaluation, kernels
 from service.client import Encoding, encode_body
 
 LOSS = "sparse_categorical_crossentropy"
@@ -61,6 +70,8 @@ class Row:
     kernel: float
     in_process: float
     loads: float | None
+    raw_asgi: float
+    over_socket: float
     rss_before: int | None
     peak: int | None
 
@@ -70,6 +81,55 @@ def batch(n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
     logits = (rng.standard_normal((n, c), dtype=np.float32) * 3).astype(np.float32)
     labels = rng.integers(0, c, size=n, dtype=np.int64)
     return labels, logits
+
+
+@contextmanager
+def socket_sink() -> Iterator[socket.socket]:
+    """A connected loopback socket whose peer, a thread, reads each message (8-byte length,
+    then the bytes) into a buffer allocated once and answers one byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+
+    def sink() -> None:
+        buffer = bytearray(1 << 20)
+        while True:
+            size_bytes = peer.recv(8, socket.MSG_WAITALL)
+            if len(size_bytes) < 8:
+                return
+            size = int.from_bytes(size_bytes, "little")
+            if size > len(buffer):
+                buffer = bytearray(size)
+            view, got = memoryview(buffer), 0
+            while got < size:
+                n = peer.recv_into(view[got:size])
+                if n == 0:
+                    return
+                got += n
+            peer.sendall(b"k")
+
+    thread = threading.Thread(target=sink, daemon=True)
+    thread.start()
+    try:
+        yield client
+    finally:
+        client.close()
+        thread.join(timeout=10)
+        peer.close()
+
+
+def _socket_round_trip(sock: socket.socket, content: bytes) -> None:
+    sock.sendall(len(content).to_bytes(8, "little"))
+    sock.sendall(content)
+    if sock.recv(1) != b"k":
+        raise RuntimeError("the socket sink did not answer")
+
+
+def _post_raw(http: httpx.Client, content: bytes, headers: dict[str, str]) -> None:
+    response = http.post(PATH, content=content, headers=headers)
+    if response.status_code != 200:
+        raise RuntimeError(f"raw ASGI app: {response.status_code}: {response.text[:200]}")
 
 
 def _post(http: httpx.Client, content: bytes, headers: dict[str, str]) -> float:
@@ -82,6 +142,8 @@ def _post(http: httpx.Client, content: bytes, headers: dict[str, str]) -> float:
 
 def _measure(
     http: httpx.Client,
+    raw_http: httpx.Client,
+    sock: socket.socket,
     pid: int,
     shape: tuple[int, int],
     repeat: int,
@@ -120,6 +182,12 @@ def _measure(
             budget=budget,
         )
         peak = proc_status(pid, "VmHWM")
+        raw_asgi = time_it(
+            partial(_post_raw, raw_http, content, headers), repeat=repeat, budget=budget
+        ).min
+        over_socket = time_it(
+            partial(_socket_round_trip, sock, content), repeat=repeat, budget=budget
+        ).min
         rows.append(
             Row(
                 f"{n}x{c}",
@@ -130,6 +198,8 @@ def _measure(
                 kernel,
                 in_process,
                 loads,
+                raw_asgi,
+                over_socket,
                 rss_before if reset else None,
                 peak,
             )
@@ -141,8 +211,15 @@ def _measure(
 def run(quick: bool = False) -> str:
     shapes = QUICK_SHAPES if quick else SHAPES
     repeat, budget = (3, 3.0) if quick else (10, 8.0)
-    port = free_port()
+    port, raw_port = free_port(), free_port()
     command = [venv_script("loss-service"), "serve", "--port", str(port), "--log-level", "warning"]
+    raw_command = [
+        venv_script("uvicorn"),
+        "bench.throughput:raw_app",
+        *("--host", "127.0.0.1", "--port", str(raw_port), "--workers", "1"),
+        *("--log-level", "warning", "--no-access-log"),
+        *("--loop", cli.event_loop(), "--http", cli.http_parser()),
+    ]
     rows: list[Row] = []
     with (
         serve(
@@ -151,11 +228,14 @@ def run(quick: bool = False) -> str:
             probe="/healthz",
             env={"LOSS_SERVICE_MAX_BODY_BYTES": str(MAX_BODY)},
         ) as server,
+        serve(raw_command, raw_port) as raw_server,
         httpx.Client(base_url=server.url, timeout=600) as http,
+        httpx.Client(base_url=raw_server.url, timeout=600) as raw_http,
+        socket_sink() as sock,
     ):
         started_rss = proc_status(server.pid, "VmRSS")
         for shape in shapes:
-            rows.extend(_measure(http, server.pid, shape, repeat, budget))
+            rows.extend(_measure(http, raw_http, sock, server.pid, shape, repeat, budget))
         final_peak = proc_status(server.pid, "VmHWM")
     headers = [
         "shape",
@@ -170,6 +250,10 @@ def run(quick: bool = False) -> str:
         "min/in-proc",
         "loads ms",
         "min/loads",
+        "raw-asgi ms",
+        "min/raw-asgi",
+        "socket ms",
+        "socket/kernel",
         "peak RSS MiB",
         "(peak-rss)/body",
     ]
@@ -192,6 +276,10 @@ def run(quick: bool = False) -> str:
                 ratio(r.latency.min / r.in_process),
                 ms(r.loads),
                 "-" if r.loads is None else ratio(r.latency.min / r.loads),
+                ms(r.raw_asgi),
+                ratio(r.latency.min / r.raw_asgi),
+                ms(r.over_socket),
+                ratio(r.over_socket / r.kernel),
                 "-" if r.peak is None else f"{r.peak / MiB:.0f}",
                 "-" if extra is None else f"{extra:.2f}",
             ]
@@ -201,6 +289,8 @@ def run(quick: bool = False) -> str:
         f"server: {' '.join(command)} (pid {server.pid}), LOSS_SERVICE_MAX_BODY_BYTES={MAX_BODY}",
         f"latency: minimum and median of up to {repeat} requests (~{budget:g} s at most per "
         "row); kernel and in-process times: minimum, in this process, all cores.",
+        "raw-asgi: a raw ASGI app that only reads the body, same uvicorn settings; socket: "
+        "the body over a loopback socket to a thread, no HTTP (the floor of any server).",
         "(peak-rss)/body: the server's peak RSS during that row's requests above its RSS "
         "before them, per byte of request body.",
     ]
