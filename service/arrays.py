@@ -269,86 +269,218 @@ def _replace(root: Any, loc: Loc, value: Any) -> None:
 
 #: Fields whose nested lists are read straight into a float64 buffer by the fast path.
 NUMERIC_FIELDS = frozenset({"y_true", "y_pred", "sample_weight"})
+#: Arrays whose text is shorter than this are left to the general parser.
+REGION_MIN_BYTES = 1 << 14
+#: Bytes of array text parsed at a time: the parser's working memory is a few times this.
+BLOCK_BYTES = 1 << 20
+_SCAN_BYTES = 1 << 22
+_WHITESPACE = b" \t\n\r"
+_OPEN, _CLOSE, _QUOTE = ord("["), ord("]"), ord('"')
+#: A placeholder string no body can hold: bodies with a backslash skip the fast path.
+_PLACEHOLDER = '"\\u0000{}"'
 
 
 class _Fallback(Exception):
     """The fast path cannot vouch for this body: the general parser takes it."""
 
 
-def parse_json_body(data: bytes | bytearray) -> Any:
-    """A JSON request body, with its numeric arrays already as NumPy arrays where possible.
+def parse_json_body(
+    data: bytes | bytearray,
+    *,
+    region_min: int = REGION_MIN_BYTES,
+    block_bytes: int = BLOCK_BYTES,
+) -> Any:
+    """A JSON request body, with its big numeric arrays already as float64 NumPy arrays.
 
-    simdjson parses the body and writes each rectangular numeric array of
-    ``y_true``/``y_pred``/``sample_weight`` straight into a float64 buffer (no
-    Python float per element). Anything the fast path cannot vouch for (a
-    parse error, a ragged array, a non-number, an empty array) goes to
-    :func:`parse_json`, so validation and errors are those of the general path.
+    The general parser (:func:`parse_json`, orjson) holds every number of a nested
+    list as a Python float, several times the text's size. Here, arrays of at least
+    ``region_min`` bytes of text that hold no object or string ("regions") are found
+    from the positions of the body's brackets, braces and quotes, and parsed
+    ``block_bytes`` of rows at a time by simdjson straight into one float64 array;
+    the rest of the body, with each region replaced by a placeholder, is parsed by
+    orjson. Working memory beyond the body and the arrays is a few blocks.
 
-    simdjson's buffer export flattens nested arrays, so a nested array hidden
-    among the numbers would go unseen by shape checks alone: the fast path
-    also counts every ``[`` of the body and requires it to equal the arrays it
-    accounted for (the rectangular arrays' rows, plus every array and string
-    elsewhere in the document). Bodies with typed arrays go to :func:`parse_json`.
+    Anything the fast path cannot vouch for (a backslash or typed array in the body, a
+    parse error, a ragged or empty region, a non-number, a region anywhere but
+    ``y_true``/``y_pred``/``sample_weight`` at the top level or in a head of
+    ``outputs``) sends the whole body to :func:`parse_json`, so validation and errors
+    are those of the general path.
     """
-    if b'"dtype"' in data:
-        # Typed arrays are long base64 strings, which simdjson would hold a second copy of;
-        # orjson reads them with less memory and no slower.
+    if b'"dtype"' in data or b"\\" in data:
+        # Typed arrays are long base64 strings the general parser reads well; escapes would
+        # make the string scan below inexact.
         return parse_json(data)
     try:
-        parser = simdjson.Parser()
-        doc = parser.parse(data)
-        if not isinstance(doc, simdjson.Object):
-            raise _Fallback
-        brackets = [0]
-        body = _fast_object(doc, brackets, numeric_fields=True)
-        if data.count(b"[") != brackets[0]:
-            raise _Fallback
-        return body
+        regions = _regions(data, region_min)
+        if not regions:
+            return parse_json(data)
+        return _assemble(data, regions, block_bytes)
     except (_Fallback, ValueError, TypeError, RuntimeError, KeyError, IndexError):
         return parse_json(data)
 
 
-def _fast_object(obj: Any, brackets: list[int], *, numeric_fields: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in obj.keys():  # noqa: SIM118 (items() would convert every value to Python)
-        value = obj[key]
-        brackets[0] += key.count("[")
-        if numeric_fields and key in NUMERIC_FIELDS and isinstance(value, simdjson.Array):
-            out[key] = _fast_numeric(value, brackets)
-        elif numeric_fields and key == "outputs" and isinstance(value, simdjson.Object):
-            heads = {}
-            for head in value.keys():  # noqa: SIM118
-                head_body = value[head]
-                brackets[0] += head.count("[")
-                if isinstance(head_body, simdjson.Object):
-                    heads[head] = _fast_object(head_body, brackets, numeric_fields=True)
-                else:
-                    heads[head] = _plain(head_body, brackets)
-            out[key] = heads
-        else:
-            out[key] = _plain(value, brackets)
+class _Region:
+    """One array of numbers and brackets: its bracket positions and depths after each."""
+
+    __slots__ = ("depth", "opening", "pos")
+
+    def __init__(self, pos: NDArray[np.int64], opening: NDArray[np.bool_]) -> None:
+        self.pos = pos
+        self.opening = opening
+        self.depth = np.cumsum(np.where(opening, 1, -1))
+
+    @property
+    def start(self) -> int:
+        return int(self.pos[0])
+
+    @property
+    def end(self) -> int:
+        """The position of the closing bracket."""
+        return int(self.pos[-1])
+
+
+def _tokens(data: bytes | bytearray) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+    """Positions and bytes of the brackets and braces outside strings, and of the quotes
+    that open strings."""
+    view = np.frombuffer(data, np.uint8)
+    parts = []
+    for start in range(0, view.size, _SCAN_BYTES):
+        chunk = view[start : start + _SCAN_BYTES]
+        # x & 0xD9 == 0x59 holds for [ ] { } (and for Y _ y DEL, dropped below).
+        parts.append(np.flatnonzero(((chunk & 0xD9) == 0x59) | (chunk == _QUOTE)) + start)
+    pos = np.concatenate(parts)
+    kind = view[pos]
+    del view
+    keep = np.isin(kind, np.frombuffer(b'[]{}"', np.uint8))
+    pos, kind = pos[keep], kind[keep]
+    quote = kind == _QUOTE
+    if int(quote.sum()) % 2:
+        raise _Fallback  # an unterminated string: the general parser says so
+    # With no escapes, quotes alternate: an even number of them before a token means it is
+    # outside every string (or is the quote that opens one).
+    keep = (np.cumsum(quote) - quote) % 2 == 0
+    return pos[keep], kind[keep]
+
+
+def _regions(data: bytes | bytearray, region_min: int) -> list[_Region]:
+    """The arrays of at least ``region_min`` bytes that hold only numbers and arrays:
+    maximal runs of bracket tokens that form one balanced array."""
+    pos, kind = _tokens(data)
+    bracket = (kind == _OPEN) | (kind == _CLOSE)
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], bracket, [False])).astype(np.int8)))
+    regions = []
+    for first, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
+        if pos[stop - 1] - pos[first] + 1 < region_min or kind[first] != _OPEN:
+            continue
+        region = _Region(pos[first:stop], kind[first:stop] == _OPEN)
+        if region.depth[-1] == 0 and bool((region.depth[:-1] > 0).all()):
+            regions.append(region)
+    return regions
+
+
+def _assemble(data: bytes | bytearray, regions: list[_Region], block_bytes: int) -> Any:
+    """The body with each region parsed to an array, the rest by orjson."""
+    pieces: list[bytes] = []
+    at = 0
+    for k, region in enumerate(regions):
+        pieces += [bytes(data[at : region.start]), _PLACEHOLDER.format(k).encode()]
+        at = region.end + 1
+    pieces.append(bytes(data[at:]))
+    try:
+        body = orjson.loads(b"".join(pieces))
+    except orjson.JSONDecodeError:
+        raise _Fallback from None
+    if not isinstance(body, dict):
+        raise _Fallback
+    parser = simdjson.Parser()
+    objects = [body]
+    if isinstance(body.get("outputs"), dict):
+        objects += [head for head in body["outputs"].values() if isinstance(head, dict)]
+    placed = sum(_place(obj, data, regions, parser, block_bytes) for obj in objects)
+    if placed != len(regions):
+        raise _Fallback  # a region somewhere else: rare enough for the general parser
+    return body
+
+
+def _place(
+    obj: dict[str, Any],
+    data: bytes | bytearray,
+    regions: list[_Region],
+    parser: Any,
+    block_bytes: int,
+) -> int:
+    placed = 0
+    for key in NUMERIC_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str) and value.startswith("\0"):
+            obj[key] = _parse_region(data, regions[int(value[1:])], parser, block_bytes)
+            placed += 1
+    return placed
+
+
+def _bracketed(data: bytes | bytearray, start: int, stop: int) -> bytes:
+    """``data[start:stop]`` between brackets, copied once."""
+    with memoryview(data) as view:
+        return b"".join((b"[", view[start:stop], b"]"))
+
+
+def _blank(text: bytes | bytearray) -> bool:
+    return not text.strip(_WHITESPACE)
+
+
+def _parse_region(
+    data: bytes | bytearray, region: _Region, parser: Any, block_bytes: int
+) -> NDArray[np.float64]:
+    """A region's numbers, ``block_bytes`` of text at a time, checked rectangular."""
+    if int(region.depth.max()) == 1:
+        return _parse_flat(data, region, parser, block_bytes)
+    # The children of the outer array, each parsed whole, grouped into blocks.
+    starts = region.pos[region.opening & (region.depth == 2)]
+    ends = region.pos[~region.opening & (region.depth == 1)]
+    if starts.size != ends.size or not _blank(data[region.start + 1 : int(starts[0])]):
+        raise _Fallback
+    if not _blank(data[int(ends[-1]) + 1 : region.end]):
+        raise _Fallback
+    n = int(starts.size)
+    out: NDArray[np.float64] | None = None
+    brackets = 1  # the outer array
+    i = 0
+    while i < n:
+        j = int(np.searchsorted(ends, starts[i] + block_bytes, side="left")) + 1
+        j = min(max(j, i + 1), n)
+        if j < n and data[int(ends[j - 1]) + 1 : int(starts[j])].strip(_WHITESPACE) != b",":
+            raise _Fallback
+        counted = [0]
+        doc = parser.parse(_bracketed(data, int(starts[i]), int(ends[j - 1]) + 1))
+        block = _fast_numeric(doc, counted)
+        del doc
+        if block.shape[0] != j - i or (out is not None and block.shape[1:] != out.shape[1:]):
+            raise _Fallback
+        if out is None:
+            out = np.empty((n, *block.shape[1:]), np.float64)
+        out[i:j] = block
+        brackets += counted[0] - 1  # not the wrapping array
+        i = j
+    if out is None or brackets != int(region.opening.sum()):
+        raise _Fallback  # a nested array among the numbers
     return out
 
 
-def _plain(value: Any, brackets: list[int]) -> Any:
-    """A small JSON value as Python objects, counting the ``[`` it accounts for."""
-    if isinstance(value, simdjson.Array):
-        value = value.as_list()
-    elif isinstance(value, simdjson.Object):
-        value = value.as_dict()
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            brackets[0] += 1
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for k, v in node.items():
-                brackets[0] += k.count("[")
-                stack.append(v)
-        elif isinstance(node, str):
-            brackets[0] += node.count("[")
-    return value
+def _parse_flat(
+    data: bytes | bytearray, region: _Region, parser: Any, block_bytes: int
+) -> NDArray[np.float64]:
+    """A one-dimensional region, cut into blocks at commas."""
+    parts = []
+    at, end = region.start + 1, region.end
+    while at <= end:
+        cut = data.find(b",", at + block_bytes, end) if at + block_bytes < end else -1
+        stop = end if cut == -1 else cut
+        doc = parser.parse(_bracketed(data, at, stop))
+        counted = [0]
+        parts.append(_fast_numeric(doc, counted))
+        del doc
+        at = stop + 1
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _fast_numeric(arr: Any, brackets: list[int]) -> NDArray[np.float64]:

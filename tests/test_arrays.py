@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.arrays import parse_binary, parse_json, parse_json_body, to_array
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
@@ -148,7 +151,32 @@ FAST_PATH_BODIES = [
     b'{"outputs": {"a": {"y_true": [1], "y_pred": [[0.3, 0.7]]}, "b": [1, [2]]}}',
     b"[1, 2]",
     b'{"y_pred": [NaN]}',
+    # Shapes and spacing the block-wise path cuts at row and comma boundaries.
+    b'{ "y_pred" : [ [ 1 , 2 ] ,\n\t[ 3 , 4 ] ,\r\n [5,6]] , "y_true":[ 0 ,1, 1 ] }',
+    b'{"y_pred": [[1, 2], 3, [4, 5]], "y_true": [0, 1, 0]}',  # a number among the rows
+    b'{"y_pred": [[1, 2], [], [4, 5]], "y_true": [0, 1, 0]}',
+    b'{"y_pred": [[1, 2], [3, 4],], "y_true": [0, 1]}',  # trailing comma
+    b'{"y_pred": [1, 2, 3,], "y_true": [0, 1, 0]}',
+    b'{"y_pred": [1,, 3], "y_true": [0, 1, 0]}',
+    b'{"y_pred": [[1, 2] [3, 4]], "y_true": [0, 1]}',  # a missing comma
+    b'{"y_pred": [[[1, 2], [3, 4]], [[5, 6], [7, [8]]]], "y_true": [0, 1]}',
+    b'{"y_pred": [[[1, 2]], [[3, 4], [5, 6]]], "y_true": [0, 1]}',
+    b'{"y_pred": [[0.5, 0.5]], "y_pred": [[0.1, 0.9]], "y_true": [1]}',  # a repeated key
+    b'{"y_pred": [[0.5, 0.5]], "thresholds": [[0.1, 0.9]], "y_true": [1]}',
+    b'{"y_pred": [[0.5, 0.5]], "losses": [[1]], "y_true": [1]}',
+    b'{"y_pred": [[0.5, 0.5]], "y_true": [1], "as": "a \\"quoted [x]\\" name"}',  # escapes
+    b'{"y_pred": [[0.5, 0.5]], "y_true": [1], "as": "unterminated [}',
+    b'{"y_pred": [[0.5, 0.5]] 5, "y_true": [1]}',
+    b'{"y_pred": [[0.5, 0.5]], "y_true": [1]} [2]',
+    b'{"y_pred": [[true, 0.5]], "y_true": [1]}',
+    b'{"y_pred": [[1e999, 0.5]], "y_true": [1]}',
+    b'{"y_pred": [[-0.0, 1E-2, 12345678901234567890]], "y_true": [1]}',
+    b'{"outputs": {"a": {"y_true": [1, 0], "y_pred": [[0.3, 0.7], [0.6, 0.4]]}, '
+    b'"b": {"y_true": [[0, 1]], "y_pred": [[0.2, 0.8]], "sample_weight": [2]}}}',
+    b'{"outputs": {"a": {"y_true": [1], "y_pred": [[0.3, 0.7]]}}, "y_pred": [["x"]]}',
 ]
+#: Block sizes that cut the arrays of the bodies above everywhere, sometimes, and never.
+BLOCKS = [1, 7, 1 << 20]
 
 
 def _numeric_fields(body: object) -> object:
@@ -180,6 +208,70 @@ def test_fast_json_path_decodes_exactly_as_the_general_parser(raw: bytes) -> Non
         assert fast_error.value.detail == e.detail
         return
     assert _numeric_fields(parse_json_body(raw)) == slow
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("raw", FAST_PATH_BODIES, ids=range(len(FAST_PATH_BODIES)))
+def test_block_wise_path_decodes_exactly_as_the_general_parser(raw: bytes, block: int) -> None:
+    """Every array taken by the block-wise path (region_min=1), cut into blocks of
+    ``block`` bytes of text: same values, shapes and errors as the general parser."""
+    try:
+        slow = _numeric_fields(parse_json(raw))
+    except MalformedRequest as e:
+        with pytest.raises(MalformedRequest) as fast_error:
+            parse_json_body(bytearray(raw), region_min=1, block_bytes=block)
+        assert fast_error.value.detail == e.detail
+        return
+    fast = parse_json_body(bytearray(raw), region_min=1, block_bytes=block)
+    assert _numeric_fields(fast) == slow
+
+
+nested_numbers = st.recursive(
+    st.one_of(
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+    ),
+    lambda children: st.lists(children, max_size=4),
+    max_leaves=40,
+)
+
+
+@st.composite
+def rectangular(draw: st.DrawFn) -> list[object]:
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    flat = draw(
+        st.lists(
+            st.floats(allow_nan=False, allow_infinity=False, width=32),
+            min_size=math.prod(shape),
+            max_size=math.prod(shape),
+        )
+    )
+    out: object = flat
+    for size in reversed(shape[1:]):
+        assert isinstance(out, list)
+        out = [out[i : i + size] for i in range(0, len(out), size)]
+    assert isinstance(out, list)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    y_pred=st.one_of(rectangular(), nested_numbers),
+    y_true=st.one_of(rectangular(), nested_numbers),
+    block=st.integers(1, 64),
+    indent=st.booleans(),
+)
+def test_block_wise_path_matches_the_general_parser_on_any_nesting(
+    y_pred: object, y_true: object, block: int, indent: bool
+) -> None:
+    raw = orjson.dumps(
+        {"y_true": y_true, "y_pred": y_pred, "from_logits": False},
+        option=orjson.OPT_INDENT_2 if indent else 0,
+    )
+    slow = _numeric_fields(parse_json(raw))
+    assert _numeric_fields(parse_json_body(raw, region_min=1, block_bytes=block)) == slow
 
 
 def test_fast_json_path_reads_big_arrays_into_buffers() -> None:

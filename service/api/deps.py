@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -25,4 +26,10 @@ def decode(raw: RawBody, settings: Settings) -> Any:
     if raw.content_type == "binary":
         assert raw.header_length is not None
         return parse_binary(raw.data, raw.header_length, settings.max_elements)
-    return parse_json_body(raw.data)
+    body = parse_json_body(raw.data)
+    if isinstance(raw.data, bytearray):
+        # Nothing refers to the JSON text any more (the arrays are parsed copies): its memory
+        # goes now, before the computation, not when the request ends.
+        with suppress(BufferError):
+            raw.data.clear()
+    return body
