@@ -152,8 +152,8 @@ def _from_bytes(
 def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[Any]:
     """A base64 typed array to an array (sizes checked before decoding)."""
     dtype, shape, n = _typed_header(value, loc, max_elements)
-    data = value.get("data")
-    if not isinstance(data, str):
+    data = value.get("data")  # bytes when the fast JSON path copied it from the body
+    if not isinstance(data, str | bytes):
         raise invalid(
             (*loc, "data"),
             f"{_where(loc)}.data must be a base64 string of the array's bytes, received "
@@ -288,30 +288,33 @@ def parse_json_body(
     data: bytes | bytearray,
     *,
     region_min: int = REGION_MIN_BYTES,
+    text_min: int = REGION_MIN_BYTES,
     block_bytes: int = BLOCK_BYTES,
 ) -> Any:
-    """A JSON request body, with its big numeric arrays already as float64 NumPy arrays.
+    """A JSON request body, with its big numeric arrays already as float64 NumPy arrays
+    and the base64 text of its big typed arrays as bytes.
 
     The general parser (:func:`parse_json`, orjson) holds every number of a nested
-    list as a Python float, several times the text's size. Here, arrays of at least
-    ``region_min`` bytes of text that hold no object or string ("regions") are found
-    from the positions of the body's brackets, braces and quotes, and parsed
-    ``block_bytes`` of rows at a time by simdjson straight into one float64 array;
-    the rest of the body, with each region replaced by a placeholder, is parsed by
-    orjson. Working memory beyond the body and the arrays is a few blocks.
+    list as a Python float, several times the text's size, and peaks at twice a long
+    string's size while it builds it. Here, "regions" are found from the positions of
+    the body's brackets, braces and quotes: arrays of at least ``region_min`` bytes
+    that hold no object or string, parsed ``block_bytes`` of rows at a time by
+    simdjson straight into one float64 array, and strings of at least ``text_min``
+    bytes, which must be the ASCII ``data`` of typed arrays, copied once as bytes
+    (which :func:`from_typed` decodes as it would the string). The rest of the body,
+    each region replaced by a placeholder, is parsed by orjson. Working memory beyond
+    the body and its arrays is a few blocks.
 
-    Anything the fast path cannot vouch for (a backslash or typed array in the body, a
-    parse error, a ragged or empty region, a non-number, a region anywhere but
-    ``y_true``/``y_pred``/``sample_weight`` at the top level or in a head of
+    Anything the fast path cannot vouch for (a backslash in the body, a parse error, a
+    ragged or empty region, a non-number, a region anywhere but ``y_true``, ``y_pred``
+    or ``sample_weight`` (or their ``data``) at the top level or in a head of
     ``outputs``) sends the whole body to :func:`parse_json`, so validation and errors
     are those of the general path.
     """
-    if b'"dtype"' in data or b"\\" in data:
-        # Typed arrays are long base64 strings the general parser reads well; escapes would
-        # make the string scan below inexact.
-        return parse_json(data)
+    if b"\\" in data:
+        return parse_json(data)  # escapes would make the string scan below inexact
     try:
-        regions = _regions(data, region_min)
+        regions = _regions(data, region_min, text_min)
         if not regions:
             return parse_json(data)
         return _assemble(data, regions, block_bytes)
@@ -339,9 +342,21 @@ class _Region:
         return int(self.pos[-1])
 
 
-def _tokens(data: bytes | bytearray) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
-    """Positions and bytes of the brackets and braces outside strings, and of the quotes
-    that open strings."""
+class _Text:
+    """One string: the positions of its opening and closing quotes."""
+
+    __slots__ = ("end", "start")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+
+
+def _tokens(
+    data: bytes | bytearray,
+) -> tuple[NDArray[np.int64], NDArray[np.uint8], NDArray[np.int64]]:
+    """Positions and bytes of the brackets and braces outside strings and of the quotes
+    that open strings; and the positions of every quote."""
     view = np.frombuffer(data, np.uint8)
     parts = []
     for start in range(0, view.size, _SCAN_BYTES):
@@ -359,33 +374,38 @@ def _tokens(data: bytes | bytearray) -> tuple[NDArray[np.int64], NDArray[np.uint
     # With no escapes, quotes alternate: an even number of them before a token means it is
     # outside every string (or is the quote that opens one).
     keep = (np.cumsum(quote) - quote) % 2 == 0
-    return pos[keep], kind[keep]
+    return pos[keep], kind[keep], pos[quote]
 
 
-def _regions(data: bytes | bytearray, region_min: int) -> list[_Region]:
-    """The arrays of at least ``region_min`` bytes that hold only numbers and arrays:
-    maximal runs of bracket tokens that form one balanced array."""
-    pos, kind = _tokens(data)
+def _regions(data: bytes | bytearray, region_min: int, text_min: int) -> list[_Region | _Text]:
+    """In body order, the strings of at least ``text_min`` bytes and the arrays of at
+    least ``region_min`` bytes; such an array holds only numbers and arrays: a maximal
+    run of bracket tokens that forms one balanced array."""
+    pos, kind, quotes = _tokens(data)
+    regions: list[_Region | _Text] = [
+        _Text(start, end)
+        for start, end in zip(quotes[::2].tolist(), quotes[1::2].tolist(), strict=True)
+        if end - start - 1 >= text_min
+    ]
     bracket = (kind == _OPEN) | (kind == _CLOSE)
     edges = np.flatnonzero(np.diff(np.concatenate(([False], bracket, [False])).astype(np.int8)))
-    regions = []
     for first, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
         if pos[stop - 1] - pos[first] + 1 < region_min or kind[first] != _OPEN:
             continue
         region = _Region(pos[first:stop], kind[first:stop] == _OPEN)
         if region.depth[-1] == 0 and bool((region.depth[:-1] > 0).all()):
             regions.append(region)
-    return regions
+    return sorted(regions, key=lambda region: region.start)
 
 
-def _assemble(data: bytes | bytearray, regions: list[_Region], block_bytes: int) -> Any:
-    """The body with each region parsed to an array, the rest by orjson."""
+def _assemble(data: bytes | bytearray, regions: list[_Region | _Text], block_bytes: int) -> Any:
+    """The body with each region parsed to an array (or copied), the rest by orjson."""
     pieces: list[bytes] = []
     at = 0
     for k, region in enumerate(regions):
-        pieces += [bytes(data[at : region.start]), _PLACEHOLDER.format(k).encode()]
+        pieces += [_copy(data, at, region.start), _PLACEHOLDER.format(k).encode()]
         at = region.end + 1
-    pieces.append(bytes(data[at:]))
+    pieces.append(_copy(data, at, len(data)))
     try:
         body = orjson.loads(b"".join(pieces))
     except orjson.JSONDecodeError:
@@ -402,20 +422,43 @@ def _assemble(data: bytes | bytearray, regions: list[_Region], block_bytes: int)
     return body
 
 
+def _placed(value: Any, regions: list[_Region | _Text]) -> _Region | _Text | None:
+    """The region a placeholder stands for, if ``value`` is one."""
+    if isinstance(value, str) and value.startswith("\0"):
+        return regions[int(value[1:])]
+    return None
+
+
 def _place(
     obj: dict[str, Any],
     data: bytes | bytearray,
-    regions: list[_Region],
+    regions: list[_Region | _Text],
     parser: Any,
     block_bytes: int,
 ) -> int:
+    """Fills the placeholders of ``obj``'s array fields; returns how many it filled."""
     placed = 0
     for key in NUMERIC_FIELDS:
         value = obj.get(key)
-        if isinstance(value, str) and value.startswith("\0"):
-            obj[key] = _parse_region(data, regions[int(value[1:])], parser, block_bytes)
+        region = _placed(value, regions)
+        if isinstance(region, _Region):
+            obj[key] = _parse_region(data, region, parser, block_bytes)
+            placed += 1
+        elif isinstance(value, dict) and isinstance(
+            text := _placed(value.get("data"), regions), _Text
+        ):
+            chars = _copy(data, text.start + 1, text.end)
+            if not chars.isascii():
+                raise _Fallback  # lengths in characters and bytes would differ
+            value["data"] = chars
             placed += 1
     return placed
+
+
+def _copy(data: bytes | bytearray, start: int, stop: int) -> bytes:
+    """``data[start:stop]`` as bytes, copied once (slicing a bytearray copies it too)."""
+    with memoryview(data) as view:
+        return bytes(view[start:stop])
 
 
 def _bracketed(data: bytes | bytearray, start: int, stop: int) -> bytes:

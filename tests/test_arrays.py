@@ -226,6 +226,43 @@ def test_block_wise_path_decodes_exactly_as_the_general_parser(raw: bytes, block
     assert _numeric_fields(fast) == slow
 
 
+def _typed_bodies() -> list[bytes]:
+    y = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    good = typed(y)
+    b64 = str(good["data"])
+    return [
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": good}),
+        orjson.dumps({"y_true": typed(np.arange(3, dtype=np.int64)), "y_pred": good}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {**good, "data": "!" * 64}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {**good, "data": b64 + "AAAA" * 10}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {**good, "data": b64[:-8]}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {**good, "data": "é" * 32}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {**good, "data": b64[:20] + " " + b64[20:]}}),
+        orjson.dumps({"outputs": {"h": {"y_true": [0, 1, 2], "y_pred": good}}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": good, "as": "a name longer than that"}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": good, "a key longer than the limit": 1}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": {"data": b64, "dtype": "float32"}}),
+        orjson.dumps({"y_true": [0, 1, 2], "y_pred": [b64]}),
+    ]
+
+
+TYPED_BODIES = _typed_bodies()
+
+
+@pytest.mark.parametrize("raw", TYPED_BODIES, ids=range(len(TYPED_BODIES)))
+def test_typed_arrays_text_copied_from_the_body_decodes_as_the_string(raw: bytes) -> None:
+    """Strings of 16 bytes and more taken from the body as bytes: same arrays and errors."""
+    slow = _numeric_fields(parse_json(raw))
+    fast = parse_json_body(bytearray(raw), text_min=16)
+    assert _numeric_fields(fast) == slow
+
+
+def test_typed_array_text_is_taken_as_bytes() -> None:
+    raw = TYPED_BODIES[0]
+    body = parse_json_body(bytearray(raw), text_min=16)
+    assert body["y_pred"]["data"] == parse_json(raw)["y_pred"]["data"].encode()
+
+
 nested_numbers = st.recursive(
     st.one_of(
         st.integers(-(2**63), 2**64 - 1),
