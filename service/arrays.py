@@ -311,8 +311,9 @@ def parse_json_body(
     ``outputs``) sends the whole body to :func:`parse_json`, so validation and errors
     are those of the general path.
     """
-    if b"\\" in data:
-        return parse_json(data)  # escapes would make the string scan below inexact
+    if len(data) < min(region_min, text_min) or b"\\" in data:
+        # No region fits in a body that short; escapes would make the string scan inexact.
+        return parse_json(data)
     try:
         regions = _regions(data, region_min, text_min)
         if not regions:
