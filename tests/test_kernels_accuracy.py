@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from through import metric
 
-from service import encodings, kernels, registry
+from service import kernels
 
 PROPERTY = settings(derandomize=True, max_examples=50, deadline=None, database=None)
-
-
-def metric(name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **raw: Any) -> float:
-    spec = registry.get_metric(name)
-    params = registry.parse_params(name, spec.params, raw)
-    batch = encodings.prepare(
-        np.asarray(y_true),
-        np.asarray(y_pred),
-        sample_weight=None if sample_weight is None else np.asarray(sample_weight),
-    )
-    value, _ = registry.compute_metric(name, batch, params)
-    return value
 
 
 # ---- argmax metrics ---------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from through import loss as through_registry
 
-from service import encodings, kernels, registry
+from service import kernels
 
 PROPERTY = settings(derandomize=True, max_examples=50, deadline=None, database=None)
 EPS = 1e-7
@@ -65,22 +66,6 @@ def ref_focal(
     if balancing:
         out = out * (y * alpha + (1 - y) * (1 - alpha))
     return out.mean(axis=-1)
-
-
-def through_registry(
-    name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **raw: Any
-) -> np.ndarray:
-    dtype = raw.pop("dtype", "float32")
-    spec = registry.get_loss(name)
-    params = registry.parse_params(name, spec.params, raw)
-    batch = encodings.prepare(
-        np.asarray(y_true),
-        np.asarray(y_pred),
-        sample_weight=None if sample_weight is None else np.asarray(sample_weight),
-        axis=params["axis"],
-        dtype=dtype,
-    )
-    return np.asarray(registry.compute_loss(spec, batch, params))
 
 
 @st.composite

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from through import loss
 
-from service import encodings, kernels, registry
+from service import kernels, registry
 
 PROPERTY = settings(derandomize=True, max_examples=50, deadline=None, database=None)
 
@@ -20,18 +21,6 @@ CATEGORICAL = [
     "sparse_categorical_crossentropy",
     "categorical_focal_crossentropy",
 ]
-
-
-def loss(name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **raw: Any) -> np.ndarray:
-    spec = registry.get_loss(name)
-    params = registry.parse_params(name, spec.params, raw)
-    batch = encodings.prepare(
-        np.asarray(y_true),
-        np.asarray(y_pred),
-        sample_weight=None if sample_weight is None else np.asarray(sample_weight),
-        axis=params["axis"],
-    )
-    return np.asarray(registry.compute_loss(spec, batch, params))
 
 
 # ---- reduce_loss by hand ----------------------------------------------------------------
