@@ -276,6 +276,7 @@ BLOCK_BYTES = 1 << 20
 _SCAN_BYTES = 1 << 22
 _WHITESPACE = b" \t\n\r"
 _OPEN, _CLOSE, _QUOTE = ord("["), ord("]"), ord('"')
+_TOKEN_BYTES = np.frombuffer(b'[]{}"', np.uint8)
 #: A placeholder string no body can hold: bodies with a backslash skip the fast path.
 _PLACEHOLDER = '"\\u0000{}"'
 
@@ -367,7 +368,7 @@ def _tokens(
     pos = np.concatenate(parts)
     kind = view[pos]
     del view
-    keep = np.isin(kind, np.frombuffer(b'[]{}"', np.uint8))
+    keep = np.isin(kind, _TOKEN_BYTES)
     pos, kind = pos[keep], kind[keep]
     quote = kind == _QUOTE
     if int(quote.sum()) % 2:
@@ -487,26 +488,23 @@ def _parse_region(
         raise _Fallback
     n = int(starts.size)
     out: NDArray[np.float64] | None = None
-    brackets = 1  # the outer array
     i = 0
     while i < n:
         j = int(np.searchsorted(ends, starts[i] + block_bytes, side="left")) + 1
         j = min(max(j, i + 1), n)
         if j < n and data[int(ends[j - 1]) + 1 : int(starts[j])].strip(_WHITESPACE) != b",":
             raise _Fallback
-        counted = [0]
         doc = parser.parse(_bracketed(data, int(starts[i]), int(ends[j - 1]) + 1))
-        block = _fast_numeric(doc, counted)
+        block = _fast_numeric(doc)
         del doc
         if block.shape[0] != j - i or (out is not None and block.shape[1:] != out.shape[1:]):
             raise _Fallback
         if out is None:
             out = np.empty((n, *block.shape[1:]), np.float64)
         out[i:j] = block
-        brackets += counted[0] - 1  # not the wrapping array
         i = j
-    if out is None or brackets != int(region.opening.sum()):
-        raise _Fallback  # a nested array among the numbers
+    if out is None or _arrays(out.shape) != int(region.opening.sum()):
+        raise _Fallback  # a nested array among the numbers, flattened by the buffer export
     return out
 
 
@@ -520,14 +518,20 @@ def _parse_flat(
         cut = data.find(b",", at + block_bytes, end) if at + block_bytes < end else -1
         stop = end if cut == -1 else cut
         doc = parser.parse(_bracketed(data, at, stop))
-        counted = [0]
-        parts.append(_fast_numeric(doc, counted))
+        parts.append(_fast_numeric(doc))
         del doc
         at = stop + 1
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _fast_numeric(arr: Any, brackets: list[int]) -> NDArray[np.float64]:
+def _arrays(shape: tuple[int, ...]) -> int:
+    """How many JSON arrays nested lists of this shape are written with."""
+    return sum(math.prod(shape[:k]) for k in range(len(shape)))
+
+
+def _fast_numeric(arr: Any) -> NDArray[np.float64]:
+    """A simdjson array of numbers, rectangular, as float64 (its buffer export flattens
+    nested arrays: a nested array among the numbers is for the caller to rule out)."""
     shape: list[int] = []
     node = arr
     while isinstance(node, simdjson.Array):
@@ -549,5 +553,4 @@ def _fast_numeric(arr: Any, brackets: list[int]) -> NDArray[np.float64]:
     buf = np.frombuffer(arr.as_buffer(of_type="d"), dtype=np.float64)
     if buf.size != n:
         raise _Fallback
-    brackets[0] += sum(math.prod(shape[:k]) for k in range(len(shape)))
     return buf.reshape(shape)
