@@ -1,5 +1,6 @@
-"""The ``loss-service`` command: ``loss-service serve [--host --port --workers --log-level
---log-format]``; each option's default is its ``LOSS_SERVICE_*`` setting.
+"""The ``loss-service`` command: ``loss-service serve`` starts the service, ``loss-service
+--version`` prints its version. Each option of ``serve`` (``--host``, ``--port``,
+``--workers``, ``--log-level``, ``--log-format``) defaults to its ``LOSS_SERVICE_*`` setting.
 
 ``serve`` runs uvicorn on uvloop with the httptools HTTP parser (both come with
 ``uvicorn[standard]``; asyncio's loop and h11 without them), with the service's
@@ -9,6 +10,9 @@ requests get up to ``LOSS_SERVICE_SHUTDOWN_TIMEOUT`` seconds to finish, then the
 command exits 0) and, with several workers, Prometheus metrics shared through a
 temporary ``PROMETHEUS_MULTIPROC_DIR`` (created here and removed at exit, unless it
 was set).
+
+The help and ``--version`` work whatever the settings hold; ``serve`` with an invalid
+setting exits 2 with a message naming its variable.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+from service import __version__
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -81,10 +87,27 @@ def http_parser() -> str:
     return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
+DESCRIPTION = "Keras 3's classification losses and accuracy metrics, served over HTTP."
+EPILOG = (
+    "Settings are LOSS_SERVICE_* environment variables (for example LOSS_SERVICE_PORT=9000 or "
+    "LOSS_SERVICE_WORKERS=4); the options of a command override them. "
+    "Run 'loss-service serve --help' for its options."
+)
+SERVE_DESCRIPTION = (
+    "Start the HTTP service. Each option defaults to its setting: LOSS_SERVICE_HOST, "
+    "LOSS_SERVICE_PORT, LOSS_SERVICE_WORKERS, LOSS_SERVICE_LOG_LEVEL, LOSS_SERVICE_LOG_FORMAT."
+)
+
+
 def build_parser(defaults: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loss-service", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start the HTTP service")
+    parser = argparse.ArgumentParser(prog="loss-service", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    serve = commands.add_parser(
+        "serve", help="start the HTTP service", description=SERVE_DESCRIPTION
+    )
     serve.add_argument(
         "--host", default=defaults.host, help="address to bind (default %(default)s)"
     )
@@ -116,11 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.settings import Settings
 
     try:
-        settings = Settings()
+        settings: Settings | None = Settings()
     except ValidationError as error:
-        print(_settings_error(error), file=sys.stderr)
+        # --help and --version still answer (with the settings' own defaults shown);
+        # a command that would use the settings stops here.
+        settings, invalid = None, error
+    args = build_parser(settings or Settings.model_construct()).parse_args(argv)
+    if settings is None:
+        print(_settings_error(invalid), file=sys.stderr)
         return 2
-    args = build_parser(settings).parse_args(argv)
     if not 0 <= args.port <= 65535:
         print(f"loss-service: --port must be 0 to 65535, not {args.port}", file=sys.stderr)
         return 2

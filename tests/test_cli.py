@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+import service
 from service import cli
 from service.ops.logs import ConsoleFormatter, JsonFormatter
 
@@ -163,3 +164,55 @@ def test_logging_config_is_valid() -> None:
         configurator = logging.config.DictConfigurator(config)
         built = configurator.configure_custom(dict(config["formatters"]["default"]))
         assert isinstance(built, formatter)
+
+
+# ---- help and version ----------------------------------------------------------------------
+
+
+def test_help_is_one_plain_line_and_an_epilog(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    usage, description, *rest = out.split("\n\n")
+    assert usage.startswith("usage: loss-service")
+    # One whole sentence, not a docstring cut at its first line, and no reStructuredText.
+    sentence = " ".join(description.split())
+    assert sentence.endswith(".") and sentence.count(". ") == 0
+    assert "Keras 3" in sentence
+    assert "``" not in out and ":func:" not in out
+    epilog = " ".join(rest[-1].split())
+    assert "LOSS_SERVICE_" in epilog
+    assert "loss-service serve --help" in epilog
+
+
+def test_serve_help_names_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["serve", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out
+    assert "LOSS_SERVICE_PORT" in out
+
+
+def test_version(runs: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"loss-service {service.__version__}\n"
+    assert runs == []
+
+
+def test_version_and_help_with_invalid_settings(
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Asking what the command is does not need valid settings; serving does."""
+    monkeypatch.setenv("LOSS_SERVICE_WORKERS", "zero")
+    for argv in (["--version"], ["--help"], ["serve", "--help"]):
+        with pytest.raises(SystemExit) as caught:
+            cli.main(argv)
+        assert caught.value.code == 0, argv
+    assert capsys.readouterr().err == ""
+    assert cli.main(["serve"]) == 2
+    assert "LOSS_SERVICE_WORKERS" in capsys.readouterr().err
+    assert runs == []
