@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 8000
+# `make serve HOST=0.0.0.0 PORT=9000`: given on make's command line, they are passed as
+# --host/--port; otherwise LOSS_SERVICE_HOST/LOSS_SERVICE_PORT (or their defaults) decide.
+HOST   ?=
+PORT   ?=
+serve_option = $(if $(and $(filter command line,$(origin $(1))),$($(1))), $(2) $($(1)))
 
 .PHONY: install serve test lint docker-lint typecheck pytest openapi bench load clean
 
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/loss-service serve --host $(HOST) --port $(PORT)
+	$(BIN)/loss-service serve$(call serve_option,HOST,--host)$(call serve_option,PORT,--port)
 
 lint: $(STAMP) docker-lint
 	$(BIN)/ruff check service tests bench

@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import logging.config
 import os
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,8 @@ import uvicorn
 import service
 from service import cli
 from service.ops.logs import ConsoleFormatter, JsonFormatter
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -216,3 +221,43 @@ def test_version_and_help_with_invalid_settings(
     assert cli.main(["serve"]) == 2
     assert "LOSS_SERVICE_WORKERS" in capsys.readouterr().err
     assert runs == []
+
+
+# ---- make serve ----------------------------------------------------------------------------
+
+
+def make_serve(*args: str, **env: str) -> list[str]:
+    """The ``loss-service`` command ``make serve`` would run (``make -n``: nothing runs)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    environ = {k: v for k, v in os.environ.items() if k not in {"HOST", "PORT", "MAKEFLAGS"}}
+    result = subprocess.run(
+        [make, "-n", "-C", str(ROOT), "serve", *args],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (line,) = [line for line in result.stdout.splitlines() if "loss-service serve" in line]
+    return line.split()[1:]
+
+
+def test_make_serve_leaves_host_and_port_to_the_settings() -> None:
+    # LOSS_SERVICE_HOST/LOSS_SERVICE_PORT are read by `loss-service serve` itself.
+    assert make_serve(LOSS_SERVICE_PORT="9100") == ["serve"]
+    # HOST and PORT in the environment (some shells set HOST) are not make's options.
+    assert make_serve(HOST="workstation", PORT="1234") == ["serve"]
+    assert make_serve("PORT=") == ["serve"]
+
+
+def test_make_serve_port_and_host_on_the_command_line() -> None:
+    assert make_serve("PORT=9000") == ["serve", "--port", "9000"]
+    assert make_serve("HOST=0.0.0.0", "PORT=9000") == [
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "9000",
+    ]
