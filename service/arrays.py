@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import binascii
 import math
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -200,18 +201,23 @@ def to_array(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
 def _descriptors(node: Any, loc: Loc) -> Iterator[tuple[dict[str, Any], Loc]]:
     """Typed-array descriptors with ``binary_data_size`` in document order.
 
-    Only objects, and lists whose first item is an object, are walked: lists of
-    numbers are never visited item by item.
+    Only objects, and lists whose first item is an object, are walked (lists of
+    numbers are never visited item by item), with a stack rather than recursion: a
+    header nested a thousand levels deep is walked like any other.
     """
-    if isinstance(node, dict):
-        if "binary_data_size" in node:
-            yield node, loc
-            return
-        for key, child in node.items():
-            yield from _descriptors(child, (*loc, key))
-    elif isinstance(node, list) and node and isinstance(node[0], dict):
-        for i, child in enumerate(node):
-            yield from _descriptors(child, (*loc, i))
+    stack: list[tuple[Any, Loc]] = [(node, loc)]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, dict):
+            if "binary_data_size" in node:
+                yield node, loc
+                continue
+            children = [(child, (*loc, key)) for key, child in node.items()]
+        elif isinstance(node, list) and node and isinstance(node[0], dict):
+            children = [(child, (*loc, i)) for i, child in enumerate(node)]
+        else:
+            continue
+        stack.extend(reversed(children))
 
 
 def parse_binary(data: bytes | bytearray, header_length: int, max_elements: int) -> Any:
@@ -277,12 +283,15 @@ _SCAN_BYTES = 1 << 22
 _WHITESPACE = b" \t\n\r"
 _OPEN, _CLOSE, _QUOTE = ord("["), ord("]"), ord('"')
 _TOKEN_BYTES = np.frombuffer(b'[]{}"', np.uint8)
-#: A placeholder string no body can hold: bodies with a backslash skip the fast path.
-_PLACEHOLDER = '"\\u0000{}"'
+#: The general parser holds about this many times a body's bytes (Python floats in lists).
+GENERAL_PARSE_FACTOR = 16
+_GENERAL_ENV = "LOSS_SERVICE_MAX_GENERAL_JSON_BYTES"
+_BACKSLASH = ord("\\")
 
 
 class _Fallback(Exception):
-    """The fast path cannot vouch for this body: the general parser takes it."""
+    """The fast path cannot vouch for this body: the general parser takes it (the
+    message says why, for a body too large for the general parser)."""
 
 
 def parse_json_body(
@@ -291,6 +300,8 @@ def parse_json_body(
     region_min: int = REGION_MIN_BYTES,
     text_min: int = REGION_MIN_BYTES,
     block_bytes: int = BLOCK_BYTES,
+    general_max_bytes: int | None = None,
+    before_general: Callable[[int], None] | None = None,
 ) -> Any:
     """A JSON request body, with its big numeric arrays already as float64 NumPy arrays
     and the base64 text of its big typed arrays as bytes.
@@ -298,30 +309,49 @@ def parse_json_body(
     The general parser (:func:`parse_json`, orjson) holds every number of a nested
     list as a Python float, several times the text's size, and peaks at twice a long
     string's size while it builds it. Here, "regions" are found from the positions of
-    the body's brackets, braces and quotes: arrays of at least ``region_min`` bytes
+    the body's brackets, braces and quotes (a quote preceded by an odd run of
+    backslashes is escaped, inside a string): arrays of at least ``region_min`` bytes
     that hold no object or string, parsed ``block_bytes`` of rows at a time by
     simdjson straight into one float64 array, and strings of at least ``text_min``
     bytes, which must be the ASCII ``data`` of typed arrays, copied once as bytes
     (which :func:`from_typed` decodes as it would the string). The rest of the body,
-    each region replaced by a placeholder, is parsed by orjson. Working memory beyond
-    the body and its arrays is a few blocks.
+    each region replaced by a placeholder that no body can forge (it holds a random
+    nonce), is parsed by orjson. Working memory beyond the body and its arrays is a
+    few blocks.
 
-    Anything the fast path cannot vouch for (a backslash in the body, a parse error, a
-    ragged or empty region, a non-number, a region anywhere but ``y_true``, ``y_pred``
-    or ``sample_weight`` (or their ``data``) at the top level or in a head of
-    ``outputs``) sends the whole body to :func:`parse_json`, so validation and errors
-    are those of the general path.
+    Anything the fast path cannot vouch for (a parse error, a ragged or empty region,
+    a non-number, a region anywhere but ``y_true``, ``y_pred`` or ``sample_weight`` (or
+    their ``data``) at the top level or in a head of ``outputs``) sends the whole body to
+    :func:`parse_json`, so validation and errors are those of the general path; but a
+    body over ``general_max_bytes`` is refused instead (413, naming the encodings to
+    use), and ``before_general(nbytes)`` is called with the general parser's memory
+    before it starts (it may refuse by raising).
     """
-    if len(data) < min(region_min, text_min) or b"\\" in data:
-        # No region fits in a body that short; escapes would make the string scan inexact.
+    if len(data) < min(region_min, text_min):
+        # No region fits in a body that short.
         return parse_json(data)
     try:
         regions = _regions(data, region_min, text_min)
         if not regions:
-            return parse_json(data)
+            raise _Fallback("it holds no array large enough for the streaming reader")
         return _assemble(data, regions, block_bytes)
-    except (_Fallback, ValueError, TypeError, RuntimeError, KeyError, IndexError):
-        return parse_json(data)
+    except _Fallback as reason:
+        why = str(reason)
+    except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        why = ""
+    if general_max_bytes is not None and len(data) > general_max_bytes:
+        raise PayloadTooLarge.at(
+            ("body",),
+            f"The JSON body is {len(data)} bytes, over the limit of {general_max_bytes} "
+            f"bytes (setting {_GENERAL_ENV}) for JSON the streaming reader cannot take "
+            f"({why or 'malformed JSON, or arrays that are not rectangular lists of numbers'})."
+            " Expected: `y_true`, `y_pred` and `sample_weight` as rectangular lists of plain "
+            "numbers, or (better for large batches) as typed arrays {dtype, shape, data} or "
+            "with the binary encoding (Content-Type: application/octet-stream).",
+        )
+    if before_general is not None:
+        before_general(len(data) * GENERAL_PARSE_FACTOR)
+    return parse_json(data)
 
 
 class _Region:
@@ -367,16 +397,44 @@ def _tokens(
         parts.append(np.flatnonzero(((chunk & 0xD9) == 0x59) | (chunk == _QUOTE)) + start)
     pos = np.concatenate(parts)
     kind = view[pos]
-    del view
     keep = np.isin(kind, _TOKEN_BYTES)
     pos, kind = pos[keep], kind[keep]
+    if _BACKSLASH in data:
+        keep = ~_escaped(view, pos[kind == _QUOTE], pos, kind)
+        pos, kind = pos[keep], kind[keep]
+    del view
     quote = kind == _QUOTE
     if int(quote.sum()) % 2:
-        raise _Fallback  # an unterminated string: the general parser says so
-    # With no escapes, quotes alternate: an even number of them before a token means it is
+        raise _Fallback("a string is not terminated")
+    # Unescaped quotes alternate: an even number of them before a token means it is
     # outside every string (or is the quote that opens one).
     keep = (np.cumsum(quote) - quote) % 2 == 0
     return pos[keep], kind[keep], pos[quote]
+
+
+def _escaped(
+    view: NDArray[np.uint8],
+    quotes: NDArray[np.int64],
+    pos: NDArray[np.int64],
+    kind: NDArray[np.uint8],
+) -> NDArray[np.bool_]:
+    """Which tokens are escaped quotes: quotes right after an odd run of backslashes
+    (``\\"`` closes a string, ``\"`` does not)."""
+    marks = [
+        np.flatnonzero(view[start : start + _SCAN_BYTES] == _BACKSLASH) + start
+        for start in range(0, view.size, _SCAN_BYTES)
+    ]
+    slashes = np.concatenate(marks)
+    first = np.ones(slashes.size, dtype=bool)
+    first[1:] = np.diff(slashes) != 1
+    run_start = slashes[first]
+    run_end = slashes[np.append(first[1:], True)]
+    # The run of backslashes (if any) that ends right before each quote.
+    k = np.minimum(np.searchsorted(run_end, quotes - 1), run_end.size - 1)
+    odd = (run_end[k] == quotes - 1) & ((run_end[k] - run_start[k]) % 2 == 0)
+    escaped = np.zeros(pos.size, dtype=bool)
+    escaped[np.flatnonzero(kind == _QUOTE)[odd]] = True
+    return escaped
 
 
 def _regions(data: bytes | bytearray, region_min: int, text_min: int) -> list[_Region | _Text]:
@@ -404,30 +462,34 @@ def _assemble(data: bytes | bytearray, regions: list[_Region | _Text], block_byt
     """The body with each region parsed to an array (or copied), the rest by orjson."""
     pieces: list[bytes] = []
     at = 0
+    # A placeholder is a string no body holds: a random nonce, fresh for every body.
+    nonce = secrets.token_hex(8)
     for k, region in enumerate(regions):
-        pieces += [_copy(data, at, region.start), _PLACEHOLDER.format(k).encode()]
+        pieces += [_copy(data, at, region.start), f'"\\u0000{nonce}:{k}"'.encode()]
         at = region.end + 1
     pieces.append(_copy(data, at, len(data)))
     try:
         body = orjson.loads(b"".join(pieces))
     except orjson.JSONDecodeError:
-        raise _Fallback from None
+        raise _Fallback("malformed JSON") from None
     if not isinstance(body, dict):
-        raise _Fallback
+        raise _Fallback("the body is not a JSON object")
     parser = simdjson.Parser()
     objects = [body]
     if isinstance(body.get("outputs"), dict):
         objects += [head for head in body["outputs"].values() if isinstance(head, dict)]
-    placed = sum(_place(obj, data, regions, parser, block_bytes) for obj in objects)
+    prefix = f"\0{nonce}:"
+    placed = sum(_place(obj, data, regions, prefix, parser, block_bytes) for obj in objects)
     if placed != len(regions):
-        raise _Fallback  # a region somewhere else: rare enough for the general parser
+        # A region somewhere else: rare enough for the general parser.
+        raise _Fallback("a large array or string outside `y_true`, `y_pred`, `sample_weight`")
     return body
 
 
-def _placed(value: Any, regions: list[_Region | _Text]) -> _Region | _Text | None:
+def _placed(value: Any, regions: list[_Region | _Text], prefix: str) -> _Region | _Text | None:
     """The region a placeholder stands for, if ``value`` is one."""
-    if isinstance(value, str) and value.startswith("\0"):
-        return regions[int(value[1:])]
+    if isinstance(value, str) and value.startswith(prefix):
+        return regions[int(value[len(prefix) :])]
     return None
 
 
@@ -435,6 +497,7 @@ def _place(
     obj: dict[str, Any],
     data: bytes | bytearray,
     regions: list[_Region | _Text],
+    prefix: str,
     parser: Any,
     block_bytes: int,
 ) -> int:
@@ -442,16 +505,17 @@ def _place(
     placed = 0
     for key in NUMERIC_FIELDS:
         value = obj.get(key)
-        region = _placed(value, regions)
+        region = _placed(value, regions, prefix)
         if isinstance(region, _Region):
             obj[key] = _parse_region(data, region, parser, block_bytes)
             placed += 1
         elif isinstance(value, dict) and isinstance(
-            text := _placed(value.get("data"), regions), _Text
+            text := _placed(value.get("data"), regions, prefix), _Text
         ):
             chars = _copy(data, text.start + 1, text.end)
-            if not chars.isascii():
-                raise _Fallback  # lengths in characters and bytes would differ
+            if not chars.isascii() or b"\\" in chars:
+                # Lengths in characters and bytes would differ; escapes need unescaping.
+                raise _Fallback("a typed array's `data` is not plain base64 text")
             value["data"] = chars
             placed += 1
     return placed
@@ -504,7 +568,8 @@ def _parse_region(
         out[i:j] = block
         i = j
     if out is None or _arrays(out.shape) != int(region.opening.sum()):
-        raise _Fallback  # a nested array among the numbers, flattened by the buffer export
+        # A nested array among the numbers, flattened by the buffer export.
+        raise _Fallback("an array is not a rectangular array of plain numbers")
     return out
 
 

@@ -87,6 +87,14 @@ def http_parser() -> str:
     return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
+def http_protocol() -> str:
+    """The guarded httptools protocol (header limits and timeout, connection cap, see
+    ``service.server``) when httptools is installed, else h11."""
+    # Named, not imported: the workers import it (importing it here would make this
+    # process a metrics writer of its own).
+    return "service.server:GuardedHttpToolsProtocol" if http_parser() == "httptools" else "h11"
+
+
 DESCRIPTION = "Keras 3's classification losses and accuracy metrics, served over HTTP."
 EPILOG = (
     "Settings are LOSS_SERVICE_* environment variables (for example LOSS_SERVICE_PORT=9000 or "
@@ -173,12 +181,16 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 port=args.port,
                 workers=args.workers,
                 loop=event_loop(),
-                http=http_parser(),
+                http=http_protocol(),
                 log_config=logging_config(args.log_level, args.log_format),
                 log_level=args.log_level,
                 access_log=False,
                 server_header=False,
                 timeout_graceful_shutdown=settings.shutdown_timeout,
+                timeout_keep_alive=settings.keep_alive_timeout,
+                # h11's own cap on a request's head (the guarded protocol enforces it with
+                # httptools).
+                h11_max_incomplete_event_size=settings.max_header_bytes,
             )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

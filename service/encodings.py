@@ -127,6 +127,27 @@ def _check_finite(name: str, a: NDArray[Any]) -> None:
         )
 
 
+def _check_fits_dtype(y_pred: NDArray[Any], rows: Floats, ax: int) -> None:
+    """Finite predictions that overflow the computation's dtype (1e308 in float32) are
+    refused, not computed as infinities."""
+    bad = ~np.isfinite(rows)
+    if bad.any():
+        flat = int(np.flatnonzero(bad.reshape(-1))[0])
+        moved = np.moveaxis(y_pred, ax, -1)
+        where = np.unravel_index(flat, moved.shape)
+        # Back to the caller's axis order for the index shown.
+        index = list(where)
+        index.insert(ax % y_pred.ndim, index.pop())
+        info = np.finfo(rows.dtype)
+        raise invalid(
+            ("y_pred", *(int(i) for i in index)),
+            f"`y_pred` has {int(bad.sum())} value(s) outside {rows.dtype}'s range "
+            f"(±{float(info.max):.4g}), the first {moved[where].item()!r} at index "
+            f"{_at(tuple(int(i) for i in index))}: expected values that fit in {rows.dtype}, "
+            'or `dtype: "float64"` to compute in float64.',
+        )
+
+
 def _normalize_axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise invalid(
@@ -321,6 +342,8 @@ def prepare(
     n_classes = int(pred.shape[-1])
     rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
     rows = np.ascontiguousarray(rows)
+    if rows.dtype.itemsize < pred.dtype.itemsize and pred.dtype.kind == "f":
+        _check_fits_dtype(y_pred, rows, ax)
 
     labels: Indices | None = None
     dense: Floats | None = None

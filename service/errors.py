@@ -9,10 +9,13 @@ into one ``application/problem+json`` response (RFC 9457) in one handler::
     ├── Forbidden                    403     Forbidden
     ├── NotFound                     404     Not found
     ├── MethodNotAllowed             405     Method not allowed
+    ├── RequestTimeout               408     Request timeout (a body that stalled)
     ├── PayloadTooLarge              413     Payload too large
     ├── UnsupportedMediaType         415     Unsupported media type
     ├── InvalidInput                 422     Invalid input
-    └── InternalError                500     Internal error (a bug: logged, no internals shown)
+    ├── HeadersTooLarge              431     Request header fields too large
+    ├── InternalError                500     Internal error (a bug: logged, no internals shown)
+    └── ServiceUnavailable           503     Service unavailable (over a budget: retry later)
 
 An error carries ``detail`` (one sentence: what was wrong, what was expected,
 what was received) and ``errors``, a list of ``FieldError`` that point at the
@@ -90,6 +93,12 @@ class MethodNotAllowed(ServiceError):
     slug = "method-not-allowed"
 
 
+class RequestTimeout(ServiceError):
+    status = 408
+    title = "Request timeout"
+    slug = "request-timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     title = "Payload too large"
@@ -108,6 +117,22 @@ class InvalidInput(ServiceError):
     slug = "invalid-input"
 
 
+class HeadersTooLarge(ServiceError):
+    status = 431
+    title = "Request header fields too large"
+    slug = "headers-too-large"
+
+
+class ServiceUnavailable(ServiceError):
+    """Over a budget of the worker (memory, connections): the same request may succeed
+    after ``RETRY_AFTER`` seconds, which the response says in ``Retry-After``."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "service-unavailable"
+    RETRY_AFTER: ClassVar[int] = 1
+
+
 class InternalError(ServiceError):
     status = 500
     title = "Internal error"
@@ -122,14 +147,35 @@ def invalid(loc: Loc, msg: str) -> InvalidInput:
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
+#: Longest ``detail`` or ``msg`` of a problem document, and longest ``loc`` part: a
+#: received value quoted in a message (a 60 MiB key, say) is cut, never sent back whole.
+MAX_MESSAGE_CHARS = 2000
+MAX_LOC_CHARS = 100
+#: Most field errors listed in one problem document.
+MAX_FIELD_ERRORS = 50
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, cut to ``limit`` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text) - limit} more characters]"
+
+
 def problem(error: ServiceError, instance: str | None = None) -> dict[str, Any]:
     """The RFC 9457 problem document for ``error``: the one format of every error response."""
     body: dict[str, Any] = {
         "type": f"urn:loss-service:problem:{error.slug}",
         "title": error.title,
         "status": error.status,
-        "detail": error.detail,
-        "errors": [e.as_dict() for e in error.errors],
+        "detail": clip(error.detail),
+        "errors": [
+            {
+                "loc": [clip(p, MAX_LOC_CHARS) if isinstance(p, str) else p for p in e.loc],
+                "msg": clip(e.msg),
+            }
+            for e in error.errors[:MAX_FIELD_ERRORS]
+        ],
     }
     if instance is not None:
         body["instance"] = instance

@@ -88,6 +88,18 @@ def _summary(batch: Batch) -> dict[str, Any]:
     }
 
 
+def _finite(value: Any, loc: Loc, what: str) -> None:
+    """A result that overflowed (weights or values near their dtype's maximum) is refused,
+    never sent as ``null``."""
+    if not np.all(np.isfinite(value)):
+        raise invalid(
+            loc,
+            f"{what} is not finite: the batch's values or weights are too large for the "
+            "computation's dtype. Expected smaller `sample_weight` values, or "
+            '`dtype: "float64"`.',
+        )
+
+
 def _loss_value(value: NDArray[np.floating]) -> float | NDArray[np.floating]:
     return float(value) if value.ndim == 0 else value
 
@@ -100,6 +112,7 @@ def loss(name: str, body: Any, max_elements: int) -> dict[str, Any]:
     inputs = _inputs(body, (), max_elements)
     batch = inputs.batch(params["axis"])
     value = registry.compute_loss(spec, batch, params)
+    _finite(value, ("body",), f"The {name} loss")
     found = diagnostics.for_loss(spec, batch, params)
     return {
         "loss": _loss_value(value),
@@ -118,6 +131,7 @@ def metric(name: str, body: Any, max_elements: int) -> dict[str, Any]:
     inputs = _inputs(body, (), max_elements)
     batch = inputs.batch(-1)
     value, resolved = registry.compute_metric(name, batch, params)
+    _finite(value, ("body",), f"The {name} metric")
     found = diagnostics.for_metric(resolved, batch, params, value)
     return {
         "value": value,
@@ -291,9 +305,11 @@ def _compute(
     for e, spec, params in parsed_losses:
         b = inputs.batch(params["axis"])
         losses[e.key] = float(registry.compute_loss(spec, b, params))
+        _finite(losses[e.key], (*e.loc,), f"The {e.key} loss")
         found += diagnostics.for_loss(spec, b, params)
     for e, params in parsed_metrics:
         value, name = registry.compute_metric(e.name, batch, params)
+        _finite(value, (*e.loc,), f"The {e.key} metric")
         metrics[e.key] = value
         if e.name == "accuracy":
             resolved[e.key] = name

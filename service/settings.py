@@ -57,6 +57,37 @@ class Settings(BaseSettings):
     #: Seconds given to in-flight requests to finish after SIGTERM.
     shutdown_timeout: int = Field(default=30, ge=0)
 
+    # ---- Hostile and heavy load: every budget a worker process keeps ----
+    #: Bytes a worker may hold for requests at once: declared and received bodies plus each
+    #: request's estimated working memory. Past it: 503 with ``Retry-After``, before the body
+    #: is read. Default: 8 × the default body limit.
+    max_inflight_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    #: Largest estimated working memory of one request (decoded arrays, their conversion
+    #: to the computation's dtype, per-sample values); over it: 413 naming what to send.
+    max_request_memory_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
+    #: Largest JSON body read by the general JSON parser (about 15× its size in memory);
+    #: larger bodies must hold their arrays as plain numbers, typed arrays or binary.
+    max_general_json_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    #: Seconds within which a request's line and headers must arrive; else 408 and close.
+    header_timeout: float = Field(default=5.0, gt=0)
+    #: Seconds a request body may stall (no byte received) before a 408 and close.
+    body_timeout: float = Field(default=10.0, gt=0)
+    #: Seconds an idle keep-alive connection stays open.
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    #: Most headers in one request; more: 431.
+    max_header_count: int = Field(default=100, gt=0)
+    #: Most bytes of request line and headers together; more: 431.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    #: Most open connections per worker; past it new connections get a 503 and are closed.
+    max_connections: int = Field(default=1024, gt=0)
+    #: Most heads (``outputs``) in one evaluate request.
+    max_heads: int = Field(default=64, gt=0)
+    #: Most entries in one evaluate body's ``losses`` and ``metrics`` together (per head).
+    max_entries: int = Field(default=64, gt=0)
+    #: Requests whose reservation passed this many bytes give memory back to the operating
+    #: system when they end (glibc ``malloc_trim``); 0 turns it off.
+    trim_after_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:

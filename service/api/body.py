@@ -1,11 +1,17 @@
-"""The request-body intake of the compute endpoints: one dependency, ``read_body``.
+"""The request-body intake of the compute endpoints: ``read_body``.
 
 It checks the content type, enforces the body limit (``max_body_bytes``, set by
-``LOSS_SERVICE_MAX_BODY_BYTES``) before and while reading, and hands the route the
-raw bytes; decoding them is someone else's job::
+``LOSS_SERVICE_MAX_BODY_BYTES``) before and while reading, answers a body that stalls
+(``body_timeout``) with a 408, reserves the body's bytes on the worker's memory budget
+(:mod:`service.admission`; a 503 with ``Retry-After`` before a byte is read when the
+budget cannot hold the declared length), and hands the route the raw bytes in one
+buffer that grows only as bytes arrive; decoding them is someone else's job::
 
-    @router.post("/...")
-    def compute(raw: Annotated[RawBody, Depends(read_body)]) -> ...: ...
+    raw = await read_body(request)
+    try:
+        ...
+    finally:
+        raw.release()
 
 Accepted bodies:
 
@@ -23,20 +29,24 @@ wrapping the app.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Final, Literal
 
+import anyio
 from starlette.requests import ClientDisconnect, Request
 
 from service import errors
+from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, mib
 from service.settings import Settings
 
 JSON_MEDIA_TYPE: Final = "application/json"
 BINARY_MEDIA_TYPE: Final = "application/octet-stream"
 HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
 MAX_BODY_ENV: Final = "LOSS_SERVICE_MAX_BODY_BYTES"
+BODY_TIMEOUT_ENV: Final = "LOSS_SERVICE_BODY_TIMEOUT"
 
 _ACCEPTED = f"{JSON_MEDIA_TYPE} or {BINARY_MEDIA_TYPE}"
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -52,12 +62,18 @@ _BODY_LOC: Final[errors.Loc] = ("body",)
 
 @dataclass(frozen=True, slots=True)
 class RawBody:
-    """A request body that passed the intake: its bytes, what they are, and for
-    ``"binary"`` the length of the JSON header that starts them."""
+    """A request body that passed the intake: its bytes, what they are, for ``"binary"``
+    the length of the JSON header that starts them, and its share of the worker's memory
+    budget, given back by :meth:`release`."""
 
     data: bytes | bytearray
     content_type: Literal["json", "binary"]
     header_length: int | None
+    reservation: Reservation | None = None
+
+    def release(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release()
 
 
 @cache
@@ -152,71 +168,117 @@ def _declared_length(request: Request) -> tuple[int, str] | None:
 def _too_large(limit: int, received: str) -> errors.ServiceError:
     return errors.PayloadTooLarge.at(
         _BODY_LOC,
-        f"the request body is over the limit of {limit} bytes; expected at most "
-        f"{limit} bytes (setting {MAX_BODY_ENV}); received {received}",
+        f"the request body is over the limit of {limit} bytes ({mib(limit)}, setting "
+        f"{MAX_BODY_ENV}): received {received}; send smaller batches, or a streaming "
+        "evaluation's batches one by one",
     )
 
 
-async def _read(request: Request, limit: int, declared: int | None) -> bytes | bytearray:
-    """The body, read once, refused as soon as it passes ``limit`` bytes.
+async def _read(
+    request: Request, limit: int, reservation: Reservation, stall_seconds: float
+) -> bytearray:
+    """The body, read once into one buffer that grows only with the bytes that arrived.
 
-    With a declared length the chunks are copied into one buffer of that size as they
-    arrive, so the body is held once (a list of chunks joined at the end holds it twice).
+    Refused as soon as it passes ``limit`` bytes (413), or when no byte arrives for
+    ``stall_seconds`` (408). Bytes beyond what the reservation holds (a chunked body, or
+    more than declared) are reserved as they come (503 if the budget cannot hold them).
     """
-    chunks: list[bytes] = []
-    buffer = bytearray(declared) if declared else None
-    count = 0
+    buffer = bytearray()
+    stream = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            with anyio.move_on_after(stall_seconds) as scope:
+                chunk = await stream.__anext__()
+            if scope.cancelled_caught:
+                raise errors.RequestTimeout.at(
+                    _BODY_LOC,
+                    f"the request body stalled: no byte arrived for {stall_seconds:g} s "
+                    f"(setting {BODY_TIMEOUT_ENV}) after {len(buffer)} bytes; expected the "
+                    "rest of the body",
+                )
             if not chunk:
                 continue
-            start, count = count, count + len(chunk)
+            count = len(buffer) + len(chunk)
             if count > limit:
                 raise _too_large(limit, f"{count} bytes so far, and the client was still sending")
-            if buffer is not None and count <= len(buffer):
-                buffer[start:count] = chunk
-            else:
-                if buffer is not None:  # more than declared: keep what came, go on with a list
-                    chunks.append(bytes(buffer[:start]))
-                    buffer = None
-                chunks.append(chunk)
+            if count > reservation.nbytes:
+                reservation.resize(count)
+            buffer += chunk
+    except StopAsyncIteration:
+        pass
     except ClientDisconnect:
         raise errors.MalformedRequest.at(
             _BODY_LOC,
-            f"the client disconnected before the request body was complete; received {count} bytes",
+            "the client disconnected before the request body was complete; received "
+            f"{len(buffer)} bytes",
         ) from None
-    if buffer is not None:
-        return buffer if count == len(buffer) else bytes(buffer[:count])
-    return b"".join(chunks)
+    except asyncio.CancelledError:
+        # The server cancels what is still running when its graceful shutdown time is up:
+        # an upload cut short then is answered, not failed with a 500 (the cancellation is
+        # taken back so that the answer can be sent).
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        raise errors.ServiceUnavailable.at(
+            _BODY_LOC,
+            f"the service shut down before the request body was complete (received "
+            f"{len(buffer)} bytes); expected: send the request again, after the time in "
+            "Retry-After or to another instance",
+        ) from None
+    return buffer
 
 
 async def read_body(request: Request) -> RawBody:
-    """The request's body, if its type is accepted and its size within the limit.
+    """The request's body, if its type is accepted, its size within the limit and the
+    worker's memory budget can hold it.
 
-    Raises ``UnsupportedMediaType`` (415), ``MalformedRequest`` (400) or
-    ``PayloadTooLarge`` (413), whose ``detail`` says what was expected and received.
+    Raises ``UnsupportedMediaType`` (415), ``MalformedRequest`` (400),
+    ``PayloadTooLarge`` (413), ``RequestTimeout`` (408) or ``ServiceUnavailable`` (503,
+    decided before a byte of the body is read when the length is declared), whose
+    ``detail`` says what was expected and received. The body's reservation is the
+    caller's to release (:meth:`RawBody.release`) once the answer is computed.
     """
     content_type = _content_type(request)
     header_length = _header_length(request) if content_type == "binary" else None
 
-    limit = _settings(request).max_body_bytes
+    settings = _settings(request)
+    limit = settings.max_body_bytes
     declared = _declared_length(request)
     if declared is not None and declared[0] > limit:
         raise _too_large(limit, f"a declared Content-Length of {_clip(declared[1])} bytes")
 
-    data = await _read(request, limit, declared[0] if declared is not None else None)
-    if not data:
-        raise errors.MalformedRequest.at(
-            _BODY_LOC,
-            f"the request body is empty; expected an "
-            f"{JSON_MEDIA_TYPE if content_type == 'json' else BINARY_MEDIA_TYPE} body of 1 to "
-            f"{limit} bytes; received 0 bytes",
-        )
-    if header_length is not None and header_length > len(data):
-        raise errors.MalformedRequest.at(
-            _HEADER_LENGTH_LOC,
-            f"{HEADER_LENGTH_HEADER} is greater than the body; expected at most the "
-            f"body's {len(data)} bytes; received "
-            f"{_clip(request.headers[HEADER_LENGTH_HEADER].strip())}",
-        )
-    return RawBody(data, content_type, header_length)
+    # The declared bytes are promised before any is read (503 if the budget cannot hold
+    # them); memory itself is committed only as bytes arrive.
+    reservation = budget_of(request).reserve(declared[0] if declared else 0)
+    try:
+        data = await _read(request, limit, reservation, settings.body_timeout)
+        if not data:
+            raise errors.MalformedRequest.at(
+                _BODY_LOC,
+                f"the request body is empty; expected an "
+                f"{JSON_MEDIA_TYPE if content_type == 'json' else BINARY_MEDIA_TYPE} body of "
+                f"1 to {limit} bytes; received 0 bytes",
+            )
+        if header_length is not None and header_length > len(data):
+            raise errors.MalformedRequest.at(
+                _HEADER_LENGTH_LOC,
+                f"{HEADER_LENGTH_HEADER} is greater than the body; expected at most the "
+                f"body's {len(data)} bytes; received "
+                f"{_clip(request.headers[HEADER_LENGTH_HEADER].strip())}",
+            )
+        # What the body holds from now on: its bytes, and a JSON body's parse to come.
+        reservation.resize(len(data) * (JSON_PARSE_FACTOR if content_type == "json" else 1))
+    except BaseException:
+        reservation.release()
+        raise
+    return RawBody(data, content_type, header_length, reservation)
+
+
+def budget_of(request: Request) -> MemoryBudget:
+    """The worker's memory budget (one per application)."""
+    budget = getattr(request.app.state, "budget", None)
+    if not isinstance(budget, MemoryBudget):
+        settings = _settings(request)
+        budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
+        request.app.state.budget = budget
+    return budget

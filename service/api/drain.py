@@ -26,8 +26,9 @@ middleware drains *before* the response completes:
   after which uvicorn closes the connection with a clean FIN.
 
 A request that waits for ``100 Continue`` that it never got is not drained: its
-client has not sent the body. Past a bound the connection is closed as uvicorn
-would close it; a client sending that much more after a refusal may get a reset.
+client has not sent the body; nor is one answered ``408`` (its body stalled). Past
+a bound the connection is closed as uvicorn would close it; a client sending that
+much more after a refusal may get a reset.
 HTTP/2 (where there is no such problem, and no ``Connection`` header) and
 non-HTTP scopes pass through untouched.
 
@@ -40,6 +41,7 @@ as the last ``add_middleware`` call.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable
 from typing import Final
@@ -113,8 +115,12 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
-            if not self.request_done or message.get("status") == 413:
+            status = message.get("status")
+            if not self.request_done or status == 413:
                 message = {**message, "headers": _with_close(message.get("headers", ()))}
+            if status == 408:
+                # The body stalled: waiting for the rest of it is what timed out.
+                self.request_done = True
         elif (
             kind == "http.response.body"
             and not message.get("more_body", False)
@@ -130,12 +136,18 @@ class _Exchange:
     async def _drain(self) -> None:
         """Read and discard the rest of the request body, within the bounds."""
         drained = 0
-        with anyio.move_on_after(self._limits.max_drain_seconds):
-            while not self.request_done and drained <= self._limits.max_drain_bytes:
-                message = await self._receive()
-                self._note(message)
-                if message["type"] == "http.request":
-                    drained += len(message.get("body", b""))
+        try:
+            with anyio.move_on_after(self._limits.max_drain_seconds):
+                while not self.request_done and drained <= self._limits.max_drain_bytes:
+                    message = await self._receive()
+                    self._note(message)
+                    if message["type"] == "http.request":
+                        drained += len(message.get("body", b""))
+        except asyncio.CancelledError:
+            # The server is shutting down: the answer is already on the wire; stop here.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
 
 
 def _request_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bool, bool]:

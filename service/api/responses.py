@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from fastapi import Response
 
-from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, problem
+from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, ServiceUnavailable, problem
 from service.ops.prometheus import record_warnings
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -19,8 +19,16 @@ def json_response(content: Any, status_code: int = 200) -> Response:
     )
 
 
+#: Answers after which the connection is closed: the rest of the request may never come.
+_CLOSING = frozenset({408, 413, 431})
+
+
 def problem_response(error: ServiceError, instance: str | None = None) -> Response:
-    headers = {"Connection": "close"} if error.status == 413 else None
+    headers: dict[str, str] = {}
+    if error.status in _CLOSING:
+        headers["Connection"] = "close"
+    if isinstance(error, ServiceUnavailable):
+        headers["Retry-After"] = str(error.RETRY_AFTER)
     return Response(
         orjson.dumps(problem(error, instance)),
         error.status,

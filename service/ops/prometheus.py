@@ -25,6 +25,7 @@ across workers with a ``MultiProcessCollector``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -88,6 +89,12 @@ WARNINGS = Counter(
 )
 for _code in diagnostics.CODES:
     WARNINGS.labels(_code)
+CONNECTIONS_REFUSED = Counter(
+    "loss_service_connections_refused",
+    "Connections answered and closed by the server's guard, by reason (connections over "
+    "the cap, header limits, header timeout, idle connections that sent nothing).",
+    ["reason"],
+)
 
 #: The compute routes: template -> (kind, the names it knows, or None for evaluate).
 _COMPUTE: Final[Mapping[str, tuple[str, Mapping[str, object] | None]]] = {
@@ -152,9 +159,30 @@ def observe(
         computations.inc()
 
 
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of worker processes that are gone (killed, or restarted by
+    the server), so ``requests_in_progress`` counts only the living."""
+    for name in os.listdir(directory):
+        if not name.startswith("gauge_live"):
+            continue
+        pid_text = name.rsplit("_", 1)[-1].removesuffix(".db")
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # another user's process with that id: alive
+
+
 def exposition() -> bytes:
     """The metrics in Prometheus' text format, added up over the workers if several."""
     if MULTIPROCESS:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            _forget_dead_workers(directory)
         collected = CollectorRegistry()
         multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
         return generate_latest(collected)

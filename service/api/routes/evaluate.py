@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from service import evaluation
 from service.api import schemas
-from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.compute import respond
 from service.api.openapi_body import request_body
-from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["evaluate"])
@@ -24,6 +23,6 @@ router = APIRouter(prefix="/v1", tags=["evaluate"])
     },
     openapi_extra=request_body(schemas.EvaluateRequest, schemas.HeadsRequest),
 )
-def evaluate(raw: RawBodyDep, settings: SettingsDep) -> Response:
+async def evaluate(request: Request) -> Response:
     """Compute several losses and metrics on one batch (or one per head), with diagnoses."""
-    return computed_response(evaluation.evaluate(decode(raw, settings), settings.max_elements))
+    return await respond(request, evaluation.evaluate)

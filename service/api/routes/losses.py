@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from service import evaluation, registry
 from service.api import schemas
 from service.api.catalogue import catalogue
-from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.compute import respond
 from service.api.openapi_body import request_body
-from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
@@ -37,7 +36,7 @@ def list_losses() -> dict[str, object]:
     responses={200: {"model": schemas.LossResponse}, **ERROR_RESPONSES},
     openapi_extra=request_body(schemas.LossRequest),
 )
-def compute_loss(name: LossName, raw: RawBodyDep, settings: SettingsDep) -> Response:
+async def compute_loss(name: LossName, request: Request) -> Response:
     """Compute one loss on a batch, with Keras 3's numbers and diagnoses."""
-    registry.get_loss(name)
-    return computed_response(evaluation.loss(name, decode(raw, settings), settings.max_elements))
+    registry.get_loss(name)  # an unknown name is a 404 before the body is read
+    return await respond(request, lambda body, limit: evaluation.loss(name, body, limit))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from service import evaluation, registry
 from service.api import schemas
 from service.api.catalogue import catalogue
-from service.api.deps import RawBodyDep, SettingsDep, decode
+from service.api.compute import respond
 from service.api.openapi_body import request_body
-from service.api.responses import computed_response
 from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
@@ -38,7 +37,7 @@ def list_metrics() -> dict[str, object]:
     responses={200: {"model": schemas.MetricResponse}, **ERROR_RESPONSES},
     openapi_extra=request_body(schemas.MetricRequest),
 )
-def compute_metric(name: MetricName, raw: RawBodyDep, settings: SettingsDep) -> Response:
+async def compute_metric(name: MetricName, request: Request) -> Response:
     """Compute one metric on a batch; the response says what `accuracy` resolved to."""
-    registry.get_metric(name)
-    return computed_response(evaluation.metric(name, decode(raw, settings), settings.max_elements))
+    registry.get_metric(name)  # an unknown name is a 404 before the body is read
+    return await respond(request, lambda body, limit: evaluation.metric(name, body, limit))

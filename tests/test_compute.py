@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 
 from service.api.body import RawBody
-from service.api.deps import decode
+from service.api.compute import decode
 from service.settings import Settings
 
 

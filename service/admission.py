@@ -1,0 +1,181 @@
+"""Admission control: the memory a worker process commits to requests, and its budget.
+
+Every request that carries a body holds a :class:`Reservation` on the worker's one
+:class:`MemoryBudget` from before its body is read until its answer is computed:
+
+1. before the first body byte is read, for the body it declares (``Content-Length``) and
+   the parse of that body (a JSON body is parsed within :data:`JSON_PARSE_FACTOR` times
+   its size); a chunked body reserves as its chunks arrive;
+2. once the arrays are decoded (their shapes and dtypes known, nothing computed yet), for
+   the request's working memory as :func:`working_bytes` estimates it.
+
+A reservation that would take the budget past its limit is refused with a 503 and
+``Retry-After`` (another request holds the memory; the same request may pass in a
+moment); a request whose own estimate is over the per-request limit is refused with a
+413 that says what to send instead (no retry would help). The budget counts bytes
+the service promised, not the process's RSS: the two differ by the interpreter, the
+libraries and allocator slack, which ``make hostile`` measures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.errors import PayloadTooLarge, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+MiB: Final = 1024 * 1024
+#: A JSON body's parse holds at most this many times the body's bytes (text, numbers as
+#: float64, the parser's blocks); ``tests/test_admission.py`` checks it.
+JSON_PARSE_FACTOR: Final = 3
+#: Working memory no request goes below: the kernels' block buffers, the response.
+BASE_WORKING_BYTES: Final = 8 * MiB
+#: Bytes per element of the temporaries that the batch checks allocate over ``y_true``
+#: and ``y_pred`` (boolean masks of the finiteness, range and encoding checks).
+CHECK_BYTES_PER_ELEMENT: Final = 3
+
+_BUDGET_ENV: Final = "LOSS_SERVICE_MAX_INFLIGHT_BYTES"
+_REQUEST_ENV: Final = "LOSS_SERVICE_MAX_REQUEST_MEMORY_BYTES"
+
+
+def mib(n: int) -> str:
+    """``n`` bytes as MiB for a message: ``'64 MiB'``, ``'0.4 MiB'``."""
+    value = n / MiB
+    return f"{value:.0f} MiB" if value >= 10 or value == int(value) else f"{value:.1f} MiB"
+
+
+class MemoryBudget:
+    """The bytes a worker may hold for requests at once (thread-safe: reservations are
+    taken on the event loop and grown in the thread pool)."""
+
+    def __init__(self, limit: int, request_limit: int) -> None:
+        self.limit = limit
+        self.request_limit = request_limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> Reservation:
+        """A reservation of ``nbytes`` (503 if the budget cannot hold it now)."""
+        reservation = Reservation(self)
+        reservation.resize(nbytes)
+        return reservation
+
+    def _take(self, delta: int, total: int) -> None:
+        with self._lock:
+            if delta > 0 and self.used + delta > self.limit:
+                held = self.used
+            else:
+                self.used += delta
+                return
+        raise ServiceUnavailable.at(
+            ("body",),
+            f"The service is at its memory budget for requests in flight: this request "
+            f"needs {mib(total)} and other requests hold {mib(held)} of {mib(self.limit)} "
+            f"(setting {_BUDGET_ENV}). Expected: retry after the time in Retry-After, or "
+            "send smaller batches.",
+        )
+
+
+class Reservation:
+    """One request's share of the budget: grown or shrunk as its needs become known,
+    given back by :meth:`release` (idempotent)."""
+
+    __slots__ = ("_budget", "nbytes", "peak")
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self._budget = budget
+        self.nbytes = 0
+        self.peak = 0
+
+    def resize(self, nbytes: int) -> None:
+        """Hold ``nbytes`` from now on (503 if the budget cannot hold the growth)."""
+        nbytes = max(0, nbytes)
+        self._budget._take(nbytes - self.nbytes, nbytes)
+        self.nbytes = nbytes
+        self.peak = max(self.peak, nbytes)
+
+    def grow(self, extra: int) -> None:
+        self.resize(self.nbytes + extra)
+
+    def require(self, working: int, held: int) -> None:
+        """Hold ``held`` bytes (what is already in memory, e.g. the body) plus ``working``
+        (the estimate of what the computation will allocate): 413 if ``working`` alone is
+        over the per-request limit, 503 if the budget cannot hold the sum now."""
+        limit = self._budget.request_limit
+        if working > limit:
+            raise PayloadTooLarge.at(
+                ("body",),
+                f"This request needs about {mib(working)} of working memory to compute, over "
+                f"the per-request limit of {mib(limit)} (setting {_REQUEST_ENV}). Expected: "
+                "smaller batches, or predictions in the dtype the computation uses (float32 "
+                "by default, so nothing is converted), sent as typed arrays or with the "
+                "binary encoding.",
+            )
+        self.resize(held + working)
+
+    def release(self) -> None:
+        if self.nbytes:
+            self._budget._take(-self.nbytes, 0)
+            self.nbytes = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayInfo:
+    """What the estimate needs of one array: its element count, rows, dtype, and whether
+    it is already laid out C-contiguous."""
+
+    size: int
+    rows: int
+    dtype: np.dtype[Any]
+    contiguous: bool = True
+
+    @classmethod
+    def of(cls, arr: NDArray[Any]) -> ArrayInfo:
+        rows = int(arr.shape[0]) if arr.ndim else 1
+        return cls(int(arr.size), rows, arr.dtype, bool(arr.flags.c_contiguous))
+
+
+def working_bytes(arrays: Iterable[ArrayInfo], compute_itemsize: int) -> int:
+    """An upper estimate of what computing on these decoded arrays allocates.
+
+    Per array: a converted copy when its dtype is not the computation's (``uint8`` →
+    ``float32`` is 4 bytes an element for a 1-byte input; integer labels become int64)
+    or it is not contiguous, and the checks' boolean temporaries; plus per-row values
+    (labels, per-sample losses, matches) and the kernels' block buffers.
+    """
+    total = BASE_WORKING_BYTES
+    for arr in arrays:
+        converted = arr.dtype.itemsize != compute_itemsize or arr.dtype.kind != "f"
+        if converted or not arr.contiguous:
+            total += arr.size * max(compute_itemsize, 8 if arr.dtype.kind in "iub" else 0)
+        total += arr.size * CHECK_BYTES_PER_ELEMENT
+        total += arr.rows * 8 * 4
+    return total
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def give_back_memory() -> bool:
+    """Return freed heap memory to the operating system (glibc ``malloc_trim``); a
+    no-op where the C library has no such call. Whether it did anything."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return False
+        _libc = ctypes.CDLL(name)
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    return bool(trim(0))
