@@ -1,0 +1,56 @@
+"""Durable storage of streaming evaluations (``/v1/evaluations``), with exact running totals.
+
+No web imports here: the HTTP layer calls a :class:`Store`::
+
+    store = Store.open(settings.database_url, settings.data_dir)   # migrates to head
+    evaluation = store.create_evaluation(owner, config, metadata)
+    result = store.put_batch(owner, evaluation.id, batch_id, sha256, stats, answer, n)
+    result.outcome      # CREATED 201, REPLAYED 200, CONFLICT / CLOSED 409, NOT_FOUND 404,
+                        # MISMATCH 422 (see PutOutcome)
+    store.get_totals(owner, evaluation.id).values      # exact totals, as float64 / int64
+
+Modules, one concept each:
+
+* :mod:`~service.storage.engine`: the database URL, SQLite's pragmas and ``BEGIN IMMEDIATE``;
+* :mod:`~service.storage.schema`: the tables; :mod:`~service.storage.migrate` and
+  ``migrations/``: alembic, run at startup, safe from many processes at once;
+* :mod:`~service.storage.exact`: exact, order-independent sums of float64 arrays;
+  :mod:`~service.storage.blobs`: those totals and a batch's arrays as bytes;
+* :mod:`~service.storage.rows`: what the store returns; :mod:`~service.storage.store`:
+  the :class:`Store` itself.
+"""
+
+from service.storage.engine import database_url, make_engine
+from service.storage.exact import ExactTotals, FixedSum
+from service.storage.migrate import current_revision, head_revision, upgrade
+from service.storage.rows import (
+    BatchRow,
+    EvaluationRow,
+    InvalidCursor,
+    Page,
+    PutOutcome,
+    PutResult,
+    Status,
+    Totals,
+)
+from service.storage.store import Store, new_id
+
+__all__ = [
+    "BatchRow",
+    "EvaluationRow",
+    "ExactTotals",
+    "FixedSum",
+    "InvalidCursor",
+    "Page",
+    "PutOutcome",
+    "PutResult",
+    "Status",
+    "Store",
+    "Totals",
+    "current_revision",
+    "database_url",
+    "head_revision",
+    "make_engine",
+    "new_id",
+    "upgrade",
+]

@@ -1,0 +1,133 @@
+"""Database engines for the evaluation store: an SQLite file by default, or PostgreSQL.
+
+``database_url(None, data_dir)`` is ``sqlite:///<data_dir>/evaluations.sqlite3``
+(the directory is created); ``postgresql://`` and ``postgres://`` URLs are
+driven by psycopg 3 (``postgresql+psycopg://``). Nothing else is accepted: an
+in-memory SQLite database would lose every evaluation on restart, and other
+drivers are not installed.
+
+SQLite connections are set up for several worker processes sharing one file,
+and for durability:
+
+* ``journal_mode=WAL``: readers never wait for the writer, nor it for them;
+* ``synchronous=FULL``: a commit returns only once the write-ahead log is on
+  disk, so an acknowledged batch survives ``kill -9`` and, as far as SQLite can
+  promise, a power loss (``NORMAL`` would lose the last commits on power loss);
+* a busy timeout (30 s by default): a writer waits for the lock, it does not
+  fail with "database is locked";
+* ``foreign_keys=ON``, so that deleting an evaluation takes its batches along.
+
+Transactions: the sqlite3 module's own transaction handling is turned off and
+SQLAlchemy emits ``BEGIN`` itself (the recipe of SQLAlchemy's pysqlite
+documentation, "Enabling Non-Legacy SQLite Transactional Modes"). On the engine
+returned by :func:`writer`, that is ``BEGIN IMMEDIATE``: the write lock is taken
+up front, so a read-then-write transaction never has to upgrade its lock
+(which would fail at once with ``SQLITE_BUSY`` instead of waiting), and write
+transactions run one at a time across all processes. Read transactions use a
+plain (deferred) ``BEGIN`` and a WAL snapshot, and take no lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError
+
+#: The SQLite file's name inside the service's data directory.
+DEFAULT_FILE = "evaluations.sqlite3"
+#: Execution option that makes SQLite's ``BEGIN`` a ``BEGIN IMMEDIATE``.
+WRITE_OPTION = "loss_service_write"
+#: Seconds an SQLite connection waits for another process's write lock.
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+
+def database_url(url: str | None, data_dir: Path) -> URL:
+    """The URL to connect to: ``url`` (with psycopg 3 for PostgreSQL) or the default file.
+
+    Raises ``ValueError`` for a URL that is not ``sqlite:///<file>`` or
+    ``postgresql://...``; its message never shows the password.
+    """
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return URL.create("sqlite+pysqlite", database=str(data_dir / DEFAULT_FILE))
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise ValueError(
+            "the database URL is not a URL; expected sqlite:///<path> or "
+            "postgresql://user@host:port/database"
+        ) from error
+    scheme = parsed.drivername
+    shown = parsed.render_as_string(hide_password=True)
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if scheme in ("sqlite", "sqlite+pysqlite"):
+        database = parsed.database or ""
+        if database in ("", ":memory:") or "mode=memory" in str(parsed.query):
+            raise ValueError(
+                f"the database URL {shown!r} is an in-memory SQLite database, which would "
+                "lose every evaluation on restart; expected sqlite:///<path to a file>"
+            )
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return parsed.set(drivername="sqlite+pysqlite")
+    raise ValueError(
+        f"the database URL {shown!r} uses {scheme!r}; expected sqlite:///<path> or "
+        "postgresql://user@host:port/database"
+    )
+
+
+def make_engine(
+    url: str | None,
+    data_dir: Path,
+    *,
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    **options: Any,
+) -> Engine:
+    """An engine for ``url`` (see :func:`database_url`), set up as this module says.
+
+    ``options`` go to :func:`sqlalchemy.create_engine` (``pool_size``, ``echo``...).
+    Create engines in the process that uses them (after a fork, not before).
+    """
+    target = database_url(url, data_dir)
+    if target.get_backend_name() == "sqlite":
+        engine = create_engine(target, connect_args={"timeout": busy_timeout}, **options)
+        _set_up_sqlite(engine, busy_timeout)
+        return engine
+    options.setdefault("pool_pre_ping", True)
+    return create_engine(target, **options)
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine (same pool), whose transactions take SQLite's write lock up front."""
+    return engine.execution_options(**{WRITE_OPTION: True})
+
+
+def _set_up_sqlite(engine: Engine, busy_timeout: float) -> None:
+    milliseconds = round(busy_timeout * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection: sqlite3.Connection, _record: object) -> None:
+        # SQLAlchemy emits BEGIN itself (_on_begin): the sqlite3 module must not.
+        connection.isolation_level = None
+        cursor = connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise RuntimeError(
+                    f"SQLite cannot use write-ahead logging for this database (journal "
+                    f"mode stays {mode!r}); the evaluation store needs a database file "
+                    "on a local file system"
+                )
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,1 @@
+"""Revisions of the evaluation store's schema, oldest first (``r0001_...``)."""

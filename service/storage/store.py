@@ -1,0 +1,489 @@
+"""The evaluation store: what the HTTP layer calls to keep streaming evaluations.
+
+A :class:`Store` wraps one engine (:mod:`service.storage.engine`) and is safe
+to share between threads; every method is one transaction, committed (and on
+disk) before it returns. Several processes and hosts may use one database at
+once.
+
+Ownership: every method takes the ``owner`` of the caller, an opaque string
+(a hash of the API key; ``None`` or ``""`` when the service runs without
+keys). Another owner's evaluation behaves exactly as if it did not exist.
+
+Concurrency of :meth:`Store.put_batch`: a replay is answered from a plain
+read, without any lock. A new batch takes the evaluation's row lock
+(``SELECT ... FOR UPDATE`` on PostgreSQL; the database's write lock, taken by
+``BEGIN IMMEDIATE``, on SQLite), checks again whether the batch id is known,
+then inserts the batch (``ON CONFLICT DO NOTHING`` on the unique
+``(evaluation, batch_id)``, then a re-read) and updates the running totals
+and counts in the same transaction. So of many concurrent puts of one batch
+id exactly one creates it, and no update of the totals is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from numpy.typing import ArrayLike
+from sqlalchemy import Engine, Row, and_, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
+from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
+from service.storage.exact import ExactTotals
+from service.storage.migrate import upgrade
+from service.storage.rows import (
+    BATCH_ID,
+    BatchRow,
+    EvaluationRow,
+    Page,
+    PutOutcome,
+    PutResult,
+    Totals,
+    decode_cursor,
+    encode_cursor,
+)
+from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluations
+
+#: Largest page of a list.
+MAX_LIMIT = 1000
+#: Evaluations deleted per transaction by :meth:`Store.expire`.
+EXPIRE_CHUNK = 500
+
+_EVALUATION_COLUMNS = [c for c in evaluations.c if c.key != "totals"]
+_BATCH_COLUMNS = [c for c in batches.c if c.key != "stats"]
+
+# Statements built once (a put runs them all; building them costs more than running them),
+# with parameters "key_owner" and "key_id" for the evaluation (see _key).
+_MINE = and_(
+    evaluations.c.id == bindparam("key_id"),
+    evaluations.c.owner == bindparam("key_owner"),
+)
+_KNOWN_BATCH = (
+    select(*(c.label(f"b_{c.key}") for c in _BATCH_COLUMNS), *_EVALUATION_COLUMNS)
+    .join_from(evaluations, batches, batches.c.evaluation_pk == evaluations.c.pk)
+    .where(_MINE, batches.c.batch_id == bindparam("key_batch_id"))
+)
+_LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
+_UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
+# INSERT ... ON CONFLICT (evaluation_pk, batch_id) DO NOTHING RETURNING seq: a row comes
+# back only when the batch was inserted.
+_INSERT_BATCH = {
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(batches)
+    .on_conflict_do_nothing(index_elements=["evaluation_pk", "batch_id"])
+    .returning(batches.c.seq)
+    for dialect in (postgresql, sqlite)
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """An evaluation id: 32 hex digits of 128 random bits."""
+    return secrets.token_hex(16)
+
+
+class Store:
+    """Streaming evaluations and their batches in a database (see the module's docstring)."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        data_dir: Path,
+        *,
+        migrate: bool = True,
+        clock: Callable[[], datetime] = utc_now,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        **options: Any,
+    ) -> Store:
+        """A store on ``url`` (default: ``evaluations.sqlite3`` in ``data_dir``).
+
+        With ``migrate`` the schema is upgraded to the latest revision first
+        (safe when several processes start at once). ``options`` go to
+        :func:`sqlalchemy.create_engine`.
+        """
+        engine = make_engine(url, data_dir, busy_timeout=busy_timeout, **options)
+        try:
+            if migrate:
+                upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, clock=clock)
+
+    def dispose(self) -> None:
+        """Close the engine's pooled connections."""
+        self.engine.dispose()
+
+    # -- evaluations ----------------------------------------------------------------
+
+    def create_evaluation(
+        self, owner: str | None, config: Mapping[str, Any], metadata: Mapping[str, Any]
+    ) -> EvaluationRow:
+        """A new, open evaluation with no batches, under a new unguessable id."""
+        now = self._clock()
+        values = {
+            "id": new_id(),
+            "owner": _owner(owner),
+            "status": "open",
+            "created_at": now,
+            "updated_at": now,
+            "n_batches": 0,
+            "n_samples": 0,
+            "config": _json(config, "configuration"),
+            "meta": _json(metadata, "metadata"),
+            "facts": None,
+            "warnings": {},
+            "totals": encode_totals(ExactTotals()),
+        }
+        with self._writer.begin() as connection:
+            connection.execute(evaluations.insert().values(values))
+        return _evaluation(values)
+
+    def get_evaluation(self, owner: str | None, evaluation_id: str) -> EvaluationRow | None:
+        """The evaluation (without its totals), or ``None``."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(*_EVALUATION_COLUMNS).where(_MINE), _key(owner, evaluation_id)
+            ).first()
+        return None if row is None else _evaluation(row._mapping)
+
+    def get_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
+        """The evaluation and its running totals, from one snapshot; ``None`` if not found.
+
+        The totals are kept up to date by every put: this reads one row,
+        whatever the number of batches.
+        """
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(evaluations).where(_MINE), _key(owner, evaluation_id)
+            ).first()
+        if row is None:
+            return None
+        return Totals(_evaluation(row._mapping), decode_totals(row.totals).values())
+
+    def list_evaluations(
+        self, owner: str | None, limit: int = 50, cursor: str | None = None
+    ) -> Page[EvaluationRow]:
+        """The owner's evaluations, newest first, ``limit`` (1–1000) a page."""
+        _check_limit(limit)
+        query = select(*_EVALUATION_COLUMNS).where(evaluations.c.owner == _owner(owner))
+        if cursor is not None:
+            query = query.where(evaluations.c.pk < decode_cursor("evaluations", cursor))
+        query = query.order_by(evaluations.c.pk.desc()).limit(limit + 1)
+        with self.engine.begin() as connection:
+            rows = connection.execute(query).all()
+        following = None
+        if len(rows) > limit:
+            following = encode_cursor("evaluations", rows[limit - 1].pk)
+        return Page([_evaluation(row._mapping) for row in rows[:limit]], following)
+
+    def close_evaluation(self, owner: str | None, evaluation_id: str) -> EvaluationRow | None:
+        """Accept no new batches (replays of accepted ones still answer); ``None`` if not found.
+
+        Closing a closed evaluation changes nothing but ``updated_at``.
+        """
+        with self._writer.begin() as connection:
+            row = connection.execute(
+                update(evaluations)
+                .where(_MINE)
+                .values(status="closed", updated_at=self._clock())
+                .returning(*_EVALUATION_COLUMNS),
+                _key(owner, evaluation_id),
+            ).first()
+        return None if row is None else _evaluation(row._mapping)
+
+    def delete_evaluation(self, owner: str | None, evaluation_id: str) -> bool:
+        """Delete the evaluation and its batches; ``False`` if there was none."""
+        with self._writer.begin() as connection:
+            pk = connection.execute(
+                select(evaluations.c.pk).where(_MINE).with_for_update(),
+                _key(owner, evaluation_id),
+            ).scalar()
+            if pk is None:
+                return False
+            connection.execute(delete(batches).where(batches.c.evaluation_pk == pk))
+            connection.execute(delete(evaluations).where(evaluations.c.pk == pk))
+        return True
+
+    def expire(self, older_than: datetime) -> int:
+        """Delete every evaluation (any owner) not updated since ``older_than``; how many.
+
+        Works in transactions of up to 500 evaluations; an evaluation that a
+        put is updating right now is left alone (it is being updated).
+        """
+        deleted = 0
+        while True:
+            with self._writer.begin() as connection:
+                pks = list(
+                    connection.execute(
+                        select(evaluations.c.pk)
+                        .where(evaluations.c.updated_at < older_than)
+                        .order_by(evaluations.c.pk)
+                        .limit(EXPIRE_CHUNK)
+                        .with_for_update(skip_locked=True)
+                    ).scalars()
+                )
+                if pks:
+                    connection.execute(delete(batches).where(batches.c.evaluation_pk.in_(pks)))
+                    connection.execute(delete(evaluations).where(evaluations.c.pk.in_(pks)))
+            deleted += len(pks)
+            if len(pks) < EXPIRE_CHUNK:
+                return deleted
+
+    # -- batches --------------------------------------------------------------------
+
+    def put_batch(
+        self,
+        owner: str | None,
+        evaluation_id: str,
+        batch_id: str,
+        content_hash: bytes,
+        stats: Mapping[str, ArrayLike],
+        answer: Mapping[str, Any],
+        n_samples: int,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        warnings: Iterable[str] = (),
+    ) -> PutResult:
+        """Store one batch and count it into the evaluation's totals, exactly once.
+
+        * First time: the batch (its hash, sample count, ``answer`` and ``stats``)
+          is stored and its ``stats`` added to the evaluation's exact totals,
+          ``n_samples`` to its count, each distinct code of ``warnings`` to the
+          warning counts, all in one transaction, committed when this returns
+          ``CREATED``.
+        * The same ``batch_id`` with the same ``content_hash``: ``REPLAYED``,
+          with the batch as first stored (its ``answer``); nothing is counted.
+          With another hash: ``CONFLICT``. Both also for a closed evaluation.
+        * A new batch for a closed evaluation: ``CLOSED``; an unknown evaluation,
+          or another owner's: ``NOT_FOUND``.
+        * ``facts``: what this batch fixes about the evaluation (classes, label
+          encoding, heads, resolved losses and metrics). The first accepted
+          batch stores them, atomically with itself; a later batch whose facts
+          differ is not stored: ``MISMATCH``, with the stored facts in
+          ``result.evaluation.facts``. ``None`` checks nothing.
+
+        ``stats`` maps names to arrays: float arrays are summed exactly, integer
+        and boolean ones as int64 counts (see :mod:`service.storage.exact`);
+        each name keeps its shape and kind from batch to batch.
+        """
+        key = _key(owner, evaluation_id)
+        if BATCH_ID.fullmatch(batch_id) is None:
+            raise ValueError(
+                f"a batch id is 1–128 characters of A-Z a-z 0-9 . _ : -; received {batch_id!r}"
+            )
+        if not 1 <= len(content_hash) <= HASH_LENGTH:
+            raise ValueError(
+                f"a content hash is 1–{HASH_LENGTH} bytes; received {len(content_hash)}"
+            )
+        if n_samples < 0:
+            raise ValueError(f"n_samples is a count; received {n_samples}")
+        with self.engine.begin() as connection:
+            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
+        if known is not None:
+            return _replay(known, content_hash)
+
+        # Everything that does not need the lock is done before taking it.
+        batch_totals = ExactTotals.from_stats(stats)
+        stats_blob = encode_arrays(stats)
+        answer_json = _json(answer, "answer")
+        facts_json = None if facts is None else _json(facts, "facts")
+        codes = sorted(set(warnings))
+
+        with self._writer.begin() as connection:
+            row = connection.execute(_LOCK_EVALUATION, key).first()
+            if row is None:
+                return PutResult(PutOutcome.NOT_FOUND, None, None)
+            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
+            if known is not None:
+                return _replay(known, content_hash)
+            current = _evaluation(row._mapping)
+            if current.status == "closed":
+                return PutResult(PutOutcome.CLOSED, None, current)
+            if facts_json is not None and current.facts is not None and current.facts != facts_json:
+                return PutResult(PutOutcome.MISMATCH, None, current)
+
+            now = self._clock()
+            batch = {
+                "evaluation_pk": row.pk,
+                "seq": current.n_batches + 1,
+                "batch_id": batch_id,
+                "content_hash": bytes(content_hash),
+                "n_samples": n_samples,
+                "received_at": now,
+                "answer": answer_json,
+                "stats": stats_blob,
+            }
+            insert = _INSERT_BATCH[connection.dialect.name]
+            if connection.execute(insert, batch).first() is None:
+                # The row lock makes this unreachable; the unique key has the last word.
+                known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
+                assert known is not None, "a batch that conflicts is stored"
+                return _replay(known, content_hash)
+
+            totals = decode_totals(row.totals)
+            totals.add(batch_totals)
+            counts = dict(current.warnings)
+            for code in codes:
+                counts[code] = counts.get(code, 0) + 1
+            changes = {
+                "n_batches": current.n_batches + 1,
+                "n_samples": current.n_samples + n_samples,
+                "updated_at": now,
+                "warnings": counts,
+                "facts": current.facts if current.facts is not None else facts_json,
+                "totals": encode_totals(totals),
+            }
+            connection.execute(_UPDATE_EVALUATION, {"row_pk": row.pk, **changes})
+        updated = {**row._mapping, **changes}
+        stored = _batch({**batch, "stats": None})
+        return PutResult(PutOutcome.CREATED, stored, _evaluation(updated))
+
+    def list_batches(
+        self,
+        owner: str | None,
+        evaluation_id: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        with_stats: bool = False,
+    ) -> Page[BatchRow] | None:
+        """The evaluation's batches in arrival order, ``limit`` (1–1000) a page.
+
+        ``None`` if there is no such evaluation. ``with_stats`` also reads each
+        batch's own statistics.
+        """
+        _check_limit(limit)
+        after = 0 if cursor is None else decode_cursor("batches", cursor)
+        columns = list(batches.c) if with_stats else _BATCH_COLUMNS
+        with self.engine.begin() as connection:
+            pk = connection.execute(
+                select(evaluations.c.pk).where(_MINE), _key(owner, evaluation_id)
+            ).scalar()
+            if pk is None:
+                return None
+            rows = connection.execute(
+                select(*columns)
+                .where(batches.c.evaluation_pk == pk, batches.c.seq > after)
+                .order_by(batches.c.seq)
+                .limit(limit + 1)
+            ).all()
+        following = encode_cursor("batches", rows[limit - 1].seq) if len(rows) > limit else None
+        return Page([_batch(row._mapping) for row in rows[:limit]], following)
+
+    def rebuild_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
+        """Recompute the totals and counts from the stored batches, and store them.
+
+        The totals are kept up to date by every put, so this is for repairs and
+        checks; it reads the batches a few at a time (memory does not grow with
+        their number). ``None`` if there is no such evaluation.
+        """
+        with self._writer.begin() as connection:
+            row = connection.execute(
+                select(*_EVALUATION_COLUMNS).where(_MINE).with_for_update(),
+                _key(owner, evaluation_id),
+            ).first()
+            if row is None:
+                return None
+            totals = ExactTotals()
+            n_batches = n_samples = 0
+            stream = connection.execute(
+                select(batches.c.n_samples, batches.c.stats)
+                .where(batches.c.evaluation_pk == row.pk)
+                .order_by(batches.c.seq)
+                .execution_options(yield_per=64)
+            )
+            for batch in stream:
+                totals.add(ExactTotals.from_stats(decode_arrays(batch.stats)))
+                n_batches += 1
+                n_samples += batch.n_samples
+            changes = {
+                "n_batches": n_batches,
+                "n_samples": n_samples,
+                "totals": encode_totals(totals),
+            }
+            connection.execute(_UPDATE_EVALUATION, {"row_pk": row.pk, **changes})
+        evaluation = _evaluation({**row._mapping, **changes})
+        return Totals(evaluation, totals.values())
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _owner(owner: str | None) -> str:
+    owner = owner or ""
+    if len(owner) > OWNER_LENGTH:
+        raise ValueError(f"an owner is at most {OWNER_LENGTH} characters; received {len(owner)}")
+    return owner
+
+
+def _key(owner: str | None, evaluation_id: str) -> dict[str, str]:
+    """The parameters of :data:`_MINE`."""
+    return {"key_owner": _owner(owner), "key_id": evaluation_id}
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"a page holds 1–{MAX_LIMIT} items; received limit={limit}")
+
+
+def _json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """A JSON object as the database gives it back (lists for tuples, string keys)."""
+    try:
+        loaded = json.loads(json.dumps(dict(value), allow_nan=False))
+    except ValueError as error:
+        raise ValueError(f"the {what} is stored as JSON, which has no NaN or infinity") from error
+    except TypeError as error:
+        raise TypeError(f"the {what} is stored as JSON: {error}") from error
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _evaluation(row: Mapping[Any, Any]) -> EvaluationRow:
+    return EvaluationRow(
+        id=row["id"],
+        owner=row["owner"],
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        n_batches=int(row["n_batches"]),
+        n_samples=int(row["n_samples"]),
+        config=row["config"],
+        metadata=row["meta"],
+        facts=row["facts"],
+        warnings={str(code): int(count) for code, count in row["warnings"].items()},
+    )
+
+
+def _batch(row: Mapping[Any, Any]) -> BatchRow:
+    stats = row.get("stats")
+    return BatchRow(
+        batch_id=row["batch_id"],
+        seq=int(row["seq"]),
+        content_hash=bytes(row["content_hash"]),
+        n_samples=int(row["n_samples"]),
+        received_at=row["received_at"],
+        answer=row["answer"],
+        stats=None if stats is None else decode_arrays(stats),
+    )
+
+
+def _replay(known: Row[Any], content_hash: bytes) -> PutResult:
+    mapping = known._mapping
+    batch = _batch({c.key: mapping[f"b_{c.key}"] for c in _BATCH_COLUMNS})
+    same = secrets.compare_digest(batch.content_hash, bytes(content_hash))
+    outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
+    return PutResult(outcome, batch, _evaluation(mapping))

@@ -1,0 +1,452 @@
+"""The evaluation store on real databases (SQLite and PostgreSQL): puts, replays, conflicts,
+closed evaluations, ownership, pagination, expiry, and reads that do not grow with batches."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import func, insert, select, update
+from storage_helpers import BACKENDS, Database, answer_of, batch_stats, content_hash, database
+
+from service.storage import InvalidCursor, PutOutcome, PutResult, Store
+from service.storage.blobs import encode_arrays, encode_totals
+from service.storage.exact import ExactTotals
+from service.storage.schema import batches, evaluations
+
+OWNER = "owner-hash"
+
+
+class Clock:
+    """A clock the tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with database(request.param, tmp_path) as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db: Database, clock: Clock) -> Iterator[Store]:
+    opened = Store.open(db.url, db.data_dir, clock=clock)
+    yield opened
+    opened.dispose()
+
+
+def put(
+    store: Store,
+    evaluation_id: str,
+    batch_id: str,
+    variant: int = 0,
+    *,
+    owner: str | None = OWNER,
+    facts: Mapping[str, Any] | None = None,
+    warnings: Sequence[str] = (),
+) -> PutResult:
+    """Put the batch that ``batch_id`` and ``variant`` stand for (see storage_helpers)."""
+    return store.put_batch(
+        owner,
+        evaluation_id,
+        batch_id,
+        content_hash(batch_id, variant),
+        batch_stats(batch_id, variant),
+        answer_of(batch_id, variant),
+        10,
+        facts=facts,
+        warnings=warnings,
+    )
+
+
+def bits(values: np.ndarray) -> list[int]:
+    return np.ascontiguousarray(values, dtype=np.float64).view(np.int64).ravel().tolist()
+
+
+def test_a_new_evaluation_is_open_and_empty(store: Store, clock: Clock) -> None:
+    created = store.create_evaluation(OWNER, {"losses": ["log_loss"]}, {"run": "a"})
+    assert len(created.id) == 32 and int(created.id, 16) >= 0
+    assert created.status == "open" and created.n_batches == created.n_samples == 0
+    assert created.created_at == created.updated_at == clock.now
+    assert created.config == {"losses": ["log_loss"]} and created.metadata == {"run": "a"}
+    assert created.facts is None and created.warnings == {}
+    assert store.get_evaluation(OWNER, created.id) == created
+    totals = store.get_totals(OWNER, created.id)
+    assert totals is not None and totals.values == {} and totals.evaluation == created
+    ids = {store.create_evaluation(OWNER, {}, {}).id for _ in range(20)}
+    assert len(ids) == 20
+
+
+def test_a_batch_is_counted_once_and_replays_answer_the_first_answer(
+    store: Store, clock: Clock
+) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    clock.advance(seconds=1)
+    first = put(store, evaluation.id, "batch-1")
+    assert first.outcome is PutOutcome.CREATED
+    assert first.answer == answer_of("batch-1")
+    assert first.evaluation is not None and first.evaluation.n_batches == 1
+    assert first.evaluation.n_samples == 10 and first.evaluation.updated_at == clock.now
+    assert first.batch is not None and first.batch.seq == 1 and first.batch.received_at == clock.now
+
+    clock.advance(seconds=1)
+    again = store.put_batch(
+        OWNER,
+        evaluation.id,
+        "batch-1",
+        content_hash("batch-1"),
+        {"loss_sum": np.ones(6)},
+        {"another": "answer"},
+        99,
+    )
+    assert again.outcome is PutOutcome.REPLAYED
+    assert again.answer == answer_of("batch-1") and again.batch == first.batch
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None
+    assert totals.evaluation.n_batches == 1 and totals.evaluation.n_samples == 10
+    assert totals.evaluation.updated_at == first.evaluation.updated_at
+    assert bits(totals.values["loss_sum"]) == bits(batch_stats("batch-1")["loss_sum"])
+
+
+def test_the_same_batch_id_with_other_content_is_a_conflict(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    put(store, evaluation.id, "b")
+    conflict = put(store, evaluation.id, "b", variant=1)
+    assert conflict.outcome is PutOutcome.CONFLICT and conflict.answer is None
+    assert conflict.batch is not None and conflict.batch.content_hash == content_hash("b")
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 1
+    assert bits(totals.values["loss_sum"]) == bits(batch_stats("b")["loss_sum"])
+
+
+def test_a_closed_evaluation_takes_no_new_batch_but_still_answers_replays(
+    store: Store, clock: Clock
+) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    put(store, evaluation.id, "accepted")
+    clock.advance(minutes=1)
+    closed = store.close_evaluation(OWNER, evaluation.id)
+    assert closed is not None and closed.status == "closed" and closed.updated_at == clock.now
+    refused = put(store, evaluation.id, "new")
+    assert refused.outcome is PutOutcome.CLOSED and refused.batch is None
+    assert refused.evaluation is not None and refused.evaluation.status == "closed"
+    assert put(store, evaluation.id, "accepted").outcome is PutOutcome.REPLAYED
+    assert put(store, evaluation.id, "accepted", variant=1).outcome is PutOutcome.CONFLICT
+    again = store.close_evaluation(OWNER, evaluation.id)
+    assert again is not None and again.status == "closed" and again.n_batches == 1
+
+
+def test_another_owners_evaluation_does_not_exist(store: Store) -> None:
+    mine = store.create_evaluation(OWNER, {}, {"who": "me"})
+    put(store, mine.id, "b1")
+    theirs = store.create_evaluation("someone-else", {}, {})
+    for other in ("someone-else", None, ""):
+        assert store.get_evaluation(other, mine.id) is None
+        assert store.get_totals(other, mine.id) is None
+        assert store.list_batches(other, mine.id) is None
+        assert store.rebuild_totals(other, mine.id) is None
+        assert store.close_evaluation(other, mine.id) is None
+        assert not store.delete_evaluation(other, mine.id)
+        # Not even a replay of a batch it holds: an unknown evaluation.
+        for variant in (0, 1):
+            result = put(store, mine.id, "b1", variant, owner=other)
+            assert result.outcome is PutOutcome.NOT_FOUND and result.batch is None
+        assert put(store, mine.id, "new", owner=other).outcome is PutOutcome.NOT_FOUND
+    assert [e.id for e in store.list_evaluations(OWNER).items] == [mine.id]
+    assert [e.id for e in store.list_evaluations("someone-else").items] == [theirs.id]
+    assert store.list_evaluations(None).items == []
+    still = store.get_evaluation(OWNER, mine.id)
+    assert still is not None and still.status == "open" and still.n_batches == 1
+
+
+def test_without_api_keys_the_owner_is_none_or_empty_alike(store: Store) -> None:
+    evaluation = store.create_evaluation(None, {}, {})
+    assert evaluation.owner == ""
+    assert store.get_evaluation("", evaluation.id) == evaluation
+    assert put(store, evaluation.id, "b", owner=None).outcome is PutOutcome.CREATED
+    assert put(store, evaluation.id, "b", owner="").outcome is PutOutcome.REPLAYED
+
+
+def test_unknown_evaluations_are_not_found(store: Store) -> None:
+    assert put(store, "0" * 32, "b").outcome is PutOutcome.NOT_FOUND
+    assert store.get_evaluation(OWNER, "not-an-id") is None
+    assert store.list_batches(OWNER, "0" * 32) is None
+    assert not store.delete_evaluation(OWNER, "0" * 32)
+
+
+def test_the_first_batch_fixes_the_facts_and_a_differing_batch_is_refused(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    facts = {"n_classes": 3, "label_encoding": "sparse", "losses": ("log_loss",)}
+    assert put(store, evaluation.id, "a", facts=facts).outcome is PutOutcome.CREATED
+    stored = store.get_evaluation(OWNER, evaluation.id)
+    assert stored is not None
+    assert stored.facts == {"n_classes": 3, "label_encoding": "sparse", "losses": ["log_loss"]}
+    assert put(store, evaluation.id, "b", facts=facts).outcome is PutOutcome.CREATED
+    assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED  # facts=None: unchecked
+    mismatch = put(store, evaluation.id, "d", facts={**facts, "n_classes": 4})
+    assert mismatch.outcome is PutOutcome.MISMATCH and mismatch.batch is None
+    assert mismatch.evaluation is not None and mismatch.evaluation.facts == stored.facts
+    after = store.get_evaluation(OWNER, evaluation.id)
+    assert after is not None and after.n_batches == 3 and after.facts == stored.facts
+    # A refused batch id was not stored: it can come again with fitting facts.
+    assert put(store, evaluation.id, "d", facts=facts).outcome is PutOutcome.CREATED
+
+
+def test_warning_codes_count_the_batches_that_raised_them(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    put(store, evaluation.id, "a", warnings=["w1", "w1", "w2"])
+    put(store, evaluation.id, "b", warnings=["w1"])
+    put(store, evaluation.id, "a", warnings=["w1", "w3"])  # a replay counts nothing
+    put(store, evaluation.id, "c")
+    stored = store.get_evaluation(OWNER, evaluation.id)
+    assert stored is not None and stored.warnings == {"w1": 2, "w2": 1}
+
+
+def test_totals_are_exact_and_do_not_depend_on_the_order_of_batches(store: Store) -> None:
+    ids = [f"batch-{n}" for n in range(12)]
+    forward = store.create_evaluation(OWNER, {}, {})
+    backward = store.create_evaluation(OWNER, {}, {})
+    for batch_id in ids:
+        put(store, forward.id, batch_id)
+    for batch_id in reversed(ids):
+        put(store, backward.id, batch_id)
+    a, b = store.get_totals(OWNER, forward.id), store.get_totals(OWNER, backward.id)
+    assert a is not None and b is not None
+    assert a.values.keys() == b.values.keys() == {"loss_sum", "weight_sum", "confusion"}
+    for name in ("loss_sum", "weight_sum"):
+        assert bits(a.values[name]) == bits(b.values[name])
+        parts = [batch_stats(batch_id)[name] for batch_id in ids]
+        expected = [math.fsum(p[i] for p in parts) for i in range(parts[0].size)]
+        assert a.values[name].tolist() == expected
+    assert a.values["confusion"].dtype == np.int64
+    confusions = np.stack([batch_stats(batch_id)["confusion"] for batch_id in ids])
+    assert a.values["confusion"].tolist() == confusions.sum(axis=0).tolist()
+    rebuilt = store.rebuild_totals(OWNER, backward.id)
+    assert rebuilt is not None and rebuilt.evaluation.n_batches == 12
+    assert all(bits(rebuilt.values[n]) == bits(a.values[n]) for n in a.values)
+
+
+def test_evaluations_are_listed_newest_first_a_page_at_a_time(store: Store, clock: Clock) -> None:
+    created = []
+    for number in range(7):
+        clock.advance(seconds=1)
+        created.append(store.create_evaluation(OWNER, {}, {"n": str(number)}).id)
+    store.create_evaluation("someone-else", {}, {})
+    pages, cursor = [], None
+    while True:
+        page = store.list_evaluations(OWNER, limit=3, cursor=cursor)
+        pages.append([e.id for e in page.items])
+        if page.next is None:
+            break
+        cursor = page.next
+    assert pages == [created[6:3:-1], created[3:0:-1], created[:1]]
+    assert store.list_evaluations(OWNER, limit=7).next is None
+    with pytest.raises(InvalidCursor, match="cursor"):
+        store.list_evaluations(OWNER, cursor="not-a-cursor")
+    put(store, created[0], "a")
+    put(store, created[0], "b")
+    batch_page = store.list_batches(OWNER, created[0], limit=1)
+    assert batch_page is not None and batch_page.next is not None
+    with pytest.raises(InvalidCursor, match="evaluations"):
+        store.list_evaluations(OWNER, cursor=batch_page.next)  # another list's cursor
+    for limit in (0, 1001):
+        with pytest.raises(ValueError, match="1–1000"):
+            store.list_evaluations(OWNER, limit=limit)
+
+
+def test_batches_are_listed_in_arrival_order_a_page_at_a_time(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    ids = [f"b-{n}" for n in (5, 3, 9, 1, 7, 2, 8)]
+    for batch_id in ids:
+        put(store, evaluation.id, batch_id)
+    seen, cursor = [], None
+    while True:
+        page = store.list_batches(OWNER, evaluation.id, limit=3, cursor=cursor, with_stats=True)
+        assert page is not None and len(page.items) <= 3
+        for batch in page.items:
+            assert batch.answer == answer_of(batch.batch_id) and batch.n_samples == 10
+            assert batch.content_hash == content_hash(batch.batch_id)
+            assert batch.stats is not None
+            expected = batch_stats(batch.batch_id)
+            assert all(bits(batch.stats[n]) == bits(expected[n]) for n in ("loss_sum",))
+            assert batch.stats["confusion"].tolist() == expected["confusion"].tolist()
+        seen += [(b.seq, b.batch_id) for b in page.items]
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == list(enumerate(ids, start=1))
+    plain = store.list_batches(OWNER, evaluation.id, limit=1000)
+    assert plain is not None and plain.next is None and plain.items[0].stats is None
+    with pytest.raises(InvalidCursor, match="batches"):
+        store.list_batches(OWNER, evaluation.id, cursor="b-3")
+
+
+def test_expiry_deletes_what_was_not_updated_since(
+    store: Store, clock: Clock, db: Database
+) -> None:
+    stale = store.create_evaluation(OWNER, {}, {})
+    put(store, stale.id, "s1")
+    kept_alive = store.create_evaluation("someone-else", {}, {})
+    clock.advance(days=10)
+    fresh = store.create_evaluation(OWNER, {}, {})
+    clock.advance(days=10)
+    # A new batch restarts the time-to-live.
+    assert put(store, kept_alive.id, "k1", owner="someone-else").outcome is PutOutcome.CREATED
+    clock.advance(days=15)
+    assert store.expire(clock.now - timedelta(days=30)) == 1
+    assert store.get_evaluation(OWNER, stale.id) is None
+    assert store.get_evaluation(OWNER, fresh.id) is not None
+    assert store.get_evaluation("someone-else", kept_alive.id) is not None
+    with store.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(batches)).scalar() == 1
+    assert store.expire(clock.now - timedelta(days=30)) == 0
+    assert store.expire(clock.now) == 2
+
+
+def test_deleting_an_evaluation_deletes_its_batches(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    other = store.create_evaluation(OWNER, {}, {})
+    for batch_id in ("a", "b"):
+        put(store, evaluation.id, batch_id)
+        put(store, other.id, batch_id)
+    assert store.delete_evaluation(OWNER, evaluation.id)
+    assert store.get_evaluation(OWNER, evaluation.id) is None
+    assert put(store, evaluation.id, "a").outcome is PutOutcome.NOT_FOUND
+    assert not store.delete_evaluation(OWNER, evaluation.id)
+    with store.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(batches)).scalar() == 2
+
+
+def test_malformed_arguments_are_refused(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    for batch_id in ("", "x" * 129, "a b", "a/b", "é"):
+        with pytest.raises(ValueError, match="batch id"):
+            store.put_batch(OWNER, evaluation.id, batch_id, b"h", {}, {}, 1)
+    with pytest.raises(ValueError, match="content hash"):
+        store.put_batch(OWNER, evaluation.id, "b", b"", {}, {}, 1)
+    with pytest.raises(ValueError, match="n_samples"):
+        store.put_batch(OWNER, evaluation.id, "b", b"h", {}, {}, -1)
+    with pytest.raises(ValueError, match="owner"):
+        store.create_evaluation("o" * 129, {}, {})
+    with pytest.raises(ValueError, match="NaN"):
+        store.put_batch(OWNER, evaluation.id, "b", b"h", {}, {"loss": math.nan}, 1)
+    assert store.put_batch(OWNER, evaluation.id, "A.z_0:9-" * 16, b"h", {}, {}, 1).outcome == (
+        PutOutcome.CREATED
+    )
+
+
+def test_threads_sharing_a_store_count_every_batch_once(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    ids = [f"t-{n}" for n in range(24)]
+    outcomes: list[PutOutcome] = []
+
+    def work(order: list[str]) -> None:
+        for batch_id in order:
+            outcomes.append(put(store, evaluation.id, batch_id).outcome)
+
+    threads = [threading.Thread(target=work, args=(ids[k:] + ids[:k],)) for k in (0, 8, 16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(PutOutcome.CREATED) == 24 and outcomes.count(PutOutcome.REPLAYED) == 48
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 24
+    rebuilt = store.rebuild_totals(OWNER, evaluation.id)
+    assert rebuilt is not None
+    assert all(bits(rebuilt.values[n]) == bits(totals.values[n]) for n in totals.values)
+
+
+def test_reading_an_evaluation_of_10000_batches_stays_cheap(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    # Real puts first: the stored totals have the size they keep from then on.
+    for number in range(50):
+        put(store, evaluation.id, f"b-{number}")
+    sizes = [len(_totals_blob(store, evaluation.id))]
+    for number in range(50, 100):
+        put(store, evaluation.id, f"b-{number}")
+    sizes.append(len(_totals_blob(store, evaluation.id)))
+    # The totals do not grow per batch: at most a 32-bit limb per float element when the
+    # sums outgrow their top limb (a 2**32-fold growth), here 8 float elements.
+    slack = 4 * 8
+    assert sizes[1] <= sizes[0] + slack, "the running totals grow with the batches"
+    # 9,900 more batch rows as put_batch stores them (put one by one they would take
+    # the whole test budget); the running totals and counts are set to match.
+    totals = ExactTotals()
+    rows = []
+    for number in range(10_000):
+        stats = batch_stats(f"b-{number}")
+        totals.add(ExactTotals.from_stats(stats))
+        if number >= 100:
+            rows.append(_batch_row(number, stats))
+    with store.engine.begin() as connection:
+        pk = connection.execute(select(evaluations.c.pk).where(evaluations.c.id == evaluation.id))
+        evaluation_pk = pk.scalar_one()
+        connection.execute(insert(batches), [{**r, "evaluation_pk": evaluation_pk} for r in rows])
+        connection.execute(
+            update(evaluations)
+            .where(evaluations.c.pk == evaluation_pk)
+            .values(n_batches=10_000, n_samples=100_000, totals=encode_totals(totals))
+        )
+    assert len(_totals_blob(store, evaluation.id)) <= sizes[0] + slack
+
+    def best_of(call: Callable[[], object], repeat: int = 7) -> float:
+        best = math.inf
+        for _ in range(repeat):
+            start = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    read = best_of(lambda: store.get_totals(OWNER, evaluation.id))
+    first_page = best_of(lambda: store.list_batches(OWNER, evaluation.id, limit=100))
+    assert read <= 0.020, f"reading the evaluation took {read * 1e3:.1f} ms"
+    assert first_page <= 0.020, f"reading a page of batches took {first_page * 1e3:.1f} ms"
+    read_back = store.get_totals(OWNER, evaluation.id)
+    assert read_back is not None and read_back.evaluation.n_batches == 10_000
+    assert bits(read_back.values["loss_sum"]) == bits(totals.values()["loss_sum"])
+    # The next put adds to the kept totals, it does not go through the 10,000 batches.
+    assert put(store, evaluation.id, "one-more").outcome is PutOutcome.CREATED
+    page = store.list_batches(OWNER, evaluation.id, limit=1000)
+    assert page is not None and page.next is not None
+
+
+def _totals_blob(store: Store, evaluation_id: str) -> bytes:
+    with store.engine.connect() as connection:
+        blob = connection.execute(
+            select(evaluations.c.totals).where(evaluations.c.id == evaluation_id)
+        ).scalar_one()
+    return bytes(blob)
+
+
+def _batch_row(number: int, stats: dict[str, np.ndarray]) -> dict[str, object]:
+    batch_id = f"b-{number}"
+    return {
+        "seq": number + 1,
+        "batch_id": batch_id,
+        "content_hash": content_hash(batch_id),
+        "n_samples": 10,
+        "received_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "answer": answer_of(batch_id),
+        "stats": encode_arrays(stats),
+    }
