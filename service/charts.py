@@ -520,9 +520,12 @@ def _confusion_text(labels: list[str], matrix: FloatArray, multi: bool) -> tuple
     else:
         title = f"Most confused pairs ({n:,} classes)"
         what = f"Bars of the {len(pairs)} most frequent true → predicted confusions"
-    return title, (
-        f"{what}; {share:.1%} of {_num(total)} {_count_unit(matrix)} on the diagonal; {most}."
+    of = (
+        f"of a total sample weight of {_num(total, 6)}"
+        if _weighted(matrix)
+        else f"of {_num(total)} samples"
     )
+    return title, f"{what}; {share:.1%} {of} on the diagonal; {most}."
 
 
 @_with_style
@@ -563,7 +566,7 @@ def _cell_text(ax: Axes, values: FloatArray, rates: FloatArray, size: float) -> 
     """Each cell's count, white on dark cells and black on light ones."""
     for (i, j), value in np.ndenumerate(values):
         colour = "white" if rates[i, j] < 0.6 else "black"
-        ax.text(j, i, _num(float(value), 3), ha="center", va="center", fontsize=size, color=colour)
+        ax.text(j, i, _num(float(value)), ha="center", va="center", fontsize=size, color=colour)
 
 
 def _shares(counts: FloatArray) -> FloatArray:
@@ -723,7 +726,7 @@ def _reliability_text(report: Mapping[str, Any]) -> tuple[str, str]:
         )
     return title, (
         f"Accuracy against confidence for {int(filled.sum())} non-empty bins of "
-        f"{_num(float(bins['count'].sum()))} {_count_unit(bins['count'])}, with the diagonal of "
+        f"{_num(float(bins['count'].sum()), 6)} {_count_unit(bins['count'])}, with the diagonal of "
         f"perfect calibration; ECE {_num(float(report['ece']), 3)}, MCE "
         f"{_num(float(report['mce']), 3)}{worst_text}."
     )

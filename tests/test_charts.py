@@ -210,6 +210,14 @@ def test_confusion_matrix_is_a_heatmap_of_row_shares_up_to_50_classes() -> None:
     assert chart.title == "Confusion matrix (50 classes)"
 
 
+def test_confusion_matrix_of_sample_weights_says_so() -> None:
+    chart = charts.confusion_matrix({"labels": [0, 1], "matrix": [[812.5, 40], [63, 285]]})
+    assert "91.4% of a total sample weight of 1200.5 on the diagonal" in chart.description
+    assert "most confused: 1 → 0 (63)" in chart.description
+    cells = [t.get_text() for t in chart.figure.axes[0].texts]
+    assert cells == ["812.5", "40", "63", "285"]
+
+
 def test_confusion_matrix_past_50_classes_shows_the_most_confused_pairs() -> None:
     report = _matrix_report(charts.HEATMAP_MAX_CLASSES + 1, seed=3)
     chart = charts.confusion_matrix(report)
