@@ -138,6 +138,8 @@ def put_worker(
             )
             outcomes.append((batch_id, variant, result.outcome.value))
         results.put(outcomes)
+    except Exception as error:
+        results.put(f"error: {type(error).__name__}: {error}")
     finally:
         store.dispose()
 
