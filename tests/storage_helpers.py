@@ -53,10 +53,8 @@ def require_postgres() -> None:
         with _admin() as connection:
             connection.execute("SELECT 1")
     except psycopg.Error as error:
-        message = (
-            f"PostgreSQL does not answer at {PG_HOST}:{PG_PORT} as user {PG_USER!r}, "
-            f"database {PG_DATABASE!r} ({str(error).strip()})"
-        )
+        reason = " ".join(str(error).split())
+        message = f"PostgreSQL does not answer at {PG_URL} ({reason})"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI is set, so the PostgreSQL tests must run: run .ci/pg")
         pytest.skip(f"{message}; run .ci/pg to start it")

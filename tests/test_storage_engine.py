@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import storage_helpers
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -178,3 +179,17 @@ def test_opening_a_store_migrates_unless_told_not_to(db: Database) -> None:
             assert connection.execute(text("SELECT count(*) FROM evaluations")).scalar() == 0
     finally:
         store.dispose()
+
+
+def test_postgresql_tests_skip_saying_why_or_fail_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing listens on port 1: what the tests do when PostgreSQL is down.
+    monkeypatch.setattr(storage_helpers, "PG_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.delenv("CI", raising=False)
+    down = r"does not answer at postgresql://postgres@127\.0\.0\.1:1/test .*run \.ci/pg"
+    with pytest.raises(pytest.skip.Exception, match=down):
+        storage_helpers.require_postgres()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        storage_helpers.require_postgres()

@@ -10,15 +10,12 @@
   which takes the database's write lock before alembic even reads its version
   table, with the same effect.
 
-As a command, for the team: ``python -m service.storage.migrate upgrade [URL]``
-upgrades a database (default: the SQLite file in ``./data``);
-``python -m service.storage.migrate revision "message"`` writes a new, empty
-revision into ``migrations/versions/`` to fill in.
+As a command (:mod:`service.storage.__main__`): ``python -m service.storage upgrade [URL]``
+and ``python -m service.storage revision "message"``.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from alembic import command
@@ -27,7 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
-from service.storage.engine import make_engine, writer
+from service.storage.engine import writer
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: PostgreSQL advisory lock key of the store's migrations (any fixed 64-bit number).
@@ -67,31 +64,3 @@ def upgrade(engine: Engine) -> None:
             connection.execute(lock, {"key": ADVISORY_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.storage.migrate")
-    commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("upgrade", help="upgrade a database to the latest revision")
-    up.add_argument("url", nargs="?", default=None, help="database URL (default: ./data)")
-    up.add_argument("--data-dir", type=Path, default=Path("data"))
-    new = commands.add_parser("revision", help="write a new, empty revision")
-    new.add_argument("message")
-    args = parser.parse_args(argv)
-    if args.command == "upgrade":
-        engine = make_engine(args.url, args.data_dir)
-        try:
-            upgrade(engine)
-            print(f"database at revision {current_revision(engine)}")
-        finally:
-            engine.dispose()
-    else:
-        number = len(list((MIGRATIONS / "versions").glob("r[0-9]*.py"))) + 1
-        script = command.revision(
-            alembic_config(), args.message, rev_id=f"{number:04d}", head=head_revision()
-        )
-        print(f"wrote {script.path if script is not None and not isinstance(script, list) else ''}")
-
-
-if __name__ == "__main__":
-    main()
