@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging.config
 import os
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import service
 from service import cli
@@ -59,8 +61,12 @@ def test_serve_defaults(runs: list[dict[str, Any]]) -> None:
     assert call["multiproc_dir"] is None
     formatter = call["log_config"]["formatters"]["default"]["()"]
     assert formatter.endswith("JsonFormatter")
-    # uvicorn[standard] installs both: named, not left to "auto".
-    assert (call["loop"], call["http"]) == ("uvloop", "httptools")
+    # uvloop and httptools are installed: named, not left to "auto"; httptools through the
+    # service's guarded protocol, which uvicorn imports by name in each worker.
+    assert call["loop"] == "uvloop"
+    module, _, name = call["http"].partition(":")
+    protocol = getattr(importlib.import_module(module), name)
+    assert issubclass(protocol, HttpToolsProtocol)
 
 
 def test_loop_and_parser_without_uvicorn_standard(
