@@ -97,6 +97,21 @@ def test_a_new_evaluation_is_open_and_empty(store: Store, clock: Clock) -> None:
     assert len(ids) == 20
 
 
+def test_json_documents_come_back_as_given_keys_in_order(store: Store) -> None:
+    config = {"outputs": {"zeta": {"losses": ["b", "a"]}, "alpha": {}}, "from_logits": True}
+    metadata = {"z": "last first", "a": "é ✓"}
+    evaluation = store.create_evaluation(OWNER, config, metadata)
+    answer = {"losses": {"z_loss": 0.5, "a_loss": 0.25}, "warnings": []}
+    store.put_batch(OWNER, evaluation.id, "b", b"h", {}, answer, 1, facts={"z": 1, "a": 2})
+    stored = store.get_evaluation(OWNER, evaluation.id)
+    assert stored is not None
+    assert list(stored.config["outputs"]) == ["zeta", "alpha"]
+    assert stored.config == config and list(stored.metadata) == ["z", "a"]
+    assert stored.metadata == metadata and list(stored.facts or {}) == ["z", "a"]
+    replay = store.put_batch(OWNER, evaluation.id, "b", b"h", {}, {}, 1)
+    assert replay.answer == answer and list(replay.answer["losses"]) == ["z_loss", "a_loss"]
+
+
 def test_a_batch_is_counted_once_and_replays_answer_the_first_answer(
     store: Store, clock: Clock
 ) -> None:

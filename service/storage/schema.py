@@ -46,7 +46,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 #: Constraint names are fixed so that later migrations can refer to them.
 NAMING = {
@@ -61,8 +60,9 @@ metadata = MetaData(naming_convention=NAMING)
 
 #: 64-bit keys; on SQLite an INTEGER PRIMARY KEY (the rowid) is already 64 bits.
 Key = BigInteger().with_variant(Integer(), "sqlite")
-#: JSON documents; binary JSON on PostgreSQL.
-Document = JSON().with_variant(JSONB(), "postgresql")
+#: JSON documents, kept as text on both databases: PostgreSQL's binary JSON (jsonb) would
+#: reorder the keys, and the order of heads, losses and metrics is the caller's.
+Document = JSON()
 
 ID_LENGTH = 32
 OWNER_LENGTH = 128

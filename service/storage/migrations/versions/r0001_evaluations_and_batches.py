@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision = "0001"
 down_revision: str | None = None
@@ -17,7 +16,7 @@ branch_labels: str | None = None
 depends_on: str | None = None
 
 Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Document = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Document = sa.JSON()
 
 
 def upgrade() -> None:
