@@ -2,7 +2,8 @@
 
 No web imports here: the HTTP layer calls a :class:`Store`::
 
-    store = Store.open(settings.database_url, settings.data_dir)   # migrates to head
+    store = Store.open(database_url, data_dir)   # LOSS_SERVICE_DATABASE_URL, _DATA_DIR;
+                                                 # migrates to head, once per process
     evaluation = store.create_evaluation(owner, config, metadata)
     result = store.put_batch(owner, evaluation.id, batch_id, sha256, stats, answer, n)
     result.outcome      # CREATED 201, REPLAYED 200, CONFLICT / CLOSED 409, NOT_FOUND 404,
@@ -17,7 +18,9 @@ Modules, one concept each:
 * :mod:`~service.storage.exact`: exact, order-independent sums of float64 arrays;
   :mod:`~service.storage.blobs`: those totals and a batch's arrays as bytes;
 * :mod:`~service.storage.rows`: what the store returns; :mod:`~service.storage.store`:
-  the :class:`Store` itself.
+  the :class:`Store` itself;
+* ``python -m service.storage upgrade|revision``: the schema by hand;
+  ``python -m service.storage.benchmark``: what exact totals and puts cost.
 """
 
 from service.storage.engine import database_url, make_engine
