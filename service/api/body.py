@@ -238,7 +238,24 @@ async def read_body(request: Request) -> RawBody:
     ``detail`` says what was expected and received. The body's reservation is the
     caller's to release (:meth:`RawBody.release`) once the answer is computed.
     """
-    content_type = _content_type(request)
+    return await read_body_as(request, _content_type(request))
+
+
+def declared_content_type(request: Request) -> Literal["json", "binary"] | None:
+    """What the request's ``Content-Type`` says the body is (415 for a type or charset
+    :func:`read_body` does not accept), or None when it has no ``Content-Type``."""
+    raw = request.headers.get("content-type")
+    return None if raw is None or not raw.strip() else _content_type(request)
+
+
+async def read_body_as(request: Request, content_type: Literal["json", "binary"]) -> RawBody:
+    """The request's body read as ``content_type``, which the caller decided: for the
+    endpoints whose clients say what their body is otherwise than with ``Content-Type``
+    (the Open Inference Protocol's). The same intake as :func:`read_body`, which calls it
+    once the ``Content-Type`` is checked: a ``"binary"`` body needs
+    ``Inference-Header-Content-Length`` (400), and the size limit, stall timeout and
+    memory reservation are the same.
+    """
     header_length = _header_length(request) if content_type == "binary" else None
 
     settings = _settings(request)
