@@ -44,6 +44,7 @@ from service.kernels.stats import (
     Mergeable,
     Rows,
     Stats,
+    add_in_row_order,
     as_rows,
     divide_no_nan,
     total,
@@ -203,16 +204,17 @@ def _ece_elements(rows: Rows, n_bins: int, from_logits: bool) -> Stats:
         index = _bin_index(v, edges)
         part = np.stack(
             [
-                np.bincount(index, weights=wsel, minlength=width).astype(np.float64),
-                np.bincount(index, weights=vw, minlength=width),
-                np.bincount(index, weights=t, minlength=width),
+                weighted_bincount(index, wsel, width).astype(np.float64),
+                weighted_bincount(index, vw, width),
+                weighted_bincount(index, t, width),
             ]
         )
         # Bin 0: each row's elements below the first edge, summed per row.
         low_count = c - np.bincount(row_of, minlength=r)
-        low = np.multiply(x, ~high, out=scratch(x.shape, x.dtype, slot=1))
-        low_conf = row_sums(low).astype(np.float64)
-        y_rows = np.add.reduce(y, axis=1, dtype=np.float64)
+        below = np.logical_not(high, out=high)
+        low_conf = row_sums(np.multiply(x, below, out=scratch(x.shape, x.dtype, slot=1)))
+        # Targets are 0/1: their float32 row sums are exact.
+        y_rows = row_sums(y) if y.dtype.kind == "f" else np.add.reduce(y, axis=1, dtype=np.float64)
         low_acc = y_rows - np.bincount(row_of, weights=y.reshape(-1)[where], minlength=r)
         ones = np.ones(r) if w is None else w
         part[0, 0] += ones @ low_count
@@ -221,7 +223,7 @@ def _ece_elements(rows: Rows, n_bins: int, from_logits: bool) -> Stats:
         parts[sl.start] = part
 
     for_each_block(n, c, work)
-    sums = np.add.reduce([parts[k] for k in sorted(parts)], axis=0)
+    sums = add_in_row_order(parts)
     count: NDArray[Any] = sums[0] if rows.weight is not None else sums[0].astype(np.int64)
     return {"count": count, "confidence": sums[1], "accuracy": sums[2]}
 

@@ -50,9 +50,10 @@ from service.kernels.stats import (
     Mergeable,
     Rows,
     Stats,
+    add_in_row_order,
     as_rows,
+    column_sums,
     divide_no_nan,
-    row_weights,
     total,
     weighted_bincount,
 )
@@ -101,6 +102,12 @@ def _weighted_total(per_row: NDArray[Any], w: NDArray[np.float64] | None) -> NDA
             np.add.reduce(per_row, dtype=np.int64 if per_row.dtype.kind in "biu" else np.float64)
         )
     return np.asarray(np.dot(w, per_row.astype(np.float64, copy=False)))
+
+
+def _total_only(mask: NDArray[np.bool_]) -> NDArray[np.intp]:
+    """The count of True in ``mask`` as a one-element array: the total of
+    :func:`_row_counts`, for callers that only add the rows up (no weights)."""
+    return np.array([np.count_nonzero(mask)], dtype=np.intp)
 
 
 def _flat_positions(labels: NDArray[np.intp], c: int) -> NDArray[np.intp]:
@@ -197,38 +204,46 @@ def _bucket_histograms(
     *,
     per_column: bool,
     skip_low: bool,
+    logits: bool = False,
 ) -> tuple[NDArray[Any], NDArray[Any]]:
     """Histograms ``(positives, negatives)`` of the elements' bucket index.
 
     The index is :func:`_bucket_index_into`'s, in ``[0, T)``; histograms are
     ``(T,)`` over all elements pooled, or ``(T, C)`` per column. Counts are
     int64 without weights, float64 sums of row weights with them.
+    ``logits``: ``values`` gives logits, and the sigmoid is applied here.
 
     ``skip_low`` (only for thresholds that start below 0, where indices 0 and
     1 are the same bucket): blocks where few elements exceed
-    :func:`_low_cut` bucket only those, and count the rest in index 0.
+    :func:`_low_cut` bucket only those, and count the rest in index 0 (for
+    logits, the cut is moved to logit space with a margin of 0.01, so that
+    the sigmoid's rounding cannot carry an element across it).
     """
     n, c = rows.n_rows, rows.n_classes
+    dtype = rows.pred.dtype
     width = n_thresholds * c if per_column else n_thresholds
-    weighted = rows.weight is not None
+    cut = _low_cut(dtype, n_thresholds)
+    if logits:
+        cut = dtype.type(np.log(float(cut) / (1 - float(cut))) - 0.01)
     parts: dict[int, NDArray[Any]] = {}
 
     def work(sl: slice) -> None:
         x = values(sl)
         r = x.shape[0]
         w = None if rows.weight is None else rows.weight[sl]
-        positions = None if rows.labels is None else _flat_positions(rows.labels[sl], c)
+        labels = None if rows.labels is None else rows.labels[sl]
         ypos = None
         if rows.dense is not None:
             ypos = np.not_equal(rows.dense[sl], 0, out=_flags((r, c), 2))
-        if skip_low and not per_column:
-            low = np.less_equal(x, _low_cut(x.dtype, n_thresholds), out=_flags((r, c), 3))
-            n_high = x.size - int(np.count_nonzero(low))
-            if 4 * n_high <= x.size:
+        if skip_low:
+            low = np.less_equal(x, cut, out=_flags((r, c), 3))
+            if 4 * (x.size - int(np.count_nonzero(low))) <= x.size:
                 parts[sl.start] = _sparse_histogram(
-                    x, low, n_high, positions, ypos, w, n_thresholds
+                    x, low, labels, ypos, w, n_thresholds, per_column=per_column, logits=logits
                 )
                 return
+        if logits:
+            x = sigmoid_into(x, scratch(x.shape, x.dtype))
         index = _bucket_index_into(
             x, n_thresholds, cast("NDArray[np.intp]", scratch((r, c), np.dtype(np.intp), slot=4))
         )
@@ -237,16 +252,16 @@ def _bucket_histograms(
             index += np.arange(c, dtype=np.intp)
         # Positives go to the upper half of the histogram: one bincount for both.
         flat = index.reshape(-1)
-        if positions is not None:
-            flat[positions] += width
+        if labels is not None:
+            flat[_flat_positions(labels, c)] += width
         else:
             np.add(index, width, out=index, where=ypos)
         weights = None if w is None else np.repeat(w, c)
         parts[sl.start] = weighted_bincount(flat, weights, 2 * width)
 
     for_each_block(n, c, work)
-    both = np.add.reduce([parts[k] for k in sorted(parts)], axis=0)
-    if not weighted:
+    both = add_in_row_order(parts)
+    if rows.weight is None:
         both = both.astype(np.int64, copy=False)
     shape = (n_thresholds, c) if per_column else (n_thresholds,)
     return both[width:].reshape(shape), both[:width].reshape(shape)
@@ -255,42 +270,67 @@ def _bucket_histograms(
 def _sparse_histogram(
     x: Floats,
     low: NDArray[np.bool_],
-    n_high: int,
-    positions: NDArray[np.intp] | None,
+    labels: NDArray[np.intp] | None,
     ypos: NDArray[np.bool_] | None,
     w: NDArray[np.float64] | None,
     n_thresholds: int,
+    *,
+    per_column: bool,
+    logits: bool,
 ) -> NDArray[Any]:
     """One block's ``[negatives | positives]`` histogram, bucketing only the high elements.
 
-    Every element at or below the cut has index 0 or 1, the first bucket:
-    they are counted in index 0, per row as whole numbers (the row's
-    elements, minus its high ones, split into positives and negatives), then
-    weighted once per row.
+    Every element at or below the cut (``low``, overwritten here) is in the
+    first bucket: pooled, they are counted in index 0 per row as whole
+    numbers (the row's elements minus its high ones, split into positives
+    and negatives), then weighted once per row; per column, in their
+    column's index 0, as the column's weight minus its high elements'.
     """
     r, c = x.shape
-    high = np.flatnonzero(~low.reshape(-1)) if n_high else np.empty(0, dtype=np.intp)
+    high = np.flatnonzero(np.logical_not(low, out=low))
     row_of = high // c
-    if positions is not None:
-        is_pos = high == positions[row_of]
+    col_of = high - row_of * c
+    if labels is not None:
+        is_pos = col_of == labels[row_of]
     else:
         assert ypos is not None
         is_pos = ypos.reshape(-1)[high]
-    index = _bucket_index(x.reshape(-1)[high], n_thresholds)
-    index[is_pos] += n_thresholds
-    weights = None if w is None else w[row_of]
-    hist = weighted_bincount(index, weights, 2 * n_thresholds)
+    v = x.reshape(-1)[high]
+    if logits:
+        v = sigmoid_into(v, v)
+    bucket = _bucket_index(v, n_thresholds)
+    width = n_thresholds * c if per_column else n_thresholds
+    index = bucket * c + col_of if per_column else bucket
+    index[is_pos] += width
+    wsel = None if w is None else w[row_of]
+    hist = weighted_bincount(index, wsel, 2 * width)
+    if per_column:
+        high_all = weighted_bincount(col_of, wsel, c)
+        high_pos = weighted_bincount(col_of[is_pos], None if wsel is None else wsel[is_pos], c)
+        if labels is not None:
+            pos_all = weighted_bincount(labels, w, c)
+        else:
+            assert ypos is not None
+            pos_all = column_sums(ypos, w)
+        low_pos = pos_all - high_pos
+        low_neg = total(w, r) - high_all - low_pos
+        if w is not None:
+            # Weighted sums subtract: keep their rounding from going below 0.
+            low_pos, low_neg = np.maximum(low_pos, 0), np.maximum(low_neg, 0)
+        hist[width : width + c] += low_pos
+        hist[:c] += low_neg
+        return hist
     high_per_row = np.bincount(row_of, minlength=r)
     high_pos_per_row = np.bincount(row_of[is_pos], minlength=r)
-    if positions is not None:
+    if labels is not None:
         pos_per_row = np.ones(r, dtype=np.intp)
     else:
         assert ypos is not None
         pos_per_row = _row_counts(ypos)
-    low_pos = pos_per_row - high_pos_per_row
-    low_neg = (c - high_per_row) - low_pos
-    hist[n_thresholds] += _weighted_total(low_pos, w)
-    hist[0] += _weighted_total(low_neg, w)
+    low_pos_rows = pos_per_row - high_pos_per_row
+    low_neg_rows = (c - high_per_row) - low_pos_rows
+    hist[width] += _weighted_total(low_pos_rows, w)
+    hist[0] += _weighted_total(low_neg_rows, w)
     return hist
 
 
@@ -393,34 +433,37 @@ def _threshold_counts(
         x = values(sl)
         r = x.shape[0]
         w = None if rows.weight is None else rows.weight[sl]
+        # Per-row counts (whole numbers), weighted once per row; without
+        # weights only their totals matter, and count_nonzero gives those directly.
+        count = _row_counts if w is not None else _total_only
         d = _flags((r, c), 2)
         out = []
         if rows.dense is not None:
             ypos = np.not_equal(rows.dense[sl], 0, out=_flags((r, c), 3))
-            pos_rows = _row_counts(ypos)
+            positives = count(ypos)
         else:
             ypos = None
-            pos_rows = np.ones(r, dtype=np.intp)
+            positives = np.ones(r, dtype=np.intp) if w is not None else np.array([r])
         for t in thresholds:
             np.greater(x, x.dtype.type(t), out=d)
             if ypos is None:
                 assert rows.labels is not None
-                tp_rows = d.reshape(-1)[_flat_positions(rows.labels[sl], c)].astype(np.intp)
+                hits = d.reshape(-1)[_flat_positions(rows.labels[sl], c)]
+                tp = hits.astype(np.intp) if w is not None else _total_only(hits)
             else:
-                both = _flags((r, c), 5)
-                tp_rows = _row_counts(np.logical_and(d, ypos, out=both))
-            pp_rows = _row_counts(d)
+                tp = count(np.logical_and(d, ypos, out=_flags((r, c), 5)))
+            predicted = count(d)
             out.append(
                 [
-                    _weighted_total(tp_rows, w),
-                    _weighted_total(pp_rows - tp_rows, w),
-                    _weighted_total(pos_rows - tp_rows, w),
+                    _weighted_total(tp, w),
+                    _weighted_total(predicted - tp, w),
+                    _weighted_total(positives - tp, w),
                 ]
             )
         parts[sl.start] = np.array(out).T
 
     for_each_block(n, c, work)
-    counts = np.add.reduce([parts[k] for k in sorted(parts)], axis=0)
+    counts = add_in_row_order(parts)
     return {"tp": counts[0], "fp": counts[1], "fn": counts[2]}
 
 
@@ -535,7 +578,7 @@ def fbeta_stats(
             parts[sl.start] = _fbeta_dense_block(d, rows.dense[sl], w)
 
     for_each_block(n, c, work)
-    counts = np.add.reduce([parts[k] for k in sorted(parts)], axis=0)
+    counts = add_in_row_order(parts)
     if rows.weight is None and counts.dtype.kind == "f" and rows.dense is None:
         counts = counts.astype(np.int64)
     return {"tp": counts[0], "fp": counts[1], "fn": counts[2], "support": counts[3]}
@@ -610,14 +653,18 @@ def _fbeta_labels_block(
 def _fbeta_dense_block(
     d: NDArray[np.bool_], y: NDArray[Any], w: NDArray[np.float64] | None
 ) -> NDArray[Any]:
-    """Counts for dense targets: ``Σ w ŷ y``, ``Σ w ŷ (1 - y)``, ``Σ w (1 - ŷ) y``, ``Σ w y``."""
-    y = y.astype(np.float64, copy=False)
-    pred = d.astype(np.float64)
-    ones = np.ones(d.shape[0]) if w is None else w
-    tp = ones @ (pred * y)
-    fp = ones @ (pred * (1 - y))
-    fn = ones @ ((1 - pred) * y)
-    support = ones @ y
+    """Counts for dense targets: ``Σ w ŷ y``, ``Σ w ŷ (1 - y)``, ``Σ w (1 - ŷ) y``, ``Σ w y``.
+
+    The last two are the column's predicted positives and support minus its
+    true positives (both at least as large, as ``0 ≤ y ≤ 1``).
+    """
+    targets = y if y.dtype.kind == "f" else y.astype(np.float32)
+    hits = np.multiply(d, targets, out=scratch(d.shape, targets.dtype, slot=3))
+    tp = column_sums(hits, w).astype(np.float64)
+    predicted = column_sums(d, w)
+    support = column_sums(targets, w)
+    fp = np.maximum(predicted - tp, 0)
+    fn = np.maximum(support - tp, 0)
     return np.stack([tp, fp, fn, support])
 
 
@@ -718,10 +765,15 @@ def auc_stats(
     rows = as_rows(y_true, y_pred, sample_weight)
 
     def block_values(sl: slice) -> Floats:
-        return _block(rows, sl, from_logits=from_logits)
+        return np.ascontiguousarray(rows.pred[sl])
 
     pos, neg = _bucket_histograms(
-        rows, num_thresholds, block_values, per_column=multi_label, skip_low=True
+        rows,
+        num_thresholds,
+        block_values,
+        per_column=multi_label,
+        skip_low=True,
+        logits=from_logits,
     )
     tp = _above_thresholds(pos, epsilon_ends=True)
     fp = _above_thresholds(neg, epsilon_ends=True)
@@ -900,8 +952,6 @@ __all__ = [
     "precision_value",
     "recall",
     "recall_value",
-    "row_weights",
     "sigmoid_into",
     "top_k_mask",
-    "total",
 ]

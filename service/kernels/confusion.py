@@ -35,7 +35,15 @@ from numpy.typing import NDArray
 
 from service.kernels._blocks import for_each_block
 from service.kernels.classification import sigmoid_into
-from service.kernels.stats import Floats, Mergeable, Rows, Stats, as_rows, divide_no_nan
+from service.kernels.stats import (
+    Floats,
+    Mergeable,
+    Rows,
+    Stats,
+    as_rows,
+    column_sums,
+    divide_no_nan,
+)
 
 
 def _predicted_classes(rows: Rows, threshold: float, from_logits: bool) -> NDArray[np.intp]:
@@ -71,16 +79,6 @@ def _element_decisions(rows: Rows, threshold: float, from_logits: bool) -> NDArr
         p = sigmoid_into(p, np.empty_like(p))
     decided: NDArray[np.bool_] = p > p.dtype.type(threshold)
     return decided
-
-
-def _column_sums(a: NDArray[Any], w: NDArray[np.float64] | None) -> NDArray[Any]:
-    """``Σ_i w_i a_ic`` per column: int64 for boolean ``a`` without weights, else float64."""
-    if w is None:
-        sums: NDArray[Any] = np.add.reduce(
-            a, axis=0, dtype=np.int64 if a.dtype == bool else np.float64
-        )
-        return sums
-    return np.asarray(w @ a.astype(np.float64, copy=False))
 
 
 def _single_label_counts(
@@ -134,15 +132,14 @@ def per_class_stats(
         assert rows.dense is not None
         truth = rows.dense >= 0.5
         decided = _element_decisions(rows, threshold, from_logits)
-        tp = _column_sums(truth & decided, w)
-        fp = _column_sums(~truth & decided, w)
-        fn = _column_sums(truth & ~decided, w)
-        support = _column_sums(truth, w)
+        tp = column_sums(truth & decided, w)
+        fp = column_sums(~truth & decided, w)
+        fn = column_sums(truth & ~decided, w)
+        support = column_sums(truth, w)
         n_classes = rows.n_classes
         loss_weight = np.full(n_classes, rows.n_rows if w is None else np.sum(w))
         loss_sum = [
-            _column_sums(np.asarray(v, dtype=np.float64).reshape(rows.n_rows, -1), w)
-            for v in losses
+            column_sums(np.asarray(v, dtype=np.float64).reshape(rows.n_rows, -1), w) for v in losses
         ]
     else:
         true_class = _true_classes(rows)
@@ -253,8 +250,8 @@ def confusion_matrix_stats(
         truth = rows.dense >= 0.5
         decided = _element_decisions(rows, threshold, from_logits)
         cells = [
-            [_column_sums(~truth & ~decided, w), _column_sums(~truth & decided, w)],
-            [_column_sums(truth & ~decided, w), _column_sums(truth & decided, w)],
+            [column_sums(~truth & ~decided, w), column_sums(~truth & decided, w)],
+            [column_sums(truth & ~decided, w), column_sums(truth & decided, w)],
         ]
         return {"matrix": np.moveaxis(np.array(cells), -1, 0)}
     k = max(rows.n_classes, 2)

@@ -182,6 +182,20 @@ def row_weights(sample_weight: Any, n: int) -> NDArray[np.float64] | None:
     return np.broadcast_to(w.reshape(()), (n,)) if w.size == 1 else w.reshape(n)
 
 
+def add_in_row_order(parts: Mapping[int, NDArray[Any]]) -> NDArray[Any]:
+    """The sum of per-block partial results keyed by the block's first row, added in row order.
+
+    Blocks run on several threads in any order; adding their parts in row
+    order makes float sums the same from run to run.
+    """
+    starts = sorted(parts)
+    dtype = np.result_type(*(parts[start] for start in starts))
+    result = np.array(parts[starts[0]], dtype=dtype, copy=True)
+    for start in starts[1:]:
+        np.add(result, parts[start], out=result)
+    return result
+
+
 def weighted_bincount(
     indices: NDArray[np.integer], weights: NDArray[np.float64] | None, length: int
 ) -> NDArray[Any]:
@@ -189,8 +203,23 @@ def weighted_bincount(
     if weights is None:
         counts: NDArray[Any] = np.bincount(indices, minlength=length).astype(np.int64, copy=False)
         return counts
+    # (np.bincount answers int64 zeros for empty weights: the float64 keeps the sums' type.)
     sums: NDArray[Any] = np.bincount(indices, weights=weights, minlength=length)
-    return sums
+    return sums.astype(np.float64, copy=False)
+
+
+def column_sums(a: NDArray[Any], weights: NDArray[np.float64] | None) -> NDArray[Any]:
+    """``Σ_i w_i a_ic`` per column of a 2-D array.
+
+    Without weights: int64 counts for a boolean ``a``; otherwise sums in
+    ``a``'s dtype widened to float64 (float32 sums of whole numbers are exact
+    below 2²⁴ rows). With weights: a float64 product ``w @ a``.
+    """
+    if weights is not None:
+        return np.asarray(weights @ a.astype(np.float64, copy=False))
+    if a.dtype == np.bool_:
+        return np.asarray(np.add.reduce(a.view(np.uint8), axis=0, dtype=np.int64))
+    return np.asarray(np.add.reduce(a, axis=0)).astype(np.float64)
 
 
 def total(weights: NDArray[np.float64] | None, n: int) -> NDArray[Any]:
