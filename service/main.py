@@ -19,7 +19,7 @@ from service import __version__, ops
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
 from service.api.responses import problem_response
-from service.api.routes import evaluate, health, losses, metrics
+from service.api.routes import evaluate, health, losses, metrics, oip
 from service.api.schemas import Problem
 from service.diagnostics import CODES
 from service.errors import (
@@ -174,6 +174,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "metrics", "description": "Accuracy metrics."},
             {"name": "evaluate", "description": "Many losses and metrics in one call."},
             {"name": "service", "description": "Health."},
+            {"name": "oip", "description": "The Open Inference Protocol (v2, KServe/Triton)."},
         ],
     )
     add_request_models(spec)
@@ -203,7 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    for module in (losses, metrics, evaluate, health):
+    for module in (losses, metrics, evaluate, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)
     _install_docs(app)

@@ -21,6 +21,18 @@ OPERATION_IDS = {
     ("get", "/v1/metrics"): "list_metrics",
     ("get", "/healthz"): "health",
 }
+#: The Open Inference Protocol's operations (/v2): errors in its {"error"} shape, not problem+json.
+OIP_OPERATION_IDS = {
+    ("get", "/v2/health/live"): "oip_server_live",
+    ("get", "/v2/health/ready"): "oip_server_ready",
+    ("get", "/v2"): "oip_server_metadata",
+    ("get", "/v2/models/{name}"): "oip_model_metadata",
+    ("get", "/v2/models/{name}/versions/{version}"): "oip_model_version_metadata",
+    ("get", "/v2/models/{name}/ready"): "oip_model_ready",
+    ("get", "/v2/models/{name}/versions/{version}/ready"): "oip_model_version_ready",
+    ("post", "/v2/models/{name}/infer"): "oip_model_infer",
+    ("post", "/v2/models/{name}/versions/{version}/infer"): "oip_model_version_infer",
+}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 PROBLEM_REF = "#/components/schemas/Problem"
 
@@ -70,7 +82,8 @@ def test_operation_ids_are_stable_and_unique(spec: dict[str, Any]) -> None:
     operations = _operations(spec)
     ids = [operation.get("operationId") for operation in operations.values()]
     assert len(ids) == len(set(ids)), f"duplicate operation ids: {ids}"
-    assert {key: op.get("operationId") for key, op in operations.items()} == OPERATION_IDS
+    expected = OPERATION_IDS | OIP_OPERATION_IDS
+    assert {key: op.get("operationId") for key, op in operations.items()} == expected
 
 
 def test_docs_pages_are_not_operations(spec: dict[str, Any]) -> None:
