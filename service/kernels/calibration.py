@@ -156,8 +156,7 @@ def _ece_elements(rows: Rows, n_bins: int, from_logits: bool) -> Stats:
 
     Blocks where most elements fall in bin 0 (below ``1 / n``: the bulk of
     multi-label outputs) bin only the others; bin 0 then takes the rest as
-    per-row sums (of non-negative terms below ``1/n`` each, so the float32
-    sums lose nothing to cancellation).
+    per-row sums.
     """
     n, c = rows.n_rows, rows.n_classes
     dense = rows.dense
@@ -212,7 +211,9 @@ def _ece_elements(rows: Rows, n_bins: int, from_logits: bool) -> Stats:
         # Bin 0: each row's elements below the first edge, summed per row.
         low_count = c - np.bincount(row_of, minlength=r)
         below = np.logical_not(high, out=high)
-        low_conf = row_sums(np.multiply(x, below, out=scratch(x.shape, x.dtype, slot=1)))
+        low = np.multiply(x, below, out=scratch(x.shape, x.dtype, slot=1))
+        # Summed in float64, as the other bins' sums: the bins do not depend on the path.
+        low_conf = np.einsum("ij->i", low, dtype=np.float64)
         # Targets are 0/1: their float32 row sums are exact.
         y_rows = row_sums(y) if y.dtype.kind == "f" else np.add.reduce(y, axis=1, dtype=np.float64)
         low_acc = y_rows - np.bincount(row_of, weights=y.reshape(-1)[where], minlength=r)
