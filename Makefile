@@ -11,7 +11,7 @@ HOST   ?=
 PORT   ?=
 serve_option = $(if $(and $(filter command line,$(origin $(1))),$($(1))), $(2) $($(1)))
 
-.PHONY: install serve test lint docker-lint typecheck pytest openapi bench load clean
+.PHONY: install serve test lint docker-lint typecheck pytest openapi bench load hostile clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ LOAD_SECONDS ?= 60
 LOAD_CLIENTS ?= 8
 load: $(STAMP)
 	$(BIN)/python bench/load.py --seconds $(LOAD_SECONDS) --clients $(LOAD_CLIENTS)
+
+# Hostile load on loopback: idle, slow and oversized connections and bodies (bench/hostile.py).
+hostile: $(STAMP)
+	$(BIN)/python bench/hostile.py --profile full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -334,7 +334,7 @@ def parse_json_body(
         regions = _regions(data, region_min, text_min)
         if not regions:
             raise _Fallback("it holds no array large enough for the streaming reader")
-        return _assemble(data, regions, block_bytes)
+        return _assemble(data, regions, block_bytes, general_max_bytes, before_general)
     except _Fallback as reason:
         why = str(reason)
     except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
@@ -442,24 +442,40 @@ def _regions(data: bytes | bytearray, region_min: int, text_min: int) -> list[_R
     least ``region_min`` bytes; such an array holds only numbers and arrays: a maximal
     run of bracket tokens that forms one balanced array."""
     pos, kind, quotes = _tokens(data)
+    # Lengths are filtered vectorised first: a body of many small strings and arrays (a
+    # hundred thousand heads) makes no Python object per string or array.
+    opening, closing = quotes[::2], quotes[1::2]
+    long_text = closing - opening - 1 >= text_min
     regions: list[_Region | _Text] = [
         _Text(start, end)
-        for start, end in zip(quotes[::2].tolist(), quotes[1::2].tolist(), strict=True)
-        if end - start - 1 >= text_min
+        for start, end in zip(opening[long_text].tolist(), closing[long_text].tolist(), strict=True)
     ]
     bracket = (kind == _OPEN) | (kind == _CLOSE)
     edges = np.flatnonzero(np.diff(np.concatenate(([False], bracket, [False])).astype(np.int8)))
-    for first, stop in zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True):
-        if pos[stop - 1] - pos[first] + 1 < region_min or kind[first] != _OPEN:
-            continue
+    firsts, stops = edges[::2], edges[1::2]
+    wide = (pos[stops - 1] - pos[firsts] + 1 >= region_min) & (kind[firsts] == _OPEN)
+    for first, stop in zip(firsts[wide].tolist(), stops[wide].tolist(), strict=True):
         region = _Region(pos[first:stop], kind[first:stop] == _OPEN)
         if region.depth[-1] == 0 and bool((region.depth[:-1] > 0).all()):
             regions.append(region)
     return sorted(regions, key=lambda region: region.start)
 
 
-def _assemble(data: bytes | bytearray, regions: list[_Region | _Text], block_bytes: int) -> Any:
-    """The body with each region parsed to an array (or copied), the rest by orjson."""
+def _assemble(
+    data: bytes | bytearray,
+    regions: list[_Region | _Text],
+    block_bytes: int,
+    rest_max_bytes: int | None = None,
+    before_general: Callable[[int], None] | None = None,
+) -> Any:
+    """The body with each region parsed to an array (or copied), the rest by orjson
+    (at most ``rest_max_bytes`` of it: the general parser's limit holds for it too, and
+    ``before_general`` hears of its memory first)."""
+    rest = len(data) - sum(region.end + 1 - region.start for region in regions)
+    if rest_max_bytes is not None and rest > rest_max_bytes:
+        raise _Fallback(f"{rest} bytes of it are not in large arrays of plain numbers")
+    if before_general is not None and rest >= REGION_MIN_BYTES:
+        before_general(rest * GENERAL_PARSE_FACTOR)
     pieces: list[bytes] = []
     at = 0
     # A placeholder is a string no body holds: a random nonce, fresh for every body.

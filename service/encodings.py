@@ -148,6 +148,20 @@ def _check_fits_dtype(y_pred: NDArray[Any], rows: Floats, ax: int) -> None:
         )
 
 
+def _check_weights_fit(sample_weight: NDArray[Any], dtype: np.dtype[Any]) -> None:
+    """Weights are applied in the computation's dtype: ones beyond its range are refused."""
+    info = np.finfo(dtype)
+    bad = np.abs(sample_weight) > info.max
+    if bad.any():
+        where = _first(bad)
+        raise invalid(
+            ("sample_weight", *where),
+            f"`sample_weight` has {int(bad.sum())} value(s) outside {dtype}'s range "
+            f"(±{float(info.max):.4g}), the first {sample_weight[where].item()!r} at index "
+            f'{_at(where)}: expected smaller weights, or `dtype: "float64"`.',
+        )
+
+
 def _normalize_axis(axis: int, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise invalid(
@@ -340,7 +354,8 @@ def prepare(
         pred = pred[:, None]
     sample_shape = tuple(int(d) for d in pred.shape[:-1]) or (1,)
     n_classes = int(pred.shape[-1])
-    rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflow is refused just below, with its index
+        rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
     rows = np.ascontiguousarray(rows)
     if rows.dtype.itemsize < pred.dtype.itemsize and pred.dtype.kind == "f":
         _check_fits_dtype(y_pred, rows, ax)
@@ -368,6 +383,7 @@ def prepare(
     weights: Floats | None = None
     if sample_weight is not None:
         weights = align_sample_weight(sample_weight, sample_shape)
+        _check_weights_fit(sample_weight, rows.dtype)
     return Batch(encoding, rows, labels, dense, sample_shape, n_classes, weights, stated)
 
 

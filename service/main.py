@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from service import __version__, ops
+from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
 from service.api.responses import problem_response
@@ -204,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
+    tune_allocator(settings.malloc_mmap_threshold)
     for module in (losses, metrics, evaluate, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)

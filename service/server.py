@@ -48,6 +48,11 @@ from service.settings import Settings
 
 log = logging.getLogger("service.server")
 
+#: After a 431, what the client still sends is read and dropped for this long (or up to
+#: this many bytes) before the connection closes, so that the answer reaches it.
+_DISCARD_SECONDS = 1.0
+_DISCARD_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -96,6 +101,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_timer: TimerHandle | None = None
         self._refusal: ServiceError | None = None
+        self._discarding = False
+        self._discarded = 0
 
     # ---- the connection ----------------------------------------------------------------
 
@@ -121,6 +128,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
+        if self._discarding:
+            # After a refusal: read and drop what the client still sends, so that it can
+            # read the answer instead of having its connection reset.
+            self._discarded += len(data)
+            if self._discarded > _DISCARD_BYTES:
+                self.transport.close()
+            return
         if self._in_head:
             self._head_bytes += len(data)
             self._arm_header_timer()
@@ -129,7 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             if self._refusal is not None:
-                self._refuse(self._refusal, "headers")
+                self._refuse(self._refusal, "headers", linger=True)
                 return
             self._invalid()
             return
@@ -143,7 +157,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         if self._in_head and self._head_bytes > self._limits.max_header_bytes:
-            self._refuse(self._too_large("bytes"), "headers")
+            self._refuse(self._too_large("bytes"), "headers", linger=True)
 
     def _invalid(self) -> None:
         msg = "Invalid HTTP request received."
@@ -217,8 +231,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             "header_timeout",
         )
 
-    def _refuse(self, error: ServiceError, reason: str) -> None:
-        """Answer ``error`` as problem+json and close the connection."""
+    def _refuse(self, error: ServiceError, reason: str, *, linger: bool = False) -> None:
+        """Answer ``error`` as problem+json and close the connection (with ``linger``,
+        after reading and dropping what the client still sends for a moment)."""
         CONNECTIONS_REFUSED.labels(reason=reason).inc()
         self._disarm_header_timer()
         body = orjson.dumps(problem(error))
@@ -233,4 +248,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if isinstance(error, ServiceUnavailable):
             head.append(f"retry-after: {error.RETRY_AFTER}\r\n".encode())
         self.transport.write(b"".join([*head, b"\r\n", body]))
-        self.transport.close()
+        if linger:
+            self._discarding = True
+            self.loop.call_later(_DISCARD_SECONDS, self.transport.close)
+        else:
+            self.transport.close()

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(default=5.0, gt=0)
     #: Seconds a request body may stall (no byte received) before a 408 and close.
     body_timeout: float = Field(default=10.0, gt=0)
+    #: Slowest average rate, bytes a second, of a body still arriving ``body_timeout``
+    #: seconds after it started; slower: 408 and close (64 MiB then takes at most ~68 min).
+    min_body_rate: int = Field(default=16 * 1024, ge=0)
     #: Seconds an idle keep-alive connection stays open.
     keep_alive_timeout: int = Field(default=5, ge=1)
     #: Most headers in one request; more: 431.
@@ -87,6 +90,9 @@ class Settings(BaseSettings):
     #: Requests whose reservation passed this many bytes give memory back to the operating
     #: system when they end (glibc ``malloc_trim``); 0 turns it off.
     trim_after_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    #: Allocations of this many bytes or more get memory mappings of their own, given back
+    #: to the system when freed (glibc ``M_MMAP_THRESHOLD``); 0 keeps glibc's default.
+    malloc_mmap_threshold: int = Field(default=1024 * 1024, ge=0)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -46,16 +46,23 @@ def wait_healthy(
 
 
 @contextmanager
-def serve_in_thread(app: Any, seconds: float = 20) -> Iterator[str]:
+def serve_in_thread(app: Any, seconds: float = 20, **config_options: Any) -> Iterator[str]:
     """``app`` served by uvicorn on a free port of 127.0.0.1 in a background thread;
-    yields its base URL and stops it (bounded waits both ways)."""
+    yields its base URL and stops it (bounded waits both ways). ``config_options`` go
+    to ``uvicorn.Config`` (``http=`` a protocol class, ``timeout_keep_alive=``...)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, ws="none", loop="asyncio", lifespan="off"
-    )
+    options: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "ws": "none",
+        "loop": "asyncio",
+        "lifespan": "off",
+        **config_options,
+    }
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True

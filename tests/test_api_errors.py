@@ -243,3 +243,45 @@ def test_elements_over_the_limit_is_413(make_client: Any) -> None:
         "/v1/losses/binary_crossentropy", json={"y_true": [0] * 20, "y_pred": [0.5] * 20}
     )
     assert r.status_code == 413
+
+
+def test_weights_beyond_the_dtype_and_sums_that_overflow_are_422_never_null(
+    client: Any,
+) -> None:
+    base = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.2, 0.8]]}
+    for path in ("/v1/losses/sparse_categorical_crossentropy", "/v1/evaluate"):
+        response = client.post(path, json={**base, "sample_weight": [1e308, 1e308]})
+        assert response.status_code == 422, response.text
+        assert "sample_weight" in response.json()["detail"]
+        # Within float32, but their weighted sum is not.
+        big = {**base, "y_pred": [[0.01, 0.99], [0.99, 0.01]], "sample_weight": [3e38, 3e38]}
+        response = client.post(path, json=big)
+        assert response.status_code == 422, response.text
+        assert "not finite" in response.json()["detail"]
+
+
+def test_a_long_unknown_key_is_not_sent_back_whole(client: Any) -> None:
+    key = "k" * 1_000_000
+    response = client.post("/v1/evaluate", json={"y_true": [1], "y_pred": [[0.5, 0.5]], key: 1})
+    assert response.status_code == 422
+    assert len(response.content) < 10_000
+    assert "more characters" in response.json()["detail"]
+
+
+def test_a_deeply_nested_binary_header_is_not_a_500(client: Any) -> None:
+    header = b'{"y_true": [1], "y_pred": [[0.5, 0.5]], "x": ' + b"[" * 900 + b"]" * 900 + b"}"
+    response = client.post(
+        "/v1/evaluate",
+        content=header,
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert response.status_code == 422, response.text
+
+
+def test_health_answers_head(client: Any) -> None:
+    response = client.head("/healthz")
+    assert response.status_code == 200
+    assert response.content == b""

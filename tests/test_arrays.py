@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.arrays import parse_binary, parse_json, parse_json_body, to_array
+from service.arrays import GENERAL_PARSE_FACTOR, parse_binary, parse_json, parse_json_body, to_array
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
 
 LIMIT = 1_000_000
@@ -174,6 +174,14 @@ FAST_PATH_BODIES = [
     b'{"outputs": {"a": {"y_true": [1, 0], "y_pred": [[0.3, 0.7], [0.6, 0.4]]}, '
     b'"b": {"y_true": [[0, 1]], "y_pred": [[0.2, 0.8]], "sample_weight": [2]}}}',
     b'{"outputs": {"a": {"y_true": [1], "y_pred": [[0.3, 0.7]]}}, "y_pred": [["x"]]}',
+    # Escapes: quotes after an odd run of backslashes are inside strings, after an even
+    # run they close them; brackets in escaped strings are text.
+    b'{"as": "\\\\", "y_pred": [[0.5, 0.5]], "y_true": [1]}',
+    b'{"as": "a\\\\\\"[", "y_pred": [[0.5, 0.5]], "y_true": [1]}',
+    b'{"as": "\\"]\\"", "y_pred": [[0.5, 0.5]], "y_true": [1], "b": "\\\\[\\\\"}',
+    b'{"y_pred": [[0.5, 0.5]], "y_true": [1], "as": "\\u005b \\n \\t"}',
+    b'{"y_pred": [[0.5, 0.5]], "y_true": [1], "bad": \\ }',
+    b'{"y_pred": [[0.5, 0.5]], "y_true": "\\u0000x:0"}',
 ]
 #: Block sizes that cut the arrays of the bodies above everywhere, sometimes, and never.
 BLOCKS = [1, 7, 1 << 20]
@@ -328,3 +336,50 @@ def test_unaligned_binary_tensors_are_copied_once_to_aligned_memory() -> None:
     decoded = parse_binary(bytearray(header + y.tobytes()), len(header), LIMIT)
     assert decoded["y_pred"].flags.aligned
     np.testing.assert_array_equal(decoded["y_pred"], y)
+
+
+def test_escapes_keep_a_big_body_on_the_fast_path() -> None:
+    """A body with escaped strings (class names, an alias) still has its big arrays read
+    straight into buffers, not by the general parser."""
+    y_pred = np.random.default_rng(2).random((256, 64))
+    raw = orjson.dumps(
+        {"y_true": list(range(256)), "y_pred": y_pred, "as": 'a "quoted" \\ [name]'},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    assert b"\\" in raw
+    body = parse_json_body(raw, general_max_bytes=1024)  # the general parser would refuse
+    assert isinstance(body["y_pred"], np.ndarray)
+    np.testing.assert_array_equal(body["y_pred"], y_pred)
+    assert body["as"] == 'a "quoted" \\ [name]'
+
+
+def test_a_string_that_looks_like_a_placeholder_is_never_replaced() -> None:
+    """The placeholders of the big arrays carry a fresh nonce: a body's own strings
+    (here, what an older placeholder looked like) are never taken for one."""
+    y_pred = np.random.default_rng(3).random((256, 64))
+    for forged in ("\x000", "\x00" + "0" * 16 + ":0"):
+        raw = orjson.dumps(
+            {"note": y_pred, "y_true": forged, "y_pred": y_pred},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+        body = parse_json_body(raw)
+        assert body["y_true"] == forged
+
+
+def test_a_large_body_the_fast_path_cannot_take_is_refused_not_parsed() -> None:
+    raw = orjson.dumps({"y_true": [[1, "x"]] * 5000, "y_pred": [[0.5, 0.5]] * 5000})
+    with pytest.raises(PayloadTooLarge) as refused:
+        parse_json_body(raw, general_max_bytes=10_000)
+    assert "binary" in refused.value.detail
+    # Within the limit, the general parser's memory is announced before it runs (for the
+    # part of the body outside the large numeric arrays).
+    asked: list[int] = []
+    body = parse_json_body(raw, general_max_bytes=len(raw), before_general=asked.append)
+    assert isinstance(body["y_pred"], np.ndarray)
+    assert len(asked) == 1 and 0 < asked[0] < len(raw) * GENERAL_PARSE_FACTOR
+
+
+def test_a_deeply_nested_binary_header_is_walked_without_recursion() -> None:
+    header = b'{"a": ' + b'{"b": ' * 950 + b"1" + b"}" * 950 + b"}"
+    decoded = parse_binary(bytearray(header), len(header), LIMIT)
+    assert isinstance(decoded, dict)

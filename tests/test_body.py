@@ -3,6 +3,7 @@ sending can read (``service.api.drain``), in-process and through a real uvicorn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -23,6 +24,7 @@ from service import errors
 from service.api.body import RawBody, read_body
 from service.api.drain import DrainRequestBody
 from service.settings import Settings
+from tests.servers import serve_in_thread
 
 LIMIT = 1024
 MiB = 1024 * 1024
@@ -223,6 +225,16 @@ def test_declared_content_length_over_the_limit_is_413(client: Client) -> None:
     assert_too_large(document)
     assert f"declared Content-Length of {LIMIT + 1} bytes" in document["detail"]
     assert response.headers["connection"] == "close"
+
+
+def test_the_413_says_the_limit_once_in_bytes_and_mib() -> None:
+    response = Client(make_app(limit=64 * MiB)).post(
+        "/compute", content=b"x" * 10, headers={**JSON, "content-length": str(64 * MiB + 1)}
+    )
+    detail = problem_of(response, 413)["detail"]
+    assert detail.count(str(64 * MiB)) == 1
+    assert "(64 MiB" in detail
+    assert "expected at most" not in detail
 
 
 def test_chunked_body_over_the_limit_is_413(client: Client) -> None:
@@ -642,3 +654,63 @@ def test_real_server_500_before_reading_is_readable_with_the_drain_outermost(htt
     assert status == 500
     assert headers["connection"] == "close"
     assert json.loads(content) == {"status": 500}
+
+
+# -- a body that stalls -----------------------------------------------------------------------
+
+
+def test_a_body_that_stalls_gets_a_408_and_is_not_drained() -> None:
+    app = make_app(limit=MiB)
+    app.state.settings = Settings(max_body_bytes=MiB, body_timeout=0.5)
+    with serve_in_thread(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            start = time.monotonic()
+            sock.sendall(
+                b"POST /compute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"x" * 10
+            )
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes: no drain
+                answer += chunk
+            elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert b"LOSS_SERVICE_BODY_TIMEOUT" in answer and b"after 10 bytes" in answer
+    assert 0.4 < elapsed < 3
+
+
+def test_a_body_that_trickles_too_slowly_gets_a_408() -> None:
+    app = make_app(limit=MiB)
+    app.state.settings = Settings(max_body_bytes=MiB, body_timeout=0.5, min_body_rate=1000)
+    with serve_in_thread(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            start = time.monotonic()
+            sock.sendall(
+                b"POST /compute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n"
+            )
+            answer = b""
+            try:
+                for _ in range(40):  # a byte every 0.1 s never stalls, but is too slow
+                    sock.sendall(b" ")
+                    time.sleep(0.1)
+                    sock.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        answer += sock.recv(65536)
+                    sock.setblocking(True)
+                    if answer:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            elapsed = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert b"LOSS_SERVICE_MIN_BODY_RATE" in answer
+    assert elapsed < 3

@@ -1,4 +1,4 @@
-"""read_body holds a body once: chunks are copied into a buffer of the declared length."""
+"""read_body holds a body once, in one buffer that grows only with the bytes that arrived."""
 
 from __future__ import annotations
 
@@ -48,3 +48,19 @@ def test_without_a_declared_length_the_chunks_are_joined() -> None:
     chunks = [b'{"a": ', b"1}"]
     raw = asyncio.run(read_body(_request(chunks, None)))
     assert raw.data == b'{"a": 1}'
+
+
+def test_a_declared_length_allocates_nothing_before_bytes_arrive() -> None:
+    """A request that declares 64 MiB and sends 9 bytes holds 9 bytes, not 64 MiB."""
+    import tracemalloc
+
+    app_request = _request([b'{"a": 1}', b" "], 64 << 20)
+    app_request.app.state.settings = Settings(max_body_bytes=128 << 20)
+    tracemalloc.start()
+    try:
+        raw = asyncio.run(read_body(app_request))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert bytes(raw.data) == b'{"a": 1} '
+    assert peak < 1 << 20

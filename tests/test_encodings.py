@@ -496,3 +496,21 @@ def test_integer_labels_with_100k_classes_build_no_one_hot(raw: dict[str, Any]) 
     assert peak < float64_matrix, f"peak {peak} bytes: an n × C float64 matrix was built"
     # the kernels work a row block at a time: not even a float32 one-hot (y_pred's size) fits
     assert peak < y_pred.nbytes, f"peak {peak} bytes: an n × C float32 matrix was built"
+
+
+def test_predictions_that_overflow_float32_are_refused_with_their_index() -> None:
+    y_pred = np.array([[0.5, 0.5], [1e308, 0.0], [0.2, 0.8]])
+    with pytest.raises(InvalidInput) as refused:
+        prepare(np.array([0, 1, 1]), y_pred)
+    assert refused.value.errors[0].loc == ("y_pred", 1, 0)
+    assert "1e+308" in refused.value.detail and "float64" in refused.value.detail
+    # The same values fit in float64.
+    assert prepare(np.array([0, 1, 1]), y_pred, dtype="float64").n_classes == 2
+
+
+def test_the_overflow_index_is_in_the_callers_axis_order() -> None:
+    y_pred = np.zeros((2, 3, 4))
+    y_pred[1, 2, 0] = -1e300
+    with pytest.raises(InvalidInput) as refused:
+        prepare(np.zeros((2, 4)), y_pred, axis=1)
+    assert refused.value.errors[0].loc == ("y_pred", 1, 2, 0)

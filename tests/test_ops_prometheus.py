@@ -4,6 +4,11 @@ name, warnings by code (in this process; across workers: tests/test_ops_server.p
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -156,3 +161,29 @@ def test_in_progress_counts_the_scrape_itself() -> None:
     (sample,) = families["loss_service_requests_in_progress"].samples
     assert sample.value >= 1
     assert value("loss_service_requests_in_progress") == pytest.approx(0)
+
+
+def test_a_killed_worker_no_longer_counts_as_in_progress(tmp_path: Path) -> None:
+    """A worker killed mid-request (kill -9) leaves its live gauge behind; /metrics drops
+    the gauges of processes that are gone, so requests_in_progress counts the living."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    dying = (
+        "import os, signal\n"
+        "from service.ops import prometheus\n"
+        "prometheus.IN_PROGRESS.inc()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", dying], env=env, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob("gauge_live*"))
+    scrape = "from service.ops import prometheus\nprint(prometheus.exposition().decode())\n"
+    text = subprocess.run(
+        [sys.executable, "-c", scrape], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    in_progress = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "loss_service_requests_in_progress"
+    ]
+    assert in_progress in ([], [0.0]), text

@@ -138,3 +138,43 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
         f"{result['answered_at_sigterm']:.0f} answered; all {len(responses)} got 200; "
         f"exit 0 after {exited_after:.2f} s"
     )
+
+
+@pytest.mark.timeout(60)
+def test_an_upload_cut_by_shutdown_gets_a_503_not_a_500(tmp_path: Path) -> None:
+    """A body still arriving when the graceful shutdown time is up is answered 503 with
+    Retry-After (send it again elsewhere), with no traceback in the log."""
+    port = free_port()
+    env = {**service_env(), "LOSS_SERVICE_SHUTDOWN_TIMEOUT": "1"}
+    log = (tmp_path / "server.log").open("w+")
+    process = subprocess.Popen(
+        [str(BIN / "loss-service"), "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", process, seconds=30)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /v1/losses/categorical_crossentropy HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                b'{"y_true": [' + b"0, " * 1000
+            )
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.seek(0)
+        output = log.read()
+        log.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert b"retry-after: 1" in answer.lower()
+    assert b"shut down before the request body was complete" in answer
+    assert "Traceback" not in output, output[-3000:]

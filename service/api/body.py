@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Final, Literal
@@ -47,6 +48,7 @@ BINARY_MEDIA_TYPE: Final = "application/octet-stream"
 HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
 MAX_BODY_ENV: Final = "LOSS_SERVICE_MAX_BODY_BYTES"
 BODY_TIMEOUT_ENV: Final = "LOSS_SERVICE_BODY_TIMEOUT"
+MIN_RATE_ENV: Final = "LOSS_SERVICE_MIN_BODY_RATE"
 
 _ACCEPTED = f"{JSON_MEDIA_TYPE} or {BINARY_MEDIA_TYPE}"
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -175,18 +177,29 @@ def _too_large(limit: int, received: str) -> errors.ServiceError:
 
 
 async def _read(
-    request: Request, limit: int, reservation: Reservation, stall_seconds: float
+    request: Request, limit: int, reservation: Reservation, stall_seconds: float, min_rate: int
 ) -> bytearray:
     """The body, read once into one buffer that grows only with the bytes that arrived.
 
     Refused as soon as it passes ``limit`` bytes (413), or when no byte arrives for
-    ``stall_seconds`` (408). Bytes beyond what the reservation holds (a chunked body, or
-    more than declared) are reserved as they come (503 if the budget cannot hold them).
+    ``stall_seconds``, or when it is still arriving ``stall_seconds`` after it started at
+    an average under ``min_rate`` bytes a second (408). Bytes beyond what the reservation
+    holds (a chunked body, or more than declared) are reserved as they come (503 if the
+    budget cannot hold them).
     """
     buffer = bytearray()
     stream = request.stream().__aiter__()
+    started = time.monotonic()
     try:
         while True:
+            elapsed = time.monotonic() - started
+            if elapsed > stall_seconds and len(buffer) < min_rate * elapsed:
+                raise errors.RequestTimeout.at(
+                    _BODY_LOC,
+                    f"the request body arrives too slowly: {len(buffer)} bytes in "
+                    f"{elapsed:.0f} s, under the {min_rate} bytes a second expected after the "
+                    f"first {stall_seconds:g} s (setting {MIN_RATE_ENV})",
+                )
             with anyio.move_on_after(stall_seconds) as scope:
                 chunk = await stream.__anext__()
             if scope.cancelled_caught:
@@ -268,7 +281,9 @@ async def read_body_as(request: Request, content_type: Literal["json", "binary"]
     # them); memory itself is committed only as bytes arrive.
     reservation = budget_of(request).reserve(declared[0] if declared else 0)
     try:
-        data = await _read(request, limit, reservation, settings.body_timeout)
+        data = await _read(
+            request, limit, reservation, settings.body_timeout, settings.min_body_rate
+        )
         if not data:
             raise errors.MalformedRequest.at(
                 _BODY_LOC,

@@ -38,7 +38,12 @@ def decode(raw: RawBody, settings: Settings) -> Any:
     if raw.content_type == "binary":
         assert raw.header_length is not None
         return parse_binary(raw.data, raw.header_length, settings.max_elements)
-    body = parse_json_body(raw.data, general_max_bytes=settings.max_general_json_bytes)
+    reservation = raw.reservation
+    body = parse_json_body(
+        raw.data,
+        general_max_bytes=settings.max_general_json_bytes,
+        before_general=None if reservation is None else reservation.grow,
+    )
     if isinstance(raw.data, bytearray):
         # Nothing refers to the JSON text any more (the arrays are parsed copies): its memory
         # goes now, before the computation, not when the request ends.
@@ -106,7 +111,10 @@ def admit(raw: RawBody, body: Any, settings: Settings) -> None:
 def _run(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
     body = decode(raw, settings)
     admit(raw, body, settings)
-    return operation(body, settings.max_elements)
+    # A sum that overflows is refused by the operation's check of its results, not
+    # reported as a warning of the process.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return operation(body, settings.max_elements)
 
 
 async def respond(request: Request, operation: Operation) -> Response:
