@@ -7,7 +7,7 @@ import pytest
 
 from service import kernels
 from service.kernels import MERGEABLE, merge_stats, sum_stats
-from service.kernels.stats import as_rows, divide_no_nan, row_weights
+from service.kernels.stats import as_rows, count_true, divide_no_nan, row_weights
 
 BATCHES = {
     "single_label": (
@@ -104,3 +104,11 @@ def test_row_weights_and_safe_division() -> None:
         0.0,
         0.0,
     ]
+
+
+def test_count_true_past_the_uint16_span() -> None:
+    rng = np.random.default_rng(0)
+    tall = rng.random((70_000, 3)) < 0.9  # columns of more Trues than a uint16 holds
+    np.testing.assert_array_equal(count_true(tall, axis=0), tall.sum(axis=0))
+    np.testing.assert_array_equal(count_true(tall.T, axis=1), tall.sum(axis=0))
+    assert count_true(tall, axis=0).dtype == np.int64

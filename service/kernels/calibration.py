@@ -68,16 +68,19 @@ def bin_edges(n_bins: int, dtype: np.dtype[Any]) -> Floats:
 def _bin_index(v: Floats, edges: Floats) -> NDArray[np.intp]:
     """The bin of each value (``0 ≤ v ≤ 1``): the count of edges ``≤ v``, minus one.
 
-    ``floor(v n)`` is the bin up to the rounding of the product; one step
-    down or up against the edges themselves (compared in ``v``'s dtype)
-    makes it exact.
+    ``floor(v n)`` is the bin unless an edge lies within the rounding of
+    ``v n``: values whose ``floor(v n (1 ∓ 2⁻²⁰))`` differ (an edge is that
+    close, far wider than the edges' own rounding to the dtype, 2⁻²⁴) are
+    placed by comparing them with the edges themselves.
     """
     n = edges.size - 2
-    index = np.empty(v.shape, dtype=np.intp)
-    np.floor(np.multiply(v, v.dtype.type(n)), out=index, casting="unsafe")
+    t = np.multiply(v, v.dtype.type(n))
+    below = np.floor(t * v.dtype.type(1 - 2.0**-20))
+    above = np.floor(np.multiply(t, v.dtype.type(1 + 2.0**-20), out=t), out=t)
+    index = above.astype(np.intp)
+    near = np.flatnonzero(below != above)
+    index[near] = np.searchsorted(edges, v[near], side="right") - 1
     np.clip(index, 0, n, out=index)
-    index -= v < edges[index]
-    index += v >= edges[index + 1]
     return index
 
 

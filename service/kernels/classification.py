@@ -53,6 +53,7 @@ from service.kernels.stats import (
     add_in_row_order,
     as_rows,
     column_sums,
+    count_true,
     divide_no_nan,
     total,
     weighted_bincount,
@@ -89,10 +90,9 @@ def _flags(shape: tuple[int, int], slot: int) -> NDArray[np.bool_]:
     return cast("NDArray[np.bool_]", scratch(shape, np.dtype(bool), slot=slot))
 
 
-def _row_counts(mask: NDArray[np.bool_]) -> NDArray[np.intp]:
+def _row_counts(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
     """The number of True per row of a 2-D boolean block."""
-    counts: NDArray[np.intp] = np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.intp)
-    return counts
+    return count_true(mask, axis=1)
 
 
 def _weighted_total(per_row: NDArray[Any], w: NDArray[np.float64] | None) -> NDArray[Any]:
@@ -435,7 +435,9 @@ def _threshold_counts(
         w = None if rows.weight is None else rows.weight[sl]
         # Per-row counts (whole numbers), weighted once per row; without
         # weights only their totals matter, and count_nonzero gives those directly.
-        count = _row_counts if w is not None else _total_only
+        count: Callable[[NDArray[np.bool_]], NDArray[Any]] = (
+            _row_counts if w is not None else _total_only
+        )
         d = _flags((r, c), 2)
         out = []
         if rows.dense is not None:
@@ -642,10 +644,7 @@ def _fbeta_labels_block(
     tp = np.bincount(labels, weights=ones * hit, minlength=c)
     fn = np.bincount(labels, weights=ones * ~hit, minlength=c)
     support = np.bincount(labels, weights=ones, minlength=c)
-    if w is None:
-        predicted = np.add.reduce(d.view(np.uint8), axis=0, dtype=np.intp).astype(np.float64)
-    else:
-        predicted = w @ d.astype(np.float64)
+    predicted = column_sums(d, w).astype(np.float64)
     # Each hit is one of its column's predicted positives, so the difference is ≥ 0.
     return np.stack([tp, np.maximum(predicted - tp, 0), fn, support])
 

@@ -257,7 +257,7 @@ def confusion_matrix_stats(
     k = max(rows.n_classes, 2)
     index = _true_classes(rows) * k + _predicted_classes(rows, threshold, from_logits)
     if w is None:
-        flat: NDArray[Any] = np.bincount(index, minlength=k * k).astype(np.int64)
+        flat: NDArray[Any] = np.bincount(index, minlength=k * k).astype(np.int64, copy=False)
     else:
         flat = np.bincount(index, weights=w, minlength=k * k)
     return {"matrix": flat.reshape(k, k)}

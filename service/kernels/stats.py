@@ -218,8 +218,33 @@ def column_sums(a: NDArray[Any], weights: NDArray[np.float64] | None) -> NDArray
     if weights is not None:
         return np.asarray(weights @ a.astype(np.float64, copy=False))
     if a.dtype == np.bool_:
-        return np.asarray(np.add.reduce(a.view(np.uint8), axis=0, dtype=np.int64))
+        return count_true(a, axis=0)
     return np.asarray(np.add.reduce(a, axis=0)).astype(np.float64)
+
+
+#: Rows (or columns) a uint16 count of True can span without overflowing.
+_UINT16_SPAN = (1 << 16) - 1
+
+
+def count_true(mask: NDArray[np.bool_], axis: int) -> NDArray[np.int64]:
+    """The count of True along ``axis`` of a 2-D boolean array, as int64.
+
+    Counted in uint16, four times as fast as in int64 (SIMD lanes), over
+    spans of at most 65535 elements whose counts are then added.
+    """
+    as_bytes = mask.view(np.uint8)
+    length = mask.shape[axis]
+    if length <= _UINT16_SPAN:
+        counted: NDArray[np.int64] = np.add.reduce(as_bytes, axis=axis, dtype=np.uint16).astype(
+            np.int64
+        )
+        return counted
+    counts = np.zeros(mask.shape[1 - axis], dtype=np.int64)
+    for start in range(0, length, _UINT16_SPAN):
+        span = slice(start, start + _UINT16_SPAN)
+        part = as_bytes[span] if axis == 0 else as_bytes[:, span]
+        counts += np.add.reduce(part, axis=axis, dtype=np.uint16)
+    return counts
 
 
 def total(weights: NDArray[np.float64] | None, n: int) -> NDArray[Any]:
