@@ -5,8 +5,9 @@ Every metric and report of :mod:`service.kernels.classification`,
 split in two:
 
 * ``<name>_stats(y_true, y_pred, sample_weight, **params) -> Stats``: the
-  batch's sufficient statistics, a dict of NumPy arrays (int64 counts when
-  the batch has no weights, float64 sums otherwise);
+  batch's sufficient statistics, a dict of NumPy arrays: int64 where they
+  count elements of a batch without weights, float64 sums otherwise (sums
+  of weights, of confidences, of losses);
 * ``<name>_value(stats, **params)`` (``<name>_report`` for reports): the
   number (or the report) those statistics give.
 
