@@ -124,7 +124,9 @@ def for_metric(
         zeros = kernels.weighted_mean(
             (batch.dense == 0).mean(axis=1).reshape(batch.sample_shape), batch.sample_weight
         )
-        if zeros <= 0.5:  # negatives are not the majority: nothing dominates the figure
+        if zeros <= 0.5 or value <= subset:
+            # Negatives are not the majority, or the binary figure is no higher than the
+            # exact-match one: it overstates nothing.
             return []
         return [
             Diagnosis(

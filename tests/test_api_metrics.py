@@ -87,3 +87,17 @@ def test_catalogue(client: Any) -> None:
         "subset_accuracy",
         "accuracy",
     }
+
+
+def test_binary_accuracy_that_overstates_nothing_is_not_diagnosed(client: Any) -> None:
+    """Multi-hot labels, mostly zeros, every label right: binary and subset accuracy are
+    both 1.0, and nothing is inflated."""
+    y_true = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]
+    y_pred = [[0.9, 0.1, 0.2, 0.1], [0.1, 0.8, 0.1, 0.3], [0.2, 0.1, 0.9, 0.7]]
+    r = client.post("/v1/metrics/binary_accuracy", json={"y_true": y_true, "y_pred": y_pred})
+    assert r.json()["value"] == 1.0
+    assert r.json()["warnings"] == []
+    body = {"y_true": y_true, "y_pred": y_pred, "metrics": ["binary_accuracy", "accuracy"]}
+    evaluated = client.post("/v1/evaluate", json=body).json()
+    assert evaluated["metrics"] == {"binary_accuracy": 1.0, "accuracy": 1.0}
+    assert evaluated["warnings"] == []
