@@ -37,6 +37,7 @@ bucketed one by one.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, cast
 
@@ -225,7 +226,7 @@ def _bucket_histograms(
     cut = _low_cut(dtype, n_thresholds)
     if logits:
         cut = dtype.type(np.log(float(cut) / (1 - float(cut))) - 0.01)
-    parts: dict[int, NDArray[Any]] = {}
+    parts: dict[int, NDArray[Any] | _HighElements] = {}
 
     def work(sl: slice) -> None:
         x = values(sl)
@@ -238,7 +239,7 @@ def _bucket_histograms(
         if skip_low:
             low = np.less_equal(x, cut, out=_flags((r, c), 3))
             if 4 * (x.size - int(np.count_nonzero(low))) <= x.size:
-                parts[sl.start] = _sparse_histogram(
+                parts[sl.start] = _high_elements(
                     x, low, labels, ypos, w, n_thresholds, per_column=per_column, logits=logits
                 )
                 return
@@ -260,14 +261,42 @@ def _bucket_histograms(
         parts[sl.start] = weighted_bincount(flat, weights, 2 * width)
 
     for_each_block(n, c, work)
-    both = add_in_row_order(parts)
-    if rows.weight is None:
-        both = both.astype(np.int64, copy=False)
+    both = np.zeros(2 * width, dtype=np.int64 if rows.weight is None else np.float64)
+    high = []
+    for start in sorted(parts):
+        part = parts[start]
+        if isinstance(part, _HighElements):
+            high.append(part)
+        else:
+            both += part
+    if high:
+        # Every block's high elements in one bincount, in row order.
+        weights = None if rows.weight is None else np.concatenate([h.weights for h in high])
+        both += weighted_bincount(np.concatenate([h.index for h in high]), weights, 2 * width)
+        first = np.add.reduce([h.first for h in high])
+        k = first.shape[1]
+        both[:k] += first[0]
+        both[width : width + k] += first[1]
     shape = (n_thresholds, c) if per_column else (n_thresholds,)
     return both[width:].reshape(shape), both[:width].reshape(shape)
 
 
-def _sparse_histogram(
+@dataclass(frozen=True)
+class _HighElements:
+    """A block's elements above the cut, left for one bincount over all blocks.
+
+    ``index`` is each one's histogram index (positives in the upper half),
+    ``weights`` its row's weight; ``first`` is ``(2, k)``: the block's
+    other elements (all in the first bucket), negatives then positives, per
+    column (``k = C``) or pooled (``k = 1``).
+    """
+
+    index: NDArray[np.intp]
+    weights: NDArray[np.float64] | None
+    first: NDArray[Any]
+
+
+def _high_elements(
     x: Floats,
     low: NDArray[np.bool_],
     labels: NDArray[np.intp] | None,
@@ -277,14 +306,13 @@ def _sparse_histogram(
     *,
     per_column: bool,
     logits: bool,
-) -> NDArray[Any]:
-    """One block's ``[negatives | positives]`` histogram, bucketing only the high elements.
+) -> _HighElements:
+    """One block bucketing only its elements above the cut (``low`` is overwritten).
 
-    Every element at or below the cut (``low``, overwritten here) is in the
-    first bucket: pooled, they are counted in index 0 per row as whole
-    numbers (the row's elements minus its high ones, split into positives
-    and negatives), then weighted once per row; per column, in their
-    column's index 0, as the column's weight minus its high elements'.
+    The elements at or below the cut are all in the first bucket: pooled,
+    they are counted per row as whole numbers (the row's elements minus its
+    high ones, split into positives and negatives), then weighted once per
+    row; per column, as the column's weight minus its high elements'.
     """
     r, c = x.shape
     high = np.flatnonzero(np.logical_not(low, out=low))
@@ -303,7 +331,6 @@ def _sparse_histogram(
     index = bucket * c + col_of if per_column else bucket
     index[is_pos] += width
     wsel = None if w is None else w[row_of]
-    hist = weighted_bincount(index, wsel, 2 * width)
     if per_column:
         high_all = weighted_bincount(col_of, wsel, c)
         high_pos = weighted_bincount(col_of[is_pos], None if wsel is None else wsel[is_pos], c)
@@ -317,9 +344,7 @@ def _sparse_histogram(
         if w is not None:
             # Weighted sums subtract: keep their rounding from going below 0.
             low_pos, low_neg = np.maximum(low_pos, 0), np.maximum(low_neg, 0)
-        hist[width : width + c] += low_pos
-        hist[:c] += low_neg
-        return hist
+        return _HighElements(index, wsel, np.stack([low_neg, low_pos]))
     high_per_row = np.bincount(row_of, minlength=r)
     high_pos_per_row = np.bincount(row_of[is_pos], minlength=r)
     if labels is not None:
@@ -329,9 +354,8 @@ def _sparse_histogram(
         pos_per_row = _row_counts(ypos)
     low_pos_rows = pos_per_row - high_pos_per_row
     low_neg_rows = (c - high_per_row) - low_pos_rows
-    hist[width] += _weighted_total(low_pos_rows, w)
-    hist[0] += _weighted_total(low_neg_rows, w)
-    return hist
+    first = np.array([[_weighted_total(low_neg_rows, w)], [_weighted_total(low_pos_rows, w)]])
+    return _HighElements(index, wsel, first)
 
 
 def _above_thresholds(hist: NDArray[Any], *, epsilon_ends: bool) -> NDArray[Any]:
