@@ -43,6 +43,7 @@ from service.kernels.stats import (
     as_rows,
     column_sums,
     divide_no_nan,
+    weighted_bincount,
 )
 
 
@@ -91,9 +92,7 @@ def _single_label_counts(
         if keep is not None:
             index = index[keep]
         weights = None if w is None else (w if keep is None else w[keep])
-        if weights is None:
-            return np.bincount(index, minlength=c).astype(np.int64)
-        return np.bincount(index, weights=weights, minlength=c)
+        return weighted_bincount(index, weights, c)
 
     return count(truth, hit), count(predicted, ~hit), count(truth, ~hit), count(truth, None)
 
