@@ -420,7 +420,8 @@ def precision_recall_stats(
       sample_weight: ``(rows,)`` or None.
       thresholds: one threshold or several; default 0.5 (``-1e10`` with ``top_k``).
       top_k: keep only the ``k`` largest predictions of each row (ranking a row
-        needs all of it: each block builds its rows' top-``k`` mask).
+        needs all of it: each block builds its rows' top-``k`` mask). Rows of
+        a binary batch hold one prediction, which is always kept.
       class_id: count only this column (after ``top_k``).
       from_logits: apply a sigmoid to every prediction first.
 
