@@ -156,6 +156,24 @@ class MetricParams(_BatchParams, total=False):
     from_logits: bool
     #: Top-k metrics (and ``accuracy``).
     k: int
+    #: ``precision``, ``recall``: a positive is ``y_pred > thresholds``.
+    thresholds: float | None
+    #: ``precision``, ``recall``: the k largest elements of each row are the positives.
+    top_k: int | None
+    #: ``precision``, ``recall``: this class's column only.
+    class_id: int | None
+    #: ``f1_score``, ``fbeta_score``: None (one value per class), micro, macro, weighted.
+    average: Literal["micro", "macro", "weighted"] | None
+    #: ``fbeta_score``.
+    beta: float | None
+    #: ``auc``.
+    num_thresholds: int | None
+    curve: Literal["ROC", "PR"] | None
+    summation_method: Literal["interpolation", "minoring", "majoring"] | None
+    multi_label: bool | None
+    #: ``expected_calibration_error``.
+    n_bins: int | None
+    norm: Literal["l1", "l2", "max"] | None
 
 
 class EvaluateParams(_BatchParams, total=False):
@@ -163,6 +181,11 @@ class EvaluateParams(_BatchParams, total=False):
 
     #: For every loss and threshold metric that does not set its own.
     from_logits: bool | None
+    #: Reports by name or ``{"name", ...}`` (``per_class``, ``confusion_matrix``,
+    #: ``calibration``).
+    reports: list[str | dict[str, Any]] | None
+    #: One name per class, the reports' labels.
+    class_names: list[str] | None
 
 
 def _checked(operation: str, params: Mapping[str, Any], known: type[Any]) -> dict[str, Any]:

@@ -13,6 +13,12 @@ with a message that gives the figures behind it. The codes:
     ``from_logits`` is true, but the predictions already are probabilities.
 ``probabilities_renormalized``
     ``from_logits`` is false and rows do not sum to 1, so they were renormalized.
+``class_without_support``
+    classes with no true sample: their precision, recall and F1 are reported as 0.
+``auc_undefined``
+    AUC asked of labels with a single class (or, per label, a column without positives).
+``calibration_of_scores``
+    calibration asked of values outside [0, 1] without ``from_logits``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from service import kernels
 from service.encodings import Batch
@@ -42,7 +49,16 @@ CODES: dict[str, str] = {
     "already a probability distribution (a softmax or sigmoid applied twice).",
     "probabilities_renormalized": "`from_logits` is false and rows of `y_pred` do not sum to 1, "
     "so the categorical loss renormalized them.",
+    "class_without_support": "Some classes have no true sample in the batch: their "
+    "precision, recall and F1 are reported as 0 and pull macro averages down.",
+    "auc_undefined": "AUC was asked of labels with a single class (no positives or no "
+    "negatives), or per label of a column without positives: that area is reported as 0.",
+    "calibration_of_scores": "Calibration was asked of values outside [0, 1] with "
+    "`from_logits` false: they are not probabilities, so confidences and bins mean nothing.",
 }
+
+_SUPPORT_METRICS = frozenset({"f1_score", "fbeta_score"})
+_CALIBRATION = frozenset({"expected_calibration_error", "brier_score", "calibration"})
 
 
 @dataclass(frozen=True)
@@ -107,9 +123,90 @@ def for_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> list[Di
     return found
 
 
-def for_metric(
-    resolved: str, batch: Batch, params: Mapping[str, Any], value: float
+def _without_support(support: NDArray[Any], what: str) -> list[Diagnosis]:
+    empty = np.flatnonzero(np.asarray(support) == 0)
+    if not empty.size:
+        return []
+    shown = ", ".join(str(int(c)) for c in empty[:5]) + (", ..." if empty.size > 5 else "")
+    return [
+        Diagnosis(
+            "class_without_support",
+            f"{empty.size} of {np.asarray(support).size} classes have no true sample in the "
+            f"batch (class {shown}): {what} reports their precision, recall and F1 as 0, "
+            "which pulls macro averages down.",
+        )
+    ]
+
+
+def _auc_undefined(stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any]) -> list[Diagnosis]:
+    positives = np.asarray(stats["tp"])[0] + np.asarray(stats["fn"])[0]
+    negatives = np.asarray(stats["fp"])[0] + np.asarray(stats["tn"])[0]
+    if params.get("multi_label"):
+        empty = np.flatnonzero(np.atleast_1d(positives) == 0)
+        if not empty.size:
+            return []
+        return [
+            Diagnosis(
+                "auc_undefined",
+                f"{empty.size} of {np.atleast_1d(positives).size} label columns have no "
+                f"positive (column {int(empty[0])} first): their AUC is undefined and counts "
+                "as 0 in the mean over columns.",
+            )
+        ]
+    if float(positives) > 0 and float(negatives) > 0:
+        return []
+    which = "positive" if float(positives) == 0 else "negative"
+    return [
+        Diagnosis(
+            "auc_undefined",
+            f"The labels hold no {which} element, so the ROC and PR curves are undefined and "
+            "auc is reported as 0: AUC needs both classes in the data.",
+        )
+    ]
+
+
+def _scores_not_probabilities(
+    batch: Batch, params: Mapping[str, Any], what: str
 ) -> list[Diagnosis]:
+    if params.get("from_logits"):
+        return []
+    low, high = float(batch.y_pred.min()), float(batch.y_pred.max())
+    if low >= 0 and high <= 1:
+        return []
+    return [
+        Diagnosis(
+            "calibration_of_scores",
+            f"{what} was asked of `y_pred` in [{low:.4g}, {high:.4g}], outside [0, 1], with "
+            "`from_logits` false: these are not probabilities, so its confidences mean "
+            "nothing. If `y_pred` holds logits, send `from_logits: true`.",
+        )
+    ]
+
+
+def for_report(
+    name: str, batch: Batch, stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any]
+) -> list[Diagnosis]:
+    if name == "per_class":
+        return _without_support(stats["support"], "the per_class report")
+    if name == "calibration":
+        return _scores_not_probabilities(batch, params, "The calibration report")
+    return []
+
+
+def for_metric(
+    resolved: str,
+    batch: Batch,
+    params: Mapping[str, Any],
+    value: Any,
+    stats: Mapping[str, NDArray[Any]] | None = None,
+) -> list[Diagnosis]:
+    if stats is not None:
+        if resolved in _SUPPORT_METRICS and params.get("average") in (None, "macro"):
+            return _without_support(stats["support"], resolved)
+        if resolved == "auc":
+            return _auc_undefined(stats, params)
+        if resolved in _CALIBRATION:
+            return _scores_not_probabilities(batch, params, resolved)
     if batch.encoding != "multi_hot" or batch.dense is None:
         return []
     if resolved == "binary_accuracy":

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service import diagnostics, registry
+from service import diagnostics, kernels, registry
 from service.arrays import to_array
 from service.encodings import Batch, prepare
-from service.errors import Loc, ServiceError, invalid
+from service.errors import FieldError, Loc, NotFound, ServiceError, invalid
 
 ARRAY_FIELDS = ("y_true", "y_pred", "sample_weight")
 COMMON_NAMES = tuple(p.name for p in registry.COMMON)
@@ -130,9 +130,10 @@ def metric(name: str, body: Any, max_elements: int) -> dict[str, Any]:
     params = registry.parse_params(name, spec.params, _params_of(body))
     inputs = _inputs(body, (), max_elements)
     batch = inputs.batch(-1)
-    value, resolved = registry.compute_metric(name, batch, params)
+    stats, resolved = registry.metric_stats(name, batch, params)
+    value = registry.metric_value(resolved, stats, params)
     _finite(value, ("body",), f"The {name} metric")
-    found = diagnostics.for_metric(resolved, batch, params, value)
+    found = diagnostics.for_metric(resolved, batch, params, value, stats)
     return {
         "value": value,
         "name": name,
@@ -144,7 +145,11 @@ def metric(name: str, body: Any, max_elements: int) -> dict[str, Any]:
 
 # ---- evaluate -----------------------------------------------------------------------------
 
-EVALUATE_FIELDS = frozenset({*ARRAY_FIELDS, *COMMON_NAMES, "from_logits", "losses", "metrics"})
+#: The settings of an evaluate body (a head): everything but its arrays.
+SETTING_FIELDS = frozenset(
+    {*COMMON_NAMES, "from_logits", "losses", "metrics", "reports", "class_names"}
+)
+EVALUATE_FIELDS = frozenset({*ARRAY_FIELDS, *SETTING_FIELDS})
 
 #: What an evaluate call computes when it names no losses or metrics.
 DEFAULT_LOSSES = {
@@ -154,23 +159,39 @@ DEFAULT_LOSSES = {
     "multi_hot": "binary_crossentropy",
     "binary": "binary_crossentropy",
 }
+#: Label families: batches of one family can be evaluated together.
+FAMILY = {
+    "sparse": "single_label",
+    "one_hot": "single_label",
+    "soft": "soft",
+    "multi_hot": "multi_label",
+    "binary": "binary",
+}
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One loss, metric or report of an evaluate body: the key it is reported under, its
+    name and its parameters (checked: defaults filled in)."""
+
     key: str
     name: str
     params: dict[str, Any]
     loc: Loc
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "params": self.params}
+
 
 def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[Entry]:
+    """The entries as named, parameters not yet checked; every unknown name at once."""
     if not isinstance(raw, list):
         raise invalid(
             loc, f'`{loc[-1]}` must be a list of {kind} names or {{"name": ...}} objects.'
         )
     entries: list[Entry] = []
     seen: dict[str, Loc] = {}
+    unknown: list[tuple[Loc, str]] = []
     for i, item in enumerate(raw):
         here = (*loc, i)
         if isinstance(item, str):
@@ -191,9 +212,8 @@ def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[En
                 f"received {item!r}.",
             )
         if name not in known:
-            raise invalid(
-                (*here, "name"), f"Unknown {kind} {name!r}: expected one of {sorted(known)}."
-            )
+            unknown.append(((*here, "name"), name))
+            continue
         if key in seen:
             raise invalid(
                 here,
@@ -202,6 +222,13 @@ def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[En
             )
         seen[key] = here
         entries.append(Entry(key, name, params, here))
+    if unknown:
+        names = ", ".join(repr(name) for _, name in unknown)
+        message = (
+            f"Unknown {kind}{'s' if len(unknown) > 1 else ''} {names} in `{loc[-1]}`: "
+            f"expected {kind}s among {sorted(known)}."
+        )
+        raise NotFound(message, [FieldError(where, message) for where, _ in unknown])
     return entries
 
 
@@ -211,13 +238,34 @@ def _with_logits(entry: Entry, from_logits: Any, takes_it: bool) -> dict[str, An
     return entry.params
 
 
-def _evaluate_one(body: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any], float]:
+def _takes_logits(params: tuple[registry.Param, ...]) -> bool:
+    return any(p.name == "from_logits" for p in params)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The checked settings of one evaluate body (a head): what to compute, before any
+    array is looked at. ``losses``/``metrics`` None: those that fit the labels."""
+
+    losses: list[Entry] | None
+    metrics: list[Entry] | None
+    reports: list[Entry]
+    from_logits: bool | None
+    class_names: list[str] | None
+    common: dict[str, Any]
+    loc: Loc
+
+
+def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
+    """Check an evaluate body's settings (all but the arrays, or all but nothing when
+    ``arrays`` is false: a streaming evaluation's settings have no arrays)."""
     body = _require_object(body, loc, "An evaluate body")
-    unknown = sorted(set(body) - EVALUATE_FIELDS)
+    allowed = EVALUATE_FIELDS if arrays else SETTING_FIELDS
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise invalid(
             (*loc, unknown[0]),
-            f"evaluate does not take {unknown}: it takes {sorted(EVALUATE_FIELDS)} (loss and "
+            f"evaluate does not take {unknown}: it takes {sorted(allowed)} (loss and "
             "metric parameters go inside their entries in `losses` and `metrics`), or "
             "`outputs` and `loss_weights` for several heads.",
         )
@@ -226,108 +274,202 @@ def _evaluate_one(body: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any
         raise invalid(
             (*loc, "from_logits"), f"`from_logits` must be true or false, received {from_logits!r}."
         )
-    inputs = _inputs(body, loc, max_elements)
-    loss_entries = (
-        _entries(body["losses"], (*loc, "losses"), "loss", registry.LOSSES)
-        if body.get("losses") is not None
-        else None
+    common = registry.parse_params(
+        "The request", registry.COMMON, {k: body[k] for k in COMMON_NAMES if k in body}, loc
     )
-    metric_entries = (
-        _entries(body["metrics"], (*loc, "metrics"), "metric", registry.METRICS)
-        if body.get("metrics") is not None
-        else None
-    )
-    # Parameters of every entry are checked before any computing.
-    parsed_losses = []
-    for e in loss_entries or []:
-        spec = registry.LOSSES[e.name]
-        params = registry.parse_params(
-            e.name, spec.params, _with_logits(e, from_logits, True), e.loc
+    class_names = body.get("class_names")
+    if class_names is not None and (
+        not isinstance(class_names, list)
+        or not all(isinstance(n, str) for n in class_names)
+        or not class_names
+    ):
+        raise invalid(
+            (*loc, "class_names"),
+            "`class_names` must be a non-empty list of strings, one per class.",
         )
-        if params["reduction"] == "none":
-            raise invalid(
-                (*e.loc, "reduction"),
-                "evaluate reports one number per loss: expected a reducing `reduction` "
-                "(sum_over_batch_size, mean, sum, mean_with_sample_weight), received 'none'. "
-                "Per-sample losses come from POST /v1/losses/{name}.",
+    losses = metrics = None
+    if body.get("losses") is not None:
+        losses = []
+        for e in _entries(body["losses"], (*loc, "losses"), "loss", registry.LOSSES):
+            spec = registry.LOSSES[e.name]
+            params = registry.parse_params(
+                e.name, spec.params, _with_logits(e, from_logits, True), e.loc
             )
-        parsed_losses.append((e, spec, params))
-    parsed_metrics = []
-    for e in metric_entries or []:
-        spec_m = registry.METRICS[e.name]
-        takes = any(p.name == "from_logits" for p in spec_m.params)
-        params = registry.parse_params(
-            e.name, spec_m.params, _with_logits(e, from_logits, takes), e.loc
-        )
-        parsed_metrics.append((e, params))
+            if params["reduction"] == "none":
+                raise invalid(
+                    (*e.loc, "reduction"),
+                    "evaluate reports one number per loss: expected a reducing `reduction` "
+                    "(sum_over_batch_size, mean, sum, mean_with_sample_weight), received "
+                    "'none'. Per-sample losses come from POST /v1/losses/{name}.",
+                )
+            losses.append(Entry(e.key, e.name, params, e.loc))
+    if body.get("metrics") is not None:
+        metrics = []
+        for e in _entries(body["metrics"], (*loc, "metrics"), "metric", registry.METRICS):
+            spec_m = registry.METRICS[e.name]
+            takes = _takes_logits(spec_m.params)
+            params = registry.parse_params(
+                e.name, spec_m.params, _with_logits(e, from_logits, takes), e.loc
+            )
+            metrics.append(Entry(e.key, e.name, params, e.loc))
+    reports = []
+    if body.get("reports") is not None:
+        for e in _entries(body["reports"], (*loc, "reports"), "report", registry.REPORTS):
+            spec_r = registry.REPORTS[e.name]
+            params = registry.parse_params(
+                e.name, spec_r.params, _with_logits(e, from_logits, True), e.loc
+            )
+            reports.append(Entry(e.key, e.name, params, e.loc))
+    return Plan(losses, metrics, reports, from_logits, class_names, common, loc)
 
-    try:
-        response = _compute(
-            inputs,
-            parsed_losses,
-            parsed_metrics,
-            loss_entries is None,
-            metric_entries is None,
-            from_logits,
-            loc,
-        )
-    except ServiceError as err:
-        # Batch errors point at fields of this body (`y_true`, ...): put them under its place.
-        raise (err.prefixed(loc) if loc else err) from None
-    return response, sum(response["losses"].values())
 
-
-def _compute(
-    inputs: Inputs,
-    parsed_losses: list[tuple[Entry, registry.LossSpec, dict[str, Any]]],
-    parsed_metrics: list[tuple[Entry, dict[str, Any]]],
-    default_losses: bool,
-    default_metrics: bool,
-    from_logits: bool | None,
-    loc: Loc,
-) -> dict[str, Any]:
-    batch = inputs.batch(-1)
-    extra = {} if from_logits is None else {"from_logits": from_logits}
-    if default_losses:
-        name = DEFAULT_LOSSES[batch.encoding]
+def resolve_plan(plan: Plan, encoding: str) -> dict[str, list[Entry]]:
+    """The entries a plan computes on labels of ``encoding``: the ones it names, or
+    those that fit the labels."""
+    extra = {} if plan.from_logits is None else {"from_logits": plan.from_logits}
+    losses, metrics = plan.losses, plan.metrics
+    if losses is None:
+        name = DEFAULT_LOSSES[encoding]
         spec = registry.LOSSES[name]
-        default = Entry(name, name, extra, (*loc, "losses", 0))
-        parsed_losses = [(default, spec, registry.parse_params(name, spec.params, extra))]
-    if default_metrics:
+        losses = [
+            Entry(
+                name,
+                name,
+                registry.parse_params(name, spec.params, extra),
+                (*plan.loc, "losses", 0),
+            )
+        ]
+    if metrics is None:
         spec_m = registry.METRICS["accuracy"]
-        default = Entry("accuracy", "accuracy", extra, (*loc, "metrics", 0))
-        parsed_metrics = [(default, registry.parse_params("accuracy", spec_m.params, extra))]
+        metrics = [
+            Entry(
+                "accuracy",
+                "accuracy",
+                registry.parse_params("accuracy", spec_m.params, extra),
+                (*plan.loc, "metrics", 0),
+            )
+        ]
+    return {"losses": losses, "metrics": metrics, "reports": plan.reports}
 
+
+@dataclass
+class HeadResult:
+    """One head evaluated on one batch: its response, and the statistics of every entry
+    (``kind/key/stat`` → array), which add up across batches."""
+
+    response: dict[str, Any]
+    stats: dict[str, NDArray[Any]]
+    facts: dict[str, Any]
+
+
+def _per_sample_losses(
+    entries: list[Entry], batch: Batch, inputs: Inputs
+) -> tuple[list[str], list[NDArray[Any]]]:
+    """Per-sample losses for the per-class report (element losses for multi-label
+    batches, where only the binary losses have them)."""
+    names: list[str] = []
+    values: list[NDArray[Any]] = []
+    for e in entries:
+        spec = registry.LOSSES[e.name]
+        if e.params.get("ignore_class") is not None or e.params["axis"] != -1:
+            continue
+        if FAMILY[batch.encoding] == "multi_label":
+            if spec.family != "binary":
+                continue
+            element = registry.element_losses(spec, batch, e.params)
+            names.append(e.key)
+            values.append(element)
+        else:
+            per_sample, _ = registry.loss_terms(spec, inputs.batch(-1), e.params)
+            names.append(e.key)
+            values.append(per_sample.reshape(-1))
+    return names, values
+
+
+def evaluate_head(
+    plan: Plan, inputs: Inputs, resolved: dict[str, list[Entry]] | None = None
+) -> HeadResult:
+    """Compute a plan on one batch: values, diagnoses and statistics.
+
+    ``resolved``: the entries fixed by an earlier batch (a streaming evaluation), else
+    those that fit this batch's labels."""
+    batch = inputs.batch(-1)
+    entries = resolved or resolve_plan(plan, batch.encoding)
     losses: dict[str, float] = {}
-    metrics: dict[str, float] = {}
-    resolved: dict[str, str] = {"accuracy": registry.ACCURACY_FOR[batch.encoding]}
+    metrics: dict[str, registry.MetricValue] = {}
+    resolved_names: dict[str, str] = {}
+    stats: dict[str, NDArray[Any]] = {}
     found: list[diagnostics.Diagnosis] = []
-    for e, spec, params in parsed_losses:
-        b = inputs.batch(params["axis"])
-        losses[e.key] = float(registry.compute_loss(spec, b, params))
-        _finite(losses[e.key], (*e.loc,), f"The {e.key} loss")
-        found += diagnostics.for_loss(spec, b, params)
-    for e, params in parsed_metrics:
-        value, name = registry.compute_metric(e.name, batch, params)
+    for e in entries["losses"]:
+        spec = registry.LOSSES[e.name]
+        b = inputs.batch(e.params["axis"])
+        values, mask = registry.loss_terms(spec, b, e.params)
+        # The one-shot number as Keras computes it (in the compute dtype).
+        reduced = float(
+            kernels.reduce_loss(
+                values, sample_weight=b.sample_weight, mask=mask, reduction=e.params["reduction"]
+            )
+        )
+        _finite(reduced, (*e.loc,), f"The {e.key} loss")
+        losses[e.key] = reduced
+        for k, v in kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask).items():
+            stats[f"loss/{e.key}/{k}"] = v
+        found += diagnostics.for_loss(spec, b, e.params)
+    for e in entries["metrics"]:
+        metric_stats, name = registry.metric_stats(e.name, batch, e.params)
+        value = registry.metric_value(name, metric_stats, e.params)
         _finite(value, (*e.loc,), f"The {e.key} metric")
         metrics[e.key] = value
         if e.name == "accuracy":
-            resolved[e.key] = name
-        found += diagnostics.for_metric(name, batch, params, value)
-    return {
+            resolved_names[e.key] = name
+        for k, v in metric_stats.items():
+            stats[f"metric/{e.key}/{k}"] = v
+        found += diagnostics.for_metric(name, batch, e.params, value, metric_stats)
+    reports: dict[str, Any] = {}
+    if entries["reports"]:
+        loss_names, per_sample = _per_sample_losses(entries["losses"], batch, inputs)
+        for e in entries["reports"]:
+            report_stats = registry.report_stats(e.name, batch, e.params, per_sample)
+            reports[e.key] = registry.report_value(
+                e.name, report_stats, class_names=plan.class_names, loss_names=loss_names
+            )
+            for k, v in report_stats.items():
+                stats[f"report/{e.key}/{k}"] = v
+            found += diagnostics.for_report(e.name, batch, report_stats, e.params)
+    if plan.class_names is not None:
+        registry.check_class_names(plan.class_names, batch, plan.loc)
+    response: dict[str, Any] = {
         **_summary(batch),
         "losses": losses,
         "metrics": metrics,
-        "resolved": resolved,
+        "resolved": resolved_names,
         "warnings": [d.as_dict() for d in dict.fromkeys(found)],
     }
+    if reports:
+        response["reports"] = reports
+    facts = {
+        "family": FAMILY[batch.encoding],
+        "n_classes": batch.n_classes,
+        "entries": {kind: [e.as_dict() for e in items] for kind, items in entries.items()},
+        "resolved": resolved_names,
+        "label_encoding": batch.encoding,
+    }
+    return HeadResult(response, stats, facts)
 
 
-def evaluate(body: Any, max_elements: int) -> dict[str, Any]:
-    """``POST /v1/evaluate``: one batch, or several heads under ``outputs``."""
-    body = _require_object(body, (), "The request body")
-    if "outputs" not in body:
-        return _evaluate_one(body, (), max_elements)[0]
+def _evaluate_one(body: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any], float]:
+    plan = parse_plan(body, loc)
+    inputs = _inputs(body, loc, max_elements)
+    try:
+        result = evaluate_head(plan, inputs)
+    except ServiceError as err:
+        # Batch errors point at fields of this body (`y_true`, ...): put them under its place.
+        raise (err.prefixed(loc) if loc else err) from None
+    return result.response, sum(result.response["losses"].values())
+
+
+def check_heads(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A several-heads body's ``outputs`` and ``loss_weights``, checked."""
     unknown = sorted(set(body) - {"outputs", "loss_weights"})
     if unknown:
         raise invalid(
@@ -350,6 +492,15 @@ def evaluate(body: Any, max_elements: int) -> dict[str, Any]:
             raise invalid(
                 ("loss_weights", head), f"Loss weights must be finite numbers, received {w!r}."
             )
+    return outputs, weights
+
+
+def evaluate(body: Any, max_elements: int) -> dict[str, Any]:
+    """``POST /v1/evaluate``: one batch, or several heads under ``outputs``."""
+    body = _require_object(body, (), "The request body")
+    if "outputs" not in body:
+        return _evaluate_one(body, (), max_elements)[0]
+    outputs, weights = check_heads(body)
     results: dict[str, Any] = {}
     total = 0.0
     for head, head_body in outputs.items():

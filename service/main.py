@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from service import __version__, ops
+from service import __version__, ops, registry
 from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
@@ -207,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
     tune_allocator(settings.malloc_mmap_threshold)
+    registry.set_max_confusion_classes(settings.max_confusion_classes)
     for module in (losses, metrics, evaluate, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)

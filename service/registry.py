@@ -25,7 +25,8 @@ from service.encodings import (
     check_probabilities,
     sparse_labels,
 )
-from service.errors import Loc, NotFound, invalid
+from service.errors import Loc, NotFound, PayloadTooLarge, invalid
+from service.kernels.mergeable import MERGEABLE
 
 ParamKind = Literal["bool", "float", "int", "str"]
 
@@ -171,6 +172,86 @@ METRIC_FROM_LOGITS = Param(
     "Threshold `sigmoid(y_pred)` rather than `y_pred` (argmax metrics ignore it).",
 )
 
+THRESHOLDS = Param(
+    "thresholds",
+    "float",
+    None,
+    "An element counts as a positive where `y_pred > thresholds` (compared in float32); "
+    "null means 0.5, or no threshold when `top_k` is set.",
+    nullable=True,
+    minimum=0.0,
+    maximum=1.0,
+)
+TOP_K = Param(
+    "top_k",
+    "int",
+    None,
+    "Count only the k largest elements of each row as positives (whatever their values).",
+    nullable=True,
+    minimum=1,
+)
+CLASS_ID = Param(
+    "class_id", "int", None, "Score only this class's column.", nullable=True, minimum=0
+)
+AVERAGE = Param(
+    "average",
+    "str",
+    None,
+    "null: one value per class; micro pools every element; macro is the plain mean over "
+    "classes; weighted weighs classes by their support.",
+    nullable=True,
+    choices=("micro", "macro", "weighted"),
+)
+BETA = Param("beta", "float", 1.0, "Weight of recall against precision.", minimum=0.0)
+F_THRESHOLD = Param(
+    "threshold",
+    "float",
+    None,
+    "A positive is `y_pred > threshold`; null: every element equal to its row's maximum.",
+    nullable=True,
+    minimum=0.0,
+    maximum=1.0,
+)
+NUM_THRESHOLDS = Param(
+    "num_thresholds",
+    "int",
+    200,
+    "Thresholds of the binned curve, evenly spaced in [0, 1] (Keras' AUC).",
+    minimum=2,
+    maximum=100_000,
+)
+CURVE = Param("curve", "str", "ROC", "The curve whose area is computed.", choices=("ROC", "PR"))
+SUMMATION = Param(
+    "summation_method",
+    "str",
+    "interpolation",
+    "How the area is summed over the threshold intervals.",
+    choices=("interpolation", "minoring", "majoring"),
+)
+MULTI_LABEL = Param(
+    "multi_label",
+    "bool",
+    False,
+    "One curve per column, averaged (a column without positives counts as 0), instead of "
+    "pooling every element into one curve.",
+)
+SCORE_FROM_LOGITS = Param(
+    "from_logits",
+    "bool",
+    False,
+    "Apply a sigmoid (or, for calibration of single-label batches, a softmax) to `y_pred` first.",
+)
+N_BINS = Param(
+    "n_bins", "int", 15, "Equal-width confidence bins in [0, 1].", minimum=1, maximum=10_000
+)
+NORM = Param(
+    "norm",
+    "str",
+    "l1",
+    "l1: the count-weighted mean gap; l2: its root mean square; max: the largest gap.",
+    choices=("l1", "l2", "max"),
+)
+
 #: Parameters every compute request takes, on top of the loss's or metric's own.
 COMMON = (
     Param(
@@ -278,6 +359,44 @@ METRICS: dict[str, MetricSpec] = {
             "Share of samples whose every label is matched at `threshold` (exact match).",
         ),
         MetricSpec(
+            "precision",
+            (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
+            "Keras' Precision: true positives over predicted positives, every element a "
+            "binary decision (integer labels stand for their one-hot form).",
+        ),
+        MetricSpec(
+            "recall",
+            (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
+            "Keras' Recall: true positives over actual positives, every element a binary decision.",
+        ),
+        MetricSpec(
+            "f1_score",
+            (AVERAGE, F_THRESHOLD, SCORE_FROM_LOGITS),
+            "Keras' F1Score: per class, or averaged (micro, macro, weighted).",
+        ),
+        MetricSpec(
+            "fbeta_score",
+            (AVERAGE, BETA, F_THRESHOLD, SCORE_FROM_LOGITS),
+            "Keras' FBetaScore: F-score with recall weighted `beta` times precision.",
+        ),
+        MetricSpec(
+            "auc",
+            (NUM_THRESHOLDS, CURVE, SUMMATION, MULTI_LABEL, SCORE_FROM_LOGITS),
+            "Keras' AUC: the binned area under the ROC or precision-recall curve.",
+        ),
+        MetricSpec(
+            "expected_calibration_error",
+            (N_BINS, NORM, SCORE_FROM_LOGITS),
+            "torchmetrics' calibration error: the gap between confidence and accuracy over "
+            "equal-width confidence bins.",
+        ),
+        MetricSpec(
+            "brier_score",
+            (SCORE_FROM_LOGITS,),
+            "scikit-learn's Brier score: the mean squared error of the probabilities "
+            "(rows are not renormalized).",
+        ),
+        MetricSpec(
             "accuracy",
             (THRESHOLD, METRIC_FROM_LOGITS, K),
             "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
@@ -286,6 +405,59 @@ METRICS: dict[str, MetricSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    name: str
+    params: tuple[Param, ...]
+    description: str
+
+
+REPORT_THRESHOLD = Param(
+    "threshold",
+    "float",
+    0.5,
+    "Multi-hot and binary batches: a label is predicted where its probability (after a "
+    "sigmoid with `from_logits`) is above this.",
+    minimum=0.0,
+    maximum=1.0,
+)
+REPORT_FROM_LOGITS = Param(
+    "from_logits", "bool", False, "Whether `y_pred` holds logits (from evaluate's own)."
+)
+
+REPORTS: dict[str, ReportSpec] = {
+    s.name: s
+    for s in (
+        ReportSpec(
+            "per_class",
+            (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
+            "Per class: support, precision, recall, F1 and mean loss, with macro, weighted "
+            "and micro averages (scikit-learn's numbers).",
+        ),
+        ReportSpec(
+            "confusion_matrix",
+            (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
+            "Rows are true classes, columns predicted (one 2x2 matrix per label for "
+            "multi-hot batches).",
+        ),
+        ReportSpec(
+            "calibration",
+            (N_BINS, REPORT_FROM_LOGITS),
+            "Reliability bins (count, confidence, accuracy) with ECE, MCE and Brier score.",
+        ),
+    )
+}
+
+#: Classes past which the confusion matrix is refused (a setting of the service, passed in
+#: by the caller through :func:`set_max_confusion_classes`).
+MAX_CONFUSION_CLASSES = [1000]
+
+
+def set_max_confusion_classes(limit: int) -> None:
+    MAX_CONFUSION_CLASSES[0] = limit
+
 
 #: What `accuracy` means for each label encoding.
 ACCURACY_FOR = {
@@ -335,6 +507,17 @@ def parse_params(
 
 def compute_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> NDArray[np.floating]:
     """The reduced loss (a 0-d array), or per-sample losses for ``reduction="none"``."""
+    values, mask = loss_terms(spec, batch, params)
+    return kernels.reduce_loss(
+        values, sample_weight=batch.sample_weight, mask=mask, reduction=params["reduction"]
+    )
+
+
+def loss_terms(
+    spec: LossSpec, batch: Batch, params: Mapping[str, Any]
+) -> tuple[NDArray[np.floating], NDArray[np.bool_] | None]:
+    """The per-sample losses before weighting and reduction, in the batch's sample shape,
+    and the mask of the positions that count (``ignore_class``), if any."""
     check_fits_loss(batch, loss=spec.name, family=spec.family)
     ignore_class = params.get("ignore_class")
     check_label_range(batch, ignore_class)
@@ -381,12 +564,7 @@ def compute_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> NDA
             batch.dense, pred, from_logits=from_logits, label_smoothing=smoothing, **focal
         )
     values = per_row.reshape(batch.sample_shape)
-    return kernels.reduce_loss(
-        values,
-        sample_weight=batch.sample_weight,
-        mask=None if mask is None else mask.reshape(batch.sample_shape),
-        reduction=params["reduction"],
-    )
+    return values, None if mask is None else mask.reshape(batch.sample_shape)
 
 
 def resolve_metric(name: str, batch: Batch) -> str:
@@ -410,9 +588,70 @@ def _metric_error(name: str, batch: Batch, needs: str, instead: str) -> None:
     )
 
 
-def compute_metric(name: str, batch: Batch, params: Mapping[str, Any]) -> tuple[float, str]:
-    """The metric's weighted mean over the batch, and the metric it resolved to."""
-    resolved = resolve_metric(name, batch)
+#: What a metric's value is: one number, or one per class (``average: null``).
+MetricValue = float | list[float]
+#: Elements of AUC statistics one request may ask for (thresholds × columns × 4 counts).
+MAX_AUC_CELLS = 1 << 22
+
+
+def kernel_inputs(batch: Batch, resolved: str) -> tuple[NDArray[Any], NDArray[Any], Any]:
+    """The batch as the mergeable kernels take it (:mod:`service.kernels.stats`): integer
+    class indices for single-label batches (never their one-hot form), 0/1 targets of
+    ``y_pred``'s shape otherwise, and one weight per row."""
+    pred = batch.y_pred
+    if batch.encoding == "binary":
+        assert batch.dense is not None
+        y_true: NDArray[Any] = batch.dense.reshape(-1)
+        pred = pred.reshape(-1)
+    elif batch.labels is not None:
+        y_true = batch.labels
+    elif batch.encoding == "soft" and resolved in CALIBRATION_METRICS:
+        # Calibration scores single-label batches against one class per row.
+        assert batch.dense is not None
+        y_true = batch.dense.argmax(axis=1)
+    else:
+        assert batch.dense is not None
+        y_true = batch.dense
+    weights = None
+    if batch.sample_weight is not None:
+        weights = np.broadcast_to(batch.sample_weight, batch.sample_shape).reshape(-1)
+    return y_true, pred, weights
+
+
+CALIBRATION_METRICS = frozenset({"expected_calibration_error", "brier_score", "calibration"})
+
+
+def _check_mergeable_fits(resolved: str, batch: Batch, params: Mapping[str, Any]) -> None:
+    columns = 1 if batch.encoding == "binary" else batch.n_classes
+    class_id = params.get("class_id")
+    if class_id is not None and class_id >= columns:
+        raise invalid(
+            ("class_id",),
+            f"`class_id` is {class_id}, but the batch has {columns} class column(s): "
+            f"expected 0 to {columns - 1}.",
+        )
+    top_k = params.get("top_k")
+    if top_k is not None and top_k > columns:
+        raise invalid(
+            ("top_k",),
+            f"`top_k` is {top_k}, but the batch has {columns} class column(s): expected at "
+            f"most {columns}.",
+        )
+    if resolved == "auc":
+        cells = int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
+        if cells > MAX_AUC_CELLS:
+            raise PayloadTooLarge.at(
+                ("num_thresholds",),
+                f"auc with {params['num_thresholds']} thresholds over {columns} columns keeps "
+                f"{cells} counts, over the limit of {MAX_AUC_CELLS}: expected fewer "
+                "thresholds, or `multi_label: false`.",
+            )
+    if batch.encoding in ("sparse", "one_hot", "soft"):
+        check_label_range(batch)
+
+
+def _accuracy_matches(resolved: str, batch: Batch, params: Mapping[str, Any]) -> NDArray[Any]:
+    """One match per sample (1.0 or 0.0) for the accuracy metrics."""
     enc = batch.encoding
     fitting = ACCURACY_FOR[enc]
     if resolved in ("binary_accuracy", "subset_accuracy"):
@@ -444,5 +683,115 @@ def compute_metric(name: str, batch: Batch, params: Mapping[str, Any]) -> tuple[
             per_row = kernels.top_k_accuracy(labels, batch.y_pred, k=params["k"])
         else:
             per_row = kernels.categorical_accuracy(labels, batch.y_pred)
-    value = kernels.weighted_mean(per_row.reshape(batch.sample_shape), batch.sample_weight)
-    return value, resolved
+    matches: NDArray[Any] = per_row.reshape(batch.sample_shape)
+    return matches
+
+
+def metric_stats(
+    name: str, batch: Batch, params: Mapping[str, Any]
+) -> tuple[dict[str, NDArray[Any]], str]:
+    """The batch's sufficient statistics for a metric (they add up across batches, see
+    :mod:`service.kernels.stats`), and the metric ``name`` resolved to."""
+    resolved = resolve_metric(name, batch)
+    if resolved in MERGEABLE:
+        _check_mergeable_fits(resolved, batch, params)
+        spec = MERGEABLE[resolved]
+        y_true, pred, weights = kernel_inputs(batch, resolved)
+        taken = {k: params[k] for k in spec.stats_params if k in params}
+        return spec.stats(y_true, pred, weights, **taken), resolved
+    matches = _accuracy_matches(resolved, batch, params)
+    return kernels.mean_stats(matches, batch.sample_weight), resolved
+
+
+def metric_value(
+    resolved: str, stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any]
+) -> MetricValue:
+    """The metric's value from (the sum of) its statistics."""
+    if resolved in MERGEABLE:
+        spec = MERGEABLE[resolved]
+        value = np.asarray(
+            spec.finalize(dict(stats), **{k: params[k] for k in spec.finalize_params})
+        )
+        return float(value) if value.ndim == 0 else [float(v) for v in value.ravel()]
+    return kernels.mean_value(stats)
+
+
+def compute_metric(name: str, batch: Batch, params: Mapping[str, Any]) -> tuple[MetricValue, str]:
+    """The metric's value on the batch (a weighted mean for the accuracies), and the
+    metric it resolved to."""
+    stats, resolved = metric_stats(name, batch, params)
+    return metric_value(resolved, stats, params), resolved
+
+
+def element_losses(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> NDArray[np.floating]:
+    """A binary loss per element ``(rows, C)`` (each label its own one-column row), for the
+    per-class report of multi-label batches."""
+    assert spec.family == "binary" and batch.dense is not None
+    rows, columns = batch.y_pred.shape
+    one_column = Batch(
+        batch.encoding,
+        batch.y_pred.reshape(-1, 1),
+        None,
+        batch.dense.reshape(-1, 1),
+        (rows * columns,),
+        1,
+        None,
+        batch.stated,
+    )
+    values, _ = loss_terms(spec, one_column, params)
+    return values.reshape(rows, columns)
+
+
+def report_stats(
+    name: str, batch: Batch, params: Mapping[str, Any], losses: list[NDArray[Any]]
+) -> dict[str, NDArray[Any]]:
+    """A report's statistics on the batch (they add up across batches)."""
+    columns = 2 if batch.encoding == "binary" else batch.n_classes
+    limit = MAX_CONFUSION_CLASSES[0]
+    if name == "confusion_matrix" and columns > limit:
+        raise invalid(
+            ("reports",),
+            f"The confusion matrix of {columns} classes is over the limit of {limit} "
+            "(setting LOSS_SERVICE_MAX_CONFUSION_CLASSES): expected fewer classes; the "
+            "per_class report has every class's counts.",
+        )
+    if batch.encoding in ("sparse", "one_hot", "soft"):
+        check_label_range(batch)
+    spec = MERGEABLE[name]
+    y_true, pred, weights = kernel_inputs(batch, name)
+    if name != "calibration" and batch.encoding == "soft":
+        # A single-label report scores one class per row: the soft row's largest.
+        assert batch.dense is not None
+        y_true = batch.dense.argmax(axis=1)
+    taken = {k: params[k] for k in spec.stats_params if k in params}
+    if "losses" in spec.stats_params:
+        taken["losses"] = losses
+    return spec.stats(y_true, pred, weights, **taken)
+
+
+def report_value(
+    name: str,
+    stats: Mapping[str, NDArray[Any]],
+    *,
+    class_names: list[str] | None = None,
+    loss_names: list[str] | None = None,
+) -> dict[str, Any]:
+    """The report from (the sum of) its statistics."""
+    spec = MERGEABLE[name]
+    options: dict[str, Any] = {}
+    if "class_names" in spec.finalize_params:
+        options["class_names"] = class_names
+    if "loss_names" in spec.finalize_params:
+        options["loss_names"] = loss_names or []
+    report: dict[str, Any] = spec.finalize(dict(stats), **options)
+    return report
+
+
+def check_class_names(class_names: list[str], batch: Batch, loc: Loc) -> None:
+    expected = 2 if batch.encoding == "binary" else batch.n_classes
+    if len(class_names) != expected:
+        raise invalid(
+            (*loc, "class_names"),
+            f"`class_names` has {len(class_names)} names, but the batch has {expected} "
+            "classes: expected one name per class.",
+        )

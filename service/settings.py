@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1024, gt=0)
     #: Most heads (``outputs``) in one evaluate request.
     max_heads: int = Field(default=64, gt=0)
+    #: Most classes of a ``confusion_matrix`` report; more: 422.
+    max_confusion_classes: int = Field(default=1000, gt=0)
     #: Most entries in one evaluate body's ``losses`` and ``metrics`` together (per head).
     max_entries: int = Field(default=64, gt=0)
     #: Requests whose reservation passed this many bytes give memory back to the operating

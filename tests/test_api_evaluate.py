@@ -123,3 +123,69 @@ def test_head_errors_point_into_the_head(client: Any) -> None:
         json={"outputs": {"a": {"y_true": [1, 2], "y_pred": Y_PRED}}, "loss_weights": {"b": 1}},
     )
     assert r.status_code == 422 and "not a head" in r.json()["detail"]
+
+
+def test_unknown_names_are_one_404_listing_every_one(client: Any) -> None:
+    body = {
+        "y_true": [0, 1],
+        "y_pred": [[0.9, 0.1], [0.2, 0.8]],
+        "losses": ["nope_loss", "categorical_crossentropy"],
+        "metrics": ["accuracy", "nope_a", {"name": "nope_b"}],
+    }
+    r = client.post("/v1/evaluate", json=body)
+    assert r.status_code == 404
+    problem = r.json()
+    assert "'nope_loss'" in problem["detail"]
+    body["losses"] = ["categorical_crossentropy"]
+    r = client.post("/v1/evaluate", json=body)
+    assert r.status_code == 404
+    detail = r.json()["detail"]
+    assert "'nope_a'" in detail and "'nope_b'" in detail and "precision" in detail
+    assert [e["loc"] for e in r.json()["errors"]] == [["metrics", 1, "name"], ["metrics", 2, "name"]]
+
+
+def test_resolved_only_for_an_accuracy_that_was_asked(client: Any) -> None:
+    base = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.2, 0.8]]}
+    asked = client.post("/v1/evaluate", json={**base, "metrics": ["categorical_accuracy"]})
+    assert asked.json()["resolved"] == {}
+    default = client.post("/v1/evaluate", json=base)
+    assert default.json()["resolved"] == {"accuracy": "sparse_categorical_accuracy"}
+
+
+def test_new_metrics_and_reports_in_evaluate(client: Any) -> None:
+    body = {
+        "y_true": [0, 1, 2, 1],
+        "y_pred": [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]],
+        "metrics": ["precision", {"name": "f1_score", "average": "macro"}, "auc"],
+        "reports": ["per_class", "confusion_matrix", {"name": "calibration", "n_bins": 5}],
+        "class_names": ["cat", "dog", "eel"],
+    }
+    r = client.post("/v1/evaluate", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    # Predicted classes 0, 1, 2, 0 against 0, 1, 2, 1: one dog taken for a cat.
+    assert out["reports"]["confusion_matrix"] == {
+        "labels": ["cat", "dog", "eel"],
+        "matrix": [[1, 0, 0], [1, 1, 0], [0, 0, 1]],
+    }
+    per_class = out["reports"]["per_class"]
+    assert per_class["support"] == [1, 2, 1]
+    assert per_class["recall"] == pytest.approx([1.0, 0.5, 1.0])
+    assert per_class["precision"] == pytest.approx([0.5, 1.0, 1.0])
+    assert set(per_class["loss"]) == {"sparse_categorical_crossentropy"}
+    assert out["reports"]["calibration"]["n_bins"] == 5
+    # f1 per class: 2/3, 2/3, 1 → macro 7/9 (Keras adds an epsilon).
+    assert out["metrics"]["f1_score"] == pytest.approx(7 / 9, rel=1e-5)
+    assert 0 < out["metrics"]["auc"] <= 1
+
+
+def test_a_report_over_the_class_limit_is_422(make_client: Any) -> None:
+    client = make_client(max_confusion_classes=2)
+    body = {
+        "y_true": [0, 1, 2],
+        "y_pred": [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]],
+        "reports": ["confusion_matrix"],
+    }
+    r = client.post("/v1/evaluate", json=body)
+    assert r.status_code == 422
+    assert "LOSS_SERVICE_MAX_CONFUSION_CLASSES" in r.json()["detail"]

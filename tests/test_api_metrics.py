@@ -86,6 +86,13 @@ def test_catalogue(client: Any) -> None:
         "sparse_top_k_categorical_accuracy",
         "subset_accuracy",
         "accuracy",
+        "precision",
+        "recall",
+        "f1_score",
+        "fbeta_score",
+        "auc",
+        "expected_calibration_error",
+        "brier_score",
     }
 
 

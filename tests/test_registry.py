@@ -25,6 +25,13 @@ METRIC_NAMES = [
     "sparse_top_k_categorical_accuracy",
     "subset_accuracy",
     "accuracy",
+    "precision",
+    "recall",
+    "f1_score",
+    "fbeta_score",
+    "auc",
+    "expected_calibration_error",
+    "brier_score",
 ]
 
 
@@ -137,8 +144,8 @@ def test_unknown_loss_lists_the_known_ones() -> None:
 
 def test_unknown_metric_lists_the_known_ones() -> None:
     with pytest.raises(NotFound) as info:
-        registry.get_metric("auc")
-    assert "'auc'" in info.value.detail
+        registry.get_metric("roc_auc")
+    assert "'roc_auc'" in info.value.detail
     for name in METRIC_NAMES:
         assert name in info.value.detail
 

@@ -103,6 +103,25 @@ class MetricRequest(_Batch):
         False, description="Threshold metrics only: threshold sigmoid(y_pred)."
     )
     k: int = Field(5, ge=1, description="Top-k metrics (and accuracy).")
+    thresholds: float | None = Field(
+        None, ge=0, le=1, description="precision, recall: positive where y_pred > thresholds."
+    )
+    top_k: int | None = Field(None, ge=1, description="precision, recall.")
+    class_id: int | None = Field(None, ge=0, description="precision, recall.")
+    average: Literal["micro", "macro", "weighted"] | None = Field(
+        None, description="f1_score, fbeta_score: null gives one value per class."
+    )
+    beta: float | None = Field(None, ge=0, description="fbeta_score (default 1.0).")
+    num_thresholds: int | None = Field(None, ge=2, description="auc (default 200).")
+    curve: Literal["ROC", "PR"] | None = Field(None, description="auc (default ROC).")
+    summation_method: Literal["interpolation", "minoring", "majoring"] | None = Field(
+        None, description="auc (default interpolation)."
+    )
+    multi_label: bool | None = Field(None, description="auc (default false).")
+    n_bins: int | None = Field(None, ge=1, description="expected_calibration_error (15).")
+    norm: Literal["l1", "l2", "max"] | None = Field(
+        None, description="expected_calibration_error (default l1)."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -130,6 +149,13 @@ class EvaluateRequest(_Batch):
     )
     losses: list[str | Entry] | None = None
     metrics: list[str | Entry] | None = None
+    reports: list[str | Entry] | None = Field(
+        None,
+        description="`per_class`, `confusion_matrix` (`threshold`), `calibration` (`n_bins`).",
+    )
+    class_names: list[str] | None = Field(
+        None, description="One name per class, used as the reports' labels."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -175,15 +201,21 @@ class LossResponse(_Summary):
 
 
 class MetricResponse(_Summary):
-    value: float
+    value: float | list[float] = Field(
+        description="The value, or one per class (f1_score and fbeta_score with "
+        "`average: null`)."
+    )
     name: str
     resolved_as: str = Field(description="The metric computed (`accuracy` is resolved).")
 
 
 class EvaluateResponse(_Summary):
     losses: dict[str, float]
-    metrics: dict[str, float]
+    metrics: dict[str, float | list[float]]
     resolved: dict[str, str] = Field(description="What each `accuracy` entry resolved to.")
+    reports: dict[str, dict[str, Any]] | None = Field(
+        None, description="The reports asked for, by key (see the README for their shapes)."
+    )
 
 
 class HeadsResponse(BaseModel):

@@ -7,6 +7,8 @@ these functions trust their inputs.
 from service.kernels.accuracy import (
     binary_accuracy,
     categorical_accuracy,
+    mean_stats,
+    mean_value,
     subset_accuracy,
     top_k_accuracy,
     weighted_mean,
@@ -53,7 +55,13 @@ from service.kernels.confusion import (
     per_class_stats,
 )
 from service.kernels.mergeable import MERGEABLE
-from service.kernels.reduction import REDUCTIONS, Reduction, reduce_loss
+from service.kernels.reduction import (
+    REDUCTIONS,
+    Reduction,
+    loss_from_stats,
+    loss_stats,
+    reduce_loss,
+)
 from service.kernels.stats import Mergeable, Stats, merge_stats, sum_stats
 
 __all__ = [
@@ -90,6 +98,10 @@ __all__ = [
     "fbeta_score",
     "fbeta_stats",
     "fbeta_value",
+    "loss_from_stats",
+    "loss_stats",
+    "mean_stats",
+    "mean_value",
     "merge_stats",
     "per_class_report",
     "per_class_stats",

@@ -8,6 +8,9 @@ top ``k`` when fewer than ``k`` classes score strictly higher than it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -65,3 +68,24 @@ def weighted_mean(values: Matches, sample_weight: Floats | None = None) -> float
     weights = np.broadcast_to(sample_weight, values.shape).astype(np.float64)
     total = float(weights.sum())
     return float(np.dot(values.ravel(), weights.ravel()) / total) if total else 0.0
+
+
+def mean_stats(values: Matches, sample_weight: Floats | None = None) -> dict[str, NDArray[Any]]:
+    """The statistics of :func:`weighted_mean` that add up across batches: ``sum`` of
+    ``v w`` and ``weight``, the sum of the weights (a count without weights)."""
+    if sample_weight is None:
+        return {
+            "sum": np.asarray(values.sum(), dtype=np.float64),
+            "weight": np.asarray(values.size, dtype=np.int64),
+        }
+    weights = np.broadcast_to(sample_weight, values.shape).astype(np.float64)
+    return {
+        "sum": np.asarray(np.dot(values.ravel(), weights.ravel()), dtype=np.float64),
+        "weight": np.asarray(weights.sum(), dtype=np.float64),
+    }
+
+
+def mean_value(stats: Mapping[str, NDArray[Any]]) -> float:
+    """``sum / weight`` (0.0 for no weight, as Keras metrics)."""
+    weight = float(stats["weight"])
+    return float(stats["sum"]) / weight if weight else 0.0
