@@ -233,10 +233,11 @@ class LossResult:
 
 @dataclass(frozen=True)
 class MetricResult:
-    """``POST /v1/metrics/{name}``: ``resolved_as`` is the metric computed (``accuracy`` is
-    resolved from the labels)."""
+    """``POST /v1/metrics/{name}``: ``value`` is a float, or one per class (``f1_score`` and
+    ``fbeta_score`` with ``average=None``); ``resolved_as`` is the metric computed
+    (``accuracy`` is resolved from the labels)."""
 
-    value: float
+    value: float | list[float]
     name: str
     resolved_as: str
     label_encoding: str
@@ -249,12 +250,15 @@ class MetricResult:
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """``POST /v1/evaluate`` on one batch (or one head): each loss and metric by its key;
-    ``resolved`` says what each ``accuracy`` entry resolved to."""
+    """``POST /v1/evaluate`` on one batch (or one head): each loss and metric by its key (a
+    metric's value as in :class:`MetricResult`); ``resolved`` says what each ``accuracy``
+    entry resolved to; ``reports`` holds the reports asked for by key (None when none
+    was)."""
 
     losses: dict[str, float]
-    metrics: dict[str, float]
+    metrics: dict[str, float | list[float]]
     resolved: dict[str, str]
+    reports: dict[str, dict[str, Any]] | None
     label_encoding: str
     n_samples: int
     n_classes: int
@@ -301,10 +305,15 @@ def _loss_result(dtype: Any) -> Callable[[Any], LossResult]:
     return result
 
 
+def _value(value: Any) -> float | list[float]:
+    """A metric's value: a number, or a list of them (one per class)."""
+    return [float(v) for v in value] if isinstance(value, list) else float(value)
+
+
 def _metric_result(body: Any) -> MetricResult:
     document = _document(body)
     return MetricResult(
-        value=float(document["value"]),
+        value=_value(document["value"]),
         name=str(document["name"]),
         resolved_as=str(document["resolved_as"]),
         label_encoding=str(document["label_encoding"]),
@@ -319,8 +328,9 @@ def _evaluate_result(body: Any) -> EvaluateResult:
     document = _document(body)
     return EvaluateResult(
         losses={str(k): float(v) for k, v in document["losses"].items()},
-        metrics={str(k): float(v) for k, v in document["metrics"].items()},
+        metrics={str(k): _value(v) for k, v in document["metrics"].items()},
         resolved={str(k): str(v) for k, v in document["resolved"].items()},
+        reports=document.get("reports"),
         label_encoding=str(document["label_encoding"]),
         n_samples=int(document["n_samples"]),
         n_classes=int(document["n_classes"]),

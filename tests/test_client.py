@@ -641,3 +641,19 @@ def test_the_client_needs_only_httpx_numpy_and_orjson(server_url: str) -> None:
     assert out["evaluate"] == {"categorical_crossentropy": pytest.approx(CCE, rel=1e-6)}
     assert out["error"] == [422, ["y_pred", 0, 1]]
     assert out["loaded"] == []
+
+
+def test_per_class_values_and_reports(sync_client: LossClient) -> None:
+    """f1_score with ``average=None`` gives one value per class; reports come back by key."""
+    y_true = [[0, 1, 0], [0, 0, 1], [1, 0, 0]]
+    y_pred = [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1]]
+    metric = sync_client.metric("f1_score", y_true, y_pred)
+    assert isinstance(metric.value, list) and len(metric.value) == 3
+    assert all(isinstance(v, float) for v in metric.value)
+    evaluated = sync_client.evaluate(
+        y_true, y_pred, metrics=["f1_score", "accuracy"], reports=["per_class"]
+    )
+    assert evaluated.metrics["f1_score"] == pytest.approx(metric.value)
+    assert isinstance(evaluated.metrics["accuracy"], float)
+    assert evaluated.reports is not None and set(evaluated.reports) == {"per_class"}
+    assert sync_client.evaluate(y_true, y_pred, metrics=["accuracy"]).reports is None
