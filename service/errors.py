@@ -10,6 +10,7 @@ into one ``application/problem+json`` response (RFC 9457) in one handler::
     ├── NotFound                     404     Not found
     ├── MethodNotAllowed             405     Method not allowed
     ├── RequestTimeout               408     Request timeout (a body that stalled)
+    ├── Conflict                     409     Conflict (a batch id reused, a closed evaluation)
     ├── PayloadTooLarge              413     Payload too large
     ├── UnsupportedMediaType         415     Unsupported media type
     ├── InvalidInput                 422     Invalid input
@@ -97,6 +98,12 @@ class RequestTimeout(ServiceError):
     status = 408
     title = "Request timeout"
     slug = "request-timeout"
+
+
+class Conflict(ServiceError):
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
 
 
 class PayloadTooLarge(ServiceError):

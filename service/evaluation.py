@@ -57,15 +57,20 @@ class Inputs:
 
 
 def _inputs(body: dict[str, Any], loc: Loc, max_elements: int) -> Inputs:
+    common = registry.parse_params(
+        "The request", registry.COMMON, {k: body[k] for k in COMMON_NAMES if k in body}, loc
+    )
+    return inputs_of(body, loc, max_elements, common)
+
+
+def inputs_of(body: dict[str, Any], loc: Loc, max_elements: int, common: dict[str, Any]) -> Inputs:
+    """The arrays of a body, decoded, with the request-wide options ``common``."""
     for name in ("y_true", "y_pred"):
         if body.get(name) is None:
             raise invalid(
                 (*loc, name),
                 f"`{name}` is missing: expected an array (nested lists or a typed array).",
             )
-    common = registry.parse_params(
-        "The request", registry.COMMON, {k: body[k] for k in COMMON_NAMES if k in body}, loc
-    )
     arrays = {}
     for name in ARRAY_FIELDS:
         if body.get(name) is not None:
@@ -362,28 +367,37 @@ class HeadResult:
     facts: dict[str, Any]
 
 
+def _per_class_losses(entries: list[Entry], family: str) -> list[Entry]:
+    """The losses the per-class report has a mean of: those with one value per sample
+    (per element for multi-label batches, which only the binary losses have)."""
+    return [
+        e
+        for e in entries
+        if e.params.get("ignore_class") is None
+        and e.params["axis"] == -1
+        and (family != "multi_label" or registry.LOSSES[e.name].family == "binary")
+    ]
+
+
+def per_class_loss_names(entries: list[Entry], family: str) -> list[str]:
+    return [e.key for e in _per_class_losses(entries, family)]
+
+
 def _per_sample_losses(
     entries: list[Entry], batch: Batch, inputs: Inputs
 ) -> tuple[list[str], list[NDArray[Any]]]:
-    """Per-sample losses for the per-class report (element losses for multi-label
-    batches, where only the binary losses have them)."""
-    names: list[str] = []
+    """Per-sample losses for the per-class report (see :func:`_per_class_losses`)."""
+    family = FAMILY[batch.encoding]
+    kept = _per_class_losses(entries, family)
     values: list[NDArray[Any]] = []
-    for e in entries:
+    for e in kept:
         spec = registry.LOSSES[e.name]
-        if e.params.get("ignore_class") is not None or e.params["axis"] != -1:
-            continue
-        if FAMILY[batch.encoding] == "multi_label":
-            if spec.family != "binary":
-                continue
-            element = registry.element_losses(spec, batch, e.params)
-            names.append(e.key)
-            values.append(element)
+        if family == "multi_label":
+            values.append(registry.element_losses(spec, batch, e.params))
         else:
             per_sample, _ = registry.loss_terms(spec, inputs.batch(-1), e.params)
-            names.append(e.key)
             values.append(per_sample.reshape(-1))
-    return names, values
+    return [e.key for e in kept], values
 
 
 def evaluate_head(

@@ -20,7 +20,7 @@ from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
 from service.api.responses import problem_response
-from service.api.routes import evaluate, health, losses, metrics, oip
+from service.api.routes import evaluate, evaluations, health, losses, metrics, oip
 from service.api.schemas import Problem
 from service.diagnostics import CODES
 from service.errors import (
@@ -174,6 +174,10 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             {"name": "losses", "description": "Keras 3 losses."},
             {"name": "metrics", "description": "Accuracy metrics."},
             {"name": "evaluate", "description": "Many losses and metrics in one call."},
+            {
+                "name": "evaluations",
+                "description": "Streaming evaluations: batch by batch, durable, exact.",
+            },
             {"name": "service", "description": "Health."},
             {"name": "oip", "description": "The Open Inference Protocol (v2, KServe/Triton)."},
         ],
@@ -208,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
     tune_allocator(settings.malloc_mmap_threshold)
     registry.set_max_confusion_classes(settings.max_confusion_classes)
-    for module in (losses, metrics, evaluate, health, oip):
+    for module in (losses, metrics, evaluate, evaluations, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)
     _install_docs(app)

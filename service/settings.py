@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -56,6 +58,15 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     #: Seconds given to in-flight requests to finish after SIGTERM.
     shutdown_timeout: int = Field(default=30, ge=0)
+
+    # ---- Streaming evaluations ----
+    #: Where evaluations are kept: ``postgresql://...`` for several processes or hosts;
+    #: none: an SQLite file in ``data_dir``.
+    database_url: SecretStr | None = None
+    #: The directory of the default SQLite database (created if missing).
+    data_dir: Path = Path("data")
+    #: Evaluations not updated for this long are deleted (seconds, or ISO 8601: ``P30D``).
+    evaluation_ttl: timedelta = timedelta(days=30)
 
     # ---- Hostile and heavy load: every budget a worker process keeps ----
     #: Bytes a worker may hold for requests at once: declared and received bodies plus each

@@ -141,7 +141,10 @@ def test_unknown_names_are_one_404_listing_every_one(client: Any) -> None:
     assert r.status_code == 404
     detail = r.json()["detail"]
     assert "'nope_a'" in detail and "'nope_b'" in detail and "precision" in detail
-    assert [e["loc"] for e in r.json()["errors"]] == [["metrics", 1, "name"], ["metrics", 2, "name"]]
+    assert [e["loc"] for e in r.json()["errors"]] == [
+        ["metrics", 1, "name"],
+        ["metrics", 2, "name"],
+    ]
 
 
 def test_resolved_only_for_an_accuracy_that_was_asked(client: Any) -> None:

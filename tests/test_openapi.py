@@ -21,6 +21,16 @@ OPERATION_IDS = {
     ("get", "/v1/metrics"): "list_metrics",
     ("get", "/healthz"): "health",
 }
+#: The streaming evaluations' operations.
+STREAMING_OPERATION_IDS = {
+    ("post", "/v1/evaluations"): "create_evaluation",
+    ("get", "/v1/evaluations"): "list_evaluations",
+    ("put", "/v1/evaluations/{evaluation_id}/batches/{batch_id}"): "put_batch",
+    ("get", "/v1/evaluations/{evaluation_id}"): "get_evaluation",
+    ("get", "/v1/evaluations/{evaluation_id}/batches"): "list_batches",
+    ("post", "/v1/evaluations/{evaluation_id}/close"): "close_evaluation",
+    ("delete", "/v1/evaluations/{evaluation_id}"): "delete_evaluation",
+}
 #: The Open Inference Protocol's operations (/v2): errors in its {"error"} shape, not problem+json.
 OIP_OPERATION_IDS = {
     ("get", "/v2/health/live"): "oip_server_live",
@@ -82,7 +92,7 @@ def test_operation_ids_are_stable_and_unique(spec: dict[str, Any]) -> None:
     operations = _operations(spec)
     ids = [operation.get("operationId") for operation in operations.values()]
     assert len(ids) == len(set(ids)), f"duplicate operation ids: {ids}"
-    expected = OPERATION_IDS | OIP_OPERATION_IDS
+    expected = OPERATION_IDS | OIP_OPERATION_IDS | STREAMING_OPERATION_IDS
     assert {key: op.get("operationId") for key, op in operations.items()} == expected
 
 
@@ -175,3 +185,15 @@ def test_spec_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
     # Each schema is a valid JSON Schema 2020-12 (OpenAPI 3.1's dialect).
     for name, schema in spec["components"]["schemas"].items():
         assert jsonschema_rs.meta.is_valid(schema), f"components.schemas.{name}"
+
+
+@pytest.mark.parametrize(
+    "key", list(STREAMING_OPERATION_IDS), ids=lambda key: STREAMING_OPERATION_IDS[key]
+)
+def test_streaming_operations_document_their_problems(
+    spec: dict[str, Any], key: tuple[str, str]
+) -> None:
+    responses = _operations(spec)[key]["responses"]
+    for status in ("404", "422"):
+        content = responses[status]["content"]
+        assert content["application/problem+json"]["schema"] == {"$ref": PROBLEM_REF}

@@ -202,8 +202,7 @@ class LossResponse(_Summary):
 
 class MetricResponse(_Summary):
     value: float | list[float] = Field(
-        description="The value, or one per class (f1_score and fbeta_score with "
-        "`average: null`)."
+        description="The value, or one per class (f1_score and fbeta_score with `average: null`)."
     )
     name: str
     resolved_as: str = Field(description="The metric computed (`accuracy` is resolved).")
@@ -273,3 +272,118 @@ class LossCatalogue(_Catalogue):
 
 class MetricCatalogue(_Catalogue):
     metrics: list[CatalogueItem]
+
+
+# ---- streaming evaluations ------------------------------------------------------------------
+
+
+class EvaluationSettings(BaseModel):
+    """Evaluate's settings without arrays (one head)."""
+
+    model_config = ConfigDict(extra="forbid")
+    from_logits: bool | None = None
+    losses: list[str | Entry] | None = None
+    metrics: list[str | Entry] | None = None
+    reports: list[str | Entry] | None = None
+    class_names: list[str] | None = None
+    label_encoding: Literal[ENCODINGS] | None = None  # type: ignore[valid-type]
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+class EvaluationRequest(EvaluationSettings):
+    """A streaming evaluation: evaluate's settings (or `outputs` of them per head, with
+    `loss_weights`) and `metadata`. Omitted losses/metrics: those that fit the labels of
+    the first batch, then fixed."""
+
+    outputs: dict[str, EvaluationSettings] | None = None
+    loss_weights: dict[str, float] | None = None
+    metadata: dict[str, str] | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "metrics": ["accuracy", {"name": "f1_score", "average": "macro"}],
+                    "reports": ["per_class", "confusion_matrix", "calibration"],
+                    "metadata": {"model": "resnet50", "split": "validation"},
+                }
+            ]
+        },
+    )
+
+
+class EvaluationSummary(BaseModel):
+    id: str
+    status: Literal["open", "closed"]
+    created_at: str
+    updated_at: str
+    n_batches: int
+    n_samples: int
+    metadata: dict[str, str]
+
+
+class EvaluationList(BaseModel):
+    evaluations: list[EvaluationSummary]
+    next: str | None = Field(description="The cursor of the next page, or null.")
+
+
+class BatchArrays(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    y_true: ArrayInput
+    y_pred: ArrayInput
+    sample_weight: ArrayInput | None = None
+
+
+class BatchRequest(BatchArrays):
+    """A batch's arrays (JSON lists, typed arrays, or the binary encoding), or `outputs`
+    of them per head."""
+
+    outputs: dict[str, BatchArrays] | None = None
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"y_true": [0, 2], "y_pred": [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]}]
+        },
+    )
+
+
+class RunningCounts(BaseModel):
+    n_batches: int
+    n_samples: int
+
+
+class BatchResponse(BaseModel):
+    batch_id: str
+    n_samples: int
+    losses: dict[str, float] | None = None
+    metrics: dict[str, float | list[float]] | None = None
+    outputs: dict[str, Any] | None = None
+    total_loss: float | None = None
+    warnings: list[Warning]
+    evaluation: RunningCounts
+
+
+class CountedWarning(BaseModel):
+    code: str
+    message: str
+    batches: int = Field(description="How many batches raised it.")
+
+
+class EvaluationResults(EvaluationSummary):
+    """The evaluation, and the evaluate response over every batch so far."""
+
+    label_encoding: str | None = None
+    n_classes: int | None = None
+    losses: dict[str, float] | None = None
+    metrics: dict[str, float | list[float]] | None = None
+    resolved: dict[str, str] | None = None
+    reports: dict[str, dict[str, Any]] | None = None
+    outputs: dict[str, Any] | None = None
+    total_loss: float | None = None
+    warnings: list[CountedWarning]
+
+
+class BatchList(BaseModel):
+    batches: list[dict[str, Any]]
+    next: str | None = Field(description="The cursor of the next page, or null.")

@@ -1,0 +1,358 @@
+"""``/v1/evaluations``: streaming evaluations, fed batch by batch, durable and exact.
+
+An evaluation is created with evaluate's settings (no arrays), then receives batches by
+``PUT`` under ids the caller chooses: the same id again with the same content is answered
+as the first time and counted once; with other content it is a 409. Reading it gives the
+evaluate response over every accepted batch (:mod:`service.streaming`), from totals the
+store keeps exactly (:mod:`service.storage`). A batch is acknowledged only once it is
+committed.
+
+With API keys, an evaluation belongs to the key that created it: for any other key it
+does not exist (404), and lists show only one's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Request, Response
+from prometheus_client import Counter
+
+from service.api import schemas
+from service.api.body import read_body
+from service.api.compute import admit, decode
+from service.api.openapi_body import request_body
+from service.api.responses import json_response
+from service.api.routes.errors import ERROR_RESPONSES
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    MalformedRequest,
+    NotFound,
+    ServiceError,
+    invalid,
+)
+from service.settings import Settings
+from service.storage import EvaluationRow, PutOutcome, Store
+from service.storage.rows import BATCH_ID, InvalidCursor
+from service.streaming import evaluate_batch, parse_settings, results
+
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+
+EVALUATIONS = Counter("loss_service_evaluations_created", "Streaming evaluations created.")
+BATCHES = Counter(
+    "loss_service_evaluation_batches",
+    "Batches put to streaming evaluations, by outcome (created, replayed, conflict, closed, "
+    "not_found, mismatch).",
+    ["outcome"],
+)
+for _outcome in PutOutcome:
+    BATCHES.labels(_outcome.value)
+
+#: Expired evaluations are looked for at most this often (seconds) per process.
+_EXPIRE_EVERY_S = 600.0
+
+EvaluationId = Annotated[str, Path(description="The evaluation's id.", max_length=64)]
+BatchId = Annotated[
+    str,
+    Path(
+        description="The caller's id of the batch: 1–128 characters of A-Z a-z 0-9 . _ : -",
+        max_length=128,
+    ),
+]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
+Cursor = Annotated[str | None, Query(description="The `next` of the previous page.")]
+
+
+_store_lock = threading.Lock()
+
+
+def _store(request: Request) -> Store:
+    """The worker's store, opened (and its schema migrated) on first use."""
+    state = request.app.state
+    store: Store | None = getattr(state, "store", None)
+    if store is None:
+        with _store_lock:
+            store = getattr(state, "store", None)
+            if store is None:
+                settings: Settings = state.settings
+                url = settings.database_url
+                store = Store.open(
+                    None if url is None else url.get_secret_value(), settings.data_dir
+                )
+                state.store = store
+                state.expired_at = 0.0
+    return store
+
+
+def _expire(request: Request, store: Store) -> None:
+    """Delete the evaluations past their time to live, now and then."""
+    state = request.app.state
+    now = time.monotonic()
+    if now - getattr(state, "expired_at", 0.0) < _EXPIRE_EVERY_S:
+        return
+    state.expired_at = now
+    settings: Settings = state.settings
+    store.expire(datetime.now(UTC) - settings.evaluation_ttl)
+
+
+def _owner(request: Request) -> str | None:
+    """Whose evaluations these are: a digest of the API key (the middleware checked it),
+    or nobody's when the service runs without keys."""
+    settings: Settings = request.app.state.settings
+    if not settings.api_keys:
+        return None
+    _, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return hashlib.sha256(token.strip().encode()).hexdigest()[:32]
+
+
+def _summary(row: EvaluationRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "status": row.status,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+        "n_batches": row.n_batches,
+        "n_samples": row.n_samples,
+        "metadata": row.metadata,
+    }
+
+
+def _not_found(evaluation_id: str) -> ServiceError:
+    return NotFound.at(
+        ("path", "id"),
+        f"No evaluation {evaluation_id[:64]!r}: expected the id of an evaluation of yours "
+        "(POST /v1/evaluations creates one; evaluations not updated for the time to live "
+        "are deleted).",
+    )
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await read_body(request)
+    try:
+        if raw.content_type != "json":
+            raise MalformedRequest.at(
+                ("header", "content-type"),
+                "An evaluation's settings are a JSON object: expected application/json.",
+            )
+        settings: Settings = request.app.state.settings
+        return decode(raw, settings)
+    finally:
+        raw.release()
+
+
+@router.post(
+    "",
+    operation_id="create_evaluation",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": schemas.EvaluationSummary}, **ERROR_RESPONSES},
+    openapi_extra=request_body(schemas.EvaluationRequest),
+)
+async def create_evaluation(request: Request) -> Response:
+    """Create a streaming evaluation: evaluate's settings, no arrays; batches follow."""
+    body = await _json_body(request)
+    config, metadata = parse_settings(body)
+    store = _store(request)
+    owner = _owner(request)
+
+    def create() -> EvaluationRow:
+        _expire(request, store)
+        return store.create_evaluation(owner, config, metadata)
+
+    row = await anyio.to_thread.run_sync(create)
+    EVALUATIONS.inc()
+    response = json_response(_summary(row), 201)
+    response.headers["Location"] = f"/v1/evaluations/{row.id}"
+    return response
+
+
+@router.get(
+    "",
+    operation_id="list_evaluations",
+    response_model=schemas.EvaluationList,
+    responses=ERROR_RESPONSES,
+)
+async def list_evaluations(request: Request, limit: Limit = 50, cursor: Cursor = None) -> Response:
+    """Your evaluations, newest first, a page at a time."""
+    store = _store(request)
+    owner = _owner(request)
+    try:
+        page = await anyio.to_thread.run_sync(
+            lambda: store.list_evaluations(owner, limit=limit, cursor=cursor)
+        )
+    except InvalidCursor:
+        raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
+    return json_response({"evaluations": [_summary(r) for r in page.items], "next": page.next})
+
+
+def _batch_id(batch_id: str) -> None:
+    if BATCH_ID.fullmatch(batch_id) is None:
+        raise invalid(
+            ("path", "batch_id"),
+            f"A batch id is 1–128 characters of A-Z a-z 0-9 . _ : -; received {batch_id[:140]!r}.",
+        )
+
+
+@router.put(
+    "/{evaluation_id}/batches/{batch_id}",
+    operation_id="put_batch",
+    response_model=None,
+    responses={
+        200: {"model": schemas.BatchResponse, "description": "The batch was already accepted."},
+        201: {"model": schemas.BatchResponse, "description": "Accepted and stored."},
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=request_body(schemas.BatchRequest),
+)
+async def put_batch(request: Request, evaluation_id: EvaluationId, batch_id: BatchId) -> Response:
+    """Send one batch (any encoding): 201 once stored, 200 for a replay, 409 otherwise."""
+    _batch_id(batch_id)
+    store = _store(request)
+    owner = _owner(request)
+    settings: Settings = request.app.state.settings
+    raw = await read_body(request)
+    try:
+
+        def put() -> Response:
+            row = store.get_evaluation(owner, evaluation_id)
+            if row is None:
+                raise _not_found(evaluation_id)
+            body = decode(raw, settings)
+            admit(raw, body, settings)
+            outcome = evaluate_batch(row.config, body, row.facts, settings.max_elements)
+            result = store.put_batch(
+                owner,
+                evaluation_id,
+                batch_id,
+                outcome.content_hash,
+                outcome.stats,
+                {"batch_id": batch_id, **outcome.answer},
+                outcome.n_samples,
+                facts=outcome.facts if row.facts is None else row.facts,
+                warnings=outcome.warning_codes,
+            )
+            BATCHES.labels(result.outcome.value).inc()
+            return _put_answer(result, evaluation_id, batch_id)
+
+        return await anyio.to_thread.run_sync(put)
+    finally:
+        raw.release()
+
+
+def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
+    outcome = result.outcome
+    if outcome is PutOutcome.NOT_FOUND:
+        raise _not_found(evaluation_id)
+    if outcome is PutOutcome.CONFLICT:
+        raise Conflict.at(
+            ("path", "batch_id"),
+            f"Batch {batch_id!r} was accepted before with other content: a batch id names "
+            "one batch; expected the same content again (a retry) or a new batch id.",
+        )
+    if outcome is PutOutcome.CLOSED:
+        raise Conflict.at(
+            ("path", "id"),
+            f"Evaluation {evaluation_id!r} is closed: it takes no new batch (a batch it "
+            "accepted may still be sent again).",
+        )
+    if outcome is PutOutcome.MISMATCH:
+        raise InvalidInput(
+            "The batch does not fit the evaluation: its labels' family, classes or heads "
+            "differ from those its first batch fixed.",
+        )
+    evaluation = result.evaluation
+    answer = {
+        **result.answer,
+        "evaluation": {"n_batches": evaluation.n_batches, "n_samples": evaluation.n_samples},
+    }
+    return json_response(answer, 201 if outcome is PutOutcome.CREATED else 200)
+
+
+@router.get(
+    "/{evaluation_id}",
+    operation_id="get_evaluation",
+    response_model=None,
+    responses={200: {"model": schemas.EvaluationResults}, **ERROR_RESPONSES},
+)
+async def get_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
+    """The evaluation: its counts, and the evaluate response over every batch so far."""
+    store = _store(request)
+    owner = _owner(request)
+    return json_response(await anyio.to_thread.run_sync(_results, store, owner, evaluation_id))
+
+
+def _results(store: Store, owner: str | None, evaluation_id: str) -> dict[str, Any]:
+    totals = store.get_totals(owner, evaluation_id)
+    if totals is None:
+        raise _not_found(evaluation_id)
+    row = totals.evaluation
+    return {
+        **_summary(row),
+        **results(row.config, row.facts, totals.values, row.warnings),
+    }
+
+
+@router.get(
+    "/{evaluation_id}/batches",
+    operation_id="list_batches",
+    response_model=schemas.BatchList,
+    responses=ERROR_RESPONSES,
+)
+async def list_batches(
+    request: Request, evaluation_id: EvaluationId, limit: Limit = 50, cursor: Cursor = None
+) -> Response:
+    """Each batch's id, samples, arrival time and own values, in arrival order."""
+    store = _store(request)
+    owner = _owner(request)
+    try:
+        page = await anyio.to_thread.run_sync(
+            lambda: store.list_batches(owner, evaluation_id, limit=limit, cursor=cursor)
+        )
+    except InvalidCursor:
+        raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
+    if page is None:
+        raise _not_found(evaluation_id)
+    items = [
+        {**b.answer, "batch_id": b.batch_id, "received_at": b.received_at.isoformat()}
+        for b in page.items
+    ]
+    return json_response({"batches": items, "next": page.next})
+
+
+@router.post(
+    "/{evaluation_id}/close",
+    operation_id="close_evaluation",
+    response_model=schemas.EvaluationSummary,
+    responses=ERROR_RESPONSES,
+)
+async def close_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
+    """No more batches: a new one is then a 409 (a replay of an accepted one still 200)."""
+    store = _store(request)
+    owner = _owner(request)
+    row = await anyio.to_thread.run_sync(lambda: store.close_evaluation(owner, evaluation_id))
+    if row is None:
+        raise _not_found(evaluation_id)
+    return json_response(_summary(row))
+
+
+@router.delete(
+    "/{evaluation_id}",
+    operation_id="delete_evaluation",
+    status_code=204,
+    response_model=None,
+    responses=ERROR_RESPONSES,
+)
+async def delete_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
+    """Delete the evaluation and its batches."""
+    store = _store(request)
+    owner = _owner(request)
+    deleted = await anyio.to_thread.run_sync(lambda: store.delete_evaluation(owner, evaluation_id))
+    if not deleted:
+        raise _not_found(evaluation_id)
+    return Response(status_code=204)

@@ -1,0 +1,391 @@
+"""Streaming evaluations: one evaluation fed batch by batch, by many workers, exactly.
+
+An evaluation's *settings* are an evaluate body without arrays (checked once, when it
+is created). Each batch is evaluated as ``POST /v1/evaluate`` would evaluate it
+(:func:`service.evaluation.evaluate_head`), which also yields every loss's, metric's
+and report's sufficient statistics; the store adds those up exactly across batches,
+and :func:`results` finalizes them into the evaluate response over every batch.
+
+The first accepted batch fixes the evaluation's *facts*: per head, the label family
+(single-label, soft, multi-label, binary), the number of classes, and the losses,
+metrics and reports with their parameters (the defaults that fit its labels, and what
+``accuracy`` resolved to). Later batches are computed with those entries, so every
+batch adds up the same statistics; one whose heads, family or classes differ is a
+422 that says what differs.
+
+Nothing here touches HTTP or the database: the web layer reads bodies and answers,
+:mod:`service.storage` keeps batches and totals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service import diagnostics, kernels, registry
+from service.errors import FieldError, InvalidInput, Loc, ServiceError, invalid
+from service.evaluation import (
+    ARRAY_FIELDS,
+    FAMILY,
+    SETTING_FIELDS,
+    Entry,
+    Plan,
+    check_heads,
+    evaluate_head,
+    inputs_of,
+    parse_plan,
+    per_class_loss_names,
+)
+
+#: The name of the one head of an evaluation without ``outputs``.
+SINGLE = ""
+MAX_METADATA_KEYS = 64
+MAX_METADATA_CHARS = 1024
+_CREATE_FIELDS = frozenset({*SETTING_FIELDS, "metadata"})
+_HEADS_FIELDS = frozenset({"outputs", "loss_weights", "metadata"})
+
+
+def _metadata(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if (
+        not isinstance(raw, dict)
+        or len(raw) > MAX_METADATA_KEYS
+        or not all(
+            isinstance(k, str)
+            and isinstance(v, str)
+            and len(k) <= MAX_METADATA_CHARS
+            and len(v) <= MAX_METADATA_CHARS
+            for k, v in raw.items()
+        )
+    ):
+        raise invalid(
+            ("metadata",),
+            f"`metadata` must be a flat object of strings: at most {MAX_METADATA_KEYS} keys, "
+            f"keys and values of at most {MAX_METADATA_CHARS} characters.",
+        )
+    return dict(raw)
+
+
+def parse_settings(body: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A creation body's settings (checked: names, parameters, heads) as the JSON the
+    store keeps, and its metadata. Arrays belong to batches, not here."""
+    if not isinstance(body, dict):
+        raise invalid(("body",), "The request body must be a JSON object of settings.")
+    if any(name in body for name in ARRAY_FIELDS):
+        raise invalid(
+            ("body",),
+            "An evaluation is created without arrays: send `y_true`, `y_pred` and "
+            "`sample_weight` in its batches (PUT /v1/evaluations/{id}/batches/{batch_id}).",
+        )
+    metadata = _metadata(body.get("metadata"))
+    if "outputs" in body:
+        unknown = sorted(set(body) - _HEADS_FIELDS)
+        if unknown:
+            raise invalid(
+                (unknown[0],),
+                f"An evaluation with several heads takes `outputs`, `loss_weights` and "
+                f"`metadata`, received {unknown}: put each head's settings in `outputs`.",
+            )
+        outputs, weights = check_heads({k: v for k, v in body.items() if k != "metadata"})
+        heads = {}
+        for head, settings in outputs.items():
+            parse_plan(settings, ("outputs", head), arrays=False)
+            heads[head] = settings
+        return {"outputs": heads, "loss_weights": weights}, metadata
+    unknown = sorted(set(body) - _CREATE_FIELDS)
+    if unknown:
+        raise invalid(
+            (unknown[0],),
+            f"An evaluation takes {sorted(_CREATE_FIELDS)} (or `outputs` for several heads), "
+            f"received {unknown}.",
+        )
+    settings = {k: v for k, v in body.items() if k != "metadata"}
+    parse_plan(settings, (), arrays=False)
+    return {"outputs": {SINGLE: settings}, "loss_weights": {}}, metadata
+
+
+def _plans(config: Mapping[str, Any]) -> dict[str, Plan]:
+    return {
+        head: parse_plan(settings, () if head == SINGLE else ("outputs", head), arrays=False)
+        for head, settings in config["outputs"].items()
+    }
+
+
+# ---- one batch ---------------------------------------------------------------------------
+
+
+@dataclass
+class BatchOutcome:
+    """A batch evaluated under an evaluation's settings."""
+
+    content_hash: bytes
+    n_samples: int
+    stats: dict[str, NDArray[Any]]
+    facts: dict[str, Any]
+    answer: dict[str, Any]
+    warning_codes: list[str]
+
+
+def _entries_from_facts(facts: Mapping[str, Any]) -> dict[str, list[Entry]]:
+    """The entries the first batch fixed; ``accuracy`` as what it resolved to."""
+    resolved = facts["resolved"]
+    return {
+        kind: [
+            Entry(e["key"], resolved.get(e["key"], e["name"]), dict(e["params"]), ()) for e in items
+        ]
+        for kind, items in facts["entries"].items()
+    }
+
+
+def _batch_heads(body: Any, config: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Loc]]:
+    """The arrays of each head of a batch body, its heads checked against the settings."""
+    if not isinstance(body, dict):
+        raise invalid(("body",), "A batch must be a JSON object of arrays.")
+    heads = set(config["outputs"])
+    if heads == {SINGLE}:
+        unknown = sorted(set(body) - set(ARRAY_FIELDS))
+        if unknown:
+            raise invalid(
+                (unknown[0],),
+                f"A batch holds `y_true`, `y_pred` and `sample_weight` only, received "
+                f"{unknown}: settings are the evaluation's, fixed at its creation.",
+            )
+        return {SINGLE: (body, ())}
+    if set(body) != {"outputs"} or not isinstance(body["outputs"], dict):
+        raise invalid(
+            ("outputs",),
+            f"This evaluation has heads {sorted(heads)}: a batch is "
+            '{"outputs": {<head>: {"y_true", "y_pred", "sample_weight"?}}}.',
+        )
+    sent = set(body["outputs"])
+    if sent != heads:
+        missing, extra = sorted(heads - sent), sorted(sent - heads)
+        raise invalid(
+            ("outputs",),
+            f"The batch's heads differ from the evaluation's {sorted(heads)}: "
+            f"missing {missing}, unknown {extra}.",
+        )
+    out = {}
+    for head, head_body in body["outputs"].items():
+        loc: Loc = ("outputs", head)
+        if not isinstance(head_body, dict):
+            raise invalid(loc, "Each head of a batch must be an object of arrays.")
+        unknown = sorted(set(head_body) - set(ARRAY_FIELDS))
+        if unknown:
+            raise invalid(
+                (*loc, unknown[0]),
+                f"A head of a batch holds `y_true`, `y_pred` and `sample_weight` only, "
+                f"received {unknown}.",
+            )
+        out[head] = (head_body, loc)
+    return out
+
+
+def _differs(head: str, stored: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
+    where = "" if head == SINGLE else f"head {head!r}: "
+    if stored["family"] != found["family"]:
+        return (
+            f"{where}the batch's labels are {found['label_encoding']} ({found['family']}), "
+            f"but the evaluation's are {stored['family']} (fixed by its first batch, "
+            f"{stored['label_encoding']}); state `label_encoding` at creation to fix it"
+        )
+    if stored["n_classes"] != found["n_classes"]:
+        return (
+            f"{where}the batch has {found['n_classes']} classes, the evaluation "
+            f"{stored['n_classes']} (fixed by its first batch)"
+        )
+    return None
+
+
+def _hash_update(digest: Any, name: str, array: NDArray[Any]) -> None:
+    contiguous = np.ascontiguousarray(array)
+    digest.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
+    digest.update(contiguous.reshape(-1).view(np.uint8).data)
+
+
+def evaluate_batch(
+    config: Mapping[str, Any],
+    body: Any,
+    facts: Mapping[str, Any] | None,
+    max_elements: int,
+) -> BatchOutcome:
+    """Evaluate one batch body under the evaluation's settings (and the facts its first
+    batch fixed, if any): its statistics, its own answer, its facts, its hash.
+
+    The hash is over the arrays as computed (predictions in the compute dtype, labels as
+    indices or targets), so the same batch sent as JSON lists, typed arrays or binary
+    tensors is the same batch."""
+    plans = _plans(config)
+    digest = hashlib.sha256()
+    stats: dict[str, NDArray[Any]] = {}
+    head_facts: dict[str, Any] = {}
+    responses: dict[str, dict[str, Any]] = {}
+    codes: list[str] = []
+    differences: list[str] = []
+    for head, (head_body, loc) in sorted(_batch_heads(body, config).items()):
+        plan = plans[head]
+        try:
+            inputs = inputs_of(head_body, loc, max_elements, plan.common)
+            batch = inputs.batch(-1)
+            found = {
+                "family": FAMILY[batch.encoding],
+                "n_classes": batch.n_classes,
+                "label_encoding": batch.encoding,
+            }
+            stored = None if facts is None else facts["heads"][head]
+            if stored is not None:
+                difference = _differs(head, stored, found)
+                if difference is not None:
+                    differences.append(difference)
+                    continue
+            result = evaluate_head(
+                plan, inputs, None if stored is None else _entries_from_facts(stored)
+            )
+        except ServiceError as err:
+            raise (err.prefixed(loc) if loc else err) from None
+        head_facts[head] = stored if stored is not None else result.facts
+        digest.update(f"head:{head};".encode())
+        _hash_update(digest, "y_pred", batch.y_pred)
+        labels = batch.labels if batch.labels is not None else batch.dense
+        assert labels is not None
+        _hash_update(digest, "y_true", labels)
+        if batch.sample_weight is not None:
+            _hash_update(digest, "sample_weight", batch.sample_weight)
+        prefix = "" if head == SINGLE else f"{head}/"
+        for key, value in result.stats.items():
+            # float64 throughout: a count and a weight sum then add up alike, whichever
+            # batches carry weights.
+            stats[prefix + key] = np.asarray(value, dtype=np.float64)
+        response = result.response
+        if stored is not None:
+            response["resolved"] = dict(stored["resolved"])
+        responses[head] = response
+        codes += [w["code"] for w in response["warnings"]]
+    if differences:
+        message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
+        raise InvalidInput(message, [FieldError(("y_true",), message)])
+    n_samples = next(iter(responses.values()))["n_samples"]
+    if set(responses) == {SINGLE}:
+        answer = {
+            key: responses[SINGLE][key] for key in ("n_samples", "losses", "metrics", "warnings")
+        }
+    else:
+        weights = config["loss_weights"]
+        answer = {
+            "n_samples": n_samples,
+            "outputs": {
+                head: {k: r[k] for k in ("n_samples", "losses", "metrics", "warnings")}
+                for head, r in responses.items()
+            },
+            "total_loss": sum(
+                float(weights.get(head, 1.0)) * sum(r["losses"].values())
+                for head, r in responses.items()
+            ),
+            "warnings": [w for r in responses.values() for w in r["warnings"]],
+        }
+    return BatchOutcome(
+        digest.digest(),
+        int(n_samples),
+        stats,
+        {"heads": head_facts},
+        answer,
+        sorted(set(codes)),
+    )
+
+
+# ---- the results over every batch ----------------------------------------------------------
+
+
+def _head_results(
+    plan: Plan, facts: Mapping[str, Any], totals: Mapping[str, NDArray[Any]], prefix: str
+) -> dict[str, Any]:
+    entries = _entries_from_facts(facts)
+
+    def stats_of(kind: str, key: str) -> dict[str, NDArray[Any]]:
+        start = f"{prefix}{kind}/{key}/"
+        return {name[len(start) :]: v for name, v in totals.items() if name.startswith(start)}
+
+    losses = {
+        e.key: kernels.loss_from_stats(stats_of("loss", e.key), e.params["reduction"])
+        for e in entries["losses"]
+    }
+    metrics = {
+        e.key: registry.metric_value(e.name, _counts(stats_of("metric", e.key)), e.params)
+        for e in entries["metrics"]
+    }
+    out: dict[str, Any] = {
+        "label_encoding": facts["label_encoding"],
+        "n_classes": facts["n_classes"],
+        "losses": losses,
+        "metrics": metrics,
+        "resolved": dict(facts["resolved"]),
+    }
+    if entries["reports"]:
+        loss_names = per_class_loss_names(entries["losses"], facts["family"])
+        out["reports"] = {
+            e.key: registry.report_value(
+                e.name,
+                _counts(stats_of("report", e.key)),
+                class_names=plan.class_names,
+                loss_names=loss_names,
+            )
+            for e in entries["reports"]
+        }
+    return out
+
+
+def _counts(stats: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    """Totals as the finalizers take them: whole-number sums back as int64 counts (they
+    were summed exactly as float64), so the reports' counts read as integers."""
+    out: dict[str, NDArray[Any]] = {}
+    for name, value in stats.items():
+        array = np.asarray(value)
+        whole = array.dtype.kind == "f" and bool(np.all(array == np.round(array)))
+        small = bool(np.all(np.abs(array) < 2**53)) if array.size else True
+        out[name] = array.astype(np.int64) if whole and small else array
+    return out
+
+
+def results(
+    config: Mapping[str, Any],
+    facts: Mapping[str, Any] | None,
+    totals: Mapping[str, NDArray[Any]],
+    warning_counts: Mapping[str, int],
+) -> dict[str, Any]:
+    """The evaluate response over every accepted batch (empty before the first one)."""
+    warnings = [
+        {"code": code, "message": diagnostics.CODES.get(code, code), "batches": count}
+        for code, count in sorted(warning_counts.items())
+    ]
+    heads = list(config["outputs"])
+    if facts is None:
+        if heads == [SINGLE]:
+            return {
+                "label_encoding": None,
+                "n_classes": None,
+                "losses": {},
+                "metrics": {},
+                "resolved": {},
+                "warnings": warnings,
+            }
+        return {"outputs": {}, "total_loss": None, "warnings": warnings}
+    plans = _plans(config)
+    if heads == [SINGLE]:
+        return {
+            **_head_results(plans[SINGLE], facts["heads"][SINGLE], totals, ""),
+            "warnings": warnings,
+        }
+    outputs = {
+        head: _head_results(plans[head], facts["heads"][head], totals, f"{head}/") for head in heads
+    }
+    weights = config["loss_weights"]
+    total = sum(
+        float(weights.get(head, 1.0)) * sum(out["losses"].values()) for head, out in outputs.items()
+    )
+    return {"outputs": outputs, "total_loss": total, "warnings": warnings}

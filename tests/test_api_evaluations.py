@@ -1,0 +1,304 @@
+"""``/v1/evaluations`` through the API, on SQLite and on PostgreSQL: the resource's
+contract, idempotent batches, isolation by API key, every encoding, several heads."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import SyncClient
+from tests.storage_helpers import BACKENDS, database
+
+RNG = np.random.default_rng(11)
+C = 5
+Y_PRED = RNG.dirichlet(np.ones(C), 24).astype(np.float32)
+Y_TRUE = RNG.integers(0, C, 24)
+WEIGHTS = RNG.uniform(0.5, 2.0, 24).astype(np.float32)
+
+
+@pytest.fixture(params=BACKENDS)
+def api(
+    request: pytest.FixtureRequest, tmp_path: Path, make_client: Callable[..., SyncClient]
+) -> Iterator[Callable[..., SyncClient]]:
+    """A factory of clients of apps sharing one fresh database (the backend's)."""
+    with database(request.param, tmp_path) as db:
+
+        def make(**overrides: Any) -> SyncClient:
+            return make_client(database_url=db.url, data_dir=db.data_dir, **overrides)
+
+        yield make
+
+
+def _batch(rows: slice, weights: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"y_true": Y_TRUE[rows].tolist(), "y_pred": Y_PRED[rows].tolist()}
+    if weights:
+        body["sample_weight"] = WEIGHTS[rows].tolist()
+    return body
+
+
+SETTINGS = {
+    "metrics": ["accuracy", {"name": "f1_score", "average": "macro"}, "auc", "brier_score"],
+    "reports": ["per_class", "confusion_matrix", "calibration"],
+    "metadata": {"model": "m1"},
+}
+
+
+def _create(client: SyncClient, settings: dict[str, Any] = SETTINGS) -> str:
+    r = client.post("/v1/evaluations", json=settings)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/v1/evaluations/{body['id']}"
+    assert body["status"] == "open" and body["n_batches"] == 0 and body["n_samples"] == 0
+    assert len(body["id"]) >= 32
+    return str(body["id"])
+
+
+def test_an_evaluation_equals_one_evaluate_over_its_batches(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    for i, rows in enumerate((slice(0, 7), slice(7, 8), slice(8, 24))):
+        r = client.put(f"/v1/evaluations/{eid}/batches/part-{i}", json=_batch(rows, True))
+        assert r.status_code == 201, r.text
+        assert r.json()["evaluation"]["n_batches"] == i + 1
+    got = client.get(f"/v1/evaluations/{eid}").json()
+    whole = {**_batch(slice(0, 24), True), **{k: v for k, v in SETTINGS.items() if k != "metadata"}}
+    once = client.post("/v1/evaluate", json=whole).json()
+    assert got["n_batches"] == 3 and got["n_samples"] == 24
+    assert got["metadata"] == {"model": "m1"}
+    assert got["label_encoding"] == once["label_encoding"] and got["n_classes"] == C
+    assert got["resolved"] == once["resolved"]
+    for kind in ("losses", "metrics"):
+        assert got[kind].keys() == once[kind].keys()
+        for key in got[kind]:
+            np.testing.assert_allclose(got[kind][key], once[kind][key], rtol=1e-6)
+    for name in ("per_class", "confusion_matrix", "calibration"):
+        _assert_close(got["reports"][name], once["reports"][name], name)
+
+
+def _assert_close(a: Any, b: Any, where: str) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list) and a and isinstance(a[0], dict | list | str):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif a is None or isinstance(a, str):
+        assert a == b, where
+    else:
+        np.testing.assert_allclose(
+            np.asarray(a, float), np.asarray(b, float), rtol=1e-6, atol=1e-12, err_msg=where
+        )
+
+
+def test_batches_are_idempotent_and_a_reused_id_with_other_content_is_409(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    first = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 8)))
+    again = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 8)))
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert {k: v for k, v in again.json().items() if k != "evaluation"} == {
+        k: v for k, v in first.json().items() if k != "evaluation"
+    }
+    other = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(8, 16)))
+    assert other.status_code == 409
+    assert "other content" in other.json()["detail"]
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 1
+
+
+def _typed(a: np.ndarray[Any, Any]) -> dict[str, Any]:
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a).decode()}
+
+
+def test_the_same_batch_in_any_encoding_is_the_same_batch(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    url = f"/v1/evaluations/{eid}/batches/same"
+    rows = slice(0, 10)
+    assert client.put(url, json=_batch(rows)).status_code == 201
+    typed = {"y_true": _typed(Y_TRUE[rows]), "y_pred": _typed(Y_PRED[rows])}
+    assert client.put(url, json=typed).status_code == 200
+    one_hot = {"y_true": np.eye(C)[Y_TRUE[rows]].tolist(), "y_pred": Y_PRED[rows].tolist()}
+    assert client.put(url, json=one_hot).status_code == 200
+    y_true, y_pred = Y_TRUE[rows].astype(np.int32), Y_PRED[rows]
+    header = orjson.dumps(
+        {
+            "y_true": {"dtype": "int32", "shape": [10], "binary_data_size": y_true.nbytes},
+            "y_pred": {"dtype": "float32", "shape": [10, C], "binary_data_size": y_pred.nbytes},
+        }
+    )
+    binary = client.put(
+        url,
+        content=header + y_true.tobytes() + y_pred.tobytes(),
+        headers={
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        },
+    )
+    assert binary.status_code == 200, binary.text
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_samples"] == 10
+
+
+def test_closed_evaluations_take_replays_but_no_new_batch(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    assert (
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))).status_code == 201
+    )
+    closed = client.post(f"/v1/evaluations/{eid}/close")
+    assert closed.status_code == 200 and closed.json()["status"] == "closed"
+    assert (
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))).status_code == 200
+    )
+    new = client.put(f"/v1/evaluations/{eid}/batches/b", json=_batch(slice(4, 8)))
+    assert new.status_code == 409 and "closed" in new.json()["detail"]
+
+
+def test_delete_then_404(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    assert client.delete(f"/v1/evaluations/{eid}").status_code == 204
+    for response in (
+        client.get(f"/v1/evaluations/{eid}"),
+        client.delete(f"/v1/evaluations/{eid}"),
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))),
+        client.get(f"/v1/evaluations/{eid}/batches"),
+    ):
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_batch_history_and_lists_are_paginated(api: Any) -> None:
+    client = api()
+    ids = [_create(client) for _ in range(3)]
+    eid = ids[0]
+    for i in range(5):
+        client.put(f"/v1/evaluations/{eid}/batches/b{i}", json=_batch(slice(i * 4, i * 4 + 4)))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get(f"/v1/evaluations/{eid}/batches", params=query).json()
+        seen += [b["batch_id"] for b in page["batches"]]
+        assert all("received_at" in b and "losses" in b for b in page["batches"])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == [f"b{i}" for i in range(5)]
+    listed = client.get("/v1/evaluations", params={"limit": 2}).json()
+    assert [e["id"] for e in listed["evaluations"]] == ids[::-1][:2]
+    rest = client.get("/v1/evaluations", params={"cursor": listed["next"]}).json()
+    assert [e["id"] for e in rest["evaluations"]] == [ids[0]] and rest["next"] is None
+    bad = client.get("/v1/evaluations", params={"cursor": "nonsense"})
+    assert bad.status_code == 422
+
+
+def test_an_evaluation_belongs_to_the_key_that_created_it(api: Any) -> None:
+    client = api(api_keys="key-one,key-two")
+    one = {"Authorization": "Bearer key-one"}
+    two = {"Authorization": "Bearer key-two"}
+    r = client.post("/v1/evaluations", json={}, headers=one)
+    assert r.status_code == 201
+    eid = r.json()["id"]
+    assert client.get(f"/v1/evaluations/{eid}", headers=one).status_code == 200
+    for response in (
+        client.get(f"/v1/evaluations/{eid}", headers=two),
+        client.put(f"/v1/evaluations/{eid}/batches/x", json=_batch(slice(0, 4)), headers=two),
+        client.post(f"/v1/evaluations/{eid}/close", headers=two),
+        client.delete(f"/v1/evaluations/{eid}", headers=two),
+    ):
+        assert response.status_code == 404
+    assert client.get("/v1/evaluations", headers=two).json()["evaluations"] == []
+    assert [e["id"] for e in client.get("/v1/evaluations", headers=one).json()["evaluations"]] == [
+        eid
+    ]
+    assert client.get("/v1/evaluations").status_code == 401
+
+
+def test_a_batch_that_does_not_fit_says_what_differs(api: Any) -> None:
+    client = api()
+    eid = _create(client, {})
+    assert (
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))).status_code == 201
+    )
+    fewer = {"y_true": [0, 1], "y_pred": [[0.5, 0.5], [0.2, 0.8]]}
+    r = client.put(f"/v1/evaluations/{eid}/batches/b", json=fewer)
+    assert r.status_code == 422
+    assert "2 classes" in r.json()["detail"] and f"{C}" in r.json()["detail"]
+    multi = {"y_true": [[1, 1, 0, 0, 0]], "y_pred": [Y_PRED[0].tolist()]}
+    r = client.put(f"/v1/evaluations/{eid}/batches/c", json=multi)
+    assert r.status_code == 422 and "multi" in r.json()["detail"]
+    # A one-hot batch is of the same family as the first (integer labels): it fits.
+    one_hot = {"y_true": np.eye(C)[Y_TRUE[4:8]].tolist(), "y_pred": Y_PRED[4:8].tolist()}
+    assert client.put(f"/v1/evaluations/{eid}/batches/d", json=one_hot).status_code == 201
+
+
+def test_bad_requests(api: Any) -> None:
+    client = api()
+    r = client.post("/v1/evaluations", json={"losses": ["nope"]})
+    assert r.status_code == 404 and "'nope'" in r.json()["detail"]
+    r = client.post("/v1/evaluations", json={"y_true": [1]})
+    assert r.status_code == 422 and "without arrays" in r.json()["detail"]
+    r = client.post("/v1/evaluations", json={"metadata": {"a": 1}})
+    assert r.status_code == 422
+    eid = _create(client)
+    r = client.put(f"/v1/evaluations/{eid}/batches/bad id!", json=_batch(slice(0, 2)))
+    assert r.status_code == 422 and "batch id" in r.json()["detail"]
+    r = client.put(f"/v1/evaluations/{eid}/batches/ok", json={**_batch(slice(0, 2)), "losses": []})
+    assert r.status_code == 422 and "fixed at its creation" in r.json()["detail"]
+    y_pred = np.full((1, C), np.nan, np.float32)
+    r = client.put(
+        f"/v1/evaluations/{eid}/batches/nan", json={"y_true": [0], "y_pred": _typed(y_pred)}
+    )
+    assert r.status_code == 422 and "non-finite" in r.json()["detail"]
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 0
+
+
+def test_several_heads_with_loss_weights(api: Any) -> None:
+    client = api()
+    settings = {
+        "outputs": {"kind": {"metrics": ["accuracy"]}, "tags": {"losses": ["binary_crossentropy"]}},
+        "loss_weights": {"kind": 0.5},
+    }
+    eid = _create(client, settings)
+    tags_true = (RNG.random((24, 3)) < 0.4).astype(float)
+    tags_pred = RNG.random((24, 3))
+    heads_once = {
+        "outputs": {
+            "kind": {"y_true": Y_TRUE.tolist(), "y_pred": Y_PRED.tolist(), "metrics": ["accuracy"]},
+            "tags": {
+                "y_true": tags_true.tolist(),
+                "y_pred": tags_pred.tolist(),
+                "losses": ["binary_crossentropy"],
+            },
+        },
+        "loss_weights": {"kind": 0.5},
+    }
+    for i, rows in enumerate((slice(0, 10), slice(10, 24))):
+        batch = {
+            "outputs": {
+                "kind": _batch(rows),
+                "tags": {"y_true": tags_true[rows].tolist(), "y_pred": tags_pred[rows].tolist()},
+            }
+        }
+        r = client.put(f"/v1/evaluations/{eid}/batches/h{i}", json=batch)
+        assert r.status_code == 201, r.text
+        assert set(r.json()["outputs"]) == {"kind", "tags"}
+    got = client.get(f"/v1/evaluations/{eid}").json()
+    once = client.post("/v1/evaluate", json=heads_once).json()
+    np.testing.assert_allclose(got["total_loss"], once["total_loss"], rtol=1e-6)
+    for head in ("kind", "tags"):
+        for kind in ("losses", "metrics"):
+            for key, value in once["outputs"][head][kind].items():
+                np.testing.assert_allclose(got["outputs"][head][kind][key], value, rtol=1e-6)
+    missing = client.put(
+        f"/v1/evaluations/{eid}/batches/h9", json={"outputs": {"kind": _batch(slice(0, 2))}}
+    )
+    assert missing.status_code == 422 and "missing ['tags']" in missing.json()["detail"]
