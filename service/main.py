@@ -20,7 +20,15 @@ from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
 from service.api.responses import problem_response
-from service.api.routes import evaluate, evaluations, health, losses, metrics, oip
+from service.api.routes import (
+    evaluate,
+    evaluations,
+    health,
+    losses,
+    metrics,
+    oip,
+    reports,
+)
 from service.api.schemas import Problem
 from service.diagnostics import CODES
 from service.errors import (
@@ -212,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
     tune_allocator(settings.malloc_mmap_threshold)
     registry.set_max_confusion_classes(settings.max_confusion_classes)
-    for module in (losses, metrics, evaluate, evaluations, health, oip):
+    for module in (losses, metrics, evaluate, evaluations, reports, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)
     _install_docs(app)

@@ -389,3 +389,45 @@ def results(
         float(weights.get(head, 1.0)) * sum(out["losses"].values()) for head, out in outputs.items()
     )
     return {"outputs": outputs, "total_loss": total, "warnings": warnings}
+
+
+def curves(
+    config: Mapping[str, Any], facts: Mapping[str, Any] | None, totals: Mapping[str, NDArray[Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per head, each ``auc`` metric's counts per threshold (the points of its ROC or PR
+    curve), for the charts: ``{head: {key: {"curve", "thresholds", "true_positives",
+    ...}}}`` (head ``""`` without ``outputs``)."""
+    if facts is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for head in config["outputs"]:
+        prefix = "" if head == SINGLE else f"{head}/"
+        found = {}
+        for e in _entries_from_facts(facts["heads"][head])["metrics"]:
+            if e.name != "auc":
+                continue
+            start = f"{prefix}metric/{e.key}/"
+            stats = {k[len(start) :]: v for k, v in totals.items() if k.startswith(start)}
+            found[e.key] = {
+                "curve": e.params["curve"],
+                "thresholds": kernels.auc_thresholds(int(e.params["num_thresholds"])).tolist(),
+                "true_positives": stats["tp"].tolist(),
+                "false_positives": stats["fp"].tolist(),
+                "true_negatives": stats["tn"].tolist(),
+                "false_negatives": stats["fn"].tolist(),
+            }
+        out[head] = found
+    return out
+
+
+def with_curves(response: dict[str, Any], found: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """``response`` (from :func:`results`) with each head's ``curves`` beside its
+    ``reports``, as the charts read them."""
+    out = dict(response)
+    if "outputs" in out and isinstance(out["outputs"], dict):
+        out["outputs"] = {
+            head: {**part, "curves": found.get(head, {})} for head, part in out["outputs"].items()
+        }
+    else:
+        out["curves"] = found.get(SINGLE, {})
+    return out

@@ -30,6 +30,8 @@ STREAMING_OPERATION_IDS = {
     ("get", "/v1/evaluations/{evaluation_id}/batches"): "list_batches",
     ("post", "/v1/evaluations/{evaluation_id}/close"): "close_evaluation",
     ("delete", "/v1/evaluations/{evaluation_id}"): "delete_evaluation",
+    ("get", "/v1/evaluations/{evaluation_id}/report"): "evaluation_report",
+    ("get", "/v1/evaluations/{evaluation_id}/charts/{chart}.{fmt}"): "evaluation_chart",
 }
 #: The Open Inference Protocol's operations (/v2): errors in its {"error"} shape, not problem+json.
 OIP_OPERATION_IDS = {

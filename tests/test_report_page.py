@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -307,22 +306,14 @@ def test_page_of_one_batch_embeds_its_charts() -> None:
         assert image["alt"] == ref.alt
 
 
-def test_full_page_of_1000_classes_renders_in_under_a_second() -> None:
+def test_full_page_of_1000_classes_renders_every_chart() -> None:
+    """At 1000 classes the page has every class's row and all five charts (how long it
+    takes is measured by ``make bench``, not asserted here)."""
     evaluation, history = single_label(n_classes=1000, n_samples=8000)
-
-    def full_page() -> float:
-        start = time.perf_counter()
-        refs = chart_refs(evaluation, _url_for(evaluation), history)
-        page = render_report(evaluation, refs)
-        images = [
-            charts.render(charts.build_chart(evaluation, r.name, history), "svg") for r in refs
-        ]
-        assert len(images) == 5 and [len(rows) for rows in _Page(page).tables] == [1000]
-        return time.perf_counter() - start
-
-    # The best of three: the first run also loads fonts and warms caches.
-    best = min(full_page() for _ in range(3))
-    assert best < 1.0, f"the page and its 5 charts took {best:.3f} s"
+    refs = chart_refs(evaluation, _url_for(evaluation), history)
+    page = render_report(evaluation, refs)
+    images = [charts.render(charts.build_chart(evaluation, r.name, history), "svg") for r in refs]
+    assert len(images) == 5 and [len(rows) for rows in _Page(page).tables] == [1000]
 
 
 # --- a real browser -------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""The report page and charts of an evaluation, served by the service: routes, formats,
+the one-batch page, and the page in a real headless Chromium with no other host."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from test_docs import _render
+from test_docs import chromium as chromium  # a fixture, shared
+
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import SyncClient
+from tests.servers import serve_in_thread
+
+C = 6
+NAMES = [f"class {i}" for i in range(C)]
+SETTINGS = {
+    "metrics": ["accuracy", "auc", {"name": "f1_score", "average": "macro"}],
+    "reports": ["per_class", "confusion_matrix", "calibration"],
+    "class_names": NAMES,
+    "metadata": {"model": "demo"},
+}
+CHARTS = ["loss_history", "confusion_matrix", "reliability", "roc", "per_class_f1"]
+
+
+def _batches(n: int = 6) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(4)
+    out = []
+    for _ in range(n):
+        y = rng.integers(0, C, 48)
+        p = rng.dirichlet(np.full(C, 0.5), 48)
+        p[np.arange(48), y] += rng.random(48)
+        p /= p.sum(axis=1, keepdims=True)
+        out.append({"y_true": y.tolist(), "y_pred": p.tolist()})
+    return out
+
+
+def _fill(client: httpx.Client | SyncClient) -> str:
+    eid = str(client.post("/v1/evaluations", json=SETTINGS).json()["id"])
+    for i, batch in enumerate(_batches()):
+        assert client.put(f"/v1/evaluations/{eid}/batches/b{i}", json=batch).status_code == 201
+    return eid
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[SyncClient]:
+    with SyncClient(create_app(Settings(data_dir=tmp_path / "data"))) as made:
+        yield made
+
+
+def test_the_report_page_lists_and_links_every_chart(client: SyncClient) -> None:
+    eid = _fill(client)
+    r = client.get(f"/v1/evaluations/{eid}/report")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    loss = client.get(f"/v1/evaluations/{eid}").json()["losses"]["sparse_categorical_crossentropy"]
+    assert f"{loss:.4f}"[:5] in r.text
+    for name in CHARTS:
+        assert f"/v1/evaluations/{eid}/charts/{name}.svg" in r.text
+        assert f"/v1/evaluations/{eid}/charts/{name}.png" in r.text
+    assert "class 5" in r.text and "demo" in r.text
+
+
+@pytest.mark.parametrize("name", CHARTS)
+def test_each_chart_is_valid_svg_and_png(client: SyncClient, name: str) -> None:
+    eid = _fill(client)
+    svg = client.get(f"/v1/evaluations/{eid}/charts/{name}.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    root = ET.fromstring(svg.content)
+    assert root.find("{http://www.w3.org/2000/svg}title") is not None
+    png = client.get(f"/v1/evaluations/{eid}/charts/{name}.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(png.content)) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_unknown_charts_and_formats(client: SyncClient) -> None:
+    eid = _fill(client)
+    missing = client.get(f"/v1/evaluations/{eid}/charts/pie.svg")
+    assert missing.status_code == 404 and "confusion_matrix" in missing.json()["detail"]
+    assert client.get(f"/v1/evaluations/{eid}/charts/roc.gif").status_code == 422
+    assert client.get("/v1/evaluations/nope/report").status_code == 404
+
+
+@pytest.mark.browser
+def test_the_report_page_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data"))
+    with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        eid = _fill(client)
+        loss = client.get(f"/v1/evaluations/{eid}").json()["losses"][
+            "sparse_categorical_crossentropy"
+        ]
+        dom, requests, console = _render(chromium, f"{base}/v1/evaluations/{eid}/report", tmp_path)
+        outside = [url for _, url in requests if not url.startswith(base + "/")]
+        assert not outside, outside
+        charts = {url for _, url in requests if "/charts/" in url}
+        assert len(charts) >= 4, requests
+        for url in charts:
+            assert client.get(url.removeprefix(base)).status_code == 200
+        problems = [m for m in console if "error" in m.lower() or "refused" in m.lower()]
+        assert not problems, problems
+        assert f"{loss:.4f}"[:5] in dom
