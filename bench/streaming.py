@@ -1,0 +1,225 @@
+"""Streaming evaluations, measured against the service's own one-shot evaluate.
+
+    python -m bench.streaming [--quick] [--batches 10000]
+
+Starts ``loss-service serve`` (one worker) on SQLite (a temporary data directory) and,
+when it answers at 127.0.0.1:5432, on PostgreSQL (a schema of its own, dropped after),
+and prints, in one run:
+
+- ``PUT`` of a 256×1000 float32 batch (binary encoding) against ``POST /v1/evaluate``
+  of the same body: the median of each and their ratio (target ≤ 1.3×);
+- ``GET /v1/evaluations/{id}`` of an evaluation holding ``--batches`` batches (small
+  ones, 8×10): its median time (target ≤ 20 ms);
+- the server's RSS after the first 500 of those batches and after all of them: growth
+  per batch (target: none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+BIN = Path(sys.executable).parent
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@contextmanager
+def service(url: str | None, data_dir: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
+    env["LOSS_SERVICE_DATA_DIR"] = str(data_dir)
+    if url:
+        env["LOSS_SERVICE_DATABASE_URL"] = url
+    process = subprocess.Popen(
+        [str(BIN / "loss-service"), "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.1)
+        yield base, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str | None]:
+    """A URL whose search path is a fresh schema (dropped after), or None without PG."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_URL, connect_timeout=3, autocommit=True)
+    except Exception:
+        yield None
+        return
+    schema = f"bench_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def binary_body(rows: int, classes: int, seed: int) -> tuple[bytes, dict[str, str]]:
+    rng = np.random.default_rng(seed)
+    y_pred = rng.dirichlet(np.ones(classes), rows).astype(np.float32)
+    y_true = rng.integers(0, classes, rows).astype(np.int64)
+    header = orjson.dumps(
+        {
+            "y_true": {"dtype": "int64", "shape": [rows], "binary_data_size": y_true.nbytes},
+            "y_pred": {
+                "dtype": "float32",
+                "shape": [rows, classes],
+                "binary_data_size": y_pred.nbytes,
+            },
+        }
+    )
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return header + y_true.tobytes() + y_pred.tobytes(), headers
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1000
+
+
+def put_against_evaluate(base: str, rounds: int) -> tuple[float, float]:
+    """Median ms of PUT (new batch each time) and of POST /v1/evaluate, interleaved."""
+    body, headers = binary_body(256, 1000, 0)
+    puts: list[float] = []
+    posts: list[float] = []
+    with httpx.Client(base_url=base, timeout=60) as client:
+        eid = client.post("/v1/evaluations", json={}).json()["id"]
+        for i in range(rounds + 3):
+            start = time.perf_counter()
+            r = client.post("/v1/evaluate", content=body, headers=headers)
+            post = time.perf_counter() - start
+            assert r.status_code == 200, r.text
+            start = time.perf_counter()
+            r = client.put(f"/v1/evaluations/{eid}/batches/b{i}", content=body, headers=headers)
+            put = time.perf_counter() - start
+            assert r.status_code == 201, r.text
+            if i >= 3:  # the first rounds warm caches and connections
+                posts.append(post)
+                puts.append(put)
+    return median_ms(puts), median_ms(posts)
+
+
+def many_batches(base: str, pid: int, n: int) -> tuple[float, int, int]:
+    """Feed ``n`` small batches; the median GET ms, and RSS after 500 and after all."""
+    rng = np.random.default_rng(1)
+    with httpx.Client(base_url=base, timeout=60) as client:
+        eid = client.post(
+            "/v1/evaluations", json={"metrics": ["accuracy", "auc"], "reports": ["per_class"]}
+        ).json()["id"]
+        early = 0
+        for i in range(n):
+            body = {
+                "y_true": rng.integers(0, 10, 8).tolist(),
+                "y_pred": rng.dirichlet(np.ones(10), 8).tolist(),
+            }
+            r = client.put(f"/v1/evaluations/{eid}/batches/b{i}", json=body)
+            assert r.status_code == 201, r.text
+            if i == min(500, n - 1):
+                early = rss(pid)
+        late = rss(pid)
+        times = []
+        for _ in range(30):
+            start = time.perf_counter()
+            r = client.get(f"/v1/evaluations/{eid}")
+            times.append(time.perf_counter() - start)
+            assert r.json()["n_batches"] == n
+    return median_ms(times), early, late
+
+
+def run(quick: bool = False, batches: int = 10_000) -> str:
+    rounds = 10 if quick else 30
+    n = 1000 if quick else batches
+    lines = [
+        "| storage | PUT 256×1000 ms | evaluate ms | PUT / evaluate | GET of "
+        f"{n} batches ms | RSS after 500 → {n} batches MiB | growth per batch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    with postgres_schema() as pg_url:
+        backends: list[tuple[str, str | None]] = [("SQLite", None)]
+        if pg_url is not None:
+            backends.append(("PostgreSQL", pg_url))
+        for name, url in backends:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                service(url, Path(tmp) / "data") as (
+                    base,
+                    pid,
+                ),
+            ):
+                put, post = put_against_evaluate(base, rounds)
+                get, early, late = many_batches(base, pid, n)
+            per_batch = (late - early) / max(n - 500, 1)
+            lines.append(
+                f"| {name} | {put:.1f} | {post:.1f} | {put / post:.2f}× | {get:.1f} | "
+                f"{early / MiB:.0f} → {late / MiB:.0f} | {per_batch / 1024:.2f} KiB |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and batches")
+    parser.add_argument("--batches", type=int, default=10_000)
+    args = parser.parse_args()
+    print(run(args.quick, args.batches))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
