@@ -1,6 +1,6 @@
-"""Losses and metrics as a request computes them (registry → encodings → kernels), for
-the kernel tests: parameters parsed by the registry, the batch validated and prepared
-by the encodings, then computed."""
+"""Losses and metrics as a request computes them, for the kernel tests: through the
+service's in-process operations (:mod:`service.operations`), so the parameters, the
+batch's validation and the dispatch to the kernels are the API's own."""
 
 from __future__ import annotations
 
@@ -8,31 +8,26 @@ from typing import Any
 
 import numpy as np
 
-from service import encodings, registry
-
-
-def _batch(y_true: Any, y_pred: Any, sample_weight: Any, **options: Any) -> encodings.Batch:
-    return encodings.prepare(
-        np.asarray(y_true),
-        np.asarray(y_pred),
-        sample_weight=None if sample_weight is None else np.asarray(sample_weight),
-        **options,
-    )
+from service import operations
 
 
 def loss(name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **raw: Any) -> np.ndarray:
-    """The loss ``name``; ``dtype`` (default float32) is the compute dtype, the rest of
-    ``raw`` are the loss's parameters."""
-    dtype = raw.pop("dtype", "float32")
-    spec = registry.get_loss(name)
-    params = registry.parse_params(name, spec.params, raw)
-    batch = _batch(y_true, y_pred, sample_weight, axis=params["axis"], dtype=dtype)
-    return np.asarray(registry.compute_loss(spec, batch, params))
+    """The loss ``name`` (``dtype``, default float32, is the compute dtype; the rest of
+    ``raw`` are the loss's parameters), as an array (0-d unless ``reduction="none"``)."""
+    out = operations.loss(
+        name, np.asarray(y_true), np.asarray(y_pred), _weights(sample_weight), **raw
+    )
+    return np.asarray(out["loss"])
 
 
 def metric(name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **raw: Any) -> float:
     """The metric ``name`` with parameters ``raw``."""
-    spec = registry.get_metric(name)
-    params = registry.parse_params(name, spec.params, raw)
-    value, _ = registry.compute_metric(name, _batch(y_true, y_pred, sample_weight), params)
+    out = operations.metric(
+        name, np.asarray(y_true), np.asarray(y_pred), _weights(sample_weight), **raw
+    )
+    value: float = out["value"]
     return value
+
+
+def _weights(sample_weight: Any) -> Any:
+    return None if sample_weight is None else np.asarray(sample_weight)
