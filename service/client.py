@@ -38,14 +38,49 @@ name raises a ``TypeError`` before anything is sent. Results are :class:`LossRes
 :class:`LossServiceError`, which carries the service's ``application/problem+json``
 document.
 
+Streaming evaluations: ``client.evaluation(...)`` creates one (``open_evaluation(id)``
+opens an existing one) and returns an :class:`Evaluation` (:class:`AsyncEvaluation` for the
+asyncio client)::
+
+    with LossClient("http://127.0.0.1:8000") as client:
+        evaluation = client.evaluation(metrics=["accuracy"], reports=["per_class"])
+        evaluation.feed(labels, predictions, batch_size=4096)  # or add(), add_all()
+        evaluation.results().metrics  # the same as one evaluate call over all the rows
+
+Batches are sent by ``PUT`` under deterministic ids (a digest of their content, see
+:meth:`Evaluation.batch_id_of`), so a rerun of the same job adds nothing; requests are
+retried after connection errors and 5xx answers as the client's :class:`RetryPolicy`
+says (honouring ``Retry-After``); a batch over the service's body limit (the
+``max_body_bytes`` option, or learned from a 413) is split by rows into parts with ids
+derived from its own. Errors are :class:`LossServiceError` subclasses by status:
+:class:`NotFoundError`, :class:`ConflictError`, :class:`PayloadTooLargeError`,
+:class:`InvalidInputError`, :class:`ServiceUnavailableError`.
+
 Both clients build their requests with the same functions (:func:`build_request`
 and :func:`parse_response`); they differ only in how they send them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+import email.utils
+import hashlib
+import random
+import re
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from itertools import pairwise
 from types import TracebackType
 from typing import Any, Final, Generic, Literal, Self, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
@@ -63,12 +98,22 @@ except ImportError:  # the standard library's encoder: the same text, more slowl
 __all__ = [
     "DEFAULT_BINARY_THRESHOLD",
     "WIRE_DTYPES",
+    "AsyncEvaluation",
     "AsyncLossClient",
+    "BatchResult",
+    "BatchValues",
     "ComputeDType",
+    "ConflictError",
+    "CountedWarning",
     "Encoding",
     "EvaluateParams",
     "EvaluateResult",
+    "Evaluation",
+    "EvaluationResults",
+    "EvaluationSummary",
+    "HeadSettings",
     "HeadsResult",
+    "InvalidInputError",
     "LabelEncoding",
     "LossClient",
     "LossParams",
@@ -76,8 +121,12 @@ __all__ = [
     "LossServiceError",
     "MetricParams",
     "MetricResult",
+    "NotFoundError",
+    "PayloadTooLargeError",
     "PreparedRequest",
     "Reduction",
+    "RetryPolicy",
+    "ServiceUnavailableError",
     "ServiceWarning",
     "build_request",
     "encode_body",
@@ -385,13 +434,46 @@ class LossServiceError(Exception):
                 "detail": response.text,
             }
         errors = document.get("errors")
-        return cls(
+        kind = _ERROR_TYPES.get(response.status_code, cls)
+        return kind(
             status=response.status_code,
             title=str(document.get("title") or response.reason_phrase),
             detail=str(document.get("detail") or response.text),
             errors=[e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
             problem=document,
         )
+
+
+class NotFoundError(LossServiceError):
+    """404: no such loss, metric or evaluation (an evaluation of another API key, or one
+    deleted, is not found either)."""
+
+
+class ConflictError(LossServiceError):
+    """409: a batch id already accepted with other content, or a new batch sent to a
+    closed evaluation."""
+
+
+class PayloadTooLargeError(LossServiceError):
+    """413: a body or an array over the service's limits."""
+
+
+class InvalidInputError(LossServiceError):
+    """422: values the service cannot compute on (a batch that does not fit its
+    evaluation included); ``detail`` says what was wrong."""
+
+
+class ServiceUnavailableError(LossServiceError):
+    """503: the service is over a budget for now; retry after its ``Retry-After``."""
+
+
+_ERROR_TYPES: Final[dict[int, type[LossServiceError]]] = {
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidInputError,
+    503: ServiceUnavailableError,
+}
 
 
 # ---- requests ------------------------------------------------------------------------------
@@ -401,7 +483,7 @@ class LossServiceError(Exception):
 class PreparedRequest(Generic[T]):
     """One request, ready to send: what both clients pass to httpx."""
 
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     #: Turns the decoded JSON response into the result.
     result: Callable[[Any], T]
@@ -681,6 +763,748 @@ def _check_options(encoding: str, binary_threshold: int) -> None:
         raise ValueError(f"binary_threshold must be >= 0, received {binary_threshold}")
 
 
+# ---- streaming evaluations: settings, results, retries, batch ids and splits ------------------
+
+
+class HeadSettings(TypedDict, total=False):
+    """The settings of an evaluation (or of one of its heads): evaluate's, without arrays."""
+
+    losses: Sequence[str | Mapping[str, Any]]
+    metrics: Sequence[str | Mapping[str, Any]]
+    #: ``per_class``, ``confusion_matrix``, ``calibration`` (names or ``{"name", ...}``).
+    reports: Sequence[str | Mapping[str, Any]]
+    from_logits: bool
+    #: State it for multi-label data whose first batch may hold one positive per row.
+    label_encoding: LabelEncoding
+    dtype: ComputeDType
+    #: One name per class, the reports' labels.
+    class_names: Sequence[str]
+
+
+def _entries(entries: Sequence[str | Mapping[str, Any]]) -> list[str | dict[str, Any]]:
+    return [e if isinstance(e, str) else dict(e) for e in entries]
+
+
+def _head_settings(where: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as JSON, its names checked (a TypeError names one it does not take)."""
+    out: dict[str, Any] = {}
+    for key, value in _checked(where, settings, HeadSettings).items():
+        if value is None:
+            continue
+        if key in ("losses", "metrics", "reports"):
+            out[key] = _entries(value)
+        elif key == "class_names":
+            out[key] = [str(name) for name in value]
+        else:
+            out[key] = value
+    return out
+
+
+def _creation_body(
+    settings: Mapping[str, Any],
+    outputs: Mapping[str, Mapping[str, Any]] | None,
+    loss_weights: Mapping[str, float] | None,
+    metadata: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    """The body of ``POST /v1/evaluations``."""
+    body: dict[str, Any]
+    given = sorted(k for k, v in settings.items() if v is not None)
+    if outputs is not None:
+        if given:
+            raise ValueError(
+                f"an evaluation with `outputs` takes its settings per head, received "
+                f"top-level {', '.join(given)}: put them in each head's settings"
+            )
+        body = {
+            "outputs": {
+                str(head): _head_settings(f"evaluation head {head!r}", head_settings)
+                for head, head_settings in outputs.items()
+            }
+        }
+        if loss_weights is not None:
+            body["loss_weights"] = {str(k): float(v) for k, v in loss_weights.items()}
+    else:
+        if loss_weights is not None:
+            raise ValueError("`loss_weights` weighs heads: it needs `outputs`")
+        body = _head_settings("evaluation", settings)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    return body
+
+
+def _timestamp(value: Any) -> datetime:
+    return datetime.fromisoformat(str(value))
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """A streaming evaluation's state: ``status`` is ``"open"`` or ``"closed"``."""
+
+    id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    n_batches: int
+    n_samples: int
+    metadata: dict[str, str]
+    #: The response body (or the list's item) as received.
+    document: dict[str, Any] = field(repr=False, compare=False)
+
+
+def _summary_fields(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(document["id"]),
+        "status": str(document["status"]),
+        "created_at": _timestamp(document["created_at"]),
+        "updated_at": _timestamp(document["updated_at"]),
+        "n_batches": int(document["n_batches"]),
+        "n_samples": int(document["n_samples"]),
+        "metadata": {str(k): str(v) for k, v in document["metadata"].items()},
+    }
+
+
+def _evaluation_summary(body: Any) -> EvaluationSummary:
+    document = _document(body)
+    return EvaluationSummary(**_summary_fields(document), document=document)
+
+
+@dataclass(frozen=True)
+class CountedWarning(ServiceWarning):
+    """A warning of a streaming evaluation, and how many of its batches raised it."""
+
+    batches: int
+
+
+@dataclass(frozen=True)
+class EvaluationResults(EvaluationSummary):
+    """``GET /v1/evaluations/{id}``: the evaluation's state, and the evaluate response over
+    every batch it accepted: ``result`` is an :class:`EvaluateResult` (a
+    :class:`HeadsResult` for an evaluation with heads), None before its first batch."""
+
+    result: EvaluateResult | HeadsResult | None
+    warnings: list[CountedWarning]
+
+    def _single(self) -> EvaluateResult | None:
+        if isinstance(self.result, HeadsResult):
+            raise TypeError(
+                f"evaluation {self.id} has heads {sorted(self.result.outputs)}: read each "
+                "head's values in `result.outputs`"
+            )
+        return self.result
+
+    @property
+    def losses(self) -> dict[str, float]:
+        """Each loss over every batch (empty before the first batch)."""
+        single = self._single()
+        return {} if single is None else single.losses
+
+    @property
+    def metrics(self) -> dict[str, float | list[float]]:
+        """Each metric over every batch (empty before the first batch)."""
+        single = self._single()
+        return {} if single is None else single.metrics
+
+    @property
+    def reports(self) -> dict[str, dict[str, Any]] | None:
+        """The reports asked for, over every batch (None when none was, or no batch yet)."""
+        single = self._single()
+        return None if single is None else single.reports
+
+
+def _counted_warnings(document: Mapping[str, Any]) -> list[CountedWarning]:
+    return [
+        CountedWarning(str(w["code"]), str(w["message"]), int(w.get("batches", 0)))
+        for w in document["warnings"]
+    ]
+
+
+def _evaluation_results(body: Any) -> EvaluationResults:
+    document = _document(body)
+    result: EvaluateResult | HeadsResult | None = None
+    if isinstance(document.get("outputs"), dict):
+        if document.get("total_loss") is not None:
+            # A head's part holds no count or warnings of its own: the evaluation's.
+            heads = {
+                head: {**part, "n_samples": document["n_samples"], "warnings": []}
+                for head, part in document["outputs"].items()
+            }
+            result = _heads_result({**document, "outputs": heads})
+    elif document.get("label_encoding") is not None:
+        result = _evaluate_result(document)
+    return EvaluationResults(
+        **_summary_fields(document),
+        result=result,
+        warnings=_counted_warnings(document),
+        document=document,
+    )
+
+
+@dataclass(frozen=True)
+class BatchValues:
+    """One head's values on one batch."""
+
+    n_samples: int
+    losses: dict[str, float]
+    metrics: dict[str, float | list[float]]
+    warnings: list[ServiceWarning]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One batch of a streaming evaluation: its own values (``outputs`` and ``total_loss``
+    for an evaluation with heads, whose ``losses`` and ``metrics`` are then empty).
+
+    ``created`` is True when the service stored it just now (201), False when it had it
+    already (200: a rerun or a retry; counted once), None for an item of the history,
+    which has ``received_at`` instead. ``evaluation_batches`` and
+    ``evaluation_samples`` are the evaluation's counts after it. A batch over the
+    service's body limit is sent as ``parts`` (its rows split, each part a batch of its
+    own, with an id derived from this one); it then has no values of its own.
+    """
+
+    batch_id: str
+    n_samples: int
+    losses: dict[str, float]
+    metrics: dict[str, float | list[float]]
+    warnings: list[ServiceWarning]
+    outputs: dict[str, BatchValues] | None = None
+    total_loss: float | None = None
+    created: bool | None = None
+    received_at: datetime | None = None
+    evaluation_batches: int | None = None
+    evaluation_samples: int | None = None
+    parts: list[BatchResult] = field(default_factory=list)
+    #: The response body (or the history's item) as received.
+    document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _batch_values(document: Mapping[str, Any]) -> BatchValues:
+    return BatchValues(
+        n_samples=int(document["n_samples"]),
+        losses={str(k): float(v) for k, v in (document.get("losses") or {}).items()},
+        metrics={str(k): _value(v) for k, v in (document.get("metrics") or {}).items()},
+        warnings=_warnings(document),
+    )
+
+
+def _batch_result(body: Any, created: bool | None) -> BatchResult:
+    document = _document(body)
+    values = _batch_values(document)
+    outputs = document.get("outputs")
+    counts = document.get("evaluation")
+    received = document.get("received_at")
+    total_loss = document.get("total_loss")
+    return BatchResult(
+        batch_id=str(document["batch_id"]),
+        n_samples=values.n_samples,
+        losses=values.losses,
+        metrics=values.metrics,
+        warnings=values.warnings,
+        outputs=(
+            {str(h): _batch_values(part) for h, part in outputs.items()}
+            if isinstance(outputs, dict)
+            else None
+        ),
+        total_loss=None if total_loss is None else float(total_loss),
+        created=created,
+        received_at=None if received is None else _timestamp(received),
+        evaluation_batches=None if counts is None else int(counts["n_batches"]),
+        evaluation_samples=None if counts is None else int(counts["n_samples"]),
+        document=document,
+    )
+
+
+def _joined(batch_id: str, parts: list[BatchResult]) -> BatchResult:
+    """The result of a batch sent as ``parts``."""
+    last = parts[-1]
+    return BatchResult(
+        batch_id=batch_id,
+        n_samples=sum(p.n_samples for p in parts),
+        losses={},
+        metrics={},
+        warnings=[w for p in parts for w in p.warnings],
+        created=any(bool(p.created) for p in parts),
+        evaluation_batches=last.evaluation_batches,
+        evaluation_samples=last.evaluation_samples,
+        parts=parts,
+    )
+
+
+@dataclass(frozen=True)
+class _Page(Generic[T]):
+    items: list[T]
+    next: str | None
+
+
+def _batch_page(response: httpx.Response) -> _Page[BatchResult]:
+    document = _document(orjson.loads(response.content))
+    items = [_batch_result(item, None) for item in document["batches"]]
+    return _Page(items, document["next"])
+
+
+def _evaluation_page(response: httpx.Response) -> _Page[EvaluationSummary]:
+    document = _document(orjson.loads(response.content))
+    return _Page([_evaluation_summary(e) for e in document["evaluations"]], document["next"])
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a streaming evaluation's requests are retried.
+
+    A request is tried at most ``attempts`` times in all. Batches, reads and ``close``
+    are retried after a connection error, a timeout, or a 408, 429, 500, 502, 503 or
+    504 (a batch is idempotent: one that did arrive is answered again and counted
+    once); creating and deleting an evaluation only when the request cannot have had
+    an effect (no connection made, or a 429 or 503 refusal). The wait is the
+    response's ``Retry-After`` when it has one (at most ``max_retry_after`` seconds),
+    else ``backoff`` seconds doubled at each retry, at most ``max_backoff``, with
+    jitter (a random 50 to 100 % of it), so that many workers do not retry in step.
+    """
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, received {self.attempts}")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds, received {value}")
+
+    def wait(self, retry: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first)."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        delay = min(self.max_backoff, self.backoff * 2.0**retry)
+        return delay * (0.5 + random.random() / 2)  # jitter, not a secret
+
+
+#: No retry: every request is sent once.
+NO_RETRY: Final = RetryPolicy(attempts=1)
+#: The clients' default: five attempts, from half a second apart.
+DEFAULT_RETRY: Final = RetryPolicy()
+
+
+class _Mode(Enum):
+    #: Sending it again cannot count anything twice (PUT of a batch, GET, close).
+    IDEMPOTENT = "idempotent"
+    #: Retried only when it cannot have had an effect (create, delete).
+    UNSENT = "unsent"
+
+
+_RETRY_STATUSES: Final = {
+    _Mode.IDEMPOTENT: frozenset({408, 429, 500, 502, 503, 504}),
+    _Mode.UNSENT: frozenset({429, 503}),
+}
+_RETRY_ERRORS: Final[dict[_Mode, tuple[type[Exception], ...]]] = {
+    _Mode.IDEMPOTENT: (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError),
+    _Mode.UNSENT: (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout),
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The response's ``Retry-After`` in seconds (a number or an HTTP date), if any."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One request of a streaming evaluation, ready to send (by either client)."""
+
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    path: str
+    #: Turns the (successful) response into the result.
+    parse: Callable[[httpx.Response], T]
+    mode: _Mode
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str | int] | None = None
+    #: How a batch's arrays were encoded ("json", "typed", "binary"); "" for other calls.
+    encoding: str = ""
+
+    def retry_wait(
+        self, policy: RetryPolicy, retry: int, outcome: httpx.Response | Exception
+    ) -> float | None:
+        """Seconds to wait before sending again after ``outcome`` (a failed response or a
+        transport error), or None to give up: not retryable, or attempts spent."""
+        if retry + 1 >= policy.attempts:
+            return None
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code not in _RETRY_STATUSES[self.mode]:
+                return None
+            return policy.wait(retry, _retry_after(outcome))
+        if not isinstance(outcome, _RETRY_ERRORS[self.mode]):
+            return None
+        return policy.wait(retry, None)
+
+
+def _encoding_of(call: _Call[Any]) -> Encoding | None:
+    """The encoding a batch's parts are sent in: the batch's own, when it was binary."""
+    return "binary" if call.encoding == "binary" else None
+
+
+def _json_of(response: httpx.Response) -> Any:
+    return orjson.loads(response.content)
+
+
+#: A batch id: 1 to 128 characters of A-Z a-z 0-9 . _ : -
+BATCH_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_BATCH_ID: Final = 128
+#: Hex digits of a content id's SHA-256 (128 bits).
+_DIGEST_CHARS: Final = 32
+#: Room kept after a prefix for the digest and an occurrence or part suffix.
+_PREFIX_MAX: Final = MAX_BATCH_ID - _DIGEST_CHARS - 24
+
+
+def _check_batch_id(batch_id: str) -> str:
+    if not isinstance(batch_id, str) or BATCH_ID.fullmatch(batch_id) is None:
+        raise ValueError(
+            f"a batch id is 1 to {MAX_BATCH_ID} characters of A-Z a-z 0-9 . _ : -; "
+            f"received {batch_id!r}"
+        )
+    return batch_id
+
+
+def _check_prefix(prefix: str) -> str:
+    if prefix and (len(prefix) > _PREFIX_MAX or BATCH_ID.fullmatch(prefix) is None):
+        raise ValueError(
+            f"batch_prefix is at most {_PREFIX_MAX} characters of A-Z a-z 0-9 . _ : -; "
+            f"received {prefix!r}"
+        )
+    return prefix
+
+
+def content_digest(body: Mapping[str, Any]) -> str:
+    """A digest of a batch body's content: its arrays as sent (dtype, shape, bytes) and
+    its structure (heads, fields), so the same batch gives the same digest in any run."""
+    digest = hashlib.sha256()
+
+    def absorb(a: NDArray[Any]) -> dict[str, Any]:
+        digest.update(f"{a.dtype.str}{a.shape};".encode())
+        digest.update(_raw_bytes(a))
+        return {"dtype": a.dtype.str, "shape": list(a.shape)}
+
+    digest.update(_dumps(_replace_arrays(dict(body), absorb)))
+    return digest.hexdigest()[:_DIGEST_CHARS]
+
+
+def _part_id(parent: str, index: int) -> str:
+    """The id of part ``index`` of a split batch: ``<parent>.<index>``, or a digest of it
+    when that is over the length of an id."""
+    child = f"{parent}.{index}"
+    if len(child) <= MAX_BATCH_ID:
+        return child
+    return "part-" + hashlib.sha256(child.encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def _batch_body(
+    y_true: Any, y_pred: Any, sample_weight: Any, outputs: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, Any]:
+    if outputs is not None:
+        if y_true is not None or y_pred is not None or sample_weight is not None:
+            raise ValueError("a batch is either y_true/y_pred/sample_weight or `outputs`")
+        heads: dict[str, Any] = {}
+        for head, arrays in outputs.items():
+            unknown = sorted(set(arrays) - set(ARRAY_FIELDS))
+            if unknown:
+                raise TypeError(
+                    f"head {head!r} of a batch holds {', '.join(ARRAY_FIELDS)} only, received "
+                    f"{', '.join(unknown)}"
+                )
+            heads[str(head)] = {k: v for k, v in arrays.items() if v is not None}
+        return {"outputs": heads}
+    if y_true is None or y_pred is None:
+        raise TypeError("a batch needs y_true and y_pred (or `outputs` for heads)")
+    return _body(y_true, y_pred, sample_weight, {})
+
+
+def _batch_of(item: Any) -> dict[str, Any]:
+    """One item of ``add_all``: ``(y_true, y_pred)``, ``(y_true, y_pred, sample_weight)``,
+    or a mapping of those names (or ``outputs``), optionally with ``batch_id``."""
+    if isinstance(item, Mapping):
+        unknown = sorted(set(item) - {*ARRAY_FIELDS, "outputs", "batch_id"})
+        if unknown:
+            raise TypeError(
+                f"a batch mapping holds y_true, y_pred, sample_weight, outputs and batch_id, "
+                f"received {', '.join(unknown)}"
+            )
+        return dict(item)
+    if isinstance(item, tuple | list) and len(item) in (2, 3):
+        return dict(zip(ARRAY_FIELDS, item, strict=False))
+    raise TypeError(
+        "each batch is (y_true, y_pred), (y_true, y_pred, sample_weight) or a mapping of "
+        f"those names; received {type(item).__name__}"
+    )
+
+
+def _rows(body: Mapping[str, Any]) -> int | None:
+    """The number of rows every array of a (normalized) batch body has, or None when they
+    differ or an array is not one (nothing to split along)."""
+    counts = set()
+    for fields in _arrays_of(body):
+        for key in ARRAY_FIELDS:
+            value = fields.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray) or value.ndim == 0:
+                return None
+            counts.add(value.shape[0])
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _split(body: dict[str, Any], parts: int) -> list[dict[str, Any]] | None:
+    """``body``'s rows in ``parts`` consecutive parts of sizes as even as can be (the first
+    ones one row larger), or None when it cannot be split."""
+    normalized = _replace_arrays(body, lambda a: a)
+    rows = _rows(normalized)
+    if rows is None or rows < 2:
+        return None
+    parts = min(parts, rows)
+    size, extra = divmod(rows, parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [_replace_arrays(normalized, _rows_of(lo, hi)) for lo, hi in pairwise(bounds)]
+
+
+def _rows_of(lo: int, hi: int) -> Callable[[NDArray[Any]], NDArray[Any]]:
+    def rows(a: NDArray[Any]) -> NDArray[Any]:
+        return a[lo:hi]
+
+    return rows
+
+
+_BODY_LIMIT: Final = re.compile(r"request body is over the limit of (\d+) bytes", re.IGNORECASE)
+_BYTES_LIMIT: Final = re.compile(r"over the limit of (\d+) bytes", re.IGNORECASE)
+
+
+class _BodyLimit:
+    """The service's body limit as the client knows it (an option, or learned from a 413),
+    and how a batch over it is split: in ``ceil(size / limit)`` parts (2 when the 413
+    names no byte limit, e.g. one over the elements of an array), each part split again
+    while over. The parts depend only on the batch and the limit, so a rerun splits a
+    batch the same way, into parts of the same ids."""
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, received {limit}")
+        self.limit = limit
+
+    def before(self, body: dict[str, Any], size: int) -> list[dict[str, Any]] | None:
+        """The parts to send instead of a body of ``size`` bytes over the known limit."""
+        if self.limit is None or size <= self.limit:
+            return None
+        return _split(body, max(2, -(-size // self.limit)))
+
+    def after(
+        self, body: dict[str, Any], size: int, error: LossServiceError
+    ) -> list[dict[str, Any]] | None:
+        """The parts to send after a 413 (None: not a 413, or splitting rows cannot help)."""
+        if error.status != 413:
+            return None
+        if any(e.get("loc") == ["outputs"] for e in error.errors):
+            return None  # too many heads: rows are not the problem
+        whole = _BODY_LIMIT.search(error.detail)
+        if whole is not None:
+            learned = int(whole.group(1))
+            self.limit = learned if self.limit is None else min(self.limit, learned)
+        named = _BYTES_LIMIT.search(error.detail)
+        limit = int(named.group(1)) if named is not None else None
+        return _split(body, max(2, -(-size // limit)) if limit else 2)
+
+
+def _evaluation_path(evaluation_id: str) -> str:
+    return f"/v1/evaluations/{_name(evaluation_id)}"
+
+
+@dataclass(frozen=True)
+class _StreamRequests:
+    """The requests of streaming evaluations, built the same way for both clients."""
+
+    encoding: Encoding
+    binary_threshold: int
+
+    @staticmethod
+    def create(body: dict[str, Any]) -> _Call[EvaluationSummary]:
+        return _Call(
+            "POST",
+            "/v1/evaluations",
+            lambda r: _evaluation_summary(_json_of(r)),
+            _Mode.UNSENT,
+            _dumps(body),
+            _json_headers(),
+        )
+
+    def put(
+        self,
+        evaluation_id: str,
+        batch_id: str,
+        body: dict[str, Any],
+        encoding: Encoding | None = None,
+    ) -> _Call[BatchResult]:
+        """The PUT of a batch, in ``encoding`` (the client's when None)."""
+        content, headers, used = encode_body(body, encoding or self.encoding, self.binary_threshold)
+        return _Call(
+            "PUT",
+            f"{_evaluation_path(evaluation_id)}/batches/{_name(batch_id)}",
+            lambda r: _batch_result(_json_of(r), r.status_code == 201),
+            _Mode.IDEMPOTENT,
+            content,
+            headers,
+            encoding=used,
+        )
+
+    @staticmethod
+    def get(evaluation_id: str) -> _Call[EvaluationResults]:
+        return _Call(
+            "GET",
+            _evaluation_path(evaluation_id),
+            lambda r: _evaluation_results(_json_of(r)),
+            _Mode.IDEMPOTENT,
+        )
+
+    @staticmethod
+    def batches(evaluation_id: str, limit: int, cursor: str | None) -> _Call[_Page[BatchResult]]:
+        params: dict[str, str | int] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        path = f"{_evaluation_path(evaluation_id)}/batches"
+        return _Call("GET", path, _batch_page, _Mode.IDEMPOTENT, params=params)
+
+    @staticmethod
+    def evaluations(limit: int, cursor: str | None) -> _Call[_Page[EvaluationSummary]]:
+        params: dict[str, str | int] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return _Call("GET", "/v1/evaluations", _evaluation_page, _Mode.IDEMPOTENT, params=params)
+
+    @staticmethod
+    def close(evaluation_id: str) -> _Call[EvaluationSummary]:
+        return _Call(
+            "POST",
+            f"{_evaluation_path(evaluation_id)}/close",
+            lambda r: _evaluation_summary(_json_of(r)),
+            _Mode.IDEMPOTENT,
+        )
+
+    @staticmethod
+    def delete(evaluation_id: str) -> _Call[None]:
+        return _Call("DELETE", _evaluation_path(evaluation_id), lambda r: None, _Mode.UNSENT)
+
+    @staticmethod
+    def report(evaluation_id: str) -> _Call[str]:
+        return _Call(
+            "GET",
+            f"{_evaluation_path(evaluation_id)}/report",
+            lambda r: r.text,
+            _Mode.IDEMPOTENT,
+            headers={"Accept": "text/html"},
+        )
+
+
+def _check_page_size(page_size: int) -> int:
+    if not 1 <= page_size <= 1000:
+        raise ValueError(f"page_size must be 1 to 1000, received {page_size}")
+    return page_size
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, received {batch_size}")
+    return batch_size
+
+
+def _feed_arrays(
+    y_true: Any, y_pred: Any, sample_weight: Any, outputs: Mapping[str, Mapping[str, Any]] | None
+) -> tuple[dict[str, Any], int]:
+    """The arrays of ``feed`` as NumPy arrays (memory maps stay maps: rows are read batch
+    by batch), in a batch body's layout, and their common number of rows."""
+    body = _batch_body(y_true, y_pred, sample_weight, outputs)
+
+    def as_array(where: str, value: Any) -> NDArray[Any]:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if array.ndim == 0:
+            raise ValueError(f"`{where}` is a single number; feed() splits arrays by rows")
+        return array
+
+    rows: dict[str, int] = {}
+    if "outputs" in body:
+        for head, arrays in body["outputs"].items():
+            for key, value in list(arrays.items()):
+                arrays[key] = as_array(f"outputs.{head}.{key}", value)
+                rows[f"outputs.{head}.{key}"] = arrays[key].shape[0]
+    else:
+        for key, value in list(body.items()):
+            body[key] = as_array(key, value)
+            rows[key] = body[key].shape[0]
+    if len(set(rows.values())) != 1:
+        found = ", ".join(f"{k}: {n}" for k, n in rows.items())
+        raise ValueError(f"feed() needs every array to have the same number of rows: {found}")
+    return body, next(iter(rows.values()))
+
+
+def _rows_slice(body: Mapping[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    if "outputs" in body:
+        return {
+            "outputs": {
+                head: {k: v[lo:hi] for k, v in arrays.items()}
+                for head, arrays in body["outputs"].items()
+            }
+        }
+    return {k: v[lo:hi] for k, v in body.items()}
+
+
+class _EvaluationHandle:
+    """What both handles share: the evaluation's id and URLs, and the ids of batches."""
+
+    def __init__(self, base_url: str, summary: EvaluationSummary, batch_prefix: str) -> None:
+        self.id = summary.id
+        #: The evaluation as it was when the handle was made (see ``results()``).
+        self.summary = summary
+        self.batch_prefix = _check_prefix(batch_prefix)
+        self._base_url = base_url.rstrip("/")
+        self._seen: dict[str, int] = {}
+
+    @property
+    def url(self) -> str:
+        """The evaluation's URL."""
+        return self._base_url + _evaluation_path(self.id)
+
+    @property
+    def report_url(self) -> str:
+        """The URL of the evaluation's HTML report page."""
+        return f"{self.url}/report"
+
+    def batch_id_of(self, body: Mapping[str, Any]) -> str:
+        """The id a batch is sent under when none is given: ``<batch_prefix>`` then 32 hex
+        digits of its content's SHA-256, and ``-<n>`` for the n-th batch of the same
+        content this handle sends (n ≥ 2). So a rerun of the same job sends the same ids
+        (the service counts each batch once), batches that are equal by chance are each
+        counted, and workers sending disjoint data never share an id (a ``batch_prefix``
+        per worker keeps even equal batches apart)."""
+        digest = content_digest(body)
+        seen = self._seen[digest] = self._seen.get(digest, 0) + 1
+        suffix = "" if seen == 1 else f"-{seen}"
+        return f"{self.batch_prefix}{digest}{suffix}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, url={self.url!r})"
+
+
 # ---- the clients ---------------------------------------------------------------------------
 
 
@@ -688,7 +1512,11 @@ class LossClient:
     """A blocking client of the loss service.
 
     ``transport`` replaces httpx's network transport (``httpx.MockTransport`` in tests);
-    ``api_key`` is sent as ``Authorization: Bearer <key>``.
+    ``api_key`` is sent as ``Authorization: Bearer <key>``. ``retry`` says how a streaming
+    evaluation's requests are retried (None: sent once; the one-batch calls ``loss``,
+    ``metric`` and ``evaluate`` are always sent once); ``max_body_bytes`` is the service's
+    body limit, when known, so that larger batches are split before they are sent (else
+    it is learned from the first 413).
     """
 
     def __init__(
@@ -701,9 +1529,14 @@ class LossClient:
         binary_threshold: int = DEFAULT_BINARY_THRESHOLD,
         encoding: Encoding = "auto",
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        max_body_bytes: int | None = None,
     ) -> None:
         _check_options(encoding, binary_threshold)
         self._requests = _Requests(encoding, binary_threshold)
+        self._stream = _StreamRequests(encoding, binary_threshold)
+        self._retry = NO_RETRY if retry is None else retry
+        self._body_limit = _BodyLimit(max_body_bytes)
         self._http = httpx.Client(
             **_client_options(base_url, api_key, timeout),
             transport=transport,
@@ -715,6 +1548,67 @@ class LossClient:
             request.method, request.path, content=request.content, headers=request.headers
         )
         return parse_response(response, request)
+
+    def _call(self, call: _Call[T]) -> T:
+        """Send a streaming evaluation's request, retried as the :class:`RetryPolicy` says."""
+        retry = 0
+        while True:
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    content=call.content,
+                    headers=call.headers,
+                    params=call.params,
+                )
+            except httpx.TransportError as error:
+                wait = call.retry_wait(self._retry, retry, error)
+                if wait is None:
+                    raise
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                wait = call.retry_wait(self._retry, retry, response)
+                if wait is None:
+                    raise LossServiceError.from_response(response)
+            retry += 1
+            time.sleep(wait)
+
+    def evaluation(
+        self,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        outputs: Mapping[str, HeadSettings] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        batch_prefix: str = "",
+        **settings: Unpack[HeadSettings],
+    ) -> Evaluation:
+        """``POST /v1/evaluations``: a new streaming evaluation with evaluate's settings
+        (``losses``, ``metrics``, ``reports``, ``from_logits``, ``label_encoding``,
+        ``dtype``, ``class_names``), or ``outputs`` of them per head with ``loss_weights``;
+        ``metadata`` is a flat mapping of strings. Losses and metrics left out are those
+        that fit the first batch's labels. ``batch_prefix`` starts the ids of the batches
+        this handle sends without an id of their own."""
+        _check_prefix(batch_prefix)
+        body = _creation_body(settings, outputs, loss_weights, metadata)
+        return Evaluation(self, self._call(self._stream.create(body)), batch_prefix)
+
+    def open_evaluation(self, evaluation_id: str, *, batch_prefix: str = "") -> Evaluation:
+        """An existing evaluation (to go on feeding it, or to rerun a job into it); a
+        :class:`NotFoundError` if there is none of that id for this API key."""
+        _check_prefix(batch_prefix)
+        return Evaluation(self, self._call(self._stream.get(evaluation_id)), batch_prefix)
+
+    def evaluations(self, *, page_size: int = 100) -> Iterator[EvaluationSummary]:
+        """Your evaluations, newest first (fetched a page at a time)."""
+        _check_page_size(page_size)
+        cursor: str | None = None
+        while True:
+            page = self._call(self._stream.evaluations(page_size, cursor))
+            yield from page.items
+            if page.next is None:
+                return
+            cursor = page.next
 
     def loss(
         self,
@@ -801,9 +1695,14 @@ class AsyncLossClient:
         binary_threshold: int = DEFAULT_BINARY_THRESHOLD,
         encoding: Encoding = "auto",
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        max_body_bytes: int | None = None,
     ) -> None:
         _check_options(encoding, binary_threshold)
         self._requests = _Requests(encoding, binary_threshold)
+        self._stream = _StreamRequests(encoding, binary_threshold)
+        self._retry = NO_RETRY if retry is None else retry
+        self._body_limit = _BodyLimit(max_body_bytes)
         self._http = httpx.AsyncClient(
             **_client_options(base_url, api_key, timeout),
             transport=transport,
@@ -815,6 +1714,71 @@ class AsyncLossClient:
             request.method, request.path, content=request.content, headers=request.headers
         )
         return parse_response(response, request)
+
+    async def _call(self, call: _Call[T]) -> T:
+        """Send a streaming evaluation's request, retried as the :class:`RetryPolicy` says."""
+        retry = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    content=call.content,
+                    headers=call.headers,
+                    params=call.params,
+                )
+            except httpx.TransportError as error:
+                wait = call.retry_wait(self._retry, retry, error)
+                if wait is None:
+                    raise
+            else:
+                if response.is_success:
+                    return call.parse(response)
+                wait = call.retry_wait(self._retry, retry, response)
+                if wait is None:
+                    raise LossServiceError.from_response(response)
+            retry += 1
+            await asyncio.sleep(wait)
+
+    async def evaluation(
+        self,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        outputs: Mapping[str, HeadSettings] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        batch_prefix: str = "",
+        **settings: Unpack[HeadSettings],
+    ) -> AsyncEvaluation:
+        """``POST /v1/evaluations``: a new streaming evaluation with evaluate's settings
+        (``losses``, ``metrics``, ``reports``, ``from_logits``, ``label_encoding``,
+        ``dtype``, ``class_names``), or ``outputs`` of them per head with ``loss_weights``;
+        ``metadata`` is a flat mapping of strings. Losses and metrics left out are those
+        that fit the first batch's labels. ``batch_prefix`` starts the ids of the batches
+        this handle sends without an id of their own."""
+        _check_prefix(batch_prefix)
+        body = _creation_body(settings, outputs, loss_weights, metadata)
+        return AsyncEvaluation(self, await self._call(self._stream.create(body)), batch_prefix)
+
+    async def open_evaluation(
+        self, evaluation_id: str, *, batch_prefix: str = ""
+    ) -> AsyncEvaluation:
+        """An existing evaluation (to go on feeding it, or to rerun a job into it); a
+        :class:`NotFoundError` if there is none of that id for this API key."""
+        _check_prefix(batch_prefix)
+        summary = await self._call(self._stream.get(evaluation_id))
+        return AsyncEvaluation(self, summary, batch_prefix)
+
+    async def evaluations(self, *, page_size: int = 100) -> AsyncIterator[EvaluationSummary]:
+        """Your evaluations, newest first (fetched a page at a time)."""
+        _check_page_size(page_size)
+        cursor: str | None = None
+        while True:
+            page = await self._call(self._stream.evaluations(page_size, cursor))
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            cursor = page.next
 
     async def loss(
         self,
@@ -886,3 +1850,253 @@ class AsyncLossClient:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+# ---- streaming evaluation handles ------------------------------------------------------------
+
+
+class Evaluation(_EvaluationHandle):
+    """A streaming evaluation of a :class:`LossClient` (``client.evaluation(...)`` creates
+    one, ``client.open_evaluation(id)`` opens an existing one).
+
+    Batches go by ``PUT`` under deterministic ids (:meth:`batch_id_of`), so a rerun of
+    the same job adds nothing; requests are retried by the client's :class:`RetryPolicy`;
+    a batch over the service's body limit is split by rows into parts sent one by one.
+    """
+
+    def __init__(self, client: LossClient, summary: EvaluationSummary, batch_prefix: str = ""):
+        super().__init__(str(client._http.base_url), summary, batch_prefix)
+        self._client = client
+
+    def add(
+        self,
+        y_true: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        *,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
+        batch_id: str | None = None,
+    ) -> BatchResult:
+        """Send one batch (``outputs``: ``{head: {"y_true", "y_pred", "sample_weight"?}}``
+        for an evaluation with heads), under ``batch_id`` or its content id."""
+        body = _batch_body(y_true, y_pred, sample_weight, outputs)
+        return self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+
+    def add_all(self, batches: Iterable[Any]) -> list[BatchResult]:
+        """Send each batch of ``batches``, in order: ``(y_true, y_pred)``, ``(y_true,
+        y_pred, sample_weight)``, or mappings of those names (or ``outputs``), each
+        optionally with its ``batch_id``."""
+        results = []
+        for item in batches:
+            batch = _batch_of(item)
+            batch_id = batch.pop("batch_id", None)
+            body = _batch_body(
+                batch.get("y_true"),
+                batch.get("y_pred"),
+                batch.get("sample_weight"),
+                batch.get("outputs"),
+            )
+            results.append(
+                self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+            )
+        return results
+
+    def feed(
+        self,
+        y_true: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        *,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
+        batch_size: int,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> list[BatchResult]:
+        """Send whole arrays in batches of ``batch_size`` rows (the last one shorter);
+        ``on_batch`` is called with each batch's result as it is accepted (for a progress
+        bar). Memory-mapped arrays (``np.load(path, mmap_mode="r")``) are read a batch at
+        a time."""
+        _check_batch_size(batch_size)
+        arrays, rows = _feed_arrays(y_true, y_pred, sample_weight, outputs)
+        results = []
+        for lo in range(0, rows, batch_size):
+            body = _rows_slice(arrays, lo, min(rows, lo + batch_size))
+            result = self._put(self.batch_id_of(body), body)
+            results.append(result)
+            if on_batch is not None:
+                on_batch(result)
+        return results
+
+    def _put(
+        self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None
+    ) -> BatchResult:
+        """Send a batch; over the body limit, send it as parts (in the batch's encoding,
+        so that parts of a binary batch do not grow into JSON)."""
+        _check_batch_id(batch_id)
+        client = self._client
+        call = client._stream.put(self.id, batch_id, body, encoding)
+        size = len(call.content or b"")
+        parts = client._body_limit.before(body, size)
+        if parts is None:
+            try:
+                return client._call(call)
+            except LossServiceError as error:
+                parts = client._body_limit.after(body, size, error)
+                if parts is None:
+                    raise
+        inherited = _encoding_of(call)
+        return _joined(
+            batch_id,
+            [self._put(_part_id(batch_id, k), p, inherited) for k, p in enumerate(parts)],
+        )
+
+    def results(self) -> EvaluationResults:
+        """``GET /v1/evaluations/{id}``: the evaluate response over every batch so far."""
+        return self._client._call(self._client._stream.get(self.id))
+
+    def batches(self, *, page_size: int = 100) -> Iterator[BatchResult]:
+        """Every batch the evaluation accepted, in arrival order (fetched a page at a time)."""
+        _check_page_size(page_size)
+        cursor: str | None = None
+        while True:
+            page = self._client._call(self._client._stream.batches(self.id, page_size, cursor))
+            yield from page.items
+            if page.next is None:
+                return
+            cursor = page.next
+
+    def close(self) -> EvaluationSummary:
+        """No more batches: a new one is then a :class:`ConflictError` (a batch already
+        accepted may still be sent again)."""
+        return self._client._call(self._client._stream.close(self.id))
+
+    def delete(self) -> None:
+        """Delete the evaluation and its batches."""
+        self._client._call(self._client._stream.delete(self.id))
+
+    def report_html(self) -> str:
+        """The evaluation's HTML report page."""
+        return self._client._call(self._client._stream.report(self.id))
+
+
+class AsyncEvaluation(_EvaluationHandle):
+    """A streaming evaluation of an :class:`AsyncLossClient`: :class:`Evaluation`'s
+    methods, awaited (``batches()`` is an async iterator; ``add_all`` takes an iterable
+    or an async iterable)."""
+
+    def __init__(
+        self, client: AsyncLossClient, summary: EvaluationSummary, batch_prefix: str = ""
+    ) -> None:
+        super().__init__(str(client._http.base_url), summary, batch_prefix)
+        self._client = client
+
+    async def add(
+        self,
+        y_true: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        *,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
+        batch_id: str | None = None,
+    ) -> BatchResult:
+        """Send one batch; see :meth:`Evaluation.add`."""
+        body = _batch_body(y_true, y_pred, sample_weight, outputs)
+        return await self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+
+    async def add_all(self, batches: Iterable[Any] | AsyncIterable[Any]) -> list[BatchResult]:
+        """Send each batch, in order; see :meth:`Evaluation.add_all`."""
+        results = []
+
+        async def send(item: Any) -> None:
+            batch = _batch_of(item)
+            batch_id = batch.pop("batch_id", None)
+            body = _batch_body(
+                batch.get("y_true"),
+                batch.get("y_pred"),
+                batch.get("sample_weight"),
+                batch.get("outputs"),
+            )
+            results.append(
+                await self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+            )
+
+        if isinstance(batches, AsyncIterable):
+            async for item in batches:
+                await send(item)
+        else:
+            for item in batches:
+                await send(item)
+        return results
+
+    async def feed(
+        self,
+        y_true: Any = None,
+        y_pred: Any = None,
+        sample_weight: Any = None,
+        *,
+        outputs: Mapping[str, Mapping[str, Any]] | None = None,
+        batch_size: int,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> list[BatchResult]:
+        """Send whole arrays in batches of ``batch_size`` rows; see :meth:`Evaluation.feed`."""
+        _check_batch_size(batch_size)
+        arrays, rows = _feed_arrays(y_true, y_pred, sample_weight, outputs)
+        results = []
+        for lo in range(0, rows, batch_size):
+            body = _rows_slice(arrays, lo, min(rows, lo + batch_size))
+            result = await self._put(self.batch_id_of(body), body)
+            results.append(result)
+            if on_batch is not None:
+                on_batch(result)
+        return results
+
+    async def _put(
+        self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None
+    ) -> BatchResult:
+        """Send a batch; over the body limit, send it as parts (in the batch's encoding,
+        so that parts of a binary batch do not grow into JSON)."""
+        _check_batch_id(batch_id)
+        client = self._client
+        call = client._stream.put(self.id, batch_id, body, encoding)
+        size = len(call.content or b"")
+        parts = client._body_limit.before(body, size)
+        if parts is None:
+            try:
+                return await client._call(call)
+            except LossServiceError as error:
+                parts = client._body_limit.after(body, size, error)
+                if parts is None:
+                    raise
+        inherited = _encoding_of(call)
+        return _joined(
+            batch_id,
+            [await self._put(_part_id(batch_id, k), p, inherited) for k, p in enumerate(parts)],
+        )
+
+    async def results(self) -> EvaluationResults:
+        """``GET /v1/evaluations/{id}``: the evaluate response over every batch so far."""
+        return await self._client._call(self._client._stream.get(self.id))
+
+    async def batches(self, *, page_size: int = 100) -> AsyncIterator[BatchResult]:
+        """Every batch the evaluation accepted, in arrival order (a page at a time)."""
+        _check_page_size(page_size)
+        cursor: str | None = None
+        while True:
+            call = self._client._stream.batches(self.id, page_size, cursor)
+            page = await self._client._call(call)
+            for item in page.items:
+                yield item
+            if page.next is None:
+                return
+            cursor = page.next
+
+    async def close(self) -> EvaluationSummary:
+        """No more batches; see :meth:`Evaluation.close`."""
+        return await self._client._call(self._client._stream.close(self.id))
+
+    async def delete(self) -> None:
+        """Delete the evaluation and its batches."""
+        await self._client._call(self._client._stream.delete(self.id))
+
+    async def report_html(self) -> str:
+        """The evaluation's HTML report page."""
+        return await self._client._call(self._client._stream.report(self.id))

@@ -1,16 +1,22 @@
 """service.client: the async client in process (``httpx.ASGITransport``), the sync client
-against a real uvicorn server on 127.0.0.1, and the request encodings byte for byte."""
+against a real uvicorn server on 127.0.0.1, and the request encodings byte for byte;
+streaming evaluations against real servers (idempotent reruns, retries through an ASGI
+app or a transport that fails on purpose, batches split under a small body limit)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import inspect
 import json
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -24,12 +30,20 @@ from servers import serve_in_thread
 
 from service.arrays import parse_binary
 from service.client import (
+    AsyncEvaluation,
     AsyncLossClient,
+    BatchResult,
     ComputeDType,
+    ConflictError,
+    CountedWarning,
     Encoding,
     EvaluateParams,
     EvaluateResult,
+    Evaluation,
+    EvaluationResults,
+    EvaluationSummary,
     HeadsResult,
+    InvalidInputError,
     LabelEncoding,
     LossClient,
     LossParams,
@@ -37,8 +51,13 @@ from service.client import (
     LossServiceError,
     MetricParams,
     MetricResult,
+    NotFoundError,
+    PayloadTooLargeError,
     Reduction,
+    RetryPolicy,
+    ServiceUnavailableError,
     ServiceWarning,
+    _retry_after,
     build_request,
     encode_body,
 )
@@ -79,9 +98,11 @@ def reference_sparse_cce(labels: np.ndarray, logits: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def server_url() -> Iterator[str]:
-    """The service under uvicorn in a background thread, on a free port of 127.0.0.1."""
-    with serve_in_thread(create_app(Settings())) as url:
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service under uvicorn in a background thread, on a free port of 127.0.0.1
+    (its evaluations in a temporary directory)."""
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data")))
+    with serve_in_thread(app) as url:
         yield url
 
 
@@ -597,6 +618,9 @@ with LossClient(sys.argv[1]) as client:
         client.loss("categorical_crossentropy", [1, 2], np.array([[0.5, np.nan, 0.5]] * 2))
     except LossServiceError as error:
         out["error"] = [error.status, error.errors[0]["loc"]]
+    evaluation = client.evaluation(metrics=["accuracy"])
+    evaluation.feed(np.array([1, 2, 0]), np.array(y_pred + [[0.6, 0.2, 0.2]]), batch_size=2)
+    out["streamed"] = evaluation.results().metrics
 out["loaded"] = sorted({m.partition(".")[0] for m in set(sys.modules) - STARTUP} & BLOCKED)
 print(json.dumps(out))
 """
@@ -640,6 +664,7 @@ def test_the_client_needs_only_httpx_numpy_and_orjson(server_url: str) -> None:
     assert out["metric"] == "sparse_categorical_accuracy"
     assert out["evaluate"] == {"categorical_crossentropy": pytest.approx(CCE, rel=1e-6)}
     assert out["error"] == [422, ["y_pred", 0, 1]]
+    assert out["streamed"] == {"accuracy": pytest.approx(2 / 3)}
     assert out["loaded"] == []
 
 
@@ -657,3 +682,498 @@ def test_per_class_values_and_reports(sync_client: LossClient) -> None:
     assert isinstance(evaluated.metrics["accuracy"], float)
     assert evaluated.reports is not None and set(evaluated.reports) == {"per_class"}
     assert sync_client.evaluate(y_true, y_pred, metrics=["accuracy"]).reports is None
+
+
+# ---- streaming evaluations ----------------------------------------------------------------
+
+SC = 5  # classes of the streaming data
+STREAM_SETTINGS: dict[str, Any] = {
+    "metrics": ["accuracy", {"name": "f1_score", "average": "macro"}, "auc", "brier_score"],
+    "reports": ["per_class", "confusion_matrix", "calibration"],
+}
+
+
+def stream_data(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y_pred = rng.dirichlet(np.ones(SC), n).astype(np.float32)
+    y_true = rng.integers(0, SC, n)
+    weights = rng.uniform(0.5, 2.0, n).astype(np.float32)
+    return y_true, y_pred, weights
+
+
+def assert_close(got: Any, expected: Any, where: str = "") -> None:
+    """Nested documents equal: strings and None exactly, numbers to rtol 1e-6."""
+    if isinstance(got, dict):
+        assert got.keys() == expected.keys(), where
+        for key in got:
+            assert_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(got, list) and got and isinstance(got[0], dict | list | str):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_close(a, b, f"{where}[{i}]")
+    elif got is None or isinstance(got, str):
+        assert got == expected, where
+    else:
+        np.testing.assert_allclose(
+            np.asarray(got, float), np.asarray(expected, float), rtol=1e-6, err_msg=where
+        )
+
+
+def assert_same_as_evaluate(got: EvaluationResults, once: EvaluateResult) -> None:
+    assert isinstance(got.result, EvaluateResult)
+    assert got.result.label_encoding == once.label_encoding
+    assert got.result.n_classes == once.n_classes
+    assert got.result.resolved == once.resolved
+    assert_close(got.losses, once.losses, "losses")
+    assert_close(got.metrics, once.metrics, "metrics")
+    assert_close(got.reports, once.reports, "reports")
+
+
+@pytest.fixture
+def stream_url(tmp_path: Path) -> Iterator[str]:
+    """A service with its own fresh evaluation store."""
+    with serve_in_thread(create_app(Settings(data_dir=tmp_path))) as url:
+        yield url
+
+
+def test_an_evaluation_equals_one_evaluate_over_its_batches(stream_url: str) -> None:
+    y_true, y_pred, weights = stream_data()
+    cuts = [0, 37, 38, 120, 200]  # uneven batches, one of a single row
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(
+            **STREAM_SETTINGS, class_names=list("abcde"), metadata={"model": "m1"}
+        )
+        assert isinstance(evaluation, Evaluation)
+        assert evaluation.summary.status == "open" and evaluation.summary.n_batches == 0
+        assert evaluation.url == f"{stream_url}/v1/evaluations/{evaluation.id}"
+        empty = evaluation.results()
+        assert (empty.result, empty.losses, empty.n_batches) == (None, {}, 0)
+        added = evaluation.add_all(
+            (y_true[lo:hi], y_pred[lo:hi], weights[lo:hi]) for lo, hi in pairwise(cuts)
+        )
+        assert [b.created for b in added] == [True] * 4
+        assert [b.evaluation_batches for b in added] == [1, 2, 3, 4]
+        assert added[1].n_samples == 1 and isinstance(added[1].metrics["accuracy"], float)
+        got = evaluation.results()
+        once = client.evaluate(
+            y_true, y_pred, weights, **STREAM_SETTINGS, class_names=list("abcde")
+        )
+    assert isinstance(got, EvaluationResults)
+    assert (got.id, got.status, got.n_batches, got.n_samples) == (evaluation.id, "open", 4, 200)
+    assert got.metadata == {"model": "m1"}
+    assert got.created_at <= got.updated_at and got.created_at.tzinfo is not None
+    assert_same_as_evaluate(got, once)
+    assert got.reports is not None and got.reports["per_class"]["labels"] == list("abcde")
+    assert all(isinstance(w, CountedWarning) and w.batches >= 1 for w in got.warnings)
+
+
+def test_the_history_close_report_list_and_delete(stream_url: str) -> None:
+    y_true, y_pred, _ = stream_data(50)
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(metrics=["accuracy"], metadata={"split": "val"})
+        sent = evaluation.feed(y_true, y_pred, batch_size=7)
+        assert [b.n_samples for b in sent] == [7] * 7 + [1]
+        history = list(evaluation.batches(page_size=3))  # three pages and a bit
+        assert [b.batch_id for b in history] == [b.batch_id for b in sent]
+        assert all(b.received_at is not None and b.created is None for b in history)
+        assert [b.metrics for b in history] == [b.metrics for b in sent]
+        html = evaluation.report_html()
+        assert "<html" in html.lower() and evaluation.id in html
+        assert evaluation.report_url == f"{evaluation.url}/report"
+        assert httpx.get(evaluation.report_url).status_code == 200
+        listed = list(client.evaluations(page_size=1))
+        assert [e.id for e in listed] == [evaluation.id]
+        assert isinstance(listed[0], EvaluationSummary) and listed[0].metadata == {"split": "val"}
+        closed = evaluation.close()
+        assert (closed.status, closed.n_batches, closed.n_samples) == ("closed", 8, 50)
+        # A closed evaluation still answers a replay (a rerun of the job, through a new
+        # handle); a new batch is a conflict.
+        replay = client.open_evaluation(evaluation.id).add(y_true[:7], y_pred[:7])
+        assert (replay.batch_id, replay.created) == (sent[0].batch_id, False)
+        with pytest.raises(ConflictError) as caught:
+            evaluation.add(y_true[:3], y_pred[:3])
+        assert caught.value.status == 409 and "closed" in caught.value.detail
+        evaluation.delete()
+        with pytest.raises(NotFoundError):
+            evaluation.results()
+        assert list(client.evaluations()) == []
+
+
+def test_rerunning_the_same_job_adds_nothing(stream_url: str) -> None:
+    y_true, y_pred, weights = stream_data(90)
+
+    def job(evaluation: Evaluation) -> list[BatchResult]:
+        return evaluation.feed(y_true, y_pred, weights, batch_size=20)
+
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(metrics=["accuracy"])
+        first = job(evaluation)
+        before = evaluation.results()
+        rerun = job(client.open_evaluation(evaluation.id))
+        after = evaluation.results()
+    assert [b.created for b in first] == [True] * 5
+    assert [b.created for b in rerun] == [False] * 5
+    assert [b.batch_id for b in rerun] == [b.batch_id for b in first]
+    assert (after.n_batches, after.n_samples) == (before.n_batches, before.n_samples) == (5, 90)
+    assert after.metrics == before.metrics and after.losses == before.losses
+
+
+def test_batch_ids_are_content_ids_counted_per_occurrence(stream_url: str) -> None:
+    """Equal batches in one job are each counted (the n-th gets ``-n``); a batch_prefix
+    starts every id; a given id is used as it is."""
+    y_true, y_pred = np.array([0, 1]), np.array([[0.8, 0.2], [0.3, 0.7]], np.float32)
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(batch_prefix="worker-1.")
+        a, b = evaluation.add(y_true, y_pred), evaluation.add(y_true, y_pred)
+        other = evaluation.add(y_true[::-1], y_pred)
+        named = evaluation.add(y_true, y_pred, batch_id="mine")
+        again = client.open_evaluation(evaluation.id, batch_prefix="worker-1.")
+        replayed = again.add(y_true, y_pred)
+        assert evaluation.results().n_batches == 4
+    assert a.batch_id.startswith("worker-1.") and len(a.batch_id) == len("worker-1.") + 32
+    assert b.batch_id == f"{a.batch_id}-2"
+    assert other.batch_id not in (a.batch_id, b.batch_id)
+    assert named.batch_id == "mine" and named.created
+    assert (replayed.batch_id, replayed.created) == (a.batch_id, False)
+
+
+class Interpose:
+    """An ASGI app in front of the service: the first ``times`` requests of ``method``
+    are answered ``status`` (with ``headers``) instead of the service's answer; with
+    ``forward``, the service handles them first (a stored batch whose answer is lost)."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        method: str = "PUT",
+        status: int = 503,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        forward: bool = False,
+    ) -> None:
+        self.app = app
+        self.method, self.status, self.times, self.forward = method, status, times, forward
+        self.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.seen: list[tuple[str, float]] = []  # (method, monotonic time)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.seen.append((scope["method"], time.monotonic()))
+        if scope["method"] != self.method or self.times <= 0:
+            await self.app(scope, receive, send)
+            return
+        self.times -= 1
+        if self.forward:
+
+            async def discard(message: dict[str, Any]) -> None:
+                pass
+
+            await self.app(scope, receive, discard)
+        else:
+            while (await receive()).get("more_body", False):
+                pass
+        body = orjson.dumps({"title": "Interposed", "status": self.status, "detail": "try again"})
+        headers = [(b"content-type", b"application/problem+json"), *self.headers]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def test_a_503_with_retry_after_is_retried_after_that_time(tmp_path: Path) -> None:
+    front = Interpose(create_app(Settings(data_dir=tmp_path)), headers={"Retry-After": "1"})
+    y_true, y_pred, _ = stream_data(30)
+    with serve_in_thread(front) as url, LossClient(url) as client:
+        evaluation = client.evaluation()
+        result = evaluation.add(y_true, y_pred)
+        assert result.created is True and result.evaluation_batches == 1
+        assert evaluation.results().n_batches == 1
+    puts = [t for method, t in front.seen if method == "PUT"]
+    assert len(puts) == 2
+    assert puts[1] - puts[0] >= 0.95  # Retry-After: 1, not the 0.5 s backoff
+
+
+def test_a_stored_batch_whose_answer_was_lost_is_counted_once(tmp_path: Path) -> None:
+    front = Interpose(create_app(Settings(data_dir=tmp_path)), status=502, forward=True)
+    y_true, y_pred, _ = stream_data(30)
+    with serve_in_thread(front) as url, LossClient(url, retry=RetryPolicy(backoff=0.01)) as c:
+        evaluation = c.evaluation()
+        result = evaluation.add(y_true, y_pred)
+        assert result.created is False  # the service had it from the first attempt
+        got = evaluation.results()
+    assert (got.n_batches, got.n_samples) == (1, 30)
+    assert [m for m, _ in front.seen].count("PUT") == 2
+
+
+def test_retries_are_bounded_and_creation_is_not_retried_after_a_500(tmp_path: Path) -> None:
+    front = Interpose(create_app(Settings(data_dir=tmp_path)), status=503, times=100)
+    y_true, y_pred, _ = stream_data(10)
+    policy = RetryPolicy(attempts=3, backoff=0.01)
+    with serve_in_thread(front) as url, LossClient(url, retry=policy) as client:
+        evaluation = client.evaluation()
+        with pytest.raises(ServiceUnavailableError) as caught:
+            evaluation.add(y_true, y_pred)
+        assert caught.value.status == 503 and caught.value.detail == "try again"
+        assert [m for m, _ in front.seen].count("PUT") == 3
+        # POST /v1/evaluations may have created one before a 500: it is not sent again.
+        front.method, front.status, front.times, front.forward = "POST", 500, 1, True
+        with pytest.raises(LossServiceError) as failed:
+            client.evaluation()
+        assert failed.value.status == 500
+        assert [m for m, _ in front.seen].count("POST") == 2  # the first, and this one
+        # Without retries, a 503 is raised at once.
+    with serve_in_thread(front) as url, LossClient(url, retry=None) as client:
+        front.method, front.status, front.times, front.forward = "GET", 503, 1, False
+        with pytest.raises(ServiceUnavailableError):
+            client.open_evaluation(evaluation.id)
+        assert client.open_evaluation(evaluation.id).id == evaluation.id
+
+
+class FlakyTransport(httpx.BaseTransport):
+    """The network, except that the first ``failures`` PUTs fail to connect."""
+
+    def __init__(self, failures: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.failures = failures
+        self.puts = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            self.puts += 1
+            if self.puts <= self.failures:
+                raise httpx.ConnectError("connection refused", request=request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_connection_errors_are_retried(stream_url: str) -> None:
+    y_true, y_pred, _ = stream_data(10)
+    transport = FlakyTransport(failures=2)
+    with LossClient(stream_url, transport=transport, retry=RetryPolicy(backoff=0.01)) as c:
+        evaluation = c.evaluation()
+        assert evaluation.add(y_true, y_pred).created is True
+        assert transport.puts == 3
+        transport.failures, transport.puts = 5, 0
+        with pytest.raises(httpx.ConnectError):
+            evaluation.add(y_true[:5], y_pred[:5])
+        assert transport.puts == 5  # the policy's attempts
+        assert evaluation.results().n_batches == 1
+
+
+class Statuses:
+    """A response hook recording each request's method and answer status."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def __call__(self, response: httpx.Response) -> None:
+        self.seen.append((response.request.method, response.status_code))
+
+
+def test_a_batch_over_the_body_limit_is_split_into_parts(
+    tmp_path: Path, sync_client: LossClient
+) -> None:
+    y_true, y_pred, weights = stream_data(3000, seed=5)
+    limit = 20_000  # the whole batch is about 84 kB in the binary encoding
+    statuses = Statuses()
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=limit))
+    with (
+        serve_in_thread(app) as url,
+        LossClient(url, event_hooks={"response": [statuses]}) as client,
+    ):
+        evaluation = client.evaluation(**STREAM_SETTINGS)
+        result = evaluation.add(y_true, y_pred, weights, batch_id="big")
+        assert [p.batch_id for p in result.parts] == [f"big.{k}" for k in range(5)]
+        assert [p.n_samples for p in result.parts] == [600] * 5
+        assert (result.n_samples, result.created, result.losses) == (3000, True, {})
+        assert [s for m, s in statuses.seen if m == "PUT"] == [413] + [201] * 5
+        got = evaluation.results()
+        # The limit is known now: a later batch is split before it is sent.
+        statuses.seen.clear()
+        rerun = client.open_evaluation(evaluation.id).add(y_true, y_pred, weights, batch_id="big")
+        assert [p.batch_id for p in rerun.parts] == [f"big.{k}" for k in range(5)]
+        assert [s for m, s in statuses.seen if m == "PUT"] == [200] * 5
+        assert evaluation.results().n_batches == 5
+    assert (got.n_batches, got.n_samples) == (5, 3000)
+    # The whole batch in one evaluate call, on a service without that limit.
+    assert_same_as_evaluate(got, sync_client.evaluate(y_true, y_pred, weights, **STREAM_SETTINGS))
+
+
+def test_the_body_limit_as_an_option_and_parts_split_again(tmp_path: Path) -> None:
+    """With ``max_body_bytes`` given, nothing over it is sent; a part the service still
+    refuses is split again under ids derived from its own, and the limit the 413 names
+    is used from then on."""
+    y_true, y_pred, _ = stream_data(1000, seed=6)  # 28 bytes a row: 28 kB and a header
+    statuses = Statuses()
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=8_000))
+    with (
+        serve_in_thread(app) as url,
+        LossClient(url, max_body_bytes=15_000, event_hooks={"response": [statuses]}) as c,
+    ):
+        evaluation = c.evaluation()
+        result = evaluation.add(y_true, y_pred, batch_id="b")
+        ids = [p.batch_id for p in result.parts]
+        leaves = [q.batch_id for p in result.parts for q in (p.parts or [p])]
+        assert ids == ["b.0", "b.1"]  # over 15 kB: two parts of 500 rows, 14 kB each
+        assert leaves == ["b.0.0", "b.0.1", "b.1.0", "b.1.1"]  # each over 8 kB: in two
+        # b.0 is refused (413, naming 8000 bytes); b.1 is split before it is sent.
+        assert [s for m, s in statuses.seen if m == "PUT"] == [413, 201, 201, 201, 201]
+        assert [q.n_samples for p in result.parts for q in p.parts] == [250] * 4
+        assert evaluation.results().n_samples == 1000
+    y_pred = np.full((1, 10_000), 1e-4, np.float32)  # one row over the limit: no split
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        with pytest.raises(PayloadTooLargeError) as caught:
+            client.open_evaluation(evaluation.id).add([3], y_pred)
+        assert caught.value.status == 413 and "8000 bytes" in caught.value.detail
+
+
+def test_typed_errors_for_404_409_and_422(stream_url: str) -> None:
+    y_true, y_pred, _ = stream_data(20)
+    with LossClient(stream_url) as client:
+        with pytest.raises(NotFoundError) as missing:
+            client.open_evaluation("0" * 32)
+        assert missing.value.status == 404 and "No evaluation" in missing.value.detail
+        evaluation = client.evaluation()
+        evaluation.add(y_true[:10], y_pred[:10], batch_id="a")
+        with pytest.raises(ConflictError) as conflict:
+            evaluation.add(y_true[10:], y_pred[10:], batch_id="a")
+        assert conflict.value.status == 409 and "other content" in conflict.value.detail
+        with pytest.raises(InvalidInputError) as unfit:
+            evaluation.add([0, 1], [[0.5, 0.5], [0.2, 0.8]])
+        assert unfit.value.status == 422 and "2 classes" in unfit.value.detail
+        with pytest.raises(NotFoundError) as unknown:
+            client.evaluation(metrics=["no_such_metric"])
+        assert "'no_such_metric'" in unknown.value.detail
+        assert evaluation.results().n_batches == 1
+    for error in (missing, conflict, unfit):
+        assert isinstance(error.value, LossServiceError)
+
+
+def test_wrong_calls_are_refused_before_sending() -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    with LossClient("http://x", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(TypeError, match=r"from_logit\b.*from_logits"):
+            client.evaluation(from_logit=True)  # type: ignore[call-arg]
+        with pytest.raises(ValueError, match="per head"):
+            client.evaluation(metrics=["accuracy"], outputs={"a": {}})
+        with pytest.raises(ValueError, match="needs `outputs`"):
+            client.evaluation(loss_weights={"a": 2.0})
+        with pytest.raises(TypeError, match=r"head 'a'.*\bmetric\b"):
+            client.evaluation(outputs={"a": {"metric": ["accuracy"]}})  # type: ignore[typeddict-unknown-key]
+        with pytest.raises(ValueError, match="batch_prefix"):
+            client.evaluation(batch_prefix="no spaces")
+        summary = EvaluationSummary(
+            "e1", "open", datetime.now(UTC), datetime.now(UTC), 0, 0, {}, document={}
+        )
+        evaluation = Evaluation(client, summary)
+        with pytest.raises(ValueError, match=r"batch id .* received 'a/b'"):
+            evaluation.add([0], [[0.5, 0.5]], batch_id="a/b")
+        with pytest.raises(TypeError, match="y_true and y_pred"):
+            evaluation.add([0])
+        with pytest.raises(ValueError, match="same number of rows: y_true: 2, y_pred: 3"):
+            evaluation.feed([0, 1], [[0.5, 0.5]] * 3, batch_size=2)
+        with pytest.raises(ValueError, match="batch_size"):
+            evaluation.feed([0], [[0.5, 0.5]], batch_size=0)
+    assert sent == []
+
+
+def test_several_heads(stream_url: str) -> None:
+    rng = np.random.default_rng(8)
+    kind_true, kind_pred, _ = stream_data(40)
+    tags_true = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    tags_pred = rng.random((40, 3)).astype(np.float32)
+    heads = {
+        "kind": {"metrics": ["accuracy"]},
+        "tags": {"losses": ["binary_crossentropy"], "label_encoding": "multi_hot"},
+    }
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(outputs=heads, loss_weights={"kind": 0.5})
+        results = evaluation.feed(
+            outputs={
+                "kind": {"y_true": kind_true, "y_pred": kind_pred},
+                "tags": {"y_true": tags_true, "y_pred": tags_pred},
+            },
+            batch_size=15,
+        )
+        got = evaluation.results()
+        once = client.evaluate_heads(
+            {
+                "kind": {"y_true": kind_true, "y_pred": kind_pred, **heads["kind"]},
+                "tags": {"y_true": tags_true, "y_pred": tags_pred, **heads["tags"]},
+            },
+            loss_weights={"kind": 0.5},
+        )
+    assert [r.n_samples for r in results] == [15, 15, 10]
+    assert results[0].outputs is not None and set(results[0].outputs) == {"kind", "tags"}
+    assert results[0].total_loss is not None and results[0].losses == {}
+    assert isinstance(got.result, HeadsResult)
+    assert got.result.total_loss == pytest.approx(once.total_loss, rel=1e-6)
+    for head in ("kind", "tags"):
+        assert_close(got.result.outputs[head].losses, once.outputs[head].losses, head)
+        assert_close(got.result.outputs[head].metrics, once.outputs[head].metrics, head)
+    with pytest.raises(TypeError, match="has heads"):
+        _ = got.losses
+
+
+def test_async_streaming_evaluation(tmp_path: Path) -> None:
+    front = Interpose(create_app(Settings(data_dir=tmp_path)), headers={"Retry-After": "0"})
+    y_true, y_pred, _ = stream_data(120)
+
+    async def batches() -> AsyncIterator[dict[str, Any]]:
+        for lo in range(0, 120, 50):
+            yield {"y_true": y_true[lo : lo + 50], "y_pred": y_pred[lo : lo + 50]}
+
+    async def main() -> tuple[EvaluationResults, EvaluateResult, list[BatchResult], int]:
+        transport = httpx.ASGITransport(app=front)
+        async with AsyncLossClient("http://testserver", transport=transport) as client:
+            evaluation = await client.evaluation(**STREAM_SETTINGS)
+            assert isinstance(evaluation, AsyncEvaluation)
+            sent = await evaluation.add_all(batches())  # the first PUT is a 503, retried
+            sent += await evaluation.feed(y_true, y_pred, batch_size=70)
+            again = await client.open_evaluation(evaluation.id)
+            assert (await again.add_all([(y_true[:50], y_pred[:50])]))[0].created is False
+            history = [b async for b in evaluation.batches(page_size=2)]
+            assert [b.batch_id for b in history] == [b.batch_id for b in sent]
+            assert [e.id async for e in client.evaluations()] == [evaluation.id]
+            got = await evaluation.results()
+            html = await evaluation.report_html()
+            assert evaluation.id in html
+            assert (await evaluation.close()).status == "closed"
+            await evaluation.delete()
+            with pytest.raises(NotFoundError):
+                await evaluation.results()
+            all_rows = (np.concatenate([y_true, y_true]), np.concatenate([y_pred, y_pred]))
+            once = await client.evaluate(*all_rows, **STREAM_SETTINGS)
+            return got, once, sent, len(history)
+
+    got, once, sent, n_history = run(main())
+    assert [b.created for b in sent] == [True] * 5
+    assert (got.n_batches, got.n_samples, n_history) == (5, 240, 5)
+    assert_same_as_evaluate(got, once)
+    assert [m for m, _ in front.seen].count("PUT") == 7  # 5 batches, a retry, a replay
+
+
+def test_retry_after_and_backoff() -> None:
+    policy = RetryPolicy(backoff=0.5, max_backoff=3.0, max_retry_after=10.0)
+    waits = [policy.wait(k, None) for k in range(6)]
+    for k, wait in enumerate(waits):
+        full = min(3.0, 0.5 * 2**k)
+        assert full / 2 <= wait <= full
+    assert policy.wait(0, 4.0) == 4.0 and policy.wait(0, 60.0) == 10.0
+    request = httpx.Request("GET", "http://x")
+    in_a_minute = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=60), True)
+    dated = httpx.Response(503, headers={"Retry-After": in_a_minute}, request=request)
+    assert 55 <= (_retry_after(dated) or 0) <= 60
+    assert _retry_after(httpx.Response(503, headers={"Retry-After": "7"})) == 7.0
+    assert _retry_after(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+    assert _retry_after(httpx.Response(503)) is None
+    with pytest.raises(ValueError, match="attempts must be >= 1, received 0"):
+        RetryPolicy(attempts=0)
