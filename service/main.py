@@ -19,6 +19,7 @@ from service import __version__, ops, registry
 from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
+from service.api.openapi_ops import per_operation_paths
 from service.api.responses import problem_response
 from service.api.routes import (
     evaluate,
@@ -196,7 +197,46 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     )
     for name, sub in spec["components"]["schemas"]["Problem"].pop("$defs", {}).items():
         spec["components"]["schemas"].setdefault(name, sub)
+    per_operation_paths(spec)
+    _add_security(spec)
     return spec
+
+
+_UNAUTHORIZED = {
+    "401": "No valid `Authorization: Bearer <key>` header (when API keys are configured).",
+    "403": "A key that is not configured.",
+}
+
+
+def _add_security(spec: dict[str, Any]) -> None:
+    """Bearer API keys on the protected paths (the docs page's Authorize button), and
+    the 401/403 answers they may give."""
+    spec["components"]["securitySchemes"] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "One of `LOSS_SERVICE_API_KEYS`, when the service has keys.",
+        }
+    }
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path, item in spec["paths"].items():
+        if not (path.startswith("/v1/") or path.startswith("/v2/models")):
+            continue
+        for operation in item.values():
+            operation["security"] = [{"bearerAuth": []}]
+            responses = operation.setdefault("responses", {})
+            for status, text in _UNAUTHORIZED.items():
+                content = problem if path.startswith("/v1/") else operation_json_error(responses)
+                responses.setdefault(status, {"description": text, "content": content})
+
+
+def operation_json_error(responses: dict[str, Any]) -> dict[str, Any]:
+    """The error content an operation already documents (the protocol's own for /v2)."""
+    for status in ("404", "400", "422"):
+        if status in responses and "content" in responses[status]:
+            content: dict[str, Any] = responses[status]["content"]
+            return content
+    return {}
 
 
 class _App(FastAPI):

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from service import openapi_export
+from service import openapi_export, registry
 
 SPEC_FILE = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 DRIFT = f"{SPEC_FILE.name} differs from GET /openapi.json: run `make openapi` and commit the file"
 
 OPERATION_IDS = {
-    ("post", "/v1/losses/{name}"): "compute_loss",
-    ("post", "/v1/metrics/{name}"): "compute_metric",
+    **{("post", f"/v1/losses/{name}"): f"loss_{name}" for name in registry.LOSSES},
+    **{("post", f"/v1/metrics/{name}"): f"metric_{name}" for name in registry.METRICS},
     ("post", "/v1/evaluate"): "evaluate",
     ("get", "/v1/losses"): "list_losses",
     ("get", "/v1/metrics"): "list_metrics",
