@@ -1,4 +1,6 @@
 """The ``loss-service`` command: ``loss-service serve`` starts the service, ``loss-service
+evaluate`` computes losses and metrics over whole datasets read from files (against a
+running service or in process, see :mod:`service.cli_evaluate`), ``loss-service
 --version`` prints its version. Each option of ``serve`` (``--host``, ``--port``,
 ``--workers``, ``--log-level``, ``--log-format``) defaults to its ``LOSS_SERVICE_*`` setting.
 
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from service import __version__
+from service import __version__, cli_evaluate
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -99,7 +101,7 @@ DESCRIPTION = "Keras 3's classification losses and accuracy metrics, served over
 EPILOG = (
     "Settings are LOSS_SERVICE_* environment variables (for example LOSS_SERVICE_PORT=9000 or "
     "LOSS_SERVICE_WORKERS=4); the options of a command override them. "
-    "Run 'loss-service serve --help' for its options."
+    "Run 'loss-service serve --help' or 'loss-service evaluate --help' for their options."
 )
 SERVE_DESCRIPTION = (
     "Start the HTTP service. Each option defaults to its setting: LOSS_SERVICE_HOST, "
@@ -140,6 +142,7 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         choices=LOG_FORMATS,
         help="json lines or readable console lines (default %(default)s)",
     )
+    cli_evaluate.add_parser(commands)
     return parser
 
 
@@ -153,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a command that would use the settings stops here.
         settings, invalid = None, error
     args = build_parser(settings or Settings.model_construct()).parse_args(argv)
+    if args.command == "evaluate":
+        # A client of a service (or a local computation): the service's settings are not
+        # its own.
+        return cli_evaluate.run(args)
     if settings is None:
         print(_settings_error(invalid), file=sys.stderr)
         return 2

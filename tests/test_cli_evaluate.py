@@ -1,0 +1,355 @@
+"""``loss-service evaluate``: files in (.npy, .npz, .csv), numbers out, locally and against
+a real service, equal to one ``POST /v1/evaluate`` over the whole data; exit codes and
+messages for bad files, bad options and the service's refusals."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from servers import serve_in_thread
+
+from service import cli
+from service.client import LossClient
+from service.main import create_app
+from service.settings import Settings
+
+N, C = 523, 4
+RNG = np.random.default_rng(21)
+Y_TRUE = RNG.integers(0, C, N)
+Y_PRED = RNG.dirichlet(np.ones(C), N).astype(np.float32)
+WEIGHTS = RNG.uniform(0.5, 2.0, N).astype(np.float32)
+NAMES = ["cat", "dog", "eel", "fox"]
+METRICS = ["accuracy", {"name": "f1_score", "average": "macro"}, "auc", "brier_score"]
+REPORTS = ["per_class", "confusion_matrix", "calibration"]
+OPTIONS = [
+    *("--metric", "accuracy", "--metric", '{"name": "f1_score", "average": "macro"}'),
+    *("--metric", "auc", "--metric", "brier_score"),
+    *("--report", "per_class", "--report", "confusion_matrix", "--report", "calibration"),
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("data")))
+    with serve_in_thread(app) as base:
+        yield base
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    paths = {name: tmp_path / f"{name}.npy" for name in ("y_true", "y_pred", "weights")}
+    np.save(paths["y_true"], Y_TRUE)
+    np.save(paths["y_pred"], Y_PRED)
+    np.save(paths["weights"], WEIGHTS)
+    (tmp_path / "names.txt").write_text("\n".join(NAMES) + "\n")
+    return {k: str(v) for k, v in paths.items()} | {"names": str(tmp_path / "names.txt")}
+
+
+def evaluate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``loss-service evaluate ARGV``: its exit code, standard output and error."""
+    code = cli.main(["evaluate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def evaluate_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    code, out, err = evaluate(capsys, *argv, "--json")
+    assert code == 0, err
+    assert err == ""  # no progress bar when standard error is not a terminal
+    document = json.loads(out)
+    assert isinstance(document, dict)
+    return document
+
+
+def assert_close(got: Any, expected: Any, where: str = "") -> None:
+    if isinstance(got, dict):
+        assert got.keys() == expected.keys(), where
+        for key in got:
+            assert_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(got, list) and got and isinstance(got[0], dict | list | str):
+        assert len(got) == len(expected), where
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_close(a, b, f"{where}[{i}]")
+    elif got is None or isinstance(got, str):
+        assert got == expected, where
+    else:
+        np.testing.assert_allclose(
+            np.asarray(got, float), np.asarray(expected, float), rtol=1e-6, err_msg=where
+        )
+
+
+def assert_same_numbers(got: dict[str, Any], once: dict[str, Any]) -> None:
+    for key in ("label_encoding", "n_classes", "resolved"):
+        assert got[key] == once[key], key
+    for key in ("losses", "metrics", "reports"):
+        assert_close(got.get(key), once.get(key), key)
+
+
+def test_local_and_service_modes_equal_one_evaluate(
+    url: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        *("--y-true", files["y_true"], "--y-pred", files["y_pred"]),
+        *("--sample-weight", files["weights"], "--class-names", files["names"]),
+        *OPTIONS,
+        *("--batch-size", "100"),
+    ]
+    local = evaluate_json(capsys, *argv)
+    remote = evaluate_json(capsys, *argv, "--url", url, "--metadata", "model=m1")
+    with LossClient(url) as client:
+        once = client.evaluate(
+            Y_TRUE, Y_PRED, WEIGHTS, metrics=METRICS, reports=REPORTS, class_names=NAMES
+        ).document
+        stored = httpx.get(f"{url}/v1/evaluations/{remote['id']}").json()
+    assert (local["n_batches"], local["n_samples"]) == (6, N)  # 5 of 100 rows, 1 of 23
+    assert (remote["n_batches"], remote["n_samples"]) == (6, N)
+    assert_same_numbers(local, once)
+    assert_same_numbers(remote, once)
+    assert local["reports"]["per_class"]["labels"] == NAMES
+    assert remote["metadata"] == {"model": "m1"} and remote["status"] == "open"
+    assert stored["n_batches"] == 6 and stored["losses"] == remote["losses"]
+    # Exact sums on both sides: the same batches give the same bits.
+    assert local["losses"] == remote["losses"] and local["metrics"] == remote["metrics"]
+
+
+def test_rerunning_into_the_same_evaluation_adds_nothing(
+    url: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--url", url]
+    first = evaluate_json(capsys, *argv, "--batch-size", "200")
+    again = evaluate_json(capsys, *argv, "--batch-size", "200", "--evaluation", first["id"])
+    assert again["id"] == first["id"]
+    assert (again["n_batches"], again["n_samples"]) == (first["n_batches"], N) == (3, N)
+    assert again["losses"] == first["losses"]
+    code, _, err = evaluate(capsys, *argv, "--evaluation", first["id"], "--metric", "accuracy")
+    assert code == 2
+    assert "--metric" in err and "fixed when it was created" in err
+
+
+def test_npz_archives(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = evaluate_json(
+        capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"],
+        "--sample-weight", files["weights"], "--batch-size", "128",
+    )  # fmt: skip
+    both = tmp_path / "data.npz"
+    np.savez(both, y_true=Y_TRUE, y_pred=Y_PRED, sample_weight=WEIGHTS)
+    whole = evaluate_json(capsys, "--y-true", str(both), "--batch-size", "128")
+    assert whole["losses"] == reference["losses"] and whole["n_samples"] == N
+    # Other names, chosen with --key; logits with --from-logits.
+    logits = np.log(Y_PRED)
+    named = tmp_path / "named.npz"
+    np.savez(named, labels=Y_TRUE, logits=logits)
+    code, out, err = evaluate(
+        capsys, "--y-true", str(named), "--y-pred", str(named), "--key", "y_true=labels",
+        "--key", "y_pred=logits", "--from-logits", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    unweighted = evaluate_json(capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"])
+    assert_close(json.loads(out)["losses"], unweighted["losses"])
+    assert json.loads(out)["metrics"] == unweighted["metrics"]
+    # Without --key, the archive has no array of that name: the message lists its arrays.
+    code, out, err = evaluate(capsys, "--y-true", str(named), "--y-pred", str(named))
+    assert (code, out) == (2, "")
+    assert "['labels', 'logits']" in err and "--key y_true=NAME" in err
+
+
+def test_csv_files(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = evaluate_json(
+        capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"], "--metric", "accuracy"
+    )
+    labels = tmp_path / "labels.csv"
+    labels.write_text("label\n" + "\n".join(str(v) for v in Y_TRUE) + "\n")
+    preds = tmp_path / "preds.csv"
+    preds.write_text("\n".join(",".join(f"{v:.9g}" for v in row) for row in Y_PRED) + "\n")
+    got = evaluate_json(
+        capsys, "--y-true", str(labels), "--y-pred", str(preds), "--metric", "accuracy"
+    )
+    assert got["label_encoding"] == "sparse"
+    assert_close(got["losses"], reference["losses"])
+    assert got["metrics"] == reference["metrics"]
+    # One-hot rows: categorical cross-entropy, the same number.
+    one_hot = tmp_path / "one_hot.csv"
+    one_hot.write_text("\n".join(",".join(map(str, row)) for row in np.eye(C, dtype=int)[Y_TRUE]))
+    got = evaluate_json(
+        capsys, "--y-true", str(one_hot), "--y-pred", str(preds), "--metric", "accuracy"
+    )
+    assert got["label_encoding"] == "one_hot"
+    np.testing.assert_allclose(
+        got["losses"]["categorical_crossentropy"],
+        reference["losses"]["sparse_categorical_crossentropy"],
+        rtol=1e-6,
+    )
+    assert got["metrics"] == reference["metrics"]
+    # Class names as labels, with --class-names.
+    named = tmp_path / "named.csv"
+    named.write_text("\n".join(NAMES[v] for v in Y_TRUE) + "\n")
+    got = evaluate_json(
+        capsys, "--y-true", str(named), "--y-pred", str(preds), "--metric", "accuracy",
+        "--class-names", files["names"],
+    )  # fmt: skip
+    assert got["metrics"] == reference["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "--y-true {dir}/missing.npy: no such file"),
+        ("suffix", "unknown file type '.txt'; expected .npy, .npz or .csv"),
+        ("not_npy", "--y-pred {dir}/bad.npy: cannot be read as a .npy array"),
+        ("rows", "different numbers of rows (y_true 523, y_pred 522)"),
+        ("csv_text", "--y-pred {dir}/bad.csv, line 3: 'x' is not a number"),
+        ("csv_ragged", "--y-pred {dir}/bad.csv, line 2: 3 values, expected 4"),
+        ("csv_name", "--y-true {dir}/names.csv, line 2: 'cat' is not a number (give --class-"),
+        ("no_pred", "no predictions: {dir}/only.npz holds no array named 'y_pred'"),
+        ("key", "--key y_prob=...: expected one of y_true, y_pred, sample_weight"),
+        ("metric", "--metric {{oops: not valid JSON"),
+        ("local_evaluation", "--evaluation and --metadata need --url"),
+        ("empty", "y_true has no rows; expected at least one sample"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(
+    setup: str,
+    message: str,
+    files: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"]]
+    bad_csv = tmp_path / "bad.csv"
+    if setup == "missing":
+        argv[1] = str(tmp_path / "missing.npy")
+    elif setup == "suffix":
+        (tmp_path / "labels.txt").write_text("1\n2\n")
+        argv[1] = str(tmp_path / "labels.txt")
+    elif setup == "not_npy":
+        (tmp_path / "bad.npy").write_text("not an array")
+        argv[3] = str(tmp_path / "bad.npy")
+    elif setup == "rows":
+        np.save(tmp_path / "short.npy", Y_PRED[:-1])
+        argv[3] = str(tmp_path / "short.npy")
+    elif setup == "csv_text":
+        bad_csv.write_text("0.1,0.2,0.3,0.4\n0.1,0.2,0.3,0.4\n0.1,x,0.3,0.4\n")
+        argv[3] = str(bad_csv)
+    elif setup == "csv_ragged":
+        bad_csv.write_text("0.1,0.2,0.3,0.4\n0.1,0.2,0.7\n")
+        argv[3] = str(bad_csv)
+    elif setup == "csv_name":
+        (tmp_path / "names.csv").write_text("1\ncat\n")
+        argv[1] = str(tmp_path / "names.csv")
+    elif setup == "no_pred":
+        np.savez(tmp_path / "only.npz", y_true=Y_TRUE)
+        argv = ["--y-true", str(tmp_path / "only.npz")]
+    elif setup == "key":
+        argv += ["--key", "y_prob=probs"]
+    elif setup == "metric":
+        argv += ["--metric", "{oops"]
+    elif setup == "local_evaluation":
+        argv += ["--evaluation", "abc"]
+    elif setup == "empty":
+        np.save(tmp_path / "empty.npy", Y_TRUE[:0])
+        np.save(tmp_path / "empty_pred.npy", Y_PRED[:0])
+        argv = [
+            "--y-true",
+            str(tmp_path / "empty.npy"),
+            "--y-pred",
+            str(tmp_path / "empty_pred.npy"),
+        ]
+    code, out, err = evaluate(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.startswith("loss-service evaluate: ")
+    assert message.format(dir=tmp_path) in err
+
+
+def test_the_evaluations_errors_exit_1(
+    url: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logits = tmp_path / "logits.npy"
+    np.save(logits, np.log(Y_PRED))  # negative: not probabilities without --from-logits
+    argv = ["--y-true", files["y_true"], "--y-pred", str(logits), "--batch-size", "100"]
+    code, out, err = evaluate(capsys, *argv)
+    assert (code, out) == (1, "")
+    assert "batch 1 (rows 0 to 99) was refused" in err and "from_logits: true" in err
+    code, out, err = evaluate(capsys, *argv, "--url", url)
+    assert (code, out) == (1, "")
+    assert "the service answered 422" in err and "from_logits: true" in err
+    code, _, err = evaluate(capsys, *argv, "--metric", "no_such_metric")
+    assert code == 1 and "the settings were refused" in err and "no_such_metric" in err
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    code, _, err = evaluate(capsys, *argv, "--url", closed, "--timeout", "2")
+    assert code == 1 and f"cannot reach the service at {closed}" in err
+
+
+def test_the_readable_table(
+    url: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        *("--y-true", files["y_true"], "--y-pred", files["y_pred"]),
+        *("--class-names", files["names"], *OPTIONS),
+    ]
+    code, out, err = evaluate(capsys, *argv)
+    assert code == 0, err
+    document = evaluate_json(capsys, *argv)
+    lines = out.splitlines()
+    assert lines[0] == "523 samples in 1 batch; sparse labels, 4 classes"
+    loss = document["losses"]["sparse_categorical_crossentropy"]
+    assert f"sparse_categorical_crossentropy  {loss:.6f}" in out
+    accuracy = document["metrics"]["accuracy"]
+    assert f"accuracy (sparse_categorical_accuracy)  {accuracy:.6f}" in out
+    per_class = document["reports"]["per_class"]
+    cat, _ = [line for line in lines if line.startswith("cat ")]  # per class, the matrix
+    assert cat.split() == [
+        "cat",
+        str(per_class["support"][0]),
+        *(f"{per_class[k][0]:.6f}" for k in ("precision", "recall", "f1")),
+    ]
+    matrix = document["reports"]["confusion_matrix"]["matrix"]
+    _, dog = [line for line in lines if line.startswith("dog ")]
+    assert [int(v) for v in dog.split()[1:]] == matrix[1]
+    ece = document["reports"]["calibration"]["ece"]
+    assert f"calibration: ECE {ece:.6f}" in out
+    code, out, _ = evaluate(capsys, *argv, "--url", url)
+    assert code == 0 and "report: " + url + "/v1/evaluations/" in out
+
+
+def test_a_progress_bar_on_a_terminal_only(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--batch-size", "100"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = evaluate(capsys, *argv)
+    assert code == 0 and "/523 " in err and "rows/s" in err
+    assert "rows/s" not in out and out.startswith("523 samples")
+    code, _, err = evaluate(capsys, *argv, "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_help_and_invalid_service_settings(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["evaluate", "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert "--y-true FILE" in out and "--batch-size N" in out and "Exit codes" in out
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["evaluate", "--y-true", files["y_true"], "--batch-size", "0"])
+    assert caught.value.code == 2
+    assert "expected a whole number of rows >= 1, received '0'" in capsys.readouterr().err
+    # The service's own settings are not the command's: an invalid one does not stop it.
+    monkeypatch.setenv("LOSS_SERVICE_WORKERS", "zero")
+    code, out, err = evaluate(capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"])
+    assert code == 0 and out.startswith("523 samples"), err
