@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service import registry
 from service.arrays import DTYPES
 from service.diagnostics import CODES
 from service.encodings import ENCODINGS
@@ -133,12 +134,39 @@ class MetricRequest(_Batch):
     )
 
 
-class Entry(BaseModel):
-    """A loss or metric in an evaluate call, with its parameters."""
+LossName = Literal[tuple(registry.LOSSES)]  # type: ignore[valid-type]
+MetricName = Literal[tuple(registry.METRICS)]  # type: ignore[valid-type]
+ReportName = Literal[tuple(registry.REPORTS)]  # type: ignore[valid-type]
+
+
+class LossEntry(BaseModel):
+    """A loss in an evaluate call, with its parameters (those the loss takes)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: LossName  # type: ignore[valid-type]
     as_: str | None = Field(None, alias="as", description="The key of its result.")
+
+
+class MetricEntry(BaseModel):
+    """A metric in an evaluate call, with its parameters (those the metric takes)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: MetricName  # type: ignore[valid-type]
+    as_: str | None = Field(None, alias="as", description="The key of its result.")
+
+
+class ReportEntry(BaseModel):
+    """A report in an evaluate call: `threshold` (per_class, confusion_matrix) or
+    `n_bins` (calibration)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: ReportName  # type: ignore[valid-type]
+    as_: str | None = Field(None, alias="as", description="The key of its result.")
+
+
+Losses = list[LossName | LossEntry]  # type: ignore[valid-type]
+Metrics = list[MetricName | MetricEntry]  # type: ignore[valid-type]
+Reports = list[ReportName | ReportEntry]  # type: ignore[valid-type]
 
 
 class EvaluateRequest(_Batch):
@@ -147,9 +175,9 @@ class EvaluateRequest(_Batch):
     from_logits: bool | None = Field(
         None, description="Applies to every loss and threshold metric that does not set its own."
     )
-    losses: list[str | Entry] | None = None
-    metrics: list[str | Entry] | None = None
-    reports: list[str | Entry] | None = Field(
+    losses: Losses | None = None
+    metrics: Metrics | None = None
+    reports: Reports | None = Field(
         None,
         description="`per_class`, `confusion_matrix` (`threshold`), `calibration` (`n_bins`).",
     )
@@ -180,7 +208,7 @@ class HeadsRequest(BaseModel):
     loss_weights: dict[str, float] | None = None
 
 
-class Warning(BaseModel):
+class ServiceWarning(BaseModel):
     code: Literal[tuple(CODES)]  # type: ignore[valid-type]
     message: str
 
@@ -189,7 +217,7 @@ class _Summary(BaseModel):
     label_encoding: Literal[ENCODINGS]  # type: ignore[valid-type]
     n_samples: int
     n_classes: int
-    warnings: list[Warning]
+    warnings: list[ServiceWarning]
 
 
 class LossResponse(_Summary):
@@ -282,9 +310,9 @@ class EvaluationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     from_logits: bool | None = None
-    losses: list[str | Entry] | None = None
-    metrics: list[str | Entry] | None = None
-    reports: list[str | Entry] | None = None
+    losses: Losses | None = None
+    metrics: Metrics | None = None
+    reports: Reports | None = None
     class_names: list[str] | None = None
     label_encoding: Literal[ENCODINGS] | None = None  # type: ignore[valid-type]
     dtype: Literal["float32", "float64"] = "float32"
@@ -360,7 +388,7 @@ class BatchResponse(BaseModel):
     metrics: dict[str, float | list[float]] | None = None
     outputs: dict[str, Any] | None = None
     total_loss: float | None = None
-    warnings: list[Warning]
+    warnings: list[ServiceWarning]
     evaluation: RunningCounts
 
 
