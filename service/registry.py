@@ -9,7 +9,7 @@ kernel on a prepared :class:`~service.encodings.Batch`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -276,10 +276,21 @@ Family = Literal["categorical", "sparse", "binary"]
 
 @dataclass(frozen=True)
 class LossSpec:
+    """A loss: its parameters, and the kernels that compute it (dispatch is a lookup).
+
+    ``dense`` takes targets of ``y_pred``'s shape (for the sparse loss: class indices);
+    ``indices``, where there is one, takes class indices for a categorical loss, so that
+    integer labels are never expanded to a one-hot matrix. ``kernel_params`` are the
+    parameters passed on to the kernels as keywords.
+    """
+
     name: str
     family: Family
     params: tuple[Param, ...]
     description: str
+    dense: Callable[..., NDArray[np.floating]]
+    indices: Callable[..., NDArray[np.floating]] | None = None
+    kernel_params: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -297,30 +308,45 @@ LOSSES: dict[str, LossSpec] = {
             "categorical",
             (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
             "Cross-entropy for one-hot or soft labels (integer labels accepted too).",
+            kernels.categorical_crossentropy,
+            kernels.categorical_crossentropy_from_indices,
+            ("from_logits", "label_smoothing"),
         ),
         LossSpec(
             "sparse_categorical_crossentropy",
             "sparse",
             (FROM_LOGITS, IGNORE_CLASS, AXIS, REDUCTION),
             "Cross-entropy for integer class labels (one-hot rows accepted too).",
+            kernels.sparse_categorical_crossentropy,
+            None,
+            ("from_logits",),
         ),
         LossSpec(
             "binary_crossentropy",
             "binary",
             (FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
             "Cross-entropy for binary and multi-label targets, averaged over the last axis.",
+            kernels.binary_crossentropy,
+            None,
+            ("from_logits", "label_smoothing"),
         ),
         LossSpec(
             "categorical_focal_crossentropy",
             "categorical",
             (ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
             "Focal cross-entropy for one-hot or soft labels (integer labels accepted too).",
+            kernels.categorical_focal_crossentropy,
+            kernels.categorical_focal_crossentropy_from_indices,
+            ("alpha", "gamma", "from_logits", "label_smoothing"),
         ),
         LossSpec(
             "binary_focal_crossentropy",
             "binary",
             (APPLY_CLASS_BALANCING, ALPHA, GAMMA, FROM_LOGITS, LABEL_SMOOTHING, AXIS, REDUCTION),
             "Focal cross-entropy for binary and multi-label targets.",
+            kernels.binary_focal_crossentropy,
+            None,
+            ("apply_class_balancing", "alpha", "gamma", "from_logits", "label_smoothing"),
         ),
     )
 }
@@ -524,45 +550,17 @@ def loss_terms(
     from_logits = bool(params["from_logits"])
     if not from_logits:
         check_probabilities(batch, binary=spec.family == "binary", loss=spec.name)
-    pred = batch.y_pred
+    keywords = {k: params[k] for k in spec.kernel_params}
     mask = None
-    focal = {k: params[k] for k in ("alpha", "gamma") if k in params}
-    smoothing = float(params.get("label_smoothing", 0.0))
-    if spec.family == "binary":
-        assert batch.dense is not None
-        if spec.name == "binary_focal_crossentropy":
-            per_row = kernels.binary_focal_crossentropy(
-                batch.dense,
-                pred,
-                apply_class_balancing=params["apply_class_balancing"],
-                from_logits=from_logits,
-                label_smoothing=smoothing,
-                **focal,
-            )
-        else:
-            per_row = kernels.binary_crossentropy(
-                batch.dense, pred, from_logits=from_logits, label_smoothing=smoothing
-            )
-    elif spec.family == "sparse":
+    if spec.family == "sparse":
         labels, mask = sparse_labels(batch, ignore_class)
-        per_row = kernels.sparse_categorical_crossentropy(labels, pred, from_logits=from_logits)
-    elif batch.labels is not None:  # integer or one-hot labels: no n × C target matrix needed
-        fn = (
-            kernels.categorical_focal_crossentropy_from_indices
-            if focal
-            else kernels.categorical_crossentropy_from_indices
-        )
-        per_row = fn(
-            batch.labels, pred, from_logits=from_logits, label_smoothing=smoothing, **focal
-        )
+        per_row = spec.dense(labels, batch.y_pred, **keywords)
+    elif spec.indices is not None and batch.labels is not None:
+        # Integer or one-hot labels: no n × C target matrix needed.
+        per_row = spec.indices(batch.labels, batch.y_pred, **keywords)
     else:
         assert batch.dense is not None
-        dense_fn = (
-            kernels.categorical_focal_crossentropy if focal else kernels.categorical_crossentropy
-        )
-        per_row = dense_fn(
-            batch.dense, pred, from_logits=from_logits, label_smoothing=smoothing, **focal
-        )
+        per_row = spec.dense(batch.dense, batch.y_pred, **keywords)
     values = per_row.reshape(batch.sample_shape)
     return values, None if mask is None else mask.reshape(batch.sample_shape)
 
