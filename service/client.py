@@ -129,6 +129,7 @@ __all__ = [
     "ServiceUnavailableError",
     "ServiceWarning",
     "build_request",
+    "content_digest",
     "encode_body",
     "parse_response",
 ]
@@ -1864,7 +1865,9 @@ class Evaluation(_EvaluationHandle):
     a batch over the service's body limit is split by rows into parts sent one by one.
     """
 
-    def __init__(self, client: LossClient, summary: EvaluationSummary, batch_prefix: str = ""):
+    def __init__(
+        self, client: LossClient, summary: EvaluationSummary, batch_prefix: str = ""
+    ) -> None:
         super().__init__(str(client._http.base_url), summary, batch_prefix)
         self._client = client
 
