@@ -35,6 +35,23 @@ SETTINGS: list[dict[str, Any]] = [
         "metrics": [{"name": "fbeta_score", "beta": 2.0, "average": "micro"}],
         "from_logits": True,
     },
+    {
+        "losses": [
+            {"name": "categorical_crossentropy", "reduction": "mean_with_sample_weight"},
+            {"name": "sparse_categorical_crossentropy", "ignore_class": 1, "as": "ignoring_1"},
+        ],
+        "metrics": [
+            "recall",
+            {"name": "precision", "class_id": 2, "thresholds": 0.3},
+            "f1_score",
+            {"name": "auc", "curve": "PR", "summation_method": "majoring"},
+            {"name": "auc", "multi_label": True, "as": "auc_per_label"},
+            {"name": "expected_calibration_error", "norm": "max", "n_bins": 4},
+            {"name": "expected_calibration_error", "norm": "l2", "as": "ece_l2"},
+            "sparse_top_k_categorical_accuracy",
+        ],
+        "reports": [{"name": "confusion_matrix", "as": "cm"}],
+    },
     {},  # the defaults that fit the labels
 ]
 
