@@ -1,9 +1,10 @@
 """Which route template a request is for: ``/v1/losses/{name}``, never the path itself.
 
-The templates are the paths of the app's OpenAPI document and of its top-level
-routes (``/docs``, ``/metrics``, ``/static/docs/{path}``), compiled once, on first
-use, with Starlette's own path compiler: literal paths go in a dictionary, and a
+The templates are the paths of the app's routing table (what it serves: included
+routers, ``/docs``, ``/metrics``, mounts as ``/static/docs/{path}``), compiled once, on
+first use, with Starlette's own path compiler: literal paths go in a dictionary, and a
 templated one's regex is tried only on paths that start with its literal prefix.
+(Not the OpenAPI document's paths: it may describe one route as several operations.)
 Resolving a path does not need the request to have been routed: a request refused
 before routing (a 401) still gets its template.
 """
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount, compile_path
 from starlette.types import Scope
 
@@ -34,13 +36,19 @@ class _Table:
     templated: tuple[tuple[str, re.Pattern[str], str], ...]
 
 
+def _routes(app: Any) -> list[Any]:
+    """The app's routes, those of its included routers among them."""
+    routes = list(getattr(app, "routes", ()))
+    try:
+        return [context.original_route for context in iter_route_contexts(routes)]
+    except Exception:
+        log.warning("the included routes could not be listed; routes are labelled coarsely")
+        return routes
+
+
 def _templates(app: Any) -> _Table:
     paths: set[str] = set()
-    try:
-        paths.update(app.openapi().get("paths", {}))
-    except Exception:
-        log.warning("the OpenAPI paths could not be read; routes are labelled coarsely")
-    for route in getattr(app, "routes", ()):
+    for route in _routes(app):
         path = getattr(route, "path", None)
         if not isinstance(path, str) or not path:
             continue
