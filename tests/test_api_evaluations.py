@@ -4,6 +4,7 @@ contract, idempotent batches, isolation by API key, every encoding, several head
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,12 @@ def test_several_heads_with_loss_weights(api: Any) -> None:
         f"/v1/evaluations/{eid}/batches/h9", json={"outputs": {"kind": _batch(slice(0, 2))}}
     )
     assert missing.status_code == 422 and "missing ['tags']" in missing.json()["detail"]
+
+
+def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:
+    client = api(evaluation_ttl=1)
+    old = _create(client)
+    time.sleep(1.3)
+    fresh = _create(client)  # creating (or listing) looks for expired evaluations
+    assert client.get(f"/v1/evaluations/{old}").status_code == 404
+    assert client.get(f"/v1/evaluations/{fresh}").status_code == 200

@@ -54,7 +54,8 @@ BATCHES = Counter(
 for _outcome in PutOutcome:
     BATCHES.labels(_outcome.value)
 
-#: Expired evaluations are looked for at most this often (seconds) per process.
+#: Expired evaluations are looked for at most this often (seconds) per process (or half
+#: the time to live, if shorter), when an evaluation is created or listed.
 _EXPIRE_EVERY_S = 600.0
 
 EvaluationId = Annotated[str, Path(description="The evaluation's id.", max_length=64)]
@@ -86,18 +87,18 @@ def _store(request: Request) -> Store:
                     None if url is None else url.get_secret_value(), settings.data_dir
                 )
                 state.store = store
-                state.expired_at = 0.0
     return store
 
 
 def _expire(request: Request, store: Store) -> None:
     """Delete the evaluations past their time to live, now and then."""
     state = request.app.state
+    settings: Settings = state.settings
+    every = min(_EXPIRE_EVERY_S, settings.evaluation_ttl.total_seconds() / 2)
     now = time.monotonic()
-    if now - getattr(state, "expired_at", 0.0) < _EXPIRE_EVERY_S:
+    if now - getattr(state, "expired_at", -every) < every:
         return
     state.expired_at = now
-    settings: Settings = state.settings
     store.expire(datetime.now(UTC) - settings.evaluation_ttl)
 
 
@@ -182,10 +183,13 @@ async def list_evaluations(request: Request, limit: Limit = 50, cursor: Cursor =
     """Your evaluations, newest first, a page at a time."""
     store = _store(request)
     owner = _owner(request)
+
+    def listed() -> Any:
+        _expire(request, store)
+        return store.list_evaluations(owner, limit=limit, cursor=cursor)
+
     try:
-        page = await anyio.to_thread.run_sync(
-            lambda: store.list_evaluations(owner, limit=limit, cursor=cursor)
-        )
+        page = await anyio.to_thread.run_sync(listed)
     except InvalidCursor:
         raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
     return json_response({"evaluations": [_summary(r) for r in page.items], "next": page.next})
