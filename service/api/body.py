@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Final, Literal
 
-import anyio
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from service import errors
 from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, mib
@@ -100,6 +99,8 @@ def _shown(value: str) -> str:
 
 def _content_type(request: Request) -> Literal["json", "binary"]:
     raw = request.headers.get("content-type")
+    if raw == JSON_MEDIA_TYPE:
+        return "json"
     if raw is None or not raw.strip():
         raise errors.UnsupportedMediaType.at(
             _CONTENT_TYPE_LOC,
@@ -176,8 +177,43 @@ def _too_large(limit: int, received: str) -> errors.ServiceError:
     )
 
 
+class _StallWatch:
+    """One timer for a whole body read: it cancels the reading task once no chunk has
+    arrived for ``seconds``. Each chunk only notes its arrival time; the timer, when it
+    comes due early (a chunk arrived since it was set), is set again for the rest."""
+
+    __slots__ = ("_handle", "_loop", "_seconds", "_task", "fired", "last")
+
+    def __init__(self, seconds: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._seconds = seconds
+        self.fired = False
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + seconds, self._due)
+
+    def _due(self) -> None:
+        if self._loop.time() - self.last >= self._seconds:
+            self.fired = True
+            self._task.cancel()
+        else:
+            self._handle = self._loop.call_at(self.last + self._seconds, self._due)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def caught(self) -> bool:
+        """After a cancellation: whether it was this timer's alone (then taken back)."""
+        if not self.fired:
+            return False
+        self._task.uncancel()
+        return not self._task.cancelling()
+
+
 async def _read(
-    request: Request, limit: int, reservation: Reservation, stall_seconds: float, min_rate: int
+    receive: Receive, limit: int, reservation: Reservation, stall_seconds: float, min_rate: int
 ) -> bytearray:
     """The body, read once into one buffer that grows only with the bytes that arrived.
 
@@ -188,11 +224,31 @@ async def _read(
     budget cannot hold them).
     """
     buffer = bytearray()
-    stream = request.stream().__aiter__()
-    started = time.monotonic()
+    watch = _StallWatch(stall_seconds)
+    started = watch.last
+    clock = asyncio.get_running_loop().time
     try:
         while True:
-            elapsed = time.monotonic() - started
+            message = await receive()
+            watch.last = now = clock()
+            kind = message["type"]
+            if kind == "http.disconnect":
+                raise ClientDisconnect
+            if kind != "http.request":
+                continue
+            chunk = message.get("body", b"")
+            if chunk:
+                count = len(buffer) + len(chunk)
+                if count > limit:
+                    raise _too_large(
+                        limit, f"{count} bytes so far, and the client was still sending"
+                    )
+                if count > reservation.nbytes:
+                    reservation.resize(count)
+                buffer += chunk
+            if not message.get("more_body", False):
+                return buffer
+            elapsed = now - started
             if elapsed > stall_seconds and len(buffer) < min_rate * elapsed:
                 raise errors.RequestTimeout.at(
                     _BODY_LOC,
@@ -200,25 +256,6 @@ async def _read(
                     f"{elapsed:.0f} s, under the {min_rate} bytes a second expected after the "
                     f"first {stall_seconds:g} s (setting {MIN_RATE_ENV})",
                 )
-            with anyio.move_on_after(stall_seconds) as scope:
-                chunk = await stream.__anext__()
-            if scope.cancelled_caught:
-                raise errors.RequestTimeout.at(
-                    _BODY_LOC,
-                    f"the request body stalled: no byte arrived for {stall_seconds:g} s "
-                    f"(setting {BODY_TIMEOUT_ENV}) after {len(buffer)} bytes; expected the "
-                    "rest of the body",
-                )
-            if not chunk:
-                continue
-            count = len(buffer) + len(chunk)
-            if count > limit:
-                raise _too_large(limit, f"{count} bytes so far, and the client was still sending")
-            if count > reservation.nbytes:
-                reservation.resize(count)
-            buffer += chunk
-    except StopAsyncIteration:
-        pass
     except ClientDisconnect:
         raise errors.MalformedRequest.at(
             _BODY_LOC,
@@ -226,6 +263,13 @@ async def _read(
             f"{len(buffer)} bytes",
         ) from None
     except asyncio.CancelledError:
+        if watch.caught():
+            raise errors.RequestTimeout.at(
+                _BODY_LOC,
+                f"the request body stalled: no byte arrived for {stall_seconds:g} s "
+                f"(setting {BODY_TIMEOUT_ENV}) after {len(buffer)} bytes; expected the "
+                "rest of the body",
+            ) from None
         # The server cancels what is still running when its graceful shutdown time is up:
         # an upload cut short then is answered, not failed with a 500 (the cancellation is
         # taken back so that the answer can be sent).
@@ -238,7 +282,8 @@ async def _read(
             f"{len(buffer)} bytes); expected: send the request again, after the time in "
             "Retry-After or to another instance",
         ) from None
-    return buffer
+    finally:
+        watch.stop()
 
 
 async def read_body(request: Request) -> RawBody:
@@ -282,7 +327,7 @@ async def read_body_as(request: Request, content_type: Literal["json", "binary"]
     reservation = budget_of(request).reserve(declared[0] if declared else 0)
     try:
         data = await _read(
-            request, limit, reservation, settings.body_timeout, settings.min_body_rate
+            request.receive, limit, reservation, settings.body_timeout, settings.min_body_rate
         )
         if not data:
             raise errors.MalformedRequest.at(
