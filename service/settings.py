@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     #: to the system when freed (glibc ``M_MMAP_THRESHOLD``); 0 keeps glibc's default.
     malloc_mmap_threshold: int = Field(default=1024 * 1024, ge=0)
 
+    # ---- Small requests: where their work runs ----
+    #: Requests whose arrays hold at most this many elements (counted once per loss, metric
+    #: or report named) and whose body is at most 16 bytes per such element are decoded
+    #: and computed on the event loop, without the hop to the thread pool and back; bigger
+    #: ones run in the thread pool, so the event loop keeps serving meanwhile. 0: always
+    #: the thread pool.
+    inline_max_elements: int = Field(default=4096, ge=0)
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lowercase(cls, value: Any) -> Any:

@@ -115,3 +115,86 @@ def test_refused_preflighted_and_answered_requests_all_get_a_request_id() -> Non
     )
     assert answered.status_code == 200
     assert answered.headers.get_list("x-request-id") == ["r-3"]
+
+
+# ---- the direct path of the compute routes -------------------------------------------------
+
+REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", URL, {"json": BODY}),
+    ("POST", "/v1/losses/sparse_categorical_crossentropy", {"json": {**BODY, "y_true": [1, 2]}}),
+    ("POST", "/v1/metrics/accuracy", {"json": BODY}),
+    ("POST", "/v1/evaluate", {"json": {**BODY, "metrics": ["accuracy"]}}),
+    ("POST", "/v1/evaluate", {"json": {"outputs": {"a": BODY, "b": BODY}}}),
+    ("POST", "/v1/losses/no_such_loss", {"json": BODY}),
+    ("POST", "/v1/metrics/no_such_metric", {"json": BODY}),
+    ("POST", URL, {"content": b"{", "headers": {"Content-Type": "application/json"}}),
+    ("POST", URL, {"content": b"", "headers": {"Content-Type": "application/json"}}),
+    ("POST", URL, {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
+    ("POST", URL, {"json": {"y_true": [[0, 1]], "y_pred": [[0.5, 0.5], [1, 0]]}}),
+    ("POST", URL, {"json": {**BODY, "y_pred": "nope"}}),
+    ("GET", "/v1/evaluate", {}),
+    ("POST", "/v1/losses/categorical_crossentropy/", {"json": BODY}),
+    ("POST", "/v1/losses", {"json": BODY}),
+]
+
+
+def _answers(direct: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[httpx.Response], int]:
+    """The answers to ``REQUESTS`` with the direct path or without it, and how many
+    requests the direct path served."""
+    from service.api import compute
+
+    served = 0
+    serve = compute.serve
+
+    async def counted(*args: Any) -> None:
+        nonlocal served
+        served += 1
+        await serve(*args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compute, "serve", counted)
+        if not direct:
+            patched.setattr(compute, "ROUTES", {})
+        app = create_app(Settings())
+
+    async def go() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return [await c.request(method, url, **kw) for method, url, kw in REQUESTS]
+
+    return asyncio.run(go()), served
+
+
+def test_compute_routes_are_answered_directly_as_their_routes_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (direct, served), (routed, not_served) = (
+        _answers(True, monkeypatch),
+        _answers(False, monkeypatch),
+    )
+    assert (served, not_served) == (12, 0)  # every POST to a compute route's template
+    statuses = [r.status_code for r in direct]
+    assert statuses == [200, 200, 200, 200, 200, 404, 404, 400, 400, 415, 422, 422, 405, 307, 405]
+    for (method, url, _), one, other in zip(REQUESTS, direct, routed, strict=True):
+        assert one.status_code == other.status_code, (method, url)
+        assert one.content == other.content, (method, url)
+        for name in ("content-type", "connection", "allow", "location"):
+            assert one.headers.get(name) == other.headers.get(name), (method, url, name)
+        assert len(one.headers.get_list("x-request-id")) == 1
+
+
+def test_the_direct_routes_are_the_apps_compute_routes() -> None:
+    from fastapi.routing import iter_route_contexts
+
+    from service.api import compute
+
+    served = {
+        context.path: context.endpoint.__name__
+        for context in iter_route_contexts(create_app(Settings()).routes)
+        if "POST" in (context.methods or ()) and context.endpoint is not None
+    }
+    assert {template: served.get(template) for template in compute.ROUTES} == {
+        "/v1/losses/{name}": "compute_loss",
+        "/v1/metrics/{name}": "compute_metric",
+        "/v1/evaluate": "evaluate",
+    }

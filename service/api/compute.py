@@ -3,27 +3,45 @@
 A route resolves its loss or metric first (an unknown name is a 404 before any body
 byte is read), then calls :func:`respond` with the operation to run on the decoded
 body. The body is read on the event loop (:func:`service.api.body.read_body`: content
-type, size, stall timeout, memory reservation); decoding and computing run in the
-thread pool, where :func:`admit` first checks the request's counts (heads, entries)
-and reserves its estimated working memory.
+type, size, stall timeout, memory reservation); :func:`admit` then checks the request's
+counts (heads, entries) and reserves its estimated working memory before anything is
+computed.
+
+Where the work runs depends on its size (setting ``inline_max_elements``):
+
+- a body of at most ``INLINE_BYTES_PER_ELEMENT × inline_max_elements`` bytes is decoded
+  and admitted on the event loop, and if its arrays hold at most ``inline_max_elements``
+  elements (each counted once per loss, metric or report the request names) it is
+  computed there too: tens of microseconds, less than the hop to a worker thread and
+  back;
+- anything bigger is decoded, admitted and computed in the thread pool, so that the
+  event loop keeps serving other connections meanwhile.
+
+:data:`ROUTES` names the compute routes and the operation each runs; the routes of
+``service.api.routes`` call it, and :func:`serve` answers the same requests straight from
+the ASGI scope (``service.ops.middleware.Operations`` calls it for them): the same intake,
+limits, budget and answers, without the framework's routing and dependency solving.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import anyio.to_thread
 import numpy as np
 from fastapi import Request, Response
+from starlette.types import Receive, Scope, Send
 
+from service import evaluation, registry
 from service.admission import ArrayInfo, give_back_memory, working_bytes
 from service.api.body import RawBody, read_body
 from service.api.responses import computed_response
 from service.arrays import DTYPES, parse_binary, parse_json_body
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, ServiceError
 from service.evaluation import ARRAY_FIELDS
 from service.settings import Settings
 
@@ -31,6 +49,43 @@ Operation = Callable[[Any, int], dict[str, Any]]
 
 _HEADS_ENV = "LOSS_SERVICE_MAX_HEADS"
 _ENTRIES_ENV = "LOSS_SERVICE_MAX_ENTRIES"
+_ENTRY_KEYS: Final = ("losses", "metrics", "reports")
+
+#: Bodies of at most this many bytes per element of ``inline_max_elements`` are decoded on
+#: the event loop (a JSON number takes 2 to 20 bytes of text, a binary one 1 to 8).
+INLINE_BYTES_PER_ELEMENT: Final = 16
+
+
+# ---- the compute routes ------------------------------------------------------------------
+
+
+def loss_operation(name: str) -> Operation:
+    """``POST /v1/losses/{name}`` (404 for an unknown loss, before the body is read)."""
+    registry.get_loss(name)
+    return partial(evaluation.loss, name)
+
+
+def metric_operation(name: str) -> Operation:
+    """``POST /v1/metrics/{name}`` (404 for an unknown metric, before the body is read)."""
+    registry.get_metric(name)
+    return partial(evaluation.metric, name)
+
+
+def evaluate_operation() -> Operation:
+    """``POST /v1/evaluate``."""
+    return evaluation.evaluate
+
+
+#: The compute routes (``POST``), by path template: the operation that a request's path
+#: parameters name.
+ROUTES: Final[Mapping[str, Callable[[Mapping[str, str]], Operation]]] = {
+    "/v1/losses/{name}": lambda params: loss_operation(params["name"]),
+    "/v1/metrics/{name}": lambda params: metric_operation(params["name"]),
+    "/v1/evaluate": lambda params: evaluate_operation(),
+}
+
+
+# ---- decoding and admission --------------------------------------------------------------
 
 
 def decode(raw: RawBody, settings: Settings) -> Any:
@@ -87,7 +142,7 @@ def admit(raw: RawBody, body: Any, settings: Settings) -> None:
     for head in heads:
         if not isinstance(head, dict):
             continue
-        for key in ("losses", "metrics", "reports"):
+        for key in _ENTRY_KEYS:
             entries = head.get(key)
             if isinstance(entries, list) and len(entries) > settings.max_entries:
                 loc = ("outputs", "...", key) if len(heads) > 1 else (key,)
@@ -108,22 +163,80 @@ def admit(raw: RawBody, body: Any, settings: Settings) -> None:
     raw.reservation.require(working_bytes(arrays, itemsize) + decoded, held)
 
 
-def _run(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
-    body = decode(raw, settings)
-    admit(raw, body, settings)
+# ---- where the work runs -----------------------------------------------------------------
+
+
+def _elements(value: Any) -> int:
+    """How many elements an array field holds: a decoded array's size, a typed array's
+    shape multiplied out, nested lists counted along their first items (exact for the
+    rectangular ones, the only ones the computation accepts)."""
+    if isinstance(value, np.ndarray):
+        return int(value.size)
+    if isinstance(value, list):
+        n = 1
+        while isinstance(value, list):
+            n *= len(value)
+            if not value:
+                break
+            value = value[0]
+        return n
+    if isinstance(value, dict):
+        shape = value.get("shape")
+        if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape):
+            return math.prod(shape)
+        return 0
+    return 1
+
+
+def work(body: Any) -> int:
+    """The elements a decoded body's computation goes over: each head's array elements,
+    once per loss, metric or report that the head names (at least once)."""
+    total = 0
+    for head in _heads(body):
+        if not isinstance(head, dict):
+            continue
+        elements = sum(_elements(head[name]) for name in ARRAY_FIELDS if name in head)
+        named = 0
+        for key in _ENTRY_KEYS:
+            entries = head.get(key)
+            if isinstance(entries, list):
+                named += len(entries)
+        total += elements * max(1, named)
+    return total
+
+
+def _compute(body: Any, settings: Settings, operation: Operation) -> dict[str, Any]:
     # A sum that overflows is refused by the operation's check of its results, not
     # reported as a warning of the process.
     with np.errstate(over="ignore", invalid="ignore"):
         return operation(body, settings.max_elements)
 
 
-async def respond(request: Request, operation: Operation) -> Response:
-    """Read the body, then decode, admit and compute it in the thread pool."""
-    settings: Settings = request.app.state.settings
-    raw = await read_body(request)
+def _run(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+    """Decode, admit and compute (in the thread pool, for a body too big for the loop)."""
+    body = decode(raw, settings)
+    admit(raw, body, settings)
+    return _compute(body, settings, operation)
+
+
+async def _place(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+    limit = settings.inline_max_elements
+    if len(raw.data) <= limit * INLINE_BYTES_PER_ELEMENT:
+        body = decode(raw, settings)
+        admit(raw, body, settings)
+        if work(body) <= limit:
+            return _compute(body, settings, operation)
+        return await anyio.to_thread.run_sync(_compute, body, settings, operation)
+    return await anyio.to_thread.run_sync(_run, raw, settings, operation)
+
+
+async def compute(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+    """Decode, admit and compute a body that passed the intake: on the event loop when it
+    is small (setting ``inline_max_elements``), else in the thread pool. The body's
+    reservation is released when done."""
     peak = raw.reservation.peak if raw.reservation is not None else 0
     try:
-        result = await anyio.to_thread.run_sync(_run, raw, settings, operation)
+        return await _place(raw, settings, operation)
     finally:
         if raw.reservation is not None:
             peak = raw.reservation.peak
@@ -133,4 +246,49 @@ async def respond(request: Request, operation: Operation) -> Response:
             # A large request's buffers are freed: hand the pages back to the system now,
             # rather than keep the worker at its burst size.
             await anyio.to_thread.run_sync(give_back_memory)
-    return computed_response(result)
+
+
+async def respond(request: Request, operation: Operation) -> Response:
+    """Read the body, then decode, admit and compute it (see :func:`compute`)."""
+    settings: Settings = request.app.state.settings
+    return computed_response(await compute(await read_body(request), settings, operation))
+
+
+# ---- the direct path ---------------------------------------------------------------------
+
+
+def _handler(app: Any, error: ServiceError) -> Callable[[Request, Exception], Any] | None:
+    """The application's handler of ``error`` (by its class, most specific first)."""
+    handlers: Mapping[Any, Any] = getattr(app, "exception_handlers", {})
+    for cls in type(error).__mro__:
+        if cls is Exception:
+            break
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler  # type: ignore[no-any-return]
+    return None
+
+
+async def serve(
+    operation_of: Callable[[Mapping[str, str]], Operation],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    params: Mapping[str, str],
+) -> None:
+    """Answer a compute request (one of :data:`ROUTES`, ``params`` its path parameters)
+    as its route does, straight from the ASGI scope: the same intake, limits, memory
+    budget and answers, errors through the application's own handlers; without the
+    framework's routing, dependency solving and exception middleware."""
+    request = Request(scope, receive, send)
+    try:
+        response = await respond(request, operation_of(params))
+    except ServiceError as error:
+        handler = _handler(scope.get("app"), error)
+        if handler is None:
+            raise
+        response = await handler(request, error)
+        # Its traceback holds the request's frames, in a cycle through the thread pool's
+        # future: dropped now, the body's memory goes now, not at the next full collection.
+        error.__traceback__ = None
+    await response(scope, receive, send)

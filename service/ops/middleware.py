@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Final
 
 from starlette.middleware.cors import CORSMiddleware
@@ -59,8 +60,17 @@ def _client(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
+#: A route answered straight by the middleware: ``handler(scope, receive, send, params)``,
+#: ``params`` being the request's path parameters.
+DirectHandler = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[None]]
+
+#: Where the route of the request being served is kept in its scope (template, params).
+_ROUTE_KEY: Final = "loss_service.route"
+
+
 class Operations:
-    """Pure ASGI middleware: request id, CORS, API keys, metrics and access log."""
+    """Pure ASGI middleware: request id, CORS, API keys, metrics and access log; and the
+    direct path of the ``POST`` routes named in ``direct``."""
 
     def __init__(
         self,
@@ -68,11 +78,15 @@ class Operations:
         *,
         api_keys: Sequence[str] = (),
         cors_origins: Sequence[str] = (),
+        direct: Mapping[str, DirectHandler] | None = None,
     ) -> None:
         self.app = app
         self.routes = RouteTemplates()
+        self._direct = dict(direct or {})
         self._keys = auth.Keys(api_keys) if api_keys else None
-        inner: ASGIApp = self._guarded if self._keys is not None else app
+        inner: ASGIApp = self._dispatch if self._direct else app
+        if self._keys is not None:
+            inner = partial(self._guarded, inner)
         if cors_origins:
             inner = CORSMiddleware(
                 inner,
@@ -84,14 +98,26 @@ class Operations:
             )
         self._inner = inner
 
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app behind the API keys (inside CORS: refusals carry its headers, and
+    async def _guarded(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """``app`` behind the API keys (inside CORS: refusals carry its headers, and
         preflights are answered before they get here)."""
         assert self._keys is not None
         if scope["type"] == "http" and auth.is_protected(route_path(scope)):
             refusal = self._keys.refusal(scope)
             if refusal is not None:
                 await refusal(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The direct path of a ``POST`` to one of the ``direct`` routes, else the app."""
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            template, params = scope.get(_ROUTE_KEY) or self.routes.resolve(
+                scope.get("app"), route_path(scope)
+            )
+            handler = self._direct.get(template)
+            if handler is not None:
+                await handler(scope, receive, send, params)
                 return
         await self.app(scope, receive, send)
 
@@ -101,8 +127,8 @@ class Operations:
             return
 
         start = time.perf_counter()
-        # Read now: a mount below changes the scope's root_path.
-        app, path = scope.get("app"), route_path(scope)
+        # Resolved now: a mount below changes the scope's root_path.
+        route = scope[_ROUTE_KEY] = self.routes.resolve(scope.get("app"), route_path(scope))
         request_id = requestid.from_headers(scope.get("headers", ()))
         state = scope.get("state")
         if state is None:
@@ -152,7 +178,7 @@ class Operations:
             if failed and not status:
                 status = 500
             try:
-                self._record(scope, app, path, request_id, status, duration, received, sent)
+                self._record(scope, route, request_id, status, duration, received, sent)
             except Exception:
                 # Bookkeeping never fails a request.
                 log.exception("recording the request failed")
@@ -162,8 +188,7 @@ class Operations:
     def _record(
         self,
         scope: Scope,
-        app: object,
-        path: str,
+        route: tuple[str, Mapping[str, str]],
         request_id: str,
         status: int,
         duration: float,
@@ -171,10 +196,10 @@ class Operations:
         sent: int,
     ) -> None:
         method: str = scope.get("method", "")
-        route, params = self.routes.resolve(app, path)
+        template, params = route
         prometheus.observe(
             method=method,
-            route=route,
+            route=template,
             path_params=params,
             status=status,
             duration_s=duration,
@@ -185,7 +210,7 @@ class Operations:
                 request_id=request_id,
                 method=method,
                 path=_logged_path(scope),
-                route=route,
+                route=template,
                 status=status,
                 duration_s=duration,
                 request_bytes=received,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service import evaluation
 from service.api import schemas
-from service.api.compute import respond
+from service.api.compute import evaluate_operation, respond
 from service.api.openapi_body import request_body
 from service.api.routes.errors import ERROR_RESPONSES
 from service.api.routes.reports import batch_page, wants_html
@@ -32,4 +31,4 @@ async def evaluate(request: Request) -> Response:
     """Compute several losses and metrics on one batch (or one per head), with diagnoses."""
     if wants_html(request):
         return await batch_page(request)
-    return await respond(request, evaluation.evaluate)
+    return await respond(request, evaluate_operation())

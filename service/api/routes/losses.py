@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service import evaluation, registry
+from service import registry
 from service.api import schemas
 from service.api.catalogue import catalogue
-from service.api.compute import respond
+from service.api.compute import loss_operation, respond
 from service.api.openapi_body import request_body
 from service.api.routes.errors import ERROR_RESPONSES
 
@@ -38,5 +38,5 @@ def list_losses() -> dict[str, object]:
 )
 async def compute_loss(name: LossName, request: Request) -> Response:
     """Compute one loss on a batch, with Keras 3's numbers and diagnoses."""
-    registry.get_loss(name)  # an unknown name is a 404 before the body is read
-    return await respond(request, lambda body, limit: evaluation.loss(name, body, limit))
+    # An unknown name is a 404 before the body is read.
+    return await respond(request, loss_operation(name))

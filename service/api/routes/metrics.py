@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service import evaluation, registry
+from service import registry
 from service.api import schemas
 from service.api.catalogue import catalogue
-from service.api.compute import respond
+from service.api.compute import metric_operation, respond
 from service.api.openapi_body import request_body
 from service.api.routes.errors import ERROR_RESPONSES
 
@@ -39,5 +39,5 @@ def list_metrics() -> dict[str, object]:
 )
 async def compute_metric(name: MetricName, request: Request) -> Response:
     """Compute one metric on a batch; the response says what `accuracy` resolved to."""
-    registry.get_metric(name)  # an unknown name is a 404 before the body is read
-    return await respond(request, lambda body, limit: evaluation.metric(name, body, limit))
+    # An unknown name is a 404 before the body is read.
+    return await respond(request, metric_operation(name))
