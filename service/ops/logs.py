@@ -22,6 +22,8 @@ logged.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from typing import Any, Final
 
@@ -38,12 +40,22 @@ _STANDARD: Final = frozenset(
 )
 
 _access_log = logging.getLogger(ACCESS_LOGGER)
+_ACCESS_MESSAGE: Final = "%s %s %d"
+
+
+#: The last second formatted by ``_timestamp`` and its text (one tuple: replaced whole).
+_second: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
+    global _second
     seconds = int(created)
     millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    second, text = _second
+    if second != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second = (seconds, text)
+    return f"{text}.{millis:03d}Z"
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
@@ -135,6 +147,36 @@ def access_enabled() -> bool:
     return _access_log.isEnabledFor(logging.INFO)
 
 
+#: Per thread: the attributes that every access record made on it shares (its logger,
+#: level, source, thread and process), from one record made by the record factory.
+_templates: dict[int, tuple[type[logging.LogRecord], dict[str, Any]]] = {}
+os.register_at_fork(after_in_child=_templates.clear)
+
+
+def _access_record(message_args: tuple[Any, ...], fields: dict[str, Any]) -> logging.LogRecord:
+    """An access record: a copy of this thread's template with the time, the message
+    and the fields of this request (no ``LogRecord()`` and no caller lookup each time:
+    the access line is logged for every request)."""
+    ident = threading.get_ident()
+    made = _templates.get(ident)
+    if made is None:
+        first = logging.getLogRecordFactory()(
+            ACCESS_LOGGER, logging.INFO, __file__, 0, _ACCESS_MESSAGE, (), None, "access"
+        )
+        made = _templates[ident] = (type(first), dict(first.__dict__))
+    cls, template = made
+    record = cls.__new__(cls)
+    attributes = record.__dict__
+    attributes.update(template)
+    now = time.time()
+    attributes["created"] = now
+    attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+    attributes["relativeCreated"] = template["relativeCreated"] + (now - template["created"]) * 1000
+    attributes["args"] = message_args
+    attributes.update(fields)
+    return record
+
+
 def access(
     *,
     request_id: str,
@@ -150,12 +192,9 @@ def access(
     """Log the access line of one request (see the module's docstring)."""
     if not _access_log.isEnabledFor(logging.INFO):
         return
-    _access_log.info(
-        "%s %s %d",
-        method,
-        path,
-        status,
-        extra={
+    record = _access_record(
+        (method, path, status),
+        {
             "request_id": request_id,
             "method": method,
             "path": path,
@@ -167,3 +206,4 @@ def access(
             "client": client,
         },
     )
+    _access_log.handle(record)
