@@ -153,8 +153,8 @@ def _from_bytes(
 def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[Any]:
     """A base64 typed array to an array (sizes checked before decoding)."""
     dtype, shape, n = _typed_header(value, loc, max_elements)
-    data = value.get("data")  # bytes when the fast JSON path copied it from the body
-    if not isinstance(data, str | bytes):
+    data = value.get("data")  # bytes or a view of the body from the fast JSON path
+    if not isinstance(data, str | bytes | memoryview):
         raise invalid(
             (*loc, "data"),
             f"{_where(loc)}.data must be a base64 string of the array's bytes, received "
@@ -280,6 +280,10 @@ REGION_MIN_BYTES = 1 << 14
 #: Bytes of array text parsed at a time: the parser's working memory is a few times this.
 BLOCK_BYTES = 1 << 20
 _SCAN_BYTES = 1 << 22
+#: Bodies with fewer strings than one per this many bytes (and at least the minimum) have
+#: their strings found one by one; others are scanned byte by byte, vectorised.
+_WALK_BYTES_PER_STRING = 2048
+_WALK_MIN_STRINGS = 256
 _WHITESPACE = b" \t\n\r"
 _OPEN, _CLOSE, _QUOTE = ord("["), ord("]"), ord('"')
 _TOKEN_BYTES = np.frombuffer(b'[]{}"', np.uint8)
@@ -384,11 +388,77 @@ class _Text:
         self.end = end
 
 
+def _walk_strings(data: bytes | bytearray, most: int) -> NDArray[np.int64] | None:
+    """The positions of the quotes that open and close the body's strings, found string
+    by string: ``bytes.find`` goes from an opening quote to the closing one at memory
+    speed, over a long string's text (a typed array's base64) without looking at each
+    byte in Python or NumPy. None past ``most`` strings: the vectorised scan of every
+    byte is cheaper for bodies of many strings."""
+    found: list[int] = []
+    find = data.find
+    at = find(b'"')
+    while at != -1:
+        if len(found) >= 2 * most:
+            return None
+        end = find(b'"', at + 1)
+        while end != -1 and data[end - 1] == _BACKSLASH and _escaped_at(data, end):
+            end = find(b'"', end + 1)
+        if end == -1:
+            raise _Fallback("a string is not terminated")
+        found += (at, end)
+        at = find(b'"', end + 1)
+    return np.array(found, np.int64)
+
+
+def _escaped_at(data: bytes | bytearray, quote: int) -> bool:
+    """Whether the quote at ``quote`` follows an odd run of backslashes."""
+    start = quote - 1
+    while start > 0 and data[start - 1] == _BACKSLASH:
+        start -= 1
+    return (quote - start) % 2 == 1
+
+
 def _tokens(
-    data: bytes | bytearray,
+    data: bytes | bytearray, text_min: int = 0
 ) -> tuple[NDArray[np.int64], NDArray[np.uint8], NDArray[np.int64]]:
     """Positions and bytes of the brackets and braces outside strings and of the quotes
-    that open strings; and the positions of every quote."""
+    that open strings; and the positions of every quote.
+
+    When the body has few strings (fewer than one per ``_WALK_BYTES_PER_STRING`` bytes),
+    they are found by :func:`_walk_strings` and only the bytes outside strings of at least
+    ``text_min`` bytes are scanned for brackets: a typed array's text is never scanned.
+    """
+    quotes = _walk_strings(data, max(_WALK_MIN_STRINGS, len(data) // _WALK_BYTES_PER_STRING))
+    if quotes is None:
+        return _scanned_tokens(data)
+    view = np.frombuffer(data, np.uint8)
+    opening, closing = quotes[::2], quotes[1::2]
+    skipped = closing - opening - 1 >= max(text_min, 1)
+    # The stretches between long strings (their quotes included), scanned for brackets.
+    starts = np.concatenate(([0], closing[skipped]))
+    stops = np.concatenate((opening[skipped] + 1, [view.size]))
+    parts = [quotes[::2]]
+    for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+        for at in range(start, stop, _SCAN_BYTES):
+            chunk = view[at : min(stop, at + _SCAN_BYTES)]
+            # x & 0xD9 == 0x59 holds for [ ] { } (and for Y _ y DEL, dropped below).
+            parts.append(np.flatnonzero((chunk & 0xD9) == 0x59) + at)
+    pos = np.concatenate(parts)
+    kind = view[pos]
+    # Brackets inside strings (an odd number of quotes before them) are text.
+    keep = (kind == _QUOTE) | (
+        np.isin(kind, _TOKEN_BYTES) & (np.searchsorted(quotes, pos) % 2 == 0)
+    )
+    pos, kind = pos[keep], kind[keep]
+    order = np.argsort(pos, kind="stable")
+    del view
+    return pos[order], kind[order], quotes
+
+
+def _scanned_tokens(
+    data: bytes | bytearray,
+) -> tuple[NDArray[np.int64], NDArray[np.uint8], NDArray[np.int64]]:
+    """:func:`_tokens`, every byte of the body scanned (vectorised)."""
     view = np.frombuffer(data, np.uint8)
     parts = []
     for start in range(0, view.size, _SCAN_BYTES):
@@ -441,7 +511,7 @@ def _regions(data: bytes | bytearray, region_min: int, text_min: int) -> list[_R
     """In body order, the strings of at least ``text_min`` bytes and the arrays of at
     least ``region_min`` bytes; such an array holds only numbers and arrays: a maximal
     run of bracket tokens that forms one balanced array."""
-    pos, kind, quotes = _tokens(data)
+    pos, kind, quotes = _tokens(data, text_min)
     # Lengths are filtered vectorised first: a body of many small strings and arrays (a
     # hundred thousand heads) makes no Python object per string or array.
     opening, closing = quotes[::2], quotes[1::2]
@@ -495,7 +565,11 @@ def _assemble(
     if isinstance(body.get("outputs"), dict):
         objects += [head for head in body["outputs"].values() if isinstance(head, dict)]
     prefix = f"\0{nonce}:"
-    placed = sum(_place(obj, data, regions, prefix, parser, block_bytes) for obj in objects)
+    # One pass over an ASCII body makes every typed array's text a view of it.
+    ascii_body = any(isinstance(r, _Text) for r in regions) and data.isascii()
+    placed = sum(
+        _place(obj, data, regions, prefix, parser, block_bytes, ascii_body) for obj in objects
+    )
     if placed != len(regions):
         # A region somewhere else: rare enough for the general parser.
         raise _Fallback("a large array or string outside `y_true`, `y_pred`, `sample_weight`")
@@ -516,6 +590,7 @@ def _place(
     prefix: str,
     parser: Any,
     block_bytes: int,
+    ascii_body: bool,
 ) -> int:
     """Fills the placeholders of ``obj``'s array fields; returns how many it filled."""
     placed = 0
@@ -528,13 +603,25 @@ def _place(
         elif isinstance(value, dict) and isinstance(
             text := _placed(value.get("data"), regions, prefix), _Text
         ):
-            chars = _copy(data, text.start + 1, text.end)
-            if not chars.isascii() or b"\\" in chars:
-                # Lengths in characters and bytes would differ; escapes need unescaping.
-                raise _Fallback("a typed array's `data` is not plain base64 text")
-            value["data"] = chars
+            value["data"] = _base64_text(data, text, ascii_body)
             placed += 1
     return placed
+
+
+def _base64_text(data: bytes | bytearray, text: _Text, ascii_body: bool) -> bytes | memoryview:
+    """A typed array's ``data`` text, as it is in the body (a view, when the body is
+    ASCII: nothing copied) or copied once."""
+    start, stop = text.start + 1, text.end
+    if data.find(b"\\", start, stop) != -1:
+        # Escapes need unescaping: the general parser's job.
+        raise _Fallback("a typed array's `data` is not plain base64 text")
+    if ascii_body:
+        return memoryview(data)[start:stop]
+    chars = _copy(data, start, stop)
+    if not chars.isascii():
+        # Lengths in characters and bytes would differ, and the text may not be UTF-8.
+        raise _Fallback("a typed array's `data` is not plain base64 text")
+    return chars
 
 
 def _copy(data: bytes | bytearray, start: int, stop: int) -> bytes:

@@ -100,8 +100,9 @@ def decode(raw: RawBody, settings: Settings) -> Any:
         before_general=None if reservation is None else reservation.grow,
     )
     if isinstance(raw.data, bytearray):
-        # Nothing refers to the JSON text any more (the arrays are parsed copies): its memory
-        # goes now, before the computation, not when the request ends.
+        # Unless typed arrays' base64 text is read in place (views of it: BufferError, and
+        # admit counts it as held), nothing refers to the JSON text any more (the arrays are
+        # parsed copies): its memory goes now, before the computation, not at the end.
         with suppress(BufferError):
             raw.data.clear()
     return body
@@ -157,8 +158,10 @@ def admit(raw: RawBody, body: Any, settings: Settings) -> None:
     if raw.reservation is None:
         return
     itemsize = 8 if any(isinstance(h, dict) and h.get("dtype") == "float64" for h in heads) else 4
-    # A binary body's arrays are views of it: the body stays in memory to the end.
-    held = len(raw.data) if raw.content_type == "binary" else 0
+    # What is left of the body stays in memory to the end: a binary body (its arrays are
+    # views of it), a JSON body whose typed arrays' text is read in place; a JSON body whose
+    # arrays are all parsed copies was cleared by decode.
+    held = len(raw.data)
     decoded = sum(a.size * a.dtype.itemsize for a in arrays)
     raw.reservation.require(working_bytes(arrays, itemsize) + decoded, held)
 
