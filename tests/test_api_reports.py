@@ -110,3 +110,12 @@ def test_the_report_page_renders_offline_in_chromium(chromium: str, tmp_path: Pa
         problems = [m for m in console if "error" in m.lower() or "refused" in m.lower()]
         assert not problems, problems
         assert f"{loss:.4f}"[:5] in dom
+
+
+def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncClient) -> None:
+    body = {**_batches(1)[0], **{k: v for k, v in SETTINGS.items() if k != "metadata"}}
+    r = client.post("/v1/evaluate", json=body, headers={"accept": "text/html"})
+    assert r.status_code == 200, r.text[:500]
+    assert r.headers["content-type"].startswith("text/html")
+    assert r.text.count("data:image/svg+xml;base64,") >= 4
+    assert client.post("/v1/evaluate", json=body).headers["content-type"] == "application/json"

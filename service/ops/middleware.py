@@ -55,6 +55,15 @@ def _logged_path(scope: Scope) -> str:
     return path.encode("ascii", "backslashreplace").decode("ascii")
 
 
+def _wants_html(scope: Scope) -> bool:
+    """Whether the request asks for HTML: the direct path answers JSON only, so such a
+    request goes through the application's routes (evaluate's report page)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept" and b"text/html" in value:
+            return True
+    return False
+
+
 def _client(scope: Scope) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
@@ -111,7 +120,7 @@ class Operations:
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The direct path of a ``POST`` to one of the ``direct`` routes, else the app."""
-        if scope["type"] == "http" and scope.get("method") == "POST":
+        if scope["type"] == "http" and scope.get("method") == "POST" and not _wants_html(scope):
             template, params = scope.get(_ROUTE_KEY) or self.routes.resolve(
                 scope.get("app"), route_path(scope)
             )
