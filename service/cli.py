@@ -176,10 +176,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         with _multiprocess_metrics(args.workers):
-            # Imported once PROMETHEUS_MULTIPROC_DIR is settled (see service.ops.prometheus).
+            # Imported once PROMETHEUS_MULTIPROC_DIR is settled (see service.infra.prometheus).
             import uvicorn
 
-            from service.ops.logs import logging_config
+            from service.infra.logs import logging_config
 
             uvicorn.run(
                 "service.main:create_app",

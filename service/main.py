@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
-from service import __version__, ops, registry
+from service import __version__, diagnostics, registry
 from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
@@ -239,6 +240,41 @@ def operation_json_error(responses: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _install_infrastructure(app: FastAPI, settings: Settings) -> None:
+    """``/metrics`` and the ``Operations`` middleware (request id, CORS if
+    ``cors_origins``, API keys if ``api_keys``, access log, metrics, and the direct path
+    of the compute routes), told what they label."""
+    # Imported here: the metrics' storage is chosen when prometheus_client is first
+    # imported, which must follow the command line's PROMETHEUS_MULTIPROC_DIR.
+    from service.api import compute
+    from service.infra import middleware, prometheus
+
+    prometheus.configure(
+        warning_codes=diagnostics.CODES,
+        compute_routes={
+            "/v1/losses/{name}": ("loss", frozenset(registry.LOSSES)),
+            "/v1/metrics/{name}": ("metric", frozenset(registry.METRICS)),
+            "/v1/evaluate": ("evaluate", None),
+        },
+    )
+    app.add_api_route(
+        prometheus.PATH,
+        prometheus.metrics_endpoint,
+        methods=["GET"],
+        include_in_schema=False,
+        response_model=None,
+    )
+    app.add_middleware(
+        middleware.Operations,
+        api_keys=[key.get_secret_value() for key in settings.api_keys],
+        cors_origins=settings.cors_origins,
+        direct={
+            template: partial(compute.serve, operation_of)
+            for template, operation_of in compute.ROUTES.items()
+        },
+    )
+
+
 class _App(FastAPI):
     """FastAPI, with the request-body drain outside everything (its error middleware too),
     so that an early answer (413, 415, ...) reaches a client that is still sending."""
@@ -271,5 +307,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    ops.install(app, settings)
+    _install_infrastructure(app, settings)
     return app

@@ -43,7 +43,7 @@ from service.errors import (
     ServiceUnavailable,
     problem,
 )
-from service.ops.prometheus import CONNECTIONS_REFUSED
+from service.infra.prometheus import CONNECTIONS_REFUSED
 from service.settings import Settings
 
 log = logging.getLogger("service.server")

@@ -18,7 +18,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import service
 from service import cli
-from service.ops.logs import ConsoleFormatter, JsonFormatter
+from service.infra.logs import ConsoleFormatter, JsonFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,7 +166,7 @@ def test_unknown_log_level_is_an_argparse_error(runs: list[dict[str, Any]]) -> N
 
 def test_logging_config_is_valid() -> None:
     """The dictConfig given to uvicorn is accepted by logging (on a scratch copy)."""
-    from service.ops.logs import logging_config
+    from service.infra.logs import logging_config
 
     for fmt, formatter in (("json", JsonFormatter), ("console", ConsoleFormatter)):
         config = logging_config("debug", fmt)

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from as_requested import loss as through_registry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from through import loss as through_registry
 
 from service import kernels
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from as_requested import loss
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from through import loss
 
 from service import kernels, registry
 

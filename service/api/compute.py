@@ -19,7 +19,7 @@ Where the work runs depends on its size (setting ``inline_max_elements``):
 
 :data:`ROUTES` names the compute routes and the operation each runs; the routes of
 ``service.api.routes`` call it, and :func:`serve` answers the same requests straight from
-the ASGI scope (``service.ops.middleware.Operations`` calls it for them): the same intake,
+the ASGI scope (``service.infra.middleware.Operations`` calls it for them): the same intake,
 limits, budget and answers, without the framework's routing and dependency solving.
 """
 

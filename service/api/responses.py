@@ -1,4 +1,6 @@
-"""JSON responses serialized by orjson: NumPy arrays are written natively, with no Python loop."""
+"""JSON responses serialized by orjson: NumPy arrays are written natively, with no Python loop.
+
+``problem_response`` (:mod:`service.problems`) is re-exported for the routes."""
 
 from __future__ import annotations
 
@@ -7,33 +9,17 @@ from typing import Any
 import orjson
 from fastapi import Response
 
-from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, ServiceUnavailable, problem
-from service.ops.prometheus import record_warnings
+from service.infra.prometheus import record_warnings
+from service.problems import problem_response
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+__all__ = ["computed_response", "json_response", "problem_response"]
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
     return Response(
         orjson.dumps(content, option=_OPTIONS), status_code, media_type="application/json"
-    )
-
-
-#: Answers after which the connection is closed: the rest of the request may never come.
-_CLOSING = frozenset({408, 413, 431})
-
-
-def problem_response(error: ServiceError, instance: str | None = None) -> Response:
-    headers: dict[str, str] = {}
-    if error.status in _CLOSING:
-        headers["Connection"] = "close"
-    if isinstance(error, ServiceUnavailable):
-        headers["Retry-After"] = str(error.RETRY_AFTER)
-    return Response(
-        orjson.dumps(problem(error, instance)),
-        error.status,
-        headers=headers,
-        media_type=PROBLEM_CONTENT_TYPE,
     )
 
 

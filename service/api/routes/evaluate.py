@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 
 from service.api import schemas
 from service.api.compute import evaluate_operation, respond
+from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
-from service.api.routes.errors import ERROR_RESPONSES
 from service.api.routes.reports import batch_page, wants_html
 
 router = APIRouter(prefix="/v1", tags=["evaluate"])

@@ -26,9 +26,9 @@ from prometheus_client import Counter
 from service.api import schemas
 from service.api.body import read_body
 from service.api.compute import admit, decode
+from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
 from service.api.responses import json_response
-from service.api.routes.errors import ERROR_RESPONSES
 from service.errors import (
     Conflict,
     InvalidInput,

@@ -10,8 +10,8 @@ from service import registry
 from service.api import schemas
 from service.api.catalogue import catalogue
 from service.api.compute import loss_operation, respond
+from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
-from service.api.routes.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/losses", tags=["losses"])
 

@@ -57,8 +57,8 @@ from service.errors import (
     Unauthorized,
     clip,
 )
-from service.ops.auth import CHALLENGE, Keys
-from service.ops.prometheus import record_warnings
+from service.infra.auth import CHALLENGE, Keys
+from service.infra.prometheus import record_warnings
 from service.settings import Settings
 
 log = logging.getLogger("service")

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Path, Request, Response
 from service import charts, report_page
 from service.api.body import read_body
 from service.api.compute import admit, decode
-from service.api.routes.errors import ERROR_RESPONSES
+from service.api.error_responses import ERROR_RESPONSES
 from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _store
 from service.errors import NotFound, invalid
 from service.settings import Settings

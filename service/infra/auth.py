@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import errors
-from service.api.responses import problem_response
-from service.ops.routes import route_path
+from service.infra.templates import route_path
+from service.problems import problem_response
 
 PROTECTED_PREFIX: Final = "/v1"
 CHALLENGE: Final = 'Bearer realm="loss-service"'
@@ -102,7 +102,7 @@ class Keys:
 
 class BearerAuth:
     """Pure ASGI middleware: ``Authorization: Bearer <key>`` on ``/v1/*`` (the service
-    itself checks keys in ``service.ops.middleware.Operations``, with ``Keys``)."""
+    itself checks keys in ``service.infra.middleware.Operations``, with ``Keys``)."""
 
     def __init__(self, app: ASGIApp, *, keys: Sequence[str]) -> None:
         self.app = app

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from service.infra import auth
 from service.main import create_app
-from service.ops import auth
 from service.settings import Settings
 
 KEYS = ["key-one", "key-two.with_other~chars"]

@@ -26,7 +26,7 @@ across workers with a ``MultiProcessCollector``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 from prometheus_client import (
@@ -41,8 +41,6 @@ from prometheus_client import (
     values,
 )
 from starlette.responses import Response
-
-from service import diagnostics, registry
 
 PATH: Final = "/metrics"
 UNMATCHED: Final = "<unmatched>"
@@ -87,8 +85,6 @@ WARNINGS = Counter(
     "Diagnoses (warnings) returned in responses, by warning code.",
     ["code"],
 )
-for _code in diagnostics.CODES:
-    WARNINGS.labels(_code)
 CONNECTIONS_REFUSED = Counter(
     "loss_service_connections_refused",
     "Connections answered and closed by the server's guard, by reason (connections over "
@@ -96,19 +92,32 @@ CONNECTIONS_REFUSED = Counter(
     ["reason"],
 )
 
-#: The compute routes: template -> (kind, the names it knows, or None for evaluate).
-_COMPUTE: Final[Mapping[str, tuple[str, Mapping[str, object] | None]]] = {
-    "/v1/losses/{name}": ("loss", registry.LOSSES),
-    "/v1/metrics/{name}": ("metric", registry.METRICS),
-    "/v1/evaluate": ("evaluate", None),
-}
+#: What the service labels (set by :func:`configure`): the compute routes, template ->
+#: (kind, the names it knows, or None for evaluate), and the warning codes it knows.
+_COMPUTE: dict[str, tuple[str, Collection[str] | None]] = {}
+_CODES: set[str] = set()
+
+
+def configure(
+    *,
+    warning_codes: Iterable[str],
+    compute_routes: Mapping[str, tuple[str, Collection[str] | None]],
+) -> None:
+    """Name what the metrics label: the warning codes (each exposed from the start, at
+    0) and the compute routes with the loss or metric names each knows."""
+    _CODES.clear()
+    _CODES.update(warning_codes)
+    for code in _CODES:
+        WARNINGS.labels(code)
+    _COMPUTE.clear()
+    _COMPUTE.update(compute_routes)
 
 
 def record_warnings(codes: Iterable[str]) -> None:
-    """Count the warnings of one response, given their codes (codes that are not in
-    ``service.diagnostics.CODES`` are counted as ``other``)."""
+    """Count the warnings of one response, given their codes (codes the service did not
+    name in :func:`configure` are counted as ``other``)."""
     for code in codes:
-        WARNINGS.labels(code if code in diagnostics.CODES else OTHER_CODE).inc()
+        WARNINGS.labels(code if code in _CODES else OTHER_CODE).inc()
 
 
 #: The children (one per label set) of the metrics ``observe`` records, by label values:

@@ -2,16 +2,16 @@
 
 For each HTTP request it
 
-- takes the request id (``service.ops.requestid``), makes it current for the logs,
+- takes the request id (``service.infra.requestid``), makes it current for the logs,
   stores it as ``request.state.request_id`` and adds ``X-Request-ID`` to the response;
 - with ``cors_origins``, answers CORS (Starlette's ``CORSMiddleware``, preflights
   included, refusals below included);
 - with ``api_keys``, refuses a ``/v1/*`` request without a valid
-  ``Authorization: Bearer <key>`` (``service.ops.auth``) before its body is read;
+  ``Authorization: Bearer <key>`` (``service.infra.auth``) before its body is read;
 - counts the request body bytes the app receives and the response body bytes it sends,
   without holding either;
-- when the response is over, records the metrics (``service.ops.prometheus.observe``)
-  and logs the access line (``service.ops.logs.access``; nothing of it is computed
+- when the response is over, records the metrics (``service.infra.prometheus.observe``)
+  and logs the access line (``service.infra.logs.access``; nothing of it is computed
   when the ``service.access`` logger is not enabled for INFO).
 
 The messages are passed on as they come: streaming and early answers are untouched.
@@ -30,8 +30,8 @@ from typing import Final
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.ops import auth, logs, prometheus, requestid
-from service.ops.routes import RouteTemplates, route_path
+from service.infra import auth, logs, prometheus, requestid
+from service.infra.templates import RouteTemplates, route_path
 
 _HEADER: Final = requestid.HEADER.lower().encode("latin-1")
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from service.infra import logs, requestid
 from service.main import create_app
-from service.ops import logs, requestid
 from service.settings import Settings
 
 URL = "/v1/losses/categorical_crossentropy"
@@ -200,7 +200,7 @@ def test_request_id_filter_uses_the_current_request() -> None:
 def test_bookkeeping_never_fails_a_request(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.ops import prometheus
+    from service.infra import prometheus
 
     def broken(**_: Any) -> None:
         raise RuntimeError("metrics store unavailable")

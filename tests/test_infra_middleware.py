@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from service.infra import logs, middleware, requestid
+from service.infra.templates import UNMATCHED, RouteTemplates
 from service.main import create_app
-from service.ops import logs, middleware, requestid
-from service.ops.routes import UNMATCHED, RouteTemplates
 from service.settings import Settings
 
 URL = "/v1/losses/categorical_crossentropy"

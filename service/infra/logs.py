@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from service.ops.requestid import current_request_id
+from service.infra.requestid import current_request_id
 
 ACCESS_LOGGER: Final = "service.access"
 

@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import diagnostics
+from service.infra import prometheus
 from service.main import create_app
-from service.ops import prometheus
 from service.settings import Settings
 
 BODY = {"y_true": [[0, 1, 0], [0, 0, 1]], "y_pred": [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]}
@@ -169,14 +169,14 @@ def test_a_killed_worker_no_longer_counts_as_in_progress(tmp_path: Path) -> None
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     dying = (
         "import os, signal\n"
-        "from service.ops import prometheus\n"
+        "from service.infra import prometheus\n"
         "prometheus.IN_PROGRESS.inc()\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     killed = subprocess.run([sys.executable, "-c", dying], env=env, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert list(tmp_path.glob("gauge_live*"))
-    scrape = "from service.ops import prometheus\nprint(prometheus.exposition().decode())\n"
+    scrape = "from service.infra import prometheus\nprint(prometheus.exposition().decode())\n"
     text = subprocess.run(
         [sys.executable, "-c", scrape], env=env, check=True, capture_output=True, text=True
     ).stdout
