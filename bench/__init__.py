@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -223,14 +223,23 @@ def serve(
     probe: str = "/",
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
+    output: IO[bytes] | None = None,
 ) -> Iterator[Server]:
     """Run ``command`` (a server on 127.0.0.1:``port``) until the block ends; stopped
-    with SIGTERM, then SIGKILL after 10 s."""
+    with SIGTERM, then SIGKILL after 10 s. Its standard output and error go to ``output``
+    (a file: its logs) if given, else to this process's."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), full_env.get("PYTHONPATH", "")) if p
     )
-    process = subprocess.Popen(list(command), cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        list(command),
+        cwd=ROOT,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(process, url + probe, timeout)

@@ -8,6 +8,8 @@ from sending it to having its JSON answer parsed. References, measured in the sa
 
 * kernel: ``service.kernels.sparse_categorical_crossentropy`` on the same arrays, in
   this process, with the kernel threads the server uses (all cores);
+* torch-1t: PyTorch's ``cross_entropy`` of the same logits and labels on one thread (if
+  PyTorch is installed): what the computation itself costs elsewhere;
 * in-process: ``service.evaluation.loss`` on the decoded arrays (validation, kernel,
   reduction, diagnoses: the whole request minus HTTP and decoding);
 * orjson.loads of the JSON body, the floor of any JSON-lists decode;
@@ -36,8 +38,10 @@ import numpy as np
 import orjson
 
 from bench import (
+    TORCH_MISSING,
     Timing,
     free_port,
+    import_torch,
     ms,
     proc_status,
     ratio,
@@ -74,6 +78,7 @@ class Row:
     over_socket: float
     rss_before: int | None
     peak: int | None
+    torch_1t: float | None
 
 
 def batch(n: int, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +145,28 @@ def _post(http: httpx.Client, content: bytes, headers: dict[str, str]) -> float:
     return value
 
 
+def _torch_one_thread(
+    labels: np.ndarray, logits: np.ndarray, expected: float, repeat: int, budget: float
+) -> float | None:
+    """PyTorch's ``cross_entropy`` of the same batch on one thread (None without
+    PyTorch); its value is checked against the service's."""
+    torch = import_torch()
+    if torch is None:
+        return None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        z, t = torch.from_numpy(logits), torch.from_numpy(labels)
+        value = float(torch.nn.functional.cross_entropy(z, t))
+        if abs(value - expected) > 1e-4 * max(1.0, abs(expected)):
+            raise RuntimeError(f"torch says {value}, the service {expected}")
+        return time_it(
+            lambda: torch.nn.functional.cross_entropy(z, t), repeat=repeat, budget=budget
+        ).min
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _measure(
     http: httpx.Client,
     raw_http: httpx.Client,
@@ -163,6 +190,7 @@ def _measure(
         budget=budget,
     ).min
     expected = float(evaluation.loss(LOSS, dict(body), max_elements=1 << 40)["loss"])
+    torch_1t = _torch_one_thread(labels, logits, expected, repeat, budget)
     rows: list[Row] = []
     for encoding in ENCODINGS:
         encoded = time_it(partial(encode_body, body, encoding), repeat=3, warmup=0)
@@ -202,6 +230,7 @@ def _measure(
                 over_socket,
                 rss_before if reset else None,
                 peak,
+                torch_1t,
             )
         )
         del content
@@ -254,6 +283,8 @@ def run(quick: bool = False) -> str:
         "min/raw-asgi",
         "socket ms",
         "socket/kernel",
+        "torch-1t ms",
+        "min/torch-1t",
         "peak RSS MiB",
         "(peak-rss)/body",
     ]
@@ -280,6 +311,8 @@ def run(quick: bool = False) -> str:
                 ratio(r.latency.min / r.raw_asgi),
                 ms(r.over_socket),
                 ratio(r.over_socket / r.kernel),
+                ms(r.torch_1t) if r.torch_1t is not None else TORCH_MISSING,
+                "-" if r.torch_1t is None else ratio(r.latency.min / r.torch_1t),
                 "-" if r.peak is None else f"{r.peak / MiB:.0f}",
                 "-" if extra is None else f"{extra:.2f}",
             ]
@@ -301,7 +334,38 @@ def run(quick: bool = False) -> str:
             f"body) {final_peak / MiB:.0f} MiB = {final_peak / largest.body_bytes:.1f}x the "
             f"payload ({(final_peak - started_rss) / largest.body_bytes:.1f}x above start-up)."
         )
-    return "\n".join([*summary, "", table(headers, lines)])
+    return "\n".join([*summary, "", table(headers, lines), "", *_verdicts(rows)])
+
+
+#: The goals for 4096x1000 bodies, against references measured in the same run:
+#: (encoding, reference, the most the ratio may be; None: shown, no goal).
+TARGETS: tuple[tuple[str, str, float | None], ...] = (
+    ("typed", "raw-asgi", 1.5),
+    ("typed", "torch-1t", 10.0),
+    ("binary", "raw-asgi", None),
+    ("binary", "torch-1t", None),
+)
+
+
+def _verdicts(rows: list[Row]) -> list[str]:
+    """The ratios the goals name, for the 4096x1000 rows."""
+    lines = []
+    for encoding, reference, most in TARGETS:
+        for r in rows:
+            if r.shape != "4096x1000" or r.encoding != encoding:
+                continue
+            base = r.raw_asgi if reference == "raw-asgi" else r.torch_1t
+            if base is None:
+                lines.append(f"4096x1000 {encoding}: min/{reference} - ({TORCH_MISSING})")
+                continue
+            value = r.latency.min / base
+            goal = (
+                ""
+                if most is None
+                else f" (target <= {most:g}: {'met' if value <= most else 'not met'})"
+            )
+            lines.append(f"4096x1000 {encoding}: min/{reference} = {value:.2f}{goal}")
+    return lines
 
 
 if __name__ == "__main__":
