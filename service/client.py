@@ -90,6 +90,15 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from service.wire import (
+    ARRAY_FIELDS,
+    BINARY_MEDIA_TYPE,
+    DTYPES,
+    HEADER_LENGTH_HEADER,
+    JSON_MEDIA_TYPE,
+    pad_header,
+)
+
 try:
     from pybase64 import b64encode
 except ImportError:  # the standard library's encoder: the same text, more slowly
@@ -144,28 +153,9 @@ DEFAULT_BINARY_THRESHOLD: Final = 4096
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_BASE_URL: Final = "http://127.0.0.1:8000"
 
-BINARY_MEDIA_TYPE: Final = "application/octet-stream"
-JSON_MEDIA_TYPE: Final = "application/json"
-HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
-
-#: The fields of a request body (or of one head) that hold arrays.
-ARRAY_FIELDS: Final = ("y_true", "y_pred", "sample_weight")
-#: The dtypes the service takes in typed arrays and binary tensors.
-_WIRE_DTYPE_LIST: Final = (
-    "bool",
-    "uint8",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "float16",
-    "float32",
-    "float64",
-)
-WIRE_DTYPES: Final = frozenset(_WIRE_DTYPE_LIST)
+WIRE_DTYPES: Final = frozenset(DTYPES)
+_WIRE_DTYPE_LIST: Final = DTYPES
 _ENCODINGS: Final = frozenset({"auto", "json", "typed", "binary"})
-#: The binary encoding's JSON header is padded with spaces to a multiple of this.
-TENSOR_ALIGNMENT: Final = 64
 
 T = TypeVar("T")
 
@@ -634,7 +624,7 @@ def encode_body(
     # JSON may end in whitespace: padded, the header ends on a 64-byte boundary, so the
     # service's zero-copy views start aligned (unaligned views take NumPy's slow,
     # buffered loops: twice the compute time on a 512x32000 float32 batch).
-    header += b" " * (-len(header) % TENSOR_ALIGNMENT)
+    header = pad_header(header)
     headers = {"Content-Type": BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
     return b"".join([header, *tensors]), headers, "binary"
 

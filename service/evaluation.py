@@ -20,8 +20,8 @@ from service import diagnostics, kernels, registry
 from service.arrays import to_array
 from service.encodings import Batch, prepare
 from service.errors import FieldError, Loc, NotFound, ServiceError, invalid
+from service.wire import ARRAY_FIELDS
 
-ARRAY_FIELDS = ("y_true", "y_pred", "sample_weight")
 COMMON_NAMES = tuple(p.name for p in registry.COMMON)
 
 

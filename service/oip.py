@@ -50,8 +50,10 @@ import orjson
 from numpy.typing import NDArray
 
 from service import __version__, registry
-from service.arrays import GENERAL_PARSE_FACTOR, MAX_DIMS, parse_json
+from service.arrays import parse_json
 from service.errors import Loc, MalformedRequest, NotFound, PayloadTooLarge, invalid
+from service.json_body import GENERAL_PARSE_FACTOR
+from service.wire import MAX_DIMS
 
 SERVER_NAME: Final = "loss-service"
 MODEL_VERSION: Final = "1"

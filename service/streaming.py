@@ -30,7 +30,6 @@ from numpy.typing import NDArray
 from service import diagnostics, kernels, registry
 from service.errors import FieldError, InvalidInput, Loc, ServiceError, invalid
 from service.evaluation import (
-    ARRAY_FIELDS,
     FAMILY,
     SETTING_FIELDS,
     Entry,
@@ -41,6 +40,7 @@ from service.evaluation import (
     parse_plan,
     per_class_loss_names,
 )
+from service.wire import ARRAY_FIELDS
 
 #: The name of the one head of an evaluation without ``outputs``.
 SINGLE = ""

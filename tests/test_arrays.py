@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.arrays import GENERAL_PARSE_FACTOR, parse_binary, parse_json, parse_json_body, to_array
+from service.arrays import parse_binary, parse_json, to_array
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
+from service.json_body import GENERAL_PARSE_FACTOR, parse_json_body
 
 LIMIT = 1_000_000
 

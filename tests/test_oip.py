@@ -13,7 +13,7 @@ import tritonclient.http as triton
 from numpy.typing import NDArray
 
 from service import errors, oip, registry
-from service.arrays import GENERAL_PARSE_FACTOR
+from service.json_body import GENERAL_PARSE_FACTOR
 
 MAX_ELEMENTS = 1000
 MAX_JSON = 64 * 1024

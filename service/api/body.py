@@ -41,10 +41,8 @@ from starlette.types import Receive
 from service import errors
 from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, mib
 from service.settings import Settings
+from service.wire import BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER, JSON_MEDIA_TYPE
 
-JSON_MEDIA_TYPE: Final = "application/json"
-BINARY_MEDIA_TYPE: Final = "application/octet-stream"
-HEADER_LENGTH_HEADER: Final = "Inference-Header-Content-Length"
 MAX_BODY_ENV: Final = "LOSS_SERVICE_MAX_BODY_BYTES"
 BODY_TIMEOUT_ENV: Final = "LOSS_SERVICE_BODY_TIMEOUT"
 MIN_RATE_ENV: Final = "LOSS_SERVICE_MIN_BODY_RATE"

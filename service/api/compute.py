@@ -40,10 +40,11 @@ from service import evaluation, registry
 from service.admission import ArrayInfo, give_back_memory, working_bytes
 from service.api.body import RawBody, read_body
 from service.api.responses import computed_response
-from service.arrays import DTYPES, parse_binary, parse_json_body
+from service.arrays import parse_binary
 from service.errors import PayloadTooLarge, ServiceError
-from service.evaluation import ARRAY_FIELDS
+from service.json_body import parse_json_body
 from service.settings import Settings
+from service.wire import ARRAY_FIELDS, DTYPES
 
 Operation = Callable[[Any, int], dict[str, Any]]
 

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import registry
-from service.arrays import DTYPES
 from service.diagnostics import CODES
 from service.encodings import ENCODINGS
 from service.kernels import REDUCTIONS
+from service.wire import DTYPES
 
 DType = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"]
 assert set(DType.__args__) == set(DTYPES)  # type: ignore[attr-defined]

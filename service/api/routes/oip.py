@@ -42,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import evaluation, oip
 from service.admission import give_back_memory
 from service.api.body import (
-    HEADER_LENGTH_HEADER,
     RawBody,
     declared_content_type,
     read_body_as,
@@ -60,6 +59,7 @@ from service.errors import (
 from service.infra.auth import CHALLENGE, Keys
 from service.infra.prometheus import record_warnings
 from service.settings import Settings
+from service.wire import HEADER_LENGTH_HEADER
 
 log = logging.getLogger("service")
 
