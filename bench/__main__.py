@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--only kernels|endpoints|throughput]``: run the benchmarks and
-print their tables (see bench/README.md)."""
+"""``python -m bench [--quick] [--only kernels|endpoints|throughput|streaming|pictures]``: run
+the benchmarks and print their tables (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from bench import header, machine
 
-PARTS = ("kernels", "endpoints", "throughput")
+PARTS = ("kernels", "endpoints", "throughput", "streaming", "pictures")
 
 
 def _runner(name: str) -> Callable[[bool], str]:
