@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     #: and computed on the event loop, without the hop to the thread pool and back; bigger
     #: ones run in the thread pool, so the event loop keeps serving meanwhile. 0: always
     #: the thread pool.
-    inline_max_elements: int = Field(default=4096, ge=0)
+    inline_max_elements: int = Field(default=2048, ge=0)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
