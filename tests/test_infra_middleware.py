@@ -68,6 +68,26 @@ def test_new_request_ids_are_uuid4_hex() -> None:
         assert parsed.variant == uuid.RFC_4122
 
 
+def test_a_forked_worker_makes_other_request_ids_than_its_parent() -> None:
+    """Ids come from a generator seeded again in every child process: two workers forked
+    from one parent never repeat each other's ids."""
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(requestid.new_request_id() for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    parent = {requestid.new_request_id() for _ in range(50)}
+    assert len(child) == 50 and not child & parent
+
+
 def test_access_fields_are_not_gathered_when_the_line_is_not_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

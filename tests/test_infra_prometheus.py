@@ -187,3 +187,37 @@ def test_a_killed_worker_no_longer_counts_as_in_progress(tmp_path: Path) -> None
         if sample.name == "loss_service_requests_in_progress"
     ]
     assert in_progress in ([], [0.0]), text
+
+
+def test_one_process_series_count_as_the_client_library_does() -> None:
+    """In one process the per-request series are plain numbers updated without locks:
+    a value on a bucket's bound falls in that bucket, as with the client library."""
+    assert not prometheus.MULTIPROCESS
+    route = "/test/{bounds}"
+
+    def bucket(le: str) -> float:
+        return value(
+            "loss_service_request_duration_seconds_bucket", method="GET", route=route, le=le
+        )
+
+    for seconds in (0.001, 0.0011, 0.5, 100.0):
+        prometheus.observe(
+            method="GET",
+            route=route,
+            path_params={},
+            status=200,
+            duration_s=seconds,
+            request_bytes=1024,
+        )
+    assert [bucket(le) for le in ("0.001", "0.0025", "0.5", "30.0", "+Inf")] == [1, 2, 3, 3, 4]
+    labels = dict(method="GET", route=route)
+    assert value("loss_service_request_duration_seconds_count", **labels) == 4
+    assert value("loss_service_request_duration_seconds_sum", **labels) == pytest.approx(100.5021)
+    assert value("loss_service_request_duration_seconds_created", **labels) > 0
+    assert value("loss_service_request_body_bytes_bucket", route=route, le="1024.0") == 4
+    assert value("loss_service_requests_total", status="200", **labels) == 4
+    before = value("loss_service_requests_in_progress")
+    prometheus.request_started()
+    assert value("loss_service_requests_in_progress") == before + 1
+    prometheus.request_finished()
+    assert value("loss_service_requests_in_progress") == before

@@ -172,7 +172,7 @@ class Operations:
                 message = {**message, "headers": headers}
             await send(message)
 
-        prometheus.IN_PROGRESS.inc()
+        prometheus.request_started()
         failed = False
         try:
             await self._inner(scope, counting_receive, tagging_send)
@@ -182,7 +182,7 @@ class Operations:
             failed = True
             raise
         finally:
-            prometheus.IN_PROGRESS.dec()
+            prometheus.request_finished()
             duration = time.perf_counter() - start
             if failed and not status:
                 status = 500
