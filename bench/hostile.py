@@ -31,7 +31,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,8 @@ from typing import Any
 import httpx
 import numpy as np
 import orjson
+
+from bench import free_port, proc_status
 
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
@@ -87,19 +88,8 @@ PROFILES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status(pid, "VmRSS") or 0
 
 
 # ---- one raw HTTP exchange ---------------------------------------------------------------

@@ -19,10 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,24 +31,14 @@ import httpx
 import numpy as np
 import orjson
 
-BIN = Path(sys.executable).parent
+from bench import free_port, proc_status, serve, venv_script
+
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MiB = 1024 * 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status(pid, "VmRSS") or 0
 
 
 @contextmanager
@@ -61,32 +48,9 @@ def service(url: str | None, data_dir: Path) -> Iterator[tuple[str, int]]:
     env["LOSS_SERVICE_DATA_DIR"] = str(data_dir)
     if url:
         env["LOSS_SERVICE_DATABASE_URL"] = url
-    process = subprocess.Popen(
-        [str(BIN / "loss-service"), "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the service did not start")
-            time.sleep(0.1)
-        yield base, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    command = [venv_script("loss-service"), "serve", "--port", str(port), "--log-level", "warning"]
+    with serve(command, port, probe="/healthz", env=env, timeout=60) as server:
+        yield server.url, server.pid
 
 
 @contextmanager

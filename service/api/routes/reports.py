@@ -24,7 +24,7 @@ from service import charts, report_page
 from service.api.body import read_body
 from service.api.compute import admit, decode
 from service.api.error_responses import ERROR_RESPONSES
-from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _store
+from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _store, _summary
 from service.errors import NotFound, invalid
 from service.settings import Settings
 from service.storage import Store
@@ -64,13 +64,7 @@ def _evaluation_and_history(
         raise _not_found(evaluation_id)
     row = totals.evaluation
     evaluation = {
-        "id": row.id,
-        "status": row.status,
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
-        "n_batches": row.n_batches,
-        "n_samples": row.n_samples,
-        "metadata": row.metadata,
+        **_summary(row),
         **results(row.config, row.facts, totals.values, row.warnings),
     }
     evaluation = with_curves(evaluation, curves(row.config, row.facts, totals.values))
