@@ -209,3 +209,90 @@ def test_bookkeeping_never_fails_a_request(
     response = call("POST", URL, json=BODY)
     assert response.status_code == 200
     assert any("recording the request failed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_access_lines_written_directly_are_the_lines_of_records(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the service's logging configuration, access lines are written straight from
+    their fields; a configuration the handler cannot vouch for (another filter here)
+    handles records: the lines are the same."""
+    import io
+    import logging.config
+
+    fields = dict(
+        request_id="r-1",
+        method="POST",
+        path="/v1/losses/x",
+        route="/v1/losses/{name}",
+        status=200,
+        duration_s=0.0123456,
+        request_bytes=10,
+        response_bytes=20,
+        client="127.0.0.1",
+    )
+    monkeypatch.setattr(logs.time, "time", lambda: 1_700_000_000.25)
+    records: list[logging.LogRecord] = []
+    make_record = logs._access_record
+
+    def counted(*args: Any) -> logging.LogRecord:
+        records.append(make_record(*args))
+        return records[-1]
+
+    monkeypatch.setattr(logs, "_access_record", counted)
+    config = logs.logging_config("info", fmt)
+    assert config["loggers"][logs.ACCESS_LOGGER] == {
+        "handlers": ["access"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    assert config["handlers"]["access"]["class"] == "service.infra.logs.AccessHandler"
+    configurator = logging.config.DictConfigurator(config)
+    logger = logging.getLogger(logs.ACCESS_LOGGER)
+    state = (logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+    lines = []
+    try:
+        for extra_filter in (False, True):
+            # The access logger as the configuration sets it up (on this logger only).
+            handler = logs.AccessHandler(io.StringIO())
+            handler.setFormatter(
+                configurator.configure_custom(dict(config["formatters"]["default"]))
+            )
+            handler.addFilter(logs.RequestIdFilter())
+            logger.handlers = [handler]
+            logger.setLevel(logging.INFO)
+            logger.propagate = logger.disabled = False
+            assert handler.direct()
+            if extra_filter:
+                handler.addFilter(logging.Filter())
+                assert not handler.direct()
+            records.clear()
+            logs.access(**fields)
+            assert len(records) == int(extra_filter)  # a record only when not written directly
+            stream = handler.stream
+            assert isinstance(stream, io.StringIO)
+            lines.append(stream.getvalue())
+    finally:
+        logger.handlers[:], level, logger.propagate, logger.disabled = state
+        logger.setLevel(level)
+    direct, handled = lines
+    assert direct == handled and direct.endswith("\n") and direct.count("\n") == 1
+    if fmt == "json":
+        entry = json.loads(direct)
+        assert entry["msg"] == "POST /v1/losses/x 200" and entry["duration_ms"] == 12.346
+        assert list(entry)[4:] == list(ACCESS_FIELDS_ORDER)
+        assert entry["ts"] == "2023-11-14T22:13:20.250Z"
+
+
+ACCESS_FIELDS_ORDER = (
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "request_bytes",
+    "response_bytes",
+    "client",
+)

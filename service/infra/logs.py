@@ -77,7 +77,24 @@ class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``ts``, ``level``, ``logger``, ``msg``, then the record's
     extra fields (``request_id``, the access fields), then ``exc`` for a traceback."""
 
+    def line(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line of a record without traceback, from its parts."""
+        entry: dict[str, Any] = {
+            "ts": _timestamp(created),
+            "level": level.lower(),
+            "logger": name,
+            "msg": message,
+        }
+        entry.update(fields)
+        return orjson.dumps(entry, default=str).decode()
+
     def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.line(
+                record.created, record.levelname, record.name, record.getMessage(), _extra(record)
+            )
         entry: dict[str, Any] = {
             "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
@@ -97,14 +114,19 @@ class JsonFormatter(logging.Formatter):
 class ConsoleFormatter(logging.Formatter):
     """Readable lines: ``<time> <LEVEL> <logger> <message> key=value ...``."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        fields = _extra(record)
-        text = (
-            f"{_timestamp(record.created)} {record.levelname:<7} {record.name}: "
-            f"{record.getMessage()}"
-        )
+    def line(
+        self, created: float, level: str, name: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line of a record without traceback, from its parts."""
+        text = f"{_timestamp(created)} {level:<7} {name}: {message}"
         if fields:
             text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.line(
+            record.created, record.levelname, record.name, record.getMessage(), _extra(record)
+        )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
@@ -112,6 +134,42 @@ class ConsoleFormatter(logging.Formatter):
         if record.stack_info:
             text += "\n" + self.formatStack(record.stack_info)
         return text
+
+
+class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The access lines' handler (``logging_config`` gives it to ``service.access``): a
+    stream handler that, when its formatter is the service's and its only filters add
+    request ids (which an access line carries already), writes an access line straight
+    from its fields: the same line, without a ``LogRecord`` and the logger's dispatch."""
+
+    def direct(self) -> bool:
+        """Whether :meth:`emit_fields` writes what handling a record would."""
+        return (
+            self.level <= logging.INFO
+            and type(self.formatter) in _LINE_FORMATTERS
+            and all(type(f) is RequestIdFilter for f in self.filters)
+        )
+
+    def emit_fields(
+        self, message: str, message_args: tuple[Any, ...], fields: dict[str, Any]
+    ) -> None:
+        """Write the access line of ``fields`` (see :meth:`direct`)."""
+        formatter = self.formatter
+        assert isinstance(formatter, JsonFormatter | ConsoleFormatter)
+        created = time.time()
+        line = formatter.line(created, _INFO, ACCESS_LOGGER, message % message_args, fields)
+        self.acquire()
+        try:
+            self.stream.write(line + self.terminator)
+            self.flush()
+        except Exception:
+            self.handleError(_access_record(message_args, fields))
+        finally:
+            self.release()
+
+
+_INFO: Final = logging.getLevelName(logging.INFO)
+_LINE_FORMATTERS: Final = (JsonFormatter, ConsoleFormatter)
 
 
 def logging_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
@@ -129,13 +187,21 @@ def logging_config(level: str = "info", fmt: str = "json") -> dict[str, Any]:
                 "formatter": "default",
                 "filters": ["request_id"],
                 "stream": "ext://sys.stderr",
-            }
+            },
+            # The same stream and format, for the access lines (written without records).
+            "access": {
+                "class": f"{AccessHandler.__module__}.{AccessHandler.__qualname__}",
+                "formatter": "default",
+                "filters": ["request_id"],
+                "stream": "ext://sys.stderr",
+            },
         },
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": name, "propagate": False},
             # The access line is the service's own (``service.access``), one per request.
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "service": {"handlers": ["default"], "level": name, "propagate": False},
+            ACCESS_LOGGER: {"handlers": ["access"], "level": name, "propagate": False},
         },
         "root": {"handlers": ["default"], "level": name},
     }
@@ -190,20 +256,29 @@ def access(
     client: str | None,
 ) -> None:
     """Log the access line of one request (see the module's docstring)."""
-    if not _access_log.isEnabledFor(logging.INFO):
+    logger = _access_log
+    if not logger.isEnabledFor(logging.INFO):
         return
-    record = _access_record(
-        (method, path, status),
-        {
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "route": route,
-            "status": status,
-            "duration_ms": round(duration_s * 1000, 3),
-            "request_bytes": request_bytes,
-            "response_bytes": response_bytes,
-            "client": client,
-        },
-    )
-    _access_log.handle(record)
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "duration_ms": round(duration_s * 1000, 3),
+        "request_bytes": request_bytes,
+        "response_bytes": response_bytes,
+        "client": client,
+    }
+    handlers = logger.handlers
+    if (
+        len(handlers) == 1
+        and type(handler := handlers[0]) is AccessHandler
+        and not (logger.propagate or logger.filters or logger.disabled)
+        and handler.direct()
+    ):
+        # The service's own configuration: the line is written as handling a record
+        # would write it.
+        handler.emit_fields(_ACCESS_MESSAGE, (method, path, status), fields)
+        return
+    logger.handle(_access_record((method, path, status), fields))
