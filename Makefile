@@ -56,7 +56,7 @@ load: $(STAMP)
 
 # Hostile load on loopback: idle, slow and oversized connections and bodies (bench/hostile.py).
 hostile: $(STAMP)
-	$(BIN)/python bench/hostile.py --profile full
+	$(BIN)/python -m bench.hostile --profile full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

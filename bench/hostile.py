@@ -1,7 +1,7 @@
 """Hostile load: ``loss-service serve`` (one worker, default settings) under attacks, on
 loopback, bounded in count and time.
 
-    python bench/hostile.py [--profile full|bounded] [--json]
+    python -m bench.hostile [--profile full|bounded] [--json]
 
 ``make hostile`` runs the full profile; ``tests/test_hostile.py`` (in ``make test``) the
 bounded one, which has fewer connections and shorter waits. Each attack runs while a

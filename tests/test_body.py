@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
 from service.api.body import RawBody, read_body
-from service.api.drain import DrainRequestBody
+from service.api.drain import RETRY_DRAIN_BYTES, DrainRequestBody
 from service.settings import Settings
 from tests.servers import serve_in_thread
 
@@ -388,6 +388,36 @@ def test_drain_stops_at_its_byte_bound() -> None:
     assert (b"connection", b"close") in start["headers"]
     assert json.loads(whole["body"]) == {"refused": True} and whole["more_body"] is True
     assert end == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def test_a_503_drains_only_a_little_of_the_body() -> None:
+    """A "retry later" answer reads at most RETRY_DRAIN_BYTES of what the client still
+    sends (enough for the answer to reach it), not the whole body."""
+    received = 0
+
+    async def endless() -> Message:
+        nonlocal received
+        received += 64 * 1024
+        return {"type": "http.request", "body": b"x" * (64 * 1024), "more_body": True}
+
+    async def busy(scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"retry": True}, status_code=503)(scope, receive, send)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-length", b"67108864")],
+    }
+    anyio.run(lambda: DrainRequestBody(busy, max_drain_bytes=32 * MiB)(scope, endless, send))
+    assert received <= RETRY_DRAIN_BYTES + 2 * 64 * 1024
+    assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
 def test_drain_stops_at_its_time_bound() -> None:

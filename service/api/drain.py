@@ -51,6 +51,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_DRAIN_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_DRAIN_SECONDS: Final = 10.0
+#: What is read of the body of a request answered 503 before the connection closes.
+RETRY_DRAIN_BYTES: Final = 1024 * 1024
 
 _CLOSE: Final = (b"connection", b"close")
 _HTTP1: Final = frozenset({"1.0", "1.1"})
@@ -90,6 +92,7 @@ class _Exchange:
         "_limits",
         "_receive",
         "_send",
+        "drain_bytes",
         "expects_continue",
         "receive_called",
         "request_done",
@@ -101,6 +104,7 @@ class _Exchange:
         self._send = send
         self.request_done, self.expects_continue = _request_headers(scope.get("headers", ()))
         self.receive_called = False
+        self.drain_bytes = limits.max_drain_bytes
 
     async def receive(self) -> Message:
         self.receive_called = True
@@ -121,6 +125,11 @@ class _Exchange:
             if status == 408:
                 # The body stalled: waiting for the rest of it is what timed out.
                 self.request_done = True
+            elif status == 503:
+                # "Retry later": a client still sending has the answer in a moment; reading
+                # a whole large body for nothing would cost the event loop more than the
+                # refusal saves.
+                self.drain_bytes = min(self.drain_bytes, RETRY_DRAIN_BYTES)
         elif (
             kind == "http.response.body"
             and not message.get("more_body", False)
@@ -138,7 +147,7 @@ class _Exchange:
         drained = 0
         try:
             with anyio.move_on_after(self._limits.max_drain_seconds):
-                while not self.request_done and drained <= self._limits.max_drain_bytes:
+                while not self.request_done and drained <= self.drain_bytes:
                     message = await self._receive()
                     self._note(message)
                     if message["type"] == "http.request":
