@@ -118,8 +118,8 @@ def test_small_requests_keep_the_per_request_memory_limit() -> None:
 
 def test_a_refused_body_is_freed_once_answered_not_at_the_next_collection() -> None:
     """An error raised in the thread pool refers to the request's frames (its body among
-    them) in a reference cycle through the pool's future; the answer breaks it, so the
-    body's memory goes at once, not at the next full collection."""
+    them); once it is answered, nothing of it is left in a reference cycle, so the body's
+    memory goes at once, not at the next full collection."""
     import gc
 
     from service.main import create_app
@@ -141,7 +141,7 @@ def test_a_refused_body_is_freed_once_answered_not_at_the_next_collection() -> N
             (b"inference-header-content-length", str(len(header)).encode()),
         ],
     }
-    # Trimmed after: the hand-back of memory runs while the error is on its way out.
+    # Memory handed back after it, too, as after any large request.
     app = create_app(Settings(max_request_memory_bytes=16 << 20, trim_after_bytes=1 << 20))
     statuses: list[int] = []
 
@@ -176,3 +176,40 @@ def test_a_refused_body_is_freed_once_answered_not_at_the_next_collection() -> N
         gc.enable()
     assert statuses == [413]
     assert frames == []
+
+
+def test_memory_is_handed_back_after_a_large_request_while_its_answer_goes_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request whose reservation passed trim_after_bytes hands freed memory back to
+    the system, in a thread of its own, without holding its answer back meanwhile."""
+    import time
+
+    from service.api import compute as module
+
+    handed_back = threading.Event()
+
+    def slow_hand_back() -> bool:
+        time.sleep(0.3)
+        handed_back.set()
+        return True
+
+    monkeypatch.setattr(module, "give_back_memory", slow_hand_back)
+    settings = Settings(trim_after_bytes=1024)
+    budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
+    text = orjson.dumps({"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.2, 0.8]]})
+
+    def operation(decoded: Any, max_elements: int) -> dict[str, Any]:
+        return {"n": len(decoded["y_true"])}
+
+    async def go() -> float:
+        raw = RawBody(bytearray(text), "json", None, budget.reserve(len(text)))
+        started = time.perf_counter()
+        assert await compute(raw, settings, operation) == {"n": 2}
+        answered = time.perf_counter() - started
+        assert not handed_back.is_set()
+        await asyncio.sleep(1.0)  # the hand-back, meanwhile, in its thread
+        return answered
+
+    assert asyncio.run(go()) < 0.2
+    assert handed_back.is_set()

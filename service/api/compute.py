@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import partial
 from typing import Any, Final
@@ -248,8 +249,17 @@ async def compute(raw: RawBody, settings: Settings, operation: Operation) -> dic
         del raw
         if settings.trim_after_bytes and peak >= settings.trim_after_bytes:
             # A large request's buffers are freed: hand the pages back to the system now,
-            # rather than keep the worker at its burst size.
-            await anyio.to_thread.run_sync(give_back_memory)
+            # rather than keep the worker at its burst size; in a thread of its own while
+            # the answer is sent (it takes a few ms), not before it.
+            _give_back_memory_soon()
+
+
+#: One thread hands memory back, one request's worth after another.
+_HAND_BACK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loss-service-trim")
+
+
+def _give_back_memory_soon() -> None:
+    _HAND_BACK.submit(give_back_memory)
 
 
 async def respond(request: Request, operation: Operation) -> Response:
