@@ -350,7 +350,10 @@ async def refuse_at_once(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def run_drain(
-    receive: Receive, headers: list[tuple[bytes, bytes]], **limits: Any
+    receive: Receive,
+    headers: list[tuple[bytes, bytes]],
+    app: ASGIApp = refuse_at_once,
+    **limits: Any,
 ) -> tuple[list[Message], float]:
     sent: list[Message] = []
 
@@ -366,7 +369,7 @@ def run_drain(
     }
 
     async def main() -> None:
-        await DrainRequestBody(refuse_at_once, **limits)(scope, receive, send)
+        await DrainRequestBody(app, **limits)(scope, receive, send)
 
     start = time.monotonic()
     anyio.run(main)
@@ -403,19 +406,8 @@ def test_a_503_drains_only_a_little_of_the_body() -> None:
     async def busy(scope: Scope, receive: Receive, send: Send) -> None:
         await JSONResponse({"retry": True}, status_code=503)(scope, receive, send)
 
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope: Scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "POST",
-        "path": "/",
-        "headers": [(b"content-length", b"67108864")],
-    }
-    anyio.run(lambda: DrainRequestBody(busy, max_drain_bytes=32 * MiB)(scope, endless, send))
+    headers = [(b"content-length", b"67108864")]
+    sent, _ = run_drain(endless, headers, busy, max_drain_bytes=32 * MiB)
     assert received <= RETRY_DRAIN_BYTES + 2 * 64 * 1024
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
