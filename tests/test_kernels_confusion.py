@@ -13,33 +13,17 @@ from hypothesis.extra import numpy as hnp
 
 from service import kernels
 from service.kernels import MERGEABLE, merge_stats
+from tests import kernel_batches
+from tests.kernel_batches import row_weights
 
 PROPERTY = settings(derandomize=True, max_examples=50, deadline=None, database=None)
 
 GRID = st.sampled_from([i / 8 for i in range(9)])
 
 
-@st.composite
-def batches(draw: st.DrawFn, family: str, *, weighted: bool | None = None) -> dict[str, Any]:
-    """A batch of one label family: ``labels`` (single-label), ``binary`` or ``multi_label``."""
-    n = draw(st.integers(1, 24))
-    c = 1 if family == "binary" else draw(st.integers(2, 6))
-    y_pred = draw(hnp.arrays(np.float32, (n, c), elements=GRID))
-    if family == "labels":
-        y_true: np.ndarray = draw(hnp.arrays(np.int64, n, elements=st.integers(0, c - 1)))
-    else:
-        y_true = draw(hnp.arrays(np.float32, (n, c), elements=st.sampled_from([0.0, 1.0])))
-    if weighted is None:
-        weighted = draw(st.booleans())
-    weight = None
-    if weighted:
-        weight = draw(hnp.arrays(np.float32, n, elements=st.sampled_from([0.0, 0.5, 1.0, 2.5])))
-    return {"y_true": y_true, "y_pred": y_pred, "sample_weight": weight}
-
-
-def row_weights(batch: dict[str, Any]) -> np.ndarray:
-    w = batch["sample_weight"]
-    return np.ones(len(batch["y_pred"])) if w is None else w.astype(np.float64)
+def batches(family: str, *, weighted: bool | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    """A batch of one label family, predictions on this module's grid."""
+    return kernel_batches.batches(family, GRID, weighted=weighted)
 
 
 # ---- references, written the plain way ----------------------------------------------------
