@@ -30,6 +30,7 @@ plain (deferred) ``BEGIN`` and a WAL snapshot, and take no lock.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,22 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{WRITE_OPTION: True})
 
 
+def _journal_mode_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> object:
+    """Switch to write-ahead logging. On a new file that several processes open at
+    once, the switch can answer "database is locked" at once instead of waiting (SQLite
+    does not always call its busy handler for it): it is tried again until the busy
+    timeout."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            return mode
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _set_up_sqlite(engine: Engine, busy_timeout: float) -> None:
     milliseconds = round(busy_timeout * 1000)
 
@@ -115,7 +132,7 @@ def _set_up_sqlite(engine: Engine, busy_timeout: float) -> None:
         cursor = connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {milliseconds}")
-            (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = _journal_mode_wal(cursor, busy_timeout)
             if str(mode).lower() != "wal":
                 raise RuntimeError(
                     f"SQLite cannot use write-ahead logging for this database (journal "
