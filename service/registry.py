@@ -571,12 +571,7 @@ def resolve_metric(name: str, batch: Batch) -> str:
 
 def threshold_input(batch: Batch, params: Mapping[str, Any]) -> NDArray[np.floating]:
     """What threshold metrics compare: `y_pred`, or `sigmoid(y_pred)` with `from_logits`."""
-    pred = batch.y_pred
-    if params.get("from_logits"):
-        # exp(-x) overflows to inf for very negative logits; 1 / (1 + inf) = 0 is σ's limit
-        with np.errstate(over="ignore"):
-            pred = 1 / (1 + np.exp(-pred))
-    return pred
+    return kernels.sigmoid(batch.y_pred) if params.get("from_logits") else batch.y_pred
 
 
 def _metric_error(name: str, batch: Batch, needs: str, instead: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from as_requested import metric
@@ -147,6 +149,26 @@ def test_threshold_metrics_from_logits_use_the_sigmoid() -> None:
     logits2 = np.float32([[0.3], [-0.3], [0.1], [-0.2]])
     assert metric("binary_accuracy", y_true, logits2, from_logits=True) == 1.0
     assert metric("binary_accuracy", y_true, logits2) == 0.5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_is_numpy_exp_bit_for_bit(dtype: type[np.floating]) -> None:
+    # The threshold metrics' numbers depend on every bit: one ulp can cross a threshold.
+    x = (np.random.default_rng(0).standard_normal(10_000) * 20).astype(dtype)
+    with np.errstate(over="ignore"):
+        direct = 1 / (1 + np.exp(-x))
+    got = kernels.sigmoid(x)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, direct)
+
+
+def test_sigmoid_limits_without_warnings() -> None:
+    x = np.float32([-1e4, -100.0, 0.0, 100.0, 1e4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the overflow of e^{1e4} is the limit, not a warning
+        got = kernels.sigmoid(x)
+    # e^{100} is already past float32's range: σ(-100) rounds to 0, σ(100) to 1
+    np.testing.assert_array_equal(got, np.float32([0.0, 0.0, 0.5, 1.0, 1.0]))
 
 
 @pytest.mark.parametrize("name", ["binary_accuracy", "subset_accuracy"])

@@ -20,6 +20,21 @@ from service.kernels.categorical import Floats, Indices
 Matches = NDArray[np.float64]
 
 
+def sigmoid(x: Floats) -> Floats:
+    """``1 / (1 + e^{-x})`` in ``x``'s dtype: what the threshold metrics compare with
+    ``from_logits``.
+
+    NumPy's own ``exp`` on purpose, not the float32 ``exp2`` route of
+    :func:`service.kernels.classification.sigmoid_into`: the two differ by an ulp on
+    about a third of float32 inputs, and one ulp can carry a value across a threshold.
+    ``e^{-x}`` overflows to infinity for very negative ``x``; ``1 / (1 + inf)`` is then
+    exactly 0, the sigmoid's limit.
+    """
+    with np.errstate(over="ignore"):
+        result: Floats = 1 / (1 + np.exp(-x))
+    return result
+
+
 def binary_accuracy(y_true: Floats, y_pred: Floats, *, threshold: float = 0.5) -> Matches:
     """``y_true == (y_pred > threshold)``, element by element."""
     matches: Matches = np.equal(y_true, y_pred > y_pred.dtype.type(threshold)).astype(np.float64)
