@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from service.storage import exact
 from service.storage.blobs import (
     CorruptBlob,
     decode_arrays,
@@ -85,6 +87,25 @@ def test_merging_partial_totals_in_a_tree_equals_adding_one_by_one(
         if group:
             merged.add(total(group))
     np.testing.assert_array_equal(bits(merged.to_floats()), bits(total(parts).to_floats()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=batches())
+def test_small_sums_take_python_integers_to_the_same_limbs(parts: list[np.ndarray]) -> None:
+    # Sums of a few elements (a batch's scalar statistics) are converted and added with
+    # Python integers; the vectorised path must give the very same canonical limbs.
+    small = [FixedSum.from_floats(part) for part in parts]
+    with mock.patch.object(exact, "SMALL", -1):
+        vector = [FixedSum.from_floats(part) for part in parts]
+        vector_total = total(parts)
+    small_total = total(parts)
+    for a, b in [*zip(small, vector, strict=True), (small_total, vector_total)]:
+        assert (a.lo, a.limbs.tolist()) == (b.lo, b.limbs.tolist())
+    # Mixed: a running total built one way, added to the other way.
+    mixed = vector[0].copy()
+    for part in small[1:]:
+        mixed.add(part)
+    assert (mixed.lo, mixed.limbs.tolist()) == (vector_total.lo, vector_total.limbs.tolist())
 
 
 def test_exactness_where_float_addition_loses_everything() -> None:
