@@ -9,6 +9,7 @@ at the golden tolerances (rtol 1e-5, atol 1e-6).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 
@@ -146,6 +147,52 @@ def test_for_each_block_raises_a_blocks_error_once_no_block_runs(kernel_threads:
     threading.Event().wait(0.05)  # nothing still running writes after the call
     np.testing.assert_array_equal(seen, ran)
     assert set(np.unique(seen)) <= {0, 1}
+
+
+def test_threads_follow_the_setting_and_count_the_cores_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_KERNEL_THREADS", "3")
+    assert _blocks.threads() == 3
+    monkeypatch.setenv("LOSS_SERVICE_KERNEL_THREADS", "5")
+    assert _blocks.threads() == 5
+    calls: list[None] = []
+    real = os.cpu_count
+    _blocks._cores.cache_clear()
+
+    def cpu_count() -> int | None:
+        calls.append(None)
+        return real()
+
+    monkeypatch.setattr(os, "cpu_count", cpu_count)
+    for unset in ("", "0", "x"):
+        monkeypatch.setenv("LOSS_SERVICE_KERNEL_THREADS", unset)
+        assert _blocks.threads() == (real() or 1)
+    monkeypatch.delenv("LOSS_SERVICE_KERNEL_THREADS")
+    assert _blocks.threads() == (real() or 1)
+    assert len(calls) == 1
+
+
+def test_a_small_batch_is_one_block_on_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_threads() -> int:
+        raise AssertionError("a small batch asked for the thread count")
+
+    monkeypatch.setattr(_blocks, "threads", no_threads)
+    _blocks._idle.append({})  # a buffer set to reuse: no thread count to keep it either
+    seen: list[tuple[slice, str]] = []
+
+    def work(rows: slice) -> None:
+        seen.append((rows, threading.current_thread().name))
+
+    for n, c in [(1, 1), (32, 10), (7, 0), (_blocks.PARALLEL_MIN_ELEMENTS // 10 - 1, 10)]:
+        seen.clear()
+        for_each_block(n, c, work)
+        assert seen == [(slice(0, n), threading.current_thread().name)]
+    seen.clear()
+    for_each_block(0, 10, work)
+    assert seen == []
 
 
 def test_scratch_is_reused_per_slot_and_dtype_within_a_call(

@@ -70,12 +70,32 @@ def row_blocks(n_rows: int, n_cols: int, parts: int = 1) -> Iterator[slice]:
             yield slice(start, stop)
 
 
-def threads() -> int:
-    """Threads used for big batches (``LOSS_SERVICE_KERNEL_THREADS``, default: all cores)."""
-    configured = os.environ.get("LOSS_SERVICE_KERNEL_THREADS", "")
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
+#: The setting that overrides the kernel thread count (read each time big batches run).
+THREADS_ENV = "LOSS_SERVICE_KERNEL_THREADS"
+#: The last value of the setting read by :func:`threads`, and the count it gave.
+_threads_seen: tuple[str | None, int] = (None, 0)
+
+
+@lru_cache(maxsize=1)
+def _cores() -> int:
+    """The machine's cores, counted once per process: ``os.cpu_count()`` reads
+    ``/sys`` (a system call or three, 10 to 80 µs on a busy machine) each time."""
     return os.cpu_count() or 1
+
+
+def threads() -> int:
+    """Threads used for big batches (``LOSS_SERVICE_KERNEL_THREADS``, default: all cores).
+
+    The setting is read on each call (so that a change takes effect), the count computed
+    again only when it changed.
+    """
+    global _threads_seen
+    configured = os.environ.get(THREADS_ENV, "")
+    seen, n = _threads_seen
+    if configured != seen:
+        n = int(configured) if configured.isdigit() and int(configured) > 0 else _cores()
+        _threads_seen = (configured, n)
+    return n
 
 
 @lru_cache(maxsize=1)
@@ -90,6 +110,11 @@ def for_each_block(n_rows: int, n_cols: int, work: Callable[[slice], None]) -> N
     independent and their order does not matter. Each thread running blocks
     holds one set of :func:`scratch` buffers for the whole call.
     """
+    if n_rows * n_cols < PARALLEL_MIN_ELEMENTS and n_rows * max(1, n_cols) <= BLOCK_ELEMENTS:
+        # One block, on this thread (every small request): no block list, no thread count.
+        if n_rows:
+            _run_alone(work, slice(0, n_rows))
+        return
     configured = threads()
     n_threads = configured if n_rows * n_cols >= PARALLEL_MIN_ELEMENTS else 1
     blocks = list(row_blocks(n_rows, n_cols, n_threads))
@@ -139,19 +164,53 @@ _idle: list[Buffers] = []
 _idle_lock = threading.Lock()
 
 
+def _lend() -> Buffers | None:
+    """An idle buffer set, if any (``list.pop`` is atomic under the GIL)."""
+    try:
+        return _idle.pop()
+    except IndexError:
+        return None
+
+
+def _give_back(lent: Buffers, reused: bool) -> None:
+    """Return a buffer set lent to a thread: one that was taken from the idle sets goes
+    back (their number does not grow); a new one is kept while fewer sets are idle than
+    threads may run blocks at once."""
+    if reused:
+        _idle.append(lent)
+        return
+    with _idle_lock:
+        if len(_idle) < threads() + 1:
+            _idle.append(lent)
+
+
+def _run_alone(work: Callable[[slice], None], rows: slice) -> None:
+    """``work(rows)`` on the calling thread, with a buffer set lent for it."""
+    lent = _lend()
+    reused = lent is not None
+    if lent is None:
+        lent = {}
+    _local.buffers = lent
+    try:
+        work(rows)
+    finally:
+        _local.buffers = None
+        _give_back(lent, reused)
+
+
 @contextmanager
 def _buffers() -> Iterator[None]:
     """Lends the calling thread a set of scratch buffers while it runs blocks."""
-    with _idle_lock:
-        lent = _idle.pop() if _idle else {}
+    lent = _lend()
+    reused = lent is not None
+    if lent is None:
+        lent = {}
     _local.buffers = lent
     try:
         yield
     finally:
         _local.buffers = None
-        with _idle_lock:
-            if len(_idle) < threads() + 1:
-                _idle.append(lent)
+        _give_back(lent, reused)
 
 
 def scratch(shape: tuple[int, int], dtype: np.dtype[Any], slot: int = 0) -> Floats:
