@@ -1,4 +1,4 @@
-"""Label encodings: detect them, check them, convert them. Validation happens here, once.
+"""Label encodings: detect them, check them, convert them. The batch is validated here, once.
 
 The encoding of ``y_true`` is decided by its shape against ``y_pred`` first,
 then by its values (the names are fixed; see the README):
@@ -18,10 +18,11 @@ then by its values (the names are fixed; see the README):
 :func:`prepare` checks, in this order, and raises :class:`InvalidInput` at
 the first problem: empty arrays; non-finite values; the class axis; shapes;
 label values for the detected encoding; a stated encoding against the
-values; ``sample_weight``. Loss- and metric-specific checks (does the
-encoding fit the loss, can the predictions be probabilities, are sparse
-labels in range) are the other functions of this module, called by the
-registry after :func:`prepare`.
+values; ``sample_weight``. Whether the batch then fits one loss, metric or
+report is decided by :func:`service.registry.check_fits`, from the spec's
+properties; it calls the two checks of this module that need a parameter of
+the spec (:func:`check_label_range` with ``ignore_class``, and
+:func:`check_probabilities` with ``from_logits``).
 """
 
 from __future__ import annotations
@@ -38,15 +39,6 @@ Encoding = Literal["sparse", "binary", "one_hot", "multi_hot", "soft"]
 ENCODINGS: tuple[Encoding, ...] = ("sparse", "binary", "one_hot", "multi_hot", "soft")
 DENSE: frozenset[Encoding] = frozenset({"one_hot", "multi_hot", "soft"})
 ComputeDtype = Literal["float32", "float64"]
-
-#: The loss that fits each encoding, named in errors and warnings.
-FITTING_LOSS: dict[Encoding, str] = {
-    "sparse": "sparse_categorical_crossentropy",
-    "one_hot": "categorical_crossentropy",
-    "soft": "categorical_crossentropy",
-    "multi_hot": "binary_crossentropy",
-    "binary": "binary_crossentropy",
-}
 
 Floats = NDArray[np.floating]
 Indices = NDArray[np.int64]
@@ -387,7 +379,7 @@ def prepare(
     return Batch(encoding, rows, labels, dense, sample_shape, n_classes, weights, stated)
 
 
-# ---- checks that depend on the loss or metric -------------------------------------------
+# ---- checks that take a parameter of the loss or metric (see registry.check_fits) ----------
 
 
 def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
@@ -432,31 +424,6 @@ def check_probabilities(batch: Batch, *, binary: bool, loss: str) -> None:
                 f"`y_pred` row {row} sums to 0, so it cannot be renormalized to probabilities "
                 f"for {loss}: expected each row to hold a probability distribution.",
             )
-
-
-def check_fits_loss(
-    batch: Batch, *, loss: str, family: Literal["categorical", "sparse", "binary"]
-) -> None:
-    """Can ``loss`` (of ``family``) be computed on this batch's labels?"""
-    enc = batch.encoding
-    fits = FITTING_LOSS[enc]
-    if family == "binary" and enc == "sparse":
-        raise invalid(
-            ("y_true",),
-            f"{loss} needs targets of `y_pred`'s shape, but `y_true` holds integer class "
-            f"indices (sparse labels): use {fits}, or send one target per output.",
-        )
-    if family != "binary" and enc == "binary":
-        raise invalid(
-            ("y_pred",),
-            f"{loss} needs at least 2 classes, but `y_pred` has a single output per sample "
-            "(binary): use binary_crossentropy for one sigmoid output.",
-        )
-    if family == "sparse" and enc not in ("sparse", "one_hot"):
-        raise invalid(
-            ("y_true",),
-            f"{loss} needs integer labels or one-hot rows, but `y_true` is {enc}: use {fits}.",
-        )
 
 
 def sparse_labels(

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from service import diagnostics, kernels, registry
 from service.arrays import to_array
-from service.encodings import Batch, prepare
+from service.encodings import Batch, Encoding, prepare
 from service.errors import FieldError, Loc, NotFound, ServiceError, invalid
 from service.wire import ARRAY_FIELDS
 
@@ -156,14 +156,6 @@ SETTING_FIELDS = frozenset(
 )
 EVALUATE_FIELDS = frozenset({*ARRAY_FIELDS, *SETTING_FIELDS})
 
-#: What an evaluate call computes when it names no losses or metrics.
-DEFAULT_LOSSES = {
-    "sparse": "sparse_categorical_crossentropy",
-    "one_hot": "categorical_crossentropy",
-    "soft": "categorical_crossentropy",
-    "multi_hot": "binary_crossentropy",
-    "binary": "binary_crossentropy",
-}
 #: Label families: batches of one family can be evaluated together.
 FAMILY = {
     "sparse": "single_label",
@@ -328,13 +320,14 @@ def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
     return Plan(losses, metrics, reports, from_logits, class_names, common, loc)
 
 
-def resolve_plan(plan: Plan, encoding: str) -> dict[str, list[Entry]]:
+def resolve_plan(plan: Plan, encoding: Encoding) -> dict[str, list[Entry]]:
     """The entries a plan computes on labels of ``encoding``: the ones it names, or
-    those that fit the labels."""
+    those that fit the labels (the loss of :data:`registry.FITTING_LOSS` and
+    ``accuracy``)."""
     extra = {} if plan.from_logits is None else {"from_logits": plan.from_logits}
     losses, metrics = plan.losses, plan.metrics
     if losses is None:
-        name = DEFAULT_LOSSES[encoding]
+        name = registry.FITTING_LOSS[encoding]
         spec = registry.LOSSES[name]
         losses = [
             Entry(

@@ -1,17 +1,22 @@
 """Every loss and metric the service knows: names, parameters, defaults, and how to compute it.
 
-A :class:`LossSpec` or :class:`MetricSpec` names its Keras 3 parameters with
-Keras' defaults; :func:`parse_params` checks a request's parameters against
-them (an unknown parameter is an error, as is a wrong type or range), and
-:func:`compute_loss` / :func:`compute_metric` run the encoding checks and the
-kernel on a prepared :class:`~service.encodings.Batch`.
+A :class:`LossSpec`, :class:`MetricSpec` or :class:`ReportSpec` names its
+Keras 3 parameters with Keras' defaults, and the label encodings it accepts;
+:func:`parse_params` checks a request's parameters against them (an unknown
+parameter is an error, as is a wrong type or range).
+
+Validation is layered as scikit-learn's ``_check_targets``: the batch alone
+(shapes, values, its encoding) once, in :func:`service.encodings.prepare`; then
+whether it fits one loss, metric or report in :func:`check_fits`, from the
+spec's properties alone. :func:`compute_loss` / :func:`compute_metric` /
+:func:`report_stats` call it before their kernels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +25,7 @@ from service import kernels
 from service.encodings import (
     ENCODINGS,
     Batch,
-    check_fits_loss,
+    Encoding,
     check_label_range,
     check_probabilities,
     sparse_labels,
@@ -273,16 +278,57 @@ COMMON = (
 
 Family = Literal["categorical", "sparse", "binary"]
 
+# ---- label encodings a spec accepts ----------------------------------------------------------
+
+#: Every encoding: the spec resolves or converts whatever labels it is sent.
+ANY_LABELS: frozenset[Encoding] = frozenset(ENCODINGS)
+#: At least 2 classes: every encoding but a single sigmoid output.
+CLASSES: frozenset[Encoding] = ANY_LABELS - {"binary"}
+#: Class indices: integer labels, or one-hot rows (whose argmax is the index).
+CLASS_INDICES: frozenset[Encoding] = frozenset({"sparse", "one_hot"})
+#: Targets of ``y_pred``'s shape: every encoding but integer labels.
+SHAPED: frozenset[Encoding] = ANY_LABELS - {"sparse"}
+#: 0/1 targets of ``y_pred``'s shape.
+ZERO_ONE: frozenset[Encoding] = SHAPED - {"soft"}
+
+#: The loss that fits each encoding: what a loss refusing the labels suggests, and what
+#: evaluate computes when it is named no loss.
+FITTING_LOSS: dict[Encoding, str] = {
+    "sparse": "sparse_categorical_crossentropy",
+    "one_hot": "categorical_crossentropy",
+    "soft": "categorical_crossentropy",
+    "multi_hot": "binary_crossentropy",
+    "binary": "binary_crossentropy",
+}
+#: What `accuracy` means for each label encoding: also what a metric refusing the
+#: labels suggests.
+ACCURACY_FOR: dict[Encoding, str] = {
+    "sparse": "sparse_categorical_accuracy",
+    "one_hot": "categorical_accuracy",
+    "soft": "categorical_accuracy",
+    "binary": "binary_accuracy",
+    "multi_hot": "subset_accuracy",
+}
+
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss: its parameters, and the kernels that compute it (dispatch is a lookup).
+    """A loss: its parameters, the kernels that compute it (dispatch is a lookup), and
+    the label encodings it accepts.
 
     ``dense`` takes targets of ``y_pred``'s shape (for the sparse loss: class indices);
     ``indices``, where there is one, takes class indices for a categorical loss, so that
     integer labels are never expanded to a one-hot matrix. ``kernel_params`` are the
-    parameters passed on to the kernels as keywords.
+    parameters passed on to the kernels as keywords. ``accepts`` are the encodings it
+    computes on, ``needs`` what that asks of a batch, in the words of the error that
+    refuses the others.
     """
+
+    #: What a refusal suggests instead, per encoding of the refused batch.
+    fitting: ClassVar[Mapping[Encoding, str]] = FITTING_LOSS
+    #: A loss that needs classes refuses a single output: `y_pred`'s class axis.
+    single_output_field: ClassVar[str] = "y_pred"
+    class_pairs: ClassVar[bool] = False
 
     name: str
     family: Family
@@ -291,13 +337,34 @@ class LossSpec:
     dense: Callable[..., NDArray[np.floating]]
     indices: Callable[..., NDArray[np.floating]] | None = None
     kernel_params: tuple[str, ...] = ()
+    _: KW_ONLY
+    accepts: frozenset[Encoding]
+    needs: str
+
+    @property
+    def probabilities(self) -> Literal["unit_interval", "distribution"]:
+        """What `y_pred` must be able to be with `from_logits` false: values in [0, 1]
+        (binary losses), or rows of non-negative values that renormalize."""
+        return "unit_interval" if self.family == "binary" else "distribution"
 
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """A metric: its parameters and the label encodings it accepts (``needs``: those in
+    the words of the error that refuses the others)."""
+
+    fitting: ClassVar[Mapping[Encoding, str]] = ACCURACY_FOR
+    single_output_field: ClassVar[str] = "y_true"
+    #: Metrics compare or rank `y_pred` as it is: no probabilities required.
+    probabilities: ClassVar[None] = None
+    class_pairs: ClassVar[bool] = False
+
     name: str
     params: tuple[Param, ...]
     description: str
+    _: KW_ONLY
+    accepts: frozenset[Encoding]
+    needs: str
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -311,6 +378,8 @@ LOSSES: dict[str, LossSpec] = {
             kernels.categorical_crossentropy,
             kernels.categorical_crossentropy_from_indices,
             ("from_logits", "label_smoothing"),
+            accepts=CLASSES,
+            needs="at least 2 classes",
         ),
         LossSpec(
             "sparse_categorical_crossentropy",
@@ -320,6 +389,8 @@ LOSSES: dict[str, LossSpec] = {
             kernels.sparse_categorical_crossentropy,
             None,
             ("from_logits",),
+            accepts=CLASS_INDICES,
+            needs="integer labels or one-hot rows over at least 2 classes",
         ),
         LossSpec(
             "binary_crossentropy",
@@ -329,6 +400,8 @@ LOSSES: dict[str, LossSpec] = {
             kernels.binary_crossentropy,
             None,
             ("from_logits", "label_smoothing"),
+            accepts=SHAPED,
+            needs="targets of `y_pred`'s shape",
         ),
         LossSpec(
             "categorical_focal_crossentropy",
@@ -338,6 +411,8 @@ LOSSES: dict[str, LossSpec] = {
             kernels.categorical_focal_crossentropy,
             kernels.categorical_focal_crossentropy_from_indices,
             ("alpha", "gamma", "from_logits", "label_smoothing"),
+            accepts=CLASSES,
+            needs="at least 2 classes",
         ),
         LossSpec(
             "binary_focal_crossentropy",
@@ -347,6 +422,8 @@ LOSSES: dict[str, LossSpec] = {
             kernels.binary_focal_crossentropy,
             None,
             ("apply_class_balancing", "alpha", "gamma", "from_logits", "label_smoothing"),
+            accepts=SHAPED,
+            needs="targets of `y_pred`'s shape",
         ),
     )
 }
@@ -358,69 +435,95 @@ METRICS: dict[str, MetricSpec] = {
             "binary_accuracy",
             (THRESHOLD, METRIC_FROM_LOGITS),
             "Share of targets matched by `y_pred > threshold`, element by element.",
+            accepts=SHAPED,
+            needs="targets of `y_pred`'s shape",
         ),
         MetricSpec(
             "categorical_accuracy",
             (),
             "Share of samples whose argmax matches the label's (first maximum wins ties).",
+            accepts=CLASSES,
+            needs="at least 2 classes",
         ),
         MetricSpec(
             "sparse_categorical_accuracy",
             (),
             "Share of samples whose argmax equals the integer label.",
+            accepts=CLASS_INDICES,
+            needs="integer labels or one-hot rows over at least 2 classes",
         ),
         MetricSpec(
             "top_k_categorical_accuracy",
             (K,),
             "Share of samples whose true class is among the k highest scores.",
+            accepts=CLASSES,
+            needs="at least 2 classes",
         ),
         MetricSpec(
             "sparse_top_k_categorical_accuracy",
             (K,),
             "Share of samples whose integer label is among the k highest scores.",
+            accepts=CLASS_INDICES,
+            needs="integer labels or one-hot rows over at least 2 classes",
         ),
         MetricSpec(
             "subset_accuracy",
             (THRESHOLD, METRIC_FROM_LOGITS),
             "Share of samples whose every label is matched at `threshold` (exact match).",
+            accepts=ZERO_ONE,
+            needs="0/1 targets of `y_pred`'s shape",
         ),
         MetricSpec(
             "precision",
             (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
             "Keras' Precision: true positives over predicted positives, every element a "
             "binary decision (integer labels stand for their one-hot form).",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "recall",
             (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
             "Keras' Recall: true positives over actual positives, every element a binary decision.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "f1_score",
             (AVERAGE, F_THRESHOLD, SCORE_FROM_LOGITS),
             "Keras' F1Score: per class, or averaged (micro, macro, weighted).",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "fbeta_score",
             (AVERAGE, BETA, F_THRESHOLD, SCORE_FROM_LOGITS),
             "Keras' FBetaScore: F-score with recall weighted `beta` times precision.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "auc",
             (NUM_THRESHOLDS, CURVE, SUMMATION, MULTI_LABEL, SCORE_FROM_LOGITS),
             "Keras' AUC: the binned area under the ROC or precision-recall curve.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "expected_calibration_error",
             (N_BINS, NORM, SCORE_FROM_LOGITS),
             "torchmetrics' calibration error: the gap between confidence and accuracy over "
             "equal-width confidence bins.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "brier_score",
             (SCORE_FROM_LOGITS,),
             "scikit-learn's Brier score: the mean squared error of the probabilities "
             "(rows are not renormalized).",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         MetricSpec(
             "accuracy",
@@ -428,6 +531,8 @@ METRICS: dict[str, MetricSpec] = {
             "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
             "soft → categorical_accuracy, binary → binary_accuracy, multi-hot → "
             "subset_accuracy.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
     )
 }
@@ -435,9 +540,25 @@ METRICS: dict[str, MetricSpec] = {
 
 @dataclass(frozen=True)
 class ReportSpec:
+    """A report: its parameters, the label encodings it accepts, and whether it keeps a
+    count per pair of classes (``class_pairs``: refused past the class limit)."""
+
+    #: Reports accept every encoding: nothing to suggest instead.
+    fitting: ClassVar[Mapping[Encoding, str]] = {}
+    single_output_field: ClassVar[str] = "y_true"
+    probabilities: ClassVar[None] = None
+
     name: str
     params: tuple[Param, ...]
     description: str
+    _: KW_ONLY
+    accepts: frozenset[Encoding]
+    needs: str
+    class_pairs: bool = False
+
+
+#: A loss, metric or report: what :func:`check_fits` reads.
+Spec = LossSpec | MetricSpec | ReportSpec
 
 
 REPORT_THRESHOLD = Param(
@@ -461,17 +582,24 @@ REPORTS: dict[str, ReportSpec] = {
             (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
             "Per class: support, precision, recall, F1 and mean loss, with macro, weighted "
             "and micro averages (scikit-learn's numbers).",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
         ReportSpec(
             "confusion_matrix",
             (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
             "Rows are true classes, columns predicted (one 2x2 matrix per label for "
             "multi-hot batches).",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
+            class_pairs=True,
         ),
         ReportSpec(
             "calibration",
             (N_BINS, REPORT_FROM_LOGITS),
             "Reliability bins (count, confidence, accuracy) with ECE, MCE and Brier score.",
+            accepts=ANY_LABELS,
+            needs="labels of any encoding",
         ),
     )
 }
@@ -483,16 +611,6 @@ MAX_CONFUSION_CLASSES = [1000]
 
 def set_max_confusion_classes(limit: int) -> None:
     MAX_CONFUSION_CLASSES[0] = limit
-
-
-#: What `accuracy` means for each label encoding.
-ACCURACY_FOR = {
-    "sparse": "sparse_categorical_accuracy",
-    "one_hot": "categorical_accuracy",
-    "soft": "categorical_accuracy",
-    "binary": "binary_accuracy",
-    "multi_hot": "subset_accuracy",
-}
 
 
 def get_loss(name: str) -> LossSpec:
@@ -528,6 +646,87 @@ def parse_params(
     return {n: p.parse(raw[n], (*loc, n)) if n in raw else p.default for n, p in known.items()}
 
 
+# ---- does the batch fit this loss, metric or report ---------------------------------------
+
+#: What a refused batch holds, in the words of the error.
+_RECEIVED: dict[Encoding, str] = {
+    "sparse": "`y_true` holds integer class indices (sparse labels)",
+    "binary": "`y_true` and `y_pred` hold a single output per sample (binary)",
+    "one_hot": "`y_true` holds one-hot rows",
+    "multi_hot": "`y_true` is multi_hot (0/1 rows, with any number of ones)",
+    "soft": "`y_true` is soft (targets between 0 and 1)",
+}
+#: What else a refused batch could do, after the loss or metric that fits it.
+_OR: dict[Encoding, str] = {
+    "sparse": ", or send one target per output",
+    "binary": " for one sigmoid output",
+}
+#: Elements of AUC statistics one request may ask for (thresholds × columns × 4 counts).
+MAX_AUC_CELLS = 1 << 22
+
+
+def check_fits(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> None:
+    """Refuse a batch that ``spec`` cannot be computed on, with what is wrong, what was
+    expected, what was received and what to use instead.
+
+    The one place that decides it, for losses, metrics and reports alike, from the
+    spec's properties and its (checked) parameters: the label encoding against
+    ``spec.accepts``; parameters bounded by the batch (``class_id`` and ``top_k`` by its
+    columns, ``num_thresholds`` by the AUC cell limit, a report with ``class_pairs`` by
+    the confusion class limit); integer labels against the classes (``ignore_class``
+    allowed); and, for a loss with ``from_logits`` false, whether ``y_pred`` can be
+    probabilities. The batch itself was checked once, by :func:`encodings.prepare`.
+    """
+    enc = batch.encoding
+    if enc not in spec.accepts:
+        field = spec.single_output_field if enc == "binary" else "y_true"
+        instead = spec.fitting.get(enc)
+        use = f": use {instead}{_OR.get(enc, '')}" if instead else ""
+        raise invalid((field,), f"{spec.name} needs {spec.needs}, but {_RECEIVED[enc]}{use}.")
+    _check_params_fit(spec, batch, params)
+    check_label_range(batch, params.get("ignore_class"))
+    if spec.probabilities is not None and not params["from_logits"]:
+        check_probabilities(batch, binary=spec.probabilities == "unit_interval", loss=spec.name)
+
+
+def _check_params_fit(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> None:
+    """Parameters whose range depends on the batch: checked against its columns."""
+    columns = batch.n_classes
+    class_id = params.get("class_id")
+    if class_id is not None and class_id >= columns:
+        raise invalid(
+            ("class_id",),
+            f"`class_id` is {class_id}, but the batch has {columns} class column(s): "
+            f"expected 0 to {columns - 1}.",
+        )
+    top_k = params.get("top_k")
+    if top_k is not None and top_k > columns:
+        raise invalid(
+            ("top_k",),
+            f"`top_k` is {top_k}, but the batch has {columns} class column(s): expected at "
+            f"most {columns}.",
+        )
+    if "num_thresholds" in params:
+        cells = int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
+        if cells > MAX_AUC_CELLS:
+            raise PayloadTooLarge.at(
+                ("num_thresholds",),
+                f"{spec.name} with {params['num_thresholds']} thresholds over {columns} "
+                f"columns keeps {cells} counts, over the limit of {MAX_AUC_CELLS}: expected "
+                "fewer thresholds, or `multi_label: false`.",
+            )
+    if spec.class_pairs:
+        classes = 2 if batch.encoding == "binary" else batch.n_classes
+        limit = MAX_CONFUSION_CLASSES[0]
+        if classes > limit:
+            raise invalid(
+                ("reports",),
+                f"The {spec.name} report of {classes} classes is over the limit of {limit} "
+                "(setting LOSS_SERVICE_MAX_CONFUSION_CLASSES): expected fewer classes; the "
+                "per_class report has every class's counts.",
+            )
+
+
 # ---- computing ----------------------------------------------------------------------------
 
 
@@ -544,12 +743,8 @@ def loss_terms(
 ) -> tuple[NDArray[np.floating], NDArray[np.bool_] | None]:
     """The per-sample losses before weighting and reduction, in the batch's sample shape,
     and the mask of the positions that count (``ignore_class``), if any."""
-    check_fits_loss(batch, loss=spec.name, family=spec.family)
+    check_fits(spec, batch, params)
     ignore_class = params.get("ignore_class")
-    check_label_range(batch, ignore_class)
-    from_logits = bool(params["from_logits"])
-    if not from_logits:
-        check_probabilities(batch, binary=spec.family == "binary", loss=spec.name)
     keywords = {k: params[k] for k in spec.kernel_params}
     mask = None
     if spec.family == "sparse":
@@ -574,17 +769,8 @@ def threshold_input(batch: Batch, params: Mapping[str, Any]) -> NDArray[np.float
     return kernels.sigmoid(batch.y_pred) if params.get("from_logits") else batch.y_pred
 
 
-def _metric_error(name: str, batch: Batch, needs: str, instead: str) -> None:
-    raise invalid(
-        ("y_true",),
-        f"{name} needs {needs}, but `y_true` is {batch.encoding}: use {instead}.",
-    )
-
-
 #: What a metric's value is: one number, or one per class (``average: null``).
 MetricValue = float | list[float]
-#: Elements of AUC statistics one request may ask for (thresholds × columns × 4 counts).
-MAX_AUC_CELLS = 1 << 22
 
 
 def kernel_inputs(batch: Batch, resolved: str) -> tuple[NDArray[Any], NDArray[Any], Any]:
@@ -614,44 +800,10 @@ def kernel_inputs(batch: Batch, resolved: str) -> tuple[NDArray[Any], NDArray[An
 CALIBRATION_METRICS = frozenset({"expected_calibration_error", "brier_score", "calibration"})
 
 
-def _check_mergeable_fits(resolved: str, batch: Batch, params: Mapping[str, Any]) -> None:
-    columns = 1 if batch.encoding == "binary" else batch.n_classes
-    class_id = params.get("class_id")
-    if class_id is not None and class_id >= columns:
-        raise invalid(
-            ("class_id",),
-            f"`class_id` is {class_id}, but the batch has {columns} class column(s): "
-            f"expected 0 to {columns - 1}.",
-        )
-    top_k = params.get("top_k")
-    if top_k is not None and top_k > columns:
-        raise invalid(
-            ("top_k",),
-            f"`top_k` is {top_k}, but the batch has {columns} class column(s): expected at "
-            f"most {columns}.",
-        )
-    if resolved == "auc":
-        cells = int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
-        if cells > MAX_AUC_CELLS:
-            raise PayloadTooLarge.at(
-                ("num_thresholds",),
-                f"auc with {params['num_thresholds']} thresholds over {columns} columns keeps "
-                f"{cells} counts, over the limit of {MAX_AUC_CELLS}: expected fewer "
-                "thresholds, or `multi_label: false`.",
-            )
-    if batch.encoding in ("sparse", "one_hot", "soft"):
-        check_label_range(batch)
-
-
 def _accuracy_matches(resolved: str, batch: Batch, params: Mapping[str, Any]) -> NDArray[Any]:
-    """One match per sample (1.0 or 0.0) for the accuracy metrics."""
-    enc = batch.encoding
-    fitting = ACCURACY_FOR[enc]
+    """One match per sample (1.0 or 0.0) for the accuracy metrics, on a batch that fits
+    them (:func:`check_fits`)."""
     if resolved in ("binary_accuracy", "subset_accuracy"):
-        if enc == "sparse":
-            _metric_error(resolved, batch, "targets of `y_pred`'s shape", fitting)
-        if resolved == "subset_accuracy" and enc == "soft":
-            _metric_error(resolved, batch, "0/1 targets", fitting)
         assert batch.dense is not None
         pred = threshold_input(batch, params)
         if resolved == "binary_accuracy":
@@ -661,12 +813,6 @@ def _accuracy_matches(resolved: str, batch: Batch, params: Mapping[str, Any]) ->
         else:
             per_row = kernels.subset_accuracy(batch.dense, pred, threshold=params["threshold"])
     else:
-        if enc == "binary":
-            _metric_error(resolved, batch, "at least 2 classes", "binary_accuracy")
-        sparse_only = resolved.startswith("sparse_")
-        if sparse_only and batch.labels is None:
-            _metric_error(resolved, batch, "integer labels or one-hot rows", fitting)
-        check_label_range(batch)
         if batch.labels is not None:
             labels = batch.labels
         else:
@@ -686,8 +832,8 @@ def metric_stats(
     """The batch's sufficient statistics for a metric (they add up across batches, see
     :mod:`service.kernels.stats`), and the metric ``name`` resolved to."""
     resolved = resolve_metric(name, batch)
+    check_fits(METRICS[resolved], batch, params)
     if resolved in MERGEABLE:
-        _check_mergeable_fits(resolved, batch, params)
         spec = MERGEABLE[resolved]
         y_true, pred, weights = kernel_inputs(batch, resolved)
         taken = {k: params[k] for k in spec.stats_params if k in params}
@@ -739,17 +885,7 @@ def report_stats(
     name: str, batch: Batch, params: Mapping[str, Any], losses: list[NDArray[Any]]
 ) -> dict[str, NDArray[Any]]:
     """A report's statistics on the batch (they add up across batches)."""
-    columns = 2 if batch.encoding == "binary" else batch.n_classes
-    limit = MAX_CONFUSION_CLASSES[0]
-    if name == "confusion_matrix" and columns > limit:
-        raise invalid(
-            ("reports",),
-            f"The confusion matrix of {columns} classes is over the limit of {limit} "
-            "(setting LOSS_SERVICE_MAX_CONFUSION_CLASSES): expected fewer classes; the "
-            "per_class report has every class's counts.",
-        )
-    if batch.encoding in ("sparse", "one_hot", "soft"):
-        check_label_range(batch)
+    check_fits(REPORTS[name], batch, params)
     spec = MERGEABLE[name]
     y_true, pred, weights = kernel_inputs(batch, name)
     if name != "calibration" and batch.encoding == "soft":

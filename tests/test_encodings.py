@@ -363,20 +363,34 @@ def test_labels_that_do_not_fit_the_sparse_loss(y_true: Any, fitting: str) -> No
         lambda: compute(name, y_true, P3), name, "integer labels or one-hot rows", f"use {fitting}"
     )
     b = batch(y_true, P3)
-    fails(lambda: encodings.check_fits_loss(b, loss=name, family="sparse"), f"use {fitting}")
+    spec = registry.LOSSES[name]
+    params = registry.parse_params(name, spec.params, {})
+    error = fails(
+        lambda: registry.check_fits(spec, b, params), f"is {b.encoding}", f"use {fitting}"
+    )
+    assert error.errors[0].loc == ("y_true",)
 
 
 def test_sparse_labels_do_not_fit_a_binary_loss() -> None:
-    fails(
+    error = fails(
         lambda: compute("binary_crossentropy", [1, 0], P3),
+        "needs targets of `y_pred`'s shape",
         "integer class indices",
         "use sparse_categorical_crossentropy",
     )
+    assert error.errors[0].loc == ("y_true",)
 
 
 def test_binary_outputs_do_not_fit_a_categorical_loss() -> None:
     for name in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
-        fails(lambda n=name: compute(n, [[1], [0]], [[0.3], [0.4]]), "at least 2 classes")
+        error = fails(
+            lambda n=name: compute(n, [[1], [0]], [[0.3], [0.4]]),
+            "at least 2 classes",
+            "single output per sample",
+            "use binary_crossentropy",
+        )
+        # a loss over classes is refused a single output: `y_pred`'s class axis is wrong
+        assert error.errors[0].loc == ("y_pred",)
 
 
 def test_probabilities_for_a_binary_loss() -> None:

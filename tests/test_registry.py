@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service import encodings, registry
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, PayloadTooLarge
 
 LOSS_NAMES = [
     "categorical_crossentropy",
@@ -338,6 +338,159 @@ def test_threshold_metrics_need_targets_of_y_pred_shape() -> None:
 def test_argmax_metrics_need_two_classes() -> None:
     with pytest.raises(InvalidInput, match="at least 2 classes"):
         metric("categorical_accuracy", [[1], [0]], [[0.9], [0.1]])
+
+
+# ---- does the batch fit: one check, from the spec's properties ---------------------------
+
+#: What each loss, metric and report accepts: a change here changes which requests are 422.
+ACCEPTS: dict[str, set[str]] = {
+    "categorical_crossentropy": {"sparse", "one_hot", "soft", "multi_hot"},
+    "sparse_categorical_crossentropy": {"sparse", "one_hot"},
+    "binary_crossentropy": {"binary", "one_hot", "soft", "multi_hot"},
+    "categorical_focal_crossentropy": {"sparse", "one_hot", "soft", "multi_hot"},
+    "binary_focal_crossentropy": {"binary", "one_hot", "soft", "multi_hot"},
+    "binary_accuracy": {"binary", "one_hot", "soft", "multi_hot"},
+    "categorical_accuracy": {"sparse", "one_hot", "soft", "multi_hot"},
+    "sparse_categorical_accuracy": {"sparse", "one_hot"},
+    "top_k_categorical_accuracy": {"sparse", "one_hot", "soft", "multi_hot"},
+    "sparse_top_k_categorical_accuracy": {"sparse", "one_hot"},
+    "subset_accuracy": {"binary", "one_hot", "multi_hot"},
+    **{
+        name: set(encodings.ENCODINGS)
+        for name in (
+            "precision",
+            "recall",
+            "f1_score",
+            "fbeta_score",
+            "auc",
+            "expected_calibration_error",
+            "brier_score",
+            "accuracy",
+            "per_class",
+            "confusion_matrix",
+            "calibration",
+        )
+    },
+}
+SPECS: dict[str, registry.Spec] = {**registry.LOSSES, **registry.METRICS, **registry.REPORTS}
+#: One batch of each encoding, three classes (one output for binary).
+BATCHES: dict[str, tuple[Any, Any]] = {
+    "sparse": ([1, 0, 2], P3),
+    "one_hot": ([[0, 1, 0], [1, 0, 0], [0, 0, 1]], P3),
+    "soft": ([[0.1, 0.8, 0.1], [0.6, 0.4, 0.0], [0.0, 0.2, 0.8]], P3),
+    "multi_hot": ([[0, 1, 1], [1, 0, 0], [0, 0, 0]], P3),
+    "binary": ([[1], [0], [1]], [[0.8], [0.3], [0.6]]),
+}
+REFUSED = [(n, e) for n in SPECS for e in encodings.ENCODINGS if e not in ACCEPTS[n]]
+
+
+def fit_batch(encoding: str) -> encodings.Batch:
+    y_true, y_pred = BATCHES[encoding]
+    b = encodings.prepare(np.asarray(y_true), np.asarray(y_pred))
+    assert b.encoding == encoding
+    return b
+
+
+def spec_params(spec: registry.Spec, **raw: Any) -> dict[str, Any]:
+    return registry.parse_params(spec.name, spec.params, raw)
+
+
+def test_every_spec_declares_the_encodings_it_accepts() -> None:
+    assert {name: set(spec.accepts) for name, spec in SPECS.items()} == ACCEPTS
+    for spec in SPECS.values():
+        # what a refusal tells the client it needed
+        assert spec.needs and (spec.accepts == registry.ANY_LABELS) == (
+            spec.needs == "labels of any encoding"
+        )
+
+
+@pytest.mark.parametrize("encoding", encodings.ENCODINGS)
+def test_the_loss_and_accuracy_a_refusal_suggests_accept_the_labels(encoding: str) -> None:
+    assert encoding in registry.LOSSES[registry.FITTING_LOSS[encoding]].accepts
+    assert encoding in registry.METRICS[registry.ACCURACY_FOR[encoding]].accepts
+
+
+@pytest.mark.parametrize(("name", "encoding"), REFUSED)
+def test_a_refusal_says_what_is_wrong_what_was_expected_received_and_what_fits(
+    name: str, encoding: str
+) -> None:
+    spec = SPECS[name]
+    with pytest.raises(InvalidInput) as info:
+        registry.check_fits(spec, fit_batch(encoding), spec_params(spec))
+    detail = info.value.detail
+    assert detail.startswith(f"{name} needs {spec.needs}, but ")
+    assert encoding in detail
+    assert f": use {spec.fitting[encoding]}" in detail
+    # a loss over classes is refused a single output at `y_pred`; the rest at `y_true`
+    at_pred = encoding == "binary" and name in registry.LOSSES
+    assert info.value.errors[0].loc == (("y_pred",) if at_pred else ("y_true",))
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_every_accepted_encoding_fits(name: str) -> None:
+    spec = SPECS[name]
+    for encoding in ACCEPTS[name]:
+        registry.check_fits(spec, fit_batch(encoding), spec_params(spec))
+
+
+@pytest.mark.parametrize("name", ["precision", "recall"])
+def test_class_id_and_top_k_are_bounded_by_the_batch_columns(name: str) -> None:
+    spec = registry.METRICS[name]
+    for encoding, columns in (("one_hot", 3), ("binary", 1)):
+        b = fit_batch(encoding)
+        registry.check_fits(spec, b, spec_params(spec, class_id=columns - 1, top_k=columns))
+        with pytest.raises(InvalidInput, match=f"the batch has {columns} class column") as info:
+            registry.check_fits(spec, b, spec_params(spec, class_id=columns))
+        assert info.value.errors[0].loc == ("class_id",)
+        with pytest.raises(InvalidInput, match=f"expected at most {columns}") as info:
+            registry.check_fits(spec, b, spec_params(spec, top_k=columns + 1))
+        assert info.value.errors[0].loc == ("top_k",)
+
+
+def test_auc_statistics_are_bounded_by_the_cell_limit() -> None:
+    spec = registry.METRICS["auc"]
+    b = encodings.prepare(np.eye(12)[[0, 1]], np.full((2, 12), 1 / 12))
+    # 100_000 thresholds × 12 columns × 4 counts is past 2^22; pooled, 400_000 is not
+    registry.check_fits(spec, b, spec_params(spec, num_thresholds=100_000))
+    with pytest.raises(PayloadTooLarge, match="over the limit of 4194304") as info:
+        registry.check_fits(spec, b, spec_params(spec, num_thresholds=100_000, multi_label=True))
+    assert "`multi_label: false`" in info.value.detail
+    assert info.value.errors[0].loc == ("num_thresholds",)
+
+
+def test_a_report_with_class_pairs_is_bounded_by_the_class_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry, "MAX_CONFUSION_CLASSES", [2])
+    three = fit_batch("sparse")
+    with pytest.raises(InvalidInput, match="LOSS_SERVICE_MAX_CONFUSION_CLASSES") as info:
+        registry.check_fits(registry.REPORTS["confusion_matrix"], three, {})
+    assert "3 classes" in info.value.detail and info.value.errors[0].loc == ("reports",)
+    # a binary batch is a 2 × 2 matrix; the per-class report has no class pairs
+    registry.check_fits(registry.REPORTS["confusion_matrix"], fit_batch("binary"), {})
+    registry.check_fits(registry.REPORTS["per_class"], three, {})
+
+
+def test_integer_labels_are_checked_against_the_classes_with_ignore_class() -> None:
+    b = encodings.prepare(np.array([1, 3, 2]), P3)
+    for name in ("sparse_categorical_accuracy", "auc", "per_class"):
+        spec = SPECS[name]
+        with pytest.raises(InvalidInput, match="received 3 at index") as info:
+            registry.check_fits(spec, b, spec_params(spec))
+        assert info.value.errors[0].loc == ("y_true", 1)
+    loss = registry.LOSSES["sparse_categorical_crossentropy"]
+    registry.check_fits(loss, b, spec_params(loss, ignore_class=3))
+
+
+def test_only_losses_need_predictions_that_can_be_probabilities() -> None:
+    b = encodings.prepare(np.array([1, 0, 2]), -P3)
+    for name in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+        loss = registry.LOSSES[name]
+        with pytest.raises(InvalidInput, match=f"cannot be probabilities for {name}"):
+            registry.check_fits(loss, b, spec_params(loss))
+        registry.check_fits(loss, b, spec_params(loss, from_logits=True))
+    for name in ("categorical_accuracy", "auc", "brier_score", "per_class"):
+        registry.check_fits(SPECS[name], b, spec_params(SPECS[name]))
 
 
 @pytest.mark.parametrize("name", ["binary_accuracy", "accuracy"])
