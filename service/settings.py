@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     #: Evaluations not updated for this long are deleted (seconds, or ISO 8601: ``P30D``).
     evaluation_ttl: timedelta = timedelta(days=30)
+    #: Evaluations whose settings and fixed facts a worker keeps in memory, so that a batch
+    #: is evaluated without a read of its own (a few KiB each; 0: read them every time).
+    evaluation_cache_size: int = Field(default=1024, ge=0)
 
     # ---- Hostile and heavy load: every budget a worker process keeps ----
     #: Bytes a worker may hold for requests at once: declared and received bodies plus each

@@ -227,6 +227,50 @@ def test_the_first_batch_fixes_the_facts_and_a_differing_batch_is_refused(store:
     assert put(store, evaluation.id, "d", facts=facts).outcome is PutOutcome.CREATED
 
 
+def test_settings_and_fixed_facts_are_kept_in_memory_until_the_evaluation_goes(
+    db: Database, store: Store
+) -> None:
+    config = {"losses": ["log_loss"]}
+    evaluation = store.create_evaluation(OWNER, config, {})
+    facts = {"n_classes": 3}
+    first = store.get_setup(OWNER, evaluation.id)
+    assert first is not None and first.config == config and first.facts is None
+    assert store.get_setup("someone-else", evaluation.id) is None
+    assert put(store, evaluation.id, "a", facts=facts).outcome is PutOutcome.CREATED
+    fixed = store.get_setup(OWNER, evaluation.id)
+    assert fixed is not None and fixed.facts == facts
+    assert store.get_setup("someone-else", evaluation.id) is None
+    # Another process (another store on the same database) deletes it: this store still
+    # remembers its settings, but a put checks under the lock, and then forgets them.
+    other = Store.open(db.url, db.data_dir)
+    try:
+        assert other.delete_evaluation(OWNER, evaluation.id)
+    finally:
+        other.dispose()
+    assert store.get_setup(OWNER, evaluation.id) == fixed
+    assert put(store, evaluation.id, "b", facts=facts).outcome is PutOutcome.NOT_FOUND
+    assert store.get_setup(OWNER, evaluation.id) is None
+    # The store's own delete forgets at once.
+    again = store.create_evaluation(OWNER, config, {})
+    assert put(store, again.id, "a", facts=facts).outcome is PutOutcome.CREATED
+    assert store.get_setup(OWNER, again.id) is not None
+    assert store.delete_evaluation(OWNER, again.id)
+    assert store.get_setup(OWNER, again.id) is None
+
+
+def test_the_settings_kept_in_memory_are_bounded(db: Database) -> None:
+    small = Store.open(db.url, db.data_dir, setup_cache=2)
+    try:
+        ids = [small.create_evaluation(OWNER, {}, {}).id for _ in range(4)]
+        for evaluation_id in ids:
+            assert put(small, evaluation_id, "a", facts={"n": 1}).outcome is PutOutcome.CREATED
+            assert small.get_setup(OWNER, evaluation_id) is not None
+        assert len(small._setups) == 2
+        assert [key[1] for key in small._setups] == ids[2:]
+    finally:
+        small.dispose()
+
+
 def test_warning_codes_count_the_batches_that_raised_them(store: Store) -> None:
     evaluation = store.create_evaluation(OWNER, {}, {})
     put(store, evaluation.id, "a", warnings=["w1", "w1", "w2"])

@@ -33,6 +33,7 @@ from service.storage.rows import (
     Page,
     PutOutcome,
     PutResult,
+    Setup,
     Status,
     Totals,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Page",
     "PutOutcome",
     "PutResult",
+    "Setup",
     "Status",
     "Store",
     "Totals",

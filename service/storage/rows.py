@@ -41,6 +41,15 @@ class EvaluationRow:
 
 
 @dataclass(frozen=True)
+class Setup:
+    """What a batch is evaluated under: the evaluation's settings, fixed at its creation,
+    and the facts its first batch fixed (``None`` before it)."""
+
+    config: dict[str, Any]
+    facts: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Totals:
     """An evaluation and the totals of its batches' statistics, read in one snapshot.
 

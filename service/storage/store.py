@@ -9,20 +9,23 @@ Ownership: every method takes the ``owner`` of the caller, an opaque string
 (a hash of the API key; ``None`` or ``""`` when the service runs without
 keys). Another owner's evaluation behaves exactly as if it did not exist.
 
-Concurrency of :meth:`Store.put_batch`: a replay is answered from a plain
-read, without any lock. A new batch takes the evaluation's row lock
-(``SELECT ... FOR UPDATE`` on PostgreSQL; the database's write lock, taken by
-``BEGIN IMMEDIATE``, on SQLite), checks again whether the batch id is known,
-then inserts the batch (``ON CONFLICT DO NOTHING`` on the unique
-``(evaluation, batch_id)``, then a re-read) and updates the running totals
-and counts in the same transaction. So of many concurrent puts of one batch
-id exactly one creates it, and no update of the totals is lost.
+Concurrency of :meth:`Store.put_batch`: every put takes the evaluation's row
+lock (``SELECT ... FOR UPDATE`` on PostgreSQL; the database's write lock, taken
+by ``BEGIN IMMEDIATE``, on SQLite), inserts the batch (``ON CONFLICT DO
+NOTHING`` on the unique ``(evaluation, batch_id)``: when nothing is inserted
+the id is known, and the stored batch is read back as the answer to a replay)
+and updates the running totals and counts in the same transaction. So of many
+concurrent puts of one batch id exactly one creates it, and no update of the
+totals is lost. Replays are rare (retries), so they take the lock too rather
+than cost every new batch a read transaction of its own.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,12 +46,15 @@ from service.storage.rows import (
     Page,
     PutOutcome,
     PutResult,
+    Setup,
     Totals,
     decode_cursor,
     encode_cursor,
 )
 from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluations
 
+#: Evaluations whose settings a store keeps in memory (see :meth:`Store.get_setup`).
+DEFAULT_SETUP_CACHE = 1024
 #: Largest page of a list.
 MAX_LIMIT = 1000
 #: Evaluations deleted per transaction by :meth:`Store.expire`.
@@ -92,10 +98,21 @@ def new_id() -> str:
 class Store:
     """Streaming evaluations and their batches in a database (see the module's docstring)."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        setup_cache: int = DEFAULT_SETUP_CACHE,
+    ) -> None:
         self.engine = engine
         self._writer = writer(engine)
         self._clock = clock
+        # (owner, id) -> (config, facts) of evaluations whose facts are fixed: neither
+        # changes after that, so a put needs no read of its own to evaluate a batch.
+        self._setups: OrderedDict[tuple[str, str], Setup] = OrderedDict()
+        self._setups_lock = threading.Lock()
+        self._setup_cache = setup_cache
 
     @classmethod
     def open(
@@ -106,12 +123,14 @@ class Store:
         migrate: bool = True,
         clock: Callable[[], datetime] = utc_now,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        setup_cache: int = DEFAULT_SETUP_CACHE,
         **options: Any,
     ) -> Store:
         """A store on ``url`` (default: ``evaluations.sqlite3`` in ``data_dir``).
 
         With ``migrate`` the schema is upgraded to the latest revision first
-        (safe when several processes start at once). ``options`` go to
+        (safe when several processes start at once). ``setup_cache``: how many
+        evaluations' settings :meth:`get_setup` keeps in memory. ``options`` go to
         :func:`sqlalchemy.create_engine`.
         """
         engine = make_engine(url, data_dir, busy_timeout=busy_timeout, **options)
@@ -121,7 +140,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock=clock)
+        return cls(engine, clock=clock, setup_cache=setup_cache)
 
     def dispose(self) -> None:
         """Close the engine's pooled connections."""
@@ -159,6 +178,36 @@ class Store:
                 select(*_EVALUATION_COLUMNS).where(_MINE), _key(owner, evaluation_id)
             ).first()
         return None if row is None else _evaluation(row._mapping)
+
+    def get_setup(self, owner: str | None, evaluation_id: str) -> Setup | None:
+        """The evaluation's settings and the facts its first batch fixed (``None`` before
+        it), or ``None`` if there is no such evaluation of this owner.
+
+        Once the facts are fixed neither changes, so they are kept in memory (the
+        ``setup_cache`` most recently used); a put then evaluates its batch without a
+        read of its own. An evaluation deleted since (by any process) is found out by
+        :meth:`put_batch`, which checks under the lock and answers ``NOT_FOUND``.
+        """
+        key = (_owner(owner), evaluation_id)
+        with self._setups_lock:
+            known = self._setups.get(key)
+            if known is not None:
+                self._setups.move_to_end(key)
+                return known
+        row = self.get_evaluation(owner, evaluation_id)
+        if row is None:
+            return None
+        setup = Setup(row.config, row.facts)
+        if row.facts is not None and self._setup_cache > 0:
+            with self._setups_lock:
+                self._setups[key] = setup
+                while len(self._setups) > self._setup_cache:
+                    self._setups.popitem(last=False)
+        return setup
+
+    def _forget(self, owner: str | None, evaluation_id: str) -> None:
+        with self._setups_lock:
+            self._setups.pop((_owner(owner), evaluation_id), None)
 
     def get_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
         """The evaluation and its running totals, from one snapshot; ``None`` if not found.
@@ -212,6 +261,7 @@ class Store:
                 select(evaluations.c.pk).where(_MINE).with_for_update(),
                 _key(owner, evaluation_id),
             ).scalar()
+            self._forget(owner, evaluation_id)
             if pk is None:
                 return False
             connection.execute(delete(batches).where(batches.c.evaluation_pk == pk))
@@ -291,11 +341,6 @@ class Store:
             )
         if n_samples < 0:
             raise ValueError(f"n_samples is a count; received {n_samples}")
-        with self.engine.begin() as connection:
-            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
-        if known is not None:
-            return _replay(known, content_hash)
-
         # Everything that does not need the lock is done before taking it.
         batch_totals = ExactTotals.from_stats(stats)
         stats_blob = encode_arrays(stats)
@@ -306,15 +351,19 @@ class Store:
         with self._writer.begin() as connection:
             row = connection.execute(_LOCK_EVALUATION, key).first()
             if row is None:
+                self._forget(owner, evaluation_id)
                 return PutResult(PutOutcome.NOT_FOUND, None, None)
-            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
-            if known is not None:
-                return _replay(known, content_hash)
             current = _evaluation(row._mapping)
-            if current.status == "closed":
-                return PutResult(PutOutcome.CLOSED, None, current)
-            if facts_json is not None and current.facts is not None and current.facts != facts_json:
-                return PutResult(PutOutcome.MISMATCH, None, current)
+            closed = current.status == "closed"
+            if closed or (
+                facts_json is not None and current.facts is not None and current.facts != facts_json
+            ):
+                # A batch it accepted is still answered as first stored.
+                known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
+                if known is not None:
+                    return _replay(known, content_hash)
+                outcome = PutOutcome.CLOSED if closed else PutOutcome.MISMATCH
+                return PutResult(outcome, None, current)
 
             now = self._clock()
             batch = {
@@ -329,7 +378,7 @@ class Store:
             }
             insert = _INSERT_BATCH[connection.dialect.name]
             if connection.execute(insert, batch).first() is None:
-                # The row lock makes this unreachable; the unique key has the last word.
+                # The batch id is known (the unique key says so): nothing was written.
                 known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
                 assert known is not None, "a batch that conflicts is stored"
                 return _replay(known, content_hash)

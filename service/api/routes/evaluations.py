@@ -84,7 +84,9 @@ def _store(request: Request) -> Store:
                 settings: Settings = state.settings
                 url = settings.database_url
                 store = Store.open(
-                    None if url is None else url.get_secret_value(), settings.data_dir
+                    None if url is None else url.get_secret_value(),
+                    settings.data_dir,
+                    setup_cache=settings.evaluation_cache_size,
                 )
                 state.store = store
     return store
@@ -224,12 +226,12 @@ async def put_batch(request: Request, evaluation_id: EvaluationId, batch_id: Bat
     try:
 
         def put() -> Response:
-            row = store.get_evaluation(owner, evaluation_id)
-            if row is None:
+            setup = store.get_setup(owner, evaluation_id)
+            if setup is None:
                 raise _not_found(evaluation_id)
             body = decode(raw, settings)
             admit(raw, body, settings)
-            outcome = evaluate_batch(row.config, body, row.facts, settings.max_elements)
+            outcome = evaluate_batch(setup.config, body, setup.facts, settings.max_elements)
             result = store.put_batch(
                 owner,
                 evaluation_id,
@@ -238,7 +240,7 @@ async def put_batch(request: Request, evaluation_id: EvaluationId, batch_id: Bat
                 outcome.stats,
                 {"batch_id": batch_id, **outcome.answer},
                 outcome.n_samples,
-                facts=outcome.facts if row.facts is None else row.facts,
+                facts=outcome.facts if setup.facts is None else setup.facts,
                 warnings=outcome.warning_codes,
             )
             BATCHES.labels(result.outcome.value).inc()
