@@ -1,6 +1,7 @@
 """Every loss and metric through the same agreement checks, from the registry (as
 scikit-learn's test_common drives its metrics): the catalogue, the spec's operation and
-the server agree on every parameter, and the invariances hold for each."""
+the server agree on every parameter and on the label encodings each accepts, and the
+invariances hold for each."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import registry
+from service import encodings, registry
 from service.api.openapi_ops import param_schema
 
 SPECS: list[tuple[str, str, Any]] = [
@@ -87,12 +88,52 @@ def test_integer_labels_equal_their_one_hot_form_and_unit_weights_no_weights(
     first = _value(kind, client.post(f"/v1/{kind}/{name}", json=one_hot).json())
     again = _value(kind, client.post(f"/v1/{kind}/{name}", json=weighted).json())
     np.testing.assert_allclose(again, first, rtol=1e-6)
-    if name in ("binary_crossentropy", "binary_focal_crossentropy") or name in (
-        "binary_accuracy",
-        "subset_accuracy",
-    ):
+    if "sparse" not in spec.accepts:
         return  # element by element over y_pred's shape: integer labels are not their form
     sparse = {"y_true": [int(np.argmax(r)) for r in Y_TRUE], "y_pred": Y_PRED}
     got = client.post(f"/v1/{kind}/{name}", json=sparse)
     assert got.status_code == 200, got.text
     np.testing.assert_allclose(_value(kind, got.json()), first, rtol=1e-6)
+
+
+#: One batch of each label encoding (three classes; one output for binary).
+BY_ENCODING: dict[str, dict[str, Any]] = {
+    "sparse": {"y_true": [1, 0, 2, 1], "y_pred": Y_PRED},
+    "one_hot": {"y_true": Y_TRUE, "y_pred": Y_PRED},
+    "soft": {
+        "y_true": [[0.1, 0.8, 0.1], [0.6, 0.4, 0], [0, 0.2, 0.8], [0.5, 0.5, 0]],
+        "y_pred": Y_PRED,
+    },
+    "multi_hot": {"y_true": [[0, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], "y_pred": Y_PRED},
+    "binary": {"y_true": [[1], [0], [1], [0]], "y_pred": [[0.8], [0.3], [0.6], [0.4]]},
+}
+
+
+@pytest.mark.parametrize("encoding", encodings.ENCODINGS)
+@pytest.mark.parametrize(("kind", "name", "spec"), SPECS, ids=IDS)
+def test_the_server_computes_exactly_the_encodings_the_spec_accepts(
+    client: Any, kind: str, name: str, spec: Any, encoding: str
+) -> None:
+    got = client.post(f"/v1/{kind}/{name}", json=BY_ENCODING[encoding])
+    if encoding in spec.accepts:
+        assert got.status_code == 200, got.text
+        assert got.json()["label_encoding"] == encoding
+    else:
+        assert got.status_code == 422, got.text
+        detail = got.json()["detail"]
+        assert detail.startswith(f"{name} needs {spec.needs}, but "), detail
+        assert f"use {spec.fitting[encoding]}" in detail
+
+
+@pytest.mark.parametrize("encoding", encodings.ENCODINGS)
+@pytest.mark.parametrize("name", list(registry.REPORTS))
+def test_evaluate_computes_a_report_exactly_on_the_encodings_it_accepts(
+    client: Any, name: str, encoding: str
+) -> None:
+    got = client.post("/v1/evaluate", json={**BY_ENCODING[encoding], "reports": [name]})
+    if encoding in registry.REPORTS[name].accepts:
+        assert got.status_code == 200, got.text
+        assert name in got.json()["reports"]
+    else:
+        assert got.status_code == 422, got.text
+        assert got.json()["detail"].startswith(f"{name} needs "), got.text
