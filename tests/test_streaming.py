@@ -152,3 +152,34 @@ def test_settings_are_checked_at_creation() -> None:
         streaming.parse_settings({"y_pred": [1]})
     config, metadata = streaming.parse_settings({"metadata": {"a": "b"}})
     assert metadata == {"a": "b"} and config == {"outputs": {"": {}}, "loss_weights": {}}
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_the_hash_is_the_same_whether_heads_are_hashed_in_place_or_on_the_hashing_thread(
+    heads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Large heads are hashed on a thread while they are evaluated; the digest must not
+    # depend on which heads went there (stored hashes decide replays and conflicts).
+    if heads == 1:
+        config, _ = streaming.parse_settings({})
+        batch: dict[str, Any] = _data(3, 50, 4, multi=False)
+    else:
+        config, _ = streaming.parse_settings({"outputs": {f"h{i}": {} for i in range(heads)}})
+        # h0 is small (10 rows, under 1 KiB), the others larger (200 rows, over 4 KiB).
+        sizes = [10, 200, 200]
+        batch = {"outputs": {f"h{i}": _data(i, sizes[i], 4, multi=False) for i in range(heads)}}
+
+    def content_hash(threshold: int) -> bytes:
+        monkeypatch.setattr(streaming, "BACKGROUND_HASH_BYTES", threshold)
+        return streaming.evaluate_batch(config, copy.deepcopy(batch), None, LIMIT).content_hash
+
+    in_place = content_hash(1 << 60)
+    assert content_hash(0) == in_place
+    if heads > 1:
+        # h0 hashed in place, then h1 handed over, and h2 after it on the thread.
+        assert content_hash(4096) == in_place
+    other = copy.deepcopy(batch)
+    target = other if heads == 1 else other["outputs"]["h1"]
+    target["y_pred"] = target["y_pred"][::-1].copy()
+    monkeypatch.setattr(streaming, "BACKGROUND_HASH_BYTES", 0)
+    assert streaming.evaluate_batch(config, other, None, LIMIT).content_hash != in_place
