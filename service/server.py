@@ -18,6 +18,10 @@ Idle keep-alive connections close after uvicorn's ``timeout_keep_alive``; a body
 stalls is the intake's to answer (``408``, see :mod:`service.api.body`). Refusals are
 problem+json documents, like every other error of the service, and are counted in
 ``loss_service_connections_refused_total``.
+
+A response's status line and headers go out with its first body bytes, in one write
+(:class:`_HeadWithBody`): uvicorn writes them apart, two system calls (and two TCP
+segments) for every small answer.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from typing import Any, ClassVar
 import httptools
 import orjson
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from service.errors import (
@@ -74,6 +82,63 @@ class Limits:
 @cache
 def _settings_limits() -> Limits:
     return Limits.from_settings(Settings())
+
+
+class _HeadWithBody:
+    """The transport as one request's response cycle sees it: the response's head (the
+    cycle's first write once the response has started) is held back and written with the
+    first body write that follows, in one system call instead of two. A head whose body
+    does not follow at once (a streaming response that waits for its first chunk) goes out
+    on its own at the event loop's next turn; a close writes it first. Writes before the
+    response starts (``100 Continue``) go out as they come."""
+
+    __slots__ = ("_cycle", "_head", "_loop", "_state", "_transport")
+
+    #: Before the response's head, holding it, past it.
+    _BEFORE, _HOLDING, _PAST = 0, 1, 2
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        cycle: RequestResponseCycle,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._loop = loop
+        self._state = self._BEFORE
+        self._head = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        state = self._state
+        if state == self._HOLDING:
+            self._state = self._PAST
+            head, self._head = self._head, b""
+            self._transport.write(head + data)
+        elif state == self._BEFORE and self._cycle.response_started:
+            self._state = self._HOLDING
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write a head still held (unless the connection is closing)."""
+        if self._state == self._HOLDING:
+            self._state = self._PAST
+            head, self._head = self._head, b""
+            if not self._transport.is_closing():
+                self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Refused(Exception):
@@ -182,7 +247,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._disarm_header_timer()
+        previous = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not previous:
+            # Its task has not run yet: every write of its response goes through this.
+            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop)  # type: ignore[assignment]
 
     # ---- refusals ----------------------------------------------------------------------
 

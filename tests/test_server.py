@@ -3,17 +3,19 @@ connection cap; ordinary and pipelined requests unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
 from service.main import create_app
-from service.server import GuardedHttpToolsProtocol, Limits
+from service.server import GuardedHttpToolsProtocol, Limits, _HeadWithBody
 from service.settings import Settings
 from tests.servers import serve_in_thread
 
@@ -157,3 +159,92 @@ def test_an_idle_keep_alive_connection_is_closed(address: tuple[str, int]) -> No
         data = read_all(sock)  # the answer, then the close after timeout_keep_alive
         assert data.count(b"HTTP/1.1 200") == 1
         assert 1.5 < time.monotonic() - start < 4.5
+
+
+# ---- a response's head goes out with its body ----------------------------------------------
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _Cycle:
+    response_started = False
+
+
+def _head_with_body() -> tuple[_HeadWithBody, _Transport, _Cycle, asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    transport, cycle = _Transport(), _Cycle()
+    return _HeadWithBody(transport, cycle, loop), transport, cycle, loop  # type: ignore[arg-type]
+
+
+def test_a_response_head_is_written_with_its_first_body_bytes() -> None:
+    wrapped, transport, cycle, loop = _head_with_body()
+    try:
+        wrapped.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: as it comes
+        cycle.response_started = True
+        wrapped.write(b"HEAD\r\n\r\n")
+        assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        wrapped.write(b"body")
+        wrapped.write(memoryview(b"more"))
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # the held head's flush, due now, has nothing left to write
+        assert transport.writes[1:] == [b"HEAD\r\n\r\nbody", b"more"]
+    finally:
+        loop.close()
+
+
+def test_a_head_whose_body_waits_goes_out_at_the_next_turn_or_at_close() -> None:
+    wrapped, transport, cycle, loop = _head_with_body()
+    try:
+        cycle.response_started = True
+        wrapped.write(b"HEAD\r\n\r\n")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert transport.writes == [b"HEAD\r\n\r\n"]
+        wrapped.write(b"chunk")
+        assert transport.writes == [b"HEAD\r\n\r\n", b"chunk"]
+    finally:
+        loop.close()
+    wrapped, transport, cycle, loop = _head_with_body()
+    try:
+        cycle.response_started = True
+        wrapped.write(b"HEAD\r\n\r\n")
+        wrapped.close()
+        assert transport.writes == [b"HEAD\r\n\r\n"] and transport.closed
+        assert wrapped.is_closing()
+    finally:
+        loop.close()
+
+
+async def _slow_stream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with its head at once and its body a moment later."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-slow", b"1")]})
+    await asyncio.sleep(0.5)
+    await send({"type": "http.response.body", "body": b"late", "more_body": False})
+
+
+def test_a_streaming_response_head_is_not_held_for_its_body() -> None:
+    with serve_in_thread(_slow_stream, http=Guarded) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with connect((host, int(port))) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sock.settimeout(0.4)
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200 OK") and b"x-slow: 1" in head
+            sock.settimeout(5)
+            rest = read_all(sock)
+    assert (head + rest).endswith(b"late\r\n0\r\n\r\n")
