@@ -1,10 +1,12 @@
-"""The service's operations on a decoded request body: one loss, one metric, or many at once.
+"""The service's operations on a request's document: one loss, one metric, or many at once.
 
-Each function takes the request body as a dict (arrays still as JSON values,
-typed-array dicts, or views decoded from a binary request) and returns the
-response body as a dict. Order of work: parameters are checked first (cheap),
-then the arrays are decoded and the batch validated (:func:`encodings.prepare`),
-then the kernels run and the diagnoses are made.
+A *document* is the request body once decoded: a dict (arrays still as JSON
+values, typed-array dicts, or views decoded from a binary request); "body" is
+left to the HTTP bytes (:mod:`service.api.body`). Each function takes a
+document and returns the response's, also a dict. Order of work: parameters
+are checked first (cheap), then the arrays are decoded and the batch validated
+(:func:`encodings.prepare`) and fitted to each loss, metric or report
+(:func:`registry.check_fits`), then the kernels run and the diagnoses are made.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from service.wire import ARRAY_FIELDS
 COMMON_NAMES = tuple(p.name for p in registry.COMMON)
 
 
-def _require_object(body: Any, loc: Loc, what: str) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        kind = "null" if body is None else type(body).__name__
+def _require_object(document: Any, loc: Loc, what: str) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        kind = "null" if document is None else type(document).__name__
         raise invalid(loc or ("body",), f"{what} must be a JSON object, received {kind}.")
-    return body
+    return document
 
 
 @dataclass
@@ -56,33 +58,35 @@ class Inputs:
         return self._batches[axis]
 
 
-def _inputs(body: dict[str, Any], loc: Loc, max_elements: int) -> Inputs:
+def _inputs(document: dict[str, Any], loc: Loc, max_elements: int) -> Inputs:
     common = registry.parse_params(
-        "The request", registry.COMMON, {k: body[k] for k in COMMON_NAMES if k in body}, loc
+        "The request", registry.COMMON, {k: document[k] for k in COMMON_NAMES if k in document}, loc
     )
-    return inputs_of(body, loc, max_elements, common)
+    return inputs_of(document, loc, max_elements, common)
 
 
-def inputs_of(body: dict[str, Any], loc: Loc, max_elements: int, common: dict[str, Any]) -> Inputs:
-    """The arrays of a body, decoded, with the request-wide options ``common``."""
+def inputs_of(
+    document: dict[str, Any], loc: Loc, max_elements: int, common: dict[str, Any]
+) -> Inputs:
+    """The arrays of a document, decoded, with the request-wide options ``common``."""
     for name in ("y_true", "y_pred"):
-        if body.get(name) is None:
+        if document.get(name) is None:
             raise invalid(
                 (*loc, name),
                 f"`{name}` is missing: expected an array (nested lists or a typed array).",
             )
     arrays = {}
     for name in ARRAY_FIELDS:
-        if body.get(name) is not None:
-            arrays[name] = to_array(body[name], (*loc, name), max_elements)
+        if document.get(name) is not None:
+            arrays[name] = to_array(document[name], (*loc, name), max_elements)
             # The decoded array takes the field's place, so a typed array's base64 text is
             # freed now rather than when the request ends.
-            body[name] = arrays[name]
+            document[name] = arrays[name]
     return Inputs(arrays["y_true"], arrays["y_pred"], arrays.get("sample_weight"), common)
 
 
-def _params_of(body: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in ARRAY_FIELDS and k not in COMMON_NAMES}
+def _params_of(document: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in ARRAY_FIELDS and k not in COMMON_NAMES}
 
 
 def _summary(batch: Batch) -> dict[str, Any]:
@@ -109,12 +113,12 @@ def _loss_value(value: NDArray[np.floating]) -> float | NDArray[np.floating]:
     return float(value) if value.ndim == 0 else value
 
 
-def loss(name: str, body: Any, max_elements: int) -> dict[str, Any]:
+def loss(name: str, document: Any, max_elements: int) -> dict[str, Any]:
     """``POST /v1/losses/{name}``."""
     spec = registry.get_loss(name)
-    body = _require_object(body, (), "The request body")
-    params = registry.parse_params(name, spec.params, _params_of(body))
-    inputs = _inputs(body, (), max_elements)
+    document = _require_object(document, (), "The request body")
+    params = registry.parse_params(name, spec.params, _params_of(document))
+    inputs = _inputs(document, (), max_elements)
     batch = inputs.batch(params["axis"])
     value = registry.compute_loss(spec, batch, params)
     _finite(value, ("body",), f"The {name} loss")
@@ -128,12 +132,12 @@ def loss(name: str, body: Any, max_elements: int) -> dict[str, Any]:
     }
 
 
-def metric(name: str, body: Any, max_elements: int) -> dict[str, Any]:
+def metric(name: str, document: Any, max_elements: int) -> dict[str, Any]:
     """``POST /v1/metrics/{name}``."""
     spec = registry.get_metric(name)
-    body = _require_object(body, (), "The request body")
-    params = registry.parse_params(name, spec.params, _params_of(body))
-    inputs = _inputs(body, (), max_elements)
+    document = _require_object(document, (), "The request body")
+    params = registry.parse_params(name, spec.params, _params_of(document))
+    inputs = _inputs(document, (), max_elements)
     batch = inputs.batch(-1)
     stats, resolved = registry.metric_stats(name, batch, params)
     value = registry.metric_value(resolved, stats, params)
@@ -150,7 +154,7 @@ def metric(name: str, body: Any, max_elements: int) -> dict[str, Any]:
 
 # ---- evaluate -----------------------------------------------------------------------------
 
-#: The settings of an evaluate body (a head): everything but its arrays.
+#: The settings of an evaluate document (a head): everything but its arrays.
 SETTING_FIELDS = frozenset(
     {*COMMON_NAMES, "from_logits", "losses", "metrics", "reports", "class_names"}
 )
@@ -168,7 +172,7 @@ FAMILY = {
 
 @dataclass(frozen=True)
 class Entry:
-    """One loss, metric or report of an evaluate body: the key it is reported under, its
+    """One loss, metric or report of an evaluate document: the key it is reported under, its
     name and its parameters (checked: defaults filled in)."""
 
     key: str
@@ -241,7 +245,7 @@ def _takes_logits(params: tuple[registry.Param, ...]) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    """The checked settings of one evaluate body (a head): what to compute, before any
+    """The checked settings of one evaluate document (a head): what to compute, before any
     array is looked at. ``losses``/``metrics`` None: those that fit the labels."""
 
     losses: list[Entry] | None
@@ -253,12 +257,12 @@ class Plan:
     loc: Loc
 
 
-def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
-    """Check an evaluate body's settings (all but the arrays, or all but nothing when
+def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
+    """Check an evaluate document's settings (all but the arrays, or all but nothing when
     ``arrays`` is false: a streaming evaluation's settings have no arrays)."""
-    body = _require_object(body, loc, "An evaluate body")
+    document = _require_object(document, loc, "An evaluate body")
     allowed = EVALUATE_FIELDS if arrays else SETTING_FIELDS
-    unknown = sorted(set(body) - allowed)
+    unknown = sorted(set(document) - allowed)
     if unknown:
         raise invalid(
             (*loc, unknown[0]),
@@ -266,15 +270,15 @@ def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
             "metric parameters go inside their entries in `losses` and `metrics`), or "
             "`outputs` and `loss_weights` for several heads.",
         )
-    from_logits = body.get("from_logits")
+    from_logits = document.get("from_logits")
     if from_logits is not None and not isinstance(from_logits, bool):
         raise invalid(
             (*loc, "from_logits"), f"`from_logits` must be true or false, received {from_logits!r}."
         )
     common = registry.parse_params(
-        "The request", registry.COMMON, {k: body[k] for k in COMMON_NAMES if k in body}, loc
+        "The request", registry.COMMON, {k: document[k] for k in COMMON_NAMES if k in document}, loc
     )
-    class_names = body.get("class_names")
+    class_names = document.get("class_names")
     if class_names is not None and (
         not isinstance(class_names, list)
         or not all(isinstance(n, str) for n in class_names)
@@ -285,9 +289,9 @@ def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
             "`class_names` must be a non-empty list of strings, one per class.",
         )
     losses = metrics = None
-    if body.get("losses") is not None:
+    if document.get("losses") is not None:
         losses = []
-        for e in _entries(body["losses"], (*loc, "losses"), "loss", registry.LOSSES):
+        for e in _entries(document["losses"], (*loc, "losses"), "loss", registry.LOSSES):
             spec = registry.LOSSES[e.name]
             params = registry.parse_params(
                 e.name, spec.params, _with_logits(e, from_logits, True), e.loc
@@ -300,9 +304,9 @@ def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
                     "'none'. Per-sample losses come from POST /v1/losses/{name}.",
                 )
             losses.append(Entry(e.key, e.name, params, e.loc))
-    if body.get("metrics") is not None:
+    if document.get("metrics") is not None:
         metrics = []
-        for e in _entries(body["metrics"], (*loc, "metrics"), "metric", registry.METRICS):
+        for e in _entries(document["metrics"], (*loc, "metrics"), "metric", registry.METRICS):
             spec_m = registry.METRICS[e.name]
             takes = _takes_logits(spec_m.params)
             params = registry.parse_params(
@@ -310,8 +314,8 @@ def parse_plan(body: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
             )
             metrics.append(Entry(e.key, e.name, params, e.loc))
     reports = []
-    if body.get("reports") is not None:
-        for e in _entries(body["reports"], (*loc, "reports"), "report", registry.REPORTS):
+    if document.get("reports") is not None:
+        for e in _entries(document["reports"], (*loc, "reports"), "report", registry.REPORTS):
             spec_r = registry.REPORTS[e.name]
             params = registry.parse_params(
                 e.name, spec_r.params, _with_logits(e, from_logits, True), e.loc
@@ -464,30 +468,32 @@ def evaluate_head(
     return HeadResult(response, stats, facts)
 
 
-def _evaluate_one(body: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any], float]:
-    plan = parse_plan(body, loc)
-    inputs = _inputs(body, loc, max_elements)
+def _evaluate_one(document: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any], float]:
+    plan = parse_plan(document, loc)
+    inputs = _inputs(document, loc, max_elements)
     try:
         result = evaluate_head(plan, inputs)
     except ServiceError as err:
-        # Batch errors point at fields of this body (`y_true`, ...): put them under its place.
+        # Batch errors point at fields of this document (`y_true`, ...): put them under its place.
         raise (err.prefixed(loc) if loc else err) from None
     return result.response, sum(result.response["losses"].values())
 
 
-def check_heads(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A several-heads body's ``outputs`` and ``loss_weights``, checked."""
-    unknown = sorted(set(body) - {"outputs", "loss_weights"})
+def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A several-heads document's ``outputs`` and ``loss_weights``, checked."""
+    unknown = sorted(set(document) - {"outputs", "loss_weights"})
     if unknown:
         raise invalid(
             (unknown[0],),
             f"A several-heads evaluate takes `outputs` and `loss_weights` only, received "
             f"{unknown}: put each head's fields inside its entry in `outputs`.",
         )
-    outputs = _require_object(body["outputs"], ("outputs",), "`outputs`")
+    outputs = _require_object(document["outputs"], ("outputs",), "`outputs`")
     if not outputs:
         raise invalid(("outputs",), "`outputs` is empty: expected at least one head.")
-    weights = _require_object(body.get("loss_weights") or {}, ("loss_weights",), "`loss_weights`")
+    weights = _require_object(
+        document.get("loss_weights") or {}, ("loss_weights",), "`loss_weights`"
+    )
     for head, w in weights.items():
         if head not in outputs:
             raise invalid(
@@ -502,16 +508,16 @@ def check_heads(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return outputs, weights
 
 
-def evaluate(body: Any, max_elements: int) -> dict[str, Any]:
+def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
     """``POST /v1/evaluate``: one batch, or several heads under ``outputs``."""
-    body = _require_object(body, (), "The request body")
-    if "outputs" not in body:
-        return _evaluate_one(body, (), max_elements)[0]
-    outputs, weights = check_heads(body)
+    document = _require_object(document, (), "The request body")
+    if "outputs" not in document:
+        return _evaluate_one(document, (), max_elements)[0]
+    outputs, weights = check_heads(document)
     results: dict[str, Any] = {}
     total = 0.0
-    for head, head_body in outputs.items():
-        response, head_loss = _evaluate_one(head_body, ("outputs", head), max_elements)
+    for head, head_document in outputs.items():
+        response, head_loss = _evaluate_one(head_document, ("outputs", head), max_elements)
         results[head] = response
         total += float(weights.get(head, 1.0)) * head_loss
     return {"outputs": results, "total_loss": total}

@@ -3,7 +3,7 @@ tests, benchmarks, notebooks and the command line.
 
 Arrays are NumPy arrays (or nested lists); parameters are the loss's or metric's Keras
 parameters by keyword, checked as the API checks them. Each call returns the response
-body the API would send (a dict), and raises the API's errors
+the API would send, as a dict, and raises the API's errors
 (:class:`service.errors.ServiceError`: ``InvalidInput`` for a 422, ``NotFound`` for
 a 404, ...)::
 
@@ -26,11 +26,13 @@ from service import evaluation
 MAX_ELEMENTS = 64 * 1024 * 1024
 
 
-def _body(y_true: Any, y_pred: Any, sample_weight: Any, params: dict[str, Any]) -> dict[str, Any]:
-    body = {"y_true": y_true, "y_pred": y_pred, **params}
+def _document(
+    y_true: Any, y_pred: Any, sample_weight: Any, params: dict[str, Any]
+) -> dict[str, Any]:
+    document = {"y_true": y_true, "y_pred": y_pred, **params}
     if sample_weight is not None:
-        body["sample_weight"] = sample_weight
-    return body
+        document["sample_weight"] = sample_weight
+    return document
 
 
 def loss(
@@ -38,14 +40,14 @@ def loss(
 ) -> dict[str, Any]:
     """``POST /v1/losses/{name}``: ``{"loss", "name", "reduction", "label_encoding",
     "n_samples", "n_classes", "warnings"}``."""
-    return evaluation.loss(name, _body(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
+    return evaluation.loss(name, _document(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
 
 
 def metric(
     name: str, y_true: Any, y_pred: Any, sample_weight: Any = None, **params: Any
 ) -> dict[str, Any]:
     """``POST /v1/metrics/{name}``: ``{"value", "name", "resolved_as", ...}``."""
-    return evaluation.metric(name, _body(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
+    return evaluation.metric(name, _document(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
 
 
 def evaluate(
@@ -63,14 +65,14 @@ def evaluate(
     ``label_encoding``, ``dtype``, ``class_names``)."""
     entries = {"losses": losses, "metrics": metrics, "reports": reports}
     params = {**options, **{k: v for k, v in entries.items() if v is not None}}
-    return evaluation.evaluate(_body(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
+    return evaluation.evaluate(_document(y_true, y_pred, sample_weight, params), MAX_ELEMENTS)
 
 
 def evaluate_heads(
     outputs: dict[str, dict[str, Any]], loss_weights: dict[str, float] | None = None
 ) -> dict[str, Any]:
-    """``POST /v1/evaluate`` with several heads (each an evaluate body)."""
-    body: dict[str, Any] = {"outputs": outputs}
+    """``POST /v1/evaluate`` with several heads (each an evaluate document)."""
+    document: dict[str, Any] = {"outputs": outputs}
     if loss_weights is not None:
-        body["loss_weights"] = loss_weights
-    return evaluation.evaluate(body, MAX_ELEMENTS)
+        document["loss_weights"] = loss_weights
+    return evaluation.evaluate(document, MAX_ELEMENTS)
