@@ -1,6 +1,6 @@
 """Streaming evaluations: one evaluation fed batch by batch, by many workers, exactly.
 
-An evaluation's *settings* are an evaluate body without arrays (checked once, when it
+An evaluation's *settings* are an evaluate document without arrays (checked once, when it
 is created). Each batch is evaluated as ``POST /v1/evaluate`` would evaluate it
 (:func:`service.evaluation.evaluate_head`), which also yields every loss's, metric's
 and report's sufficient statistics; the store adds those up exactly across batches,
@@ -79,40 +79,40 @@ def _metadata(raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
-def parse_settings(body: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """A creation body's settings (checked: names, parameters, heads) as the JSON the
+def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A creation document's settings (checked: names, parameters, heads) as the JSON the
     store keeps, and its metadata. Arrays belong to batches, not here."""
-    if not isinstance(body, dict):
+    if not isinstance(document, dict):
         raise invalid(("body",), "The request body must be a JSON object of settings.")
-    if any(name in body for name in ARRAY_FIELDS):
+    if any(name in document for name in ARRAY_FIELDS):
         raise invalid(
             ("body",),
             "An evaluation is created without arrays: send `y_true`, `y_pred` and "
             "`sample_weight` in its batches (PUT /v1/evaluations/{id}/batches/{batch_id}).",
         )
-    metadata = _metadata(body.get("metadata"))
-    if "outputs" in body:
-        unknown = sorted(set(body) - _HEADS_FIELDS)
+    metadata = _metadata(document.get("metadata"))
+    if "outputs" in document:
+        unknown = sorted(set(document) - _HEADS_FIELDS)
         if unknown:
             raise invalid(
                 (unknown[0],),
                 f"An evaluation with several heads takes `outputs`, `loss_weights` and "
                 f"`metadata`, received {unknown}: put each head's settings in `outputs`.",
             )
-        outputs, weights = check_heads({k: v for k, v in body.items() if k != "metadata"})
+        outputs, weights = check_heads({k: v for k, v in document.items() if k != "metadata"})
         heads = {}
         for head, settings in outputs.items():
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
         return {"outputs": heads, "loss_weights": weights}, metadata
-    unknown = sorted(set(body) - _CREATE_FIELDS)
+    unknown = sorted(set(document) - _CREATE_FIELDS)
     if unknown:
         raise invalid(
             (unknown[0],),
             f"An evaluation takes {sorted(_CREATE_FIELDS)} (or `outputs` for several heads), "
             f"received {unknown}.",
         )
-    settings = {k: v for k, v in body.items() if k != "metadata"}
+    settings = {k: v for k, v in document.items() if k != "metadata"}
     parse_plan(settings, (), arrays=False)
     return {"outputs": {SINGLE: settings}, "loss_weights": {}}, metadata
 
@@ -150,27 +150,27 @@ def _entries_from_facts(facts: Mapping[str, Any]) -> dict[str, list[Entry]]:
     }
 
 
-def _batch_heads(body: Any, config: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Loc]]:
-    """The arrays of each head of a batch body, its heads checked against the settings."""
-    if not isinstance(body, dict):
+def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Loc]]:
+    """The arrays of each head of a batch document, its heads checked against the settings."""
+    if not isinstance(document, dict):
         raise invalid(("body",), "A batch must be a JSON object of arrays.")
     heads = set(config["outputs"])
     if heads == {SINGLE}:
-        unknown = sorted(set(body) - set(ARRAY_FIELDS))
+        unknown = sorted(set(document) - set(ARRAY_FIELDS))
         if unknown:
             raise invalid(
                 (unknown[0],),
                 f"A batch holds `y_true`, `y_pred` and `sample_weight` only, received "
                 f"{unknown}: settings are the evaluation's, fixed at its creation.",
             )
-        return {SINGLE: (body, ())}
-    if set(body) != {"outputs"} or not isinstance(body["outputs"], dict):
+        return {SINGLE: (document, ())}
+    if set(document) != {"outputs"} or not isinstance(document["outputs"], dict):
         raise invalid(
             ("outputs",),
             f"This evaluation has heads {sorted(heads)}: a batch is "
             '{"outputs": {<head>: {"y_true", "y_pred", "sample_weight"?}}}.',
         )
-    sent = set(body["outputs"])
+    sent = set(document["outputs"])
     if sent != heads:
         missing, extra = sorted(heads - sent), sorted(sent - heads)
         raise invalid(
@@ -179,18 +179,18 @@ def _batch_heads(body: Any, config: Mapping[str, Any]) -> dict[str, tuple[dict[s
             f"missing {missing}, unknown {extra}.",
         )
     out = {}
-    for head, head_body in body["outputs"].items():
+    for head, head_document in document["outputs"].items():
         loc: Loc = ("outputs", head)
-        if not isinstance(head_body, dict):
+        if not isinstance(head_document, dict):
             raise invalid(loc, "Each head of a batch must be an object of arrays.")
-        unknown = sorted(set(head_body) - set(ARRAY_FIELDS))
+        unknown = sorted(set(head_document) - set(ARRAY_FIELDS))
         if unknown:
             raise invalid(
                 (*loc, unknown[0]),
                 f"A head of a batch holds `y_true`, `y_pred` and `sample_weight` only, "
                 f"received {unknown}.",
             )
-        out[head] = (head_body, loc)
+        out[head] = (head_document, loc)
     return out
 
 
@@ -224,11 +224,11 @@ def _hash_head(digest: Any, head: str, arrays: list[tuple[str, NDArray[Any]]]) -
 
 def evaluate_batch(
     config: Mapping[str, Any],
-    body: Any,
+    document: Any,
     facts: Mapping[str, Any] | None,
     max_elements: int,
 ) -> BatchOutcome:
-    """Evaluate one batch body under the evaluation's settings (and the facts its first
+    """Evaluate one batch document under the evaluation's settings (and the facts its first
     batch fixed, if any): its statistics, its own answer, its facts, its hash.
 
     The hash is over the arrays as computed (predictions in the compute dtype, labels as
@@ -243,10 +243,10 @@ def evaluate_batch(
     differences: list[str] = []
     hashing: Future[None] | None = None
     try:
-        for head, (head_body, loc) in sorted(_batch_heads(body, config).items()):
+        for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
             plan = plans[head]
             try:
-                inputs = inputs_of(head_body, loc, max_elements, plan.common)
+                inputs = inputs_of(head_document, loc, max_elements, plan.common)
                 batch = inputs.batch(-1)
                 found = {
                     "family": FAMILY[batch.encoding],
