@@ -111,9 +111,9 @@ def _close(a: Any, b: Any, where: str = "") -> None:
 def test_any_split_in_any_order_gives_the_one_shot_numbers(
     which: int, seed: int, n: int, cuts: list[float], order: Any
 ) -> None:
-    settings_body = SETTINGS[which]
+    settings_document = SETTINGS[which]
     data = _data(seed, n, 4, multi=False)
-    config, _ = streaming.parse_settings(copy.deepcopy(settings_body))
+    config, _ = streaming.parse_settings(copy.deepcopy(settings_document))
     positions = sorted({int(c * n) for c in cuts} - {0, n})
     parts = np.split(np.arange(n), positions)
     got = _stream(config, data, parts)
@@ -122,7 +122,7 @@ def test_any_split_in_any_order_gives_the_one_shot_numbers(
     again = _stream(config, data, shuffled)
     assert again == got  # bit for bit: exact totals, whatever the order
     once = evaluation.evaluate(
-        {**copy.deepcopy(settings_body), **{k: v.tolist() for k, v in data.items()}}, LIMIT
+        {**copy.deepcopy(settings_document), **{k: v.tolist() for k, v in data.items()}}, LIMIT
     )
     for key in ("losses", "metrics", "resolved", "label_encoding", "n_classes"):
         _close(got[key], once[key], key)
@@ -131,16 +131,18 @@ def test_any_split_in_any_order_gives_the_one_shot_numbers(
 
 
 def test_multi_label_reports_stream_too() -> None:
-    settings_body = {
+    settings_document = {
         "losses": ["binary_crossentropy"],
         "metrics": ["accuracy", {"name": "auc", "multi_label": True}],
         "reports": ["per_class", "confusion_matrix", "calibration"],
         "label_encoding": "multi_hot",
     }
     data = _data(5, 40, 3, multi=True)
-    config, _ = streaming.parse_settings(copy.deepcopy(settings_body))
+    config, _ = streaming.parse_settings(copy.deepcopy(settings_document))
     got = _stream(config, data, np.split(np.arange(40), [9, 10, 31]))
-    once = evaluation.evaluate({**settings_body, **{k: v.tolist() for k, v in data.items()}}, LIMIT)
+    once = evaluation.evaluate(
+        {**settings_document, **{k: v.tolist() for k, v in data.items()}}, LIMIT
+    )
     for key in ("losses", "metrics", "reports"):
         _close(got[key], once[key], key)
 
