@@ -469,3 +469,20 @@ def test_bce_matches_float64(kernel_threads: str, n: int, c: int, s: float) -> N
         assert got.dtype == np.float32
         expected = ref_bce(y, pred, from_logits, s)
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kernels_clip_is_numpys_clip(dtype: type[np.floating]) -> None:
+    from service.kernels.categorical import _clip, _clip_bounds
+
+    rng = np.random.default_rng(1)
+    x = rng.random((64, 7)).astype(dtype)
+    x.flat[:9] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 1e-45, 1e-8, 1 - 1e-9]
+    lo, hi = _clip_bounds(np.dtype(dtype))
+    expected = np.clip(x, lo, hi)
+    got = _clip(x, lo, hi)
+    assert got.dtype == expected.dtype and got is not x
+    np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
+    out = np.empty_like(x)
+    assert _clip(x, lo, hi, out=out) is out
+    np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
