@@ -249,7 +249,7 @@ def _shape(value: Any, loc: Loc, max_elements: int) -> tuple[list[int], int]:
 
 
 def _datatype(value: Any, loc: Loc) -> np.dtype[Any]:
-    if value not in DATATYPES:
+    if not isinstance(value, str) or value not in DATATYPES:
         raise invalid(
             loc,
             f"{_where(loc)} is not a datatype the service reads: expected one of "

@@ -93,3 +93,14 @@ def test_a_null_array_is_a_422(make_client: Callable[..., Any], path: str, field
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert field in response.json()["detail"]
+
+
+@pytest.mark.parametrize("datatype", [{}, [], None, 32])
+def test_a_datatype_that_is_not_a_name_is_a_422(
+    make_client: Callable[..., Any], datatype: Any
+) -> None:
+    client = make_client(raise_app_exceptions=False)
+    tensor = {"name": "y_pred", "datatype": datatype, "shape": [1], "data": [0.5]}
+    response = client.post("/v2/models/binary_crossentropy/infer", json={"inputs": [tensor]})
+    assert response.status_code == 422, response.text
+    assert "datatype" in response.json()["error"]
