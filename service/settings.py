@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     #: Evaluations whose settings and fixed facts a worker keeps in memory, so that a batch
     #: is evaluated without a read of its own (a few KiB each; 0: read them every time).
     evaluation_cache_size: int = Field(default=1024, ge=0)
+    #: Batches one database transaction may commit together: PUTs that arrive while a
+    #: commit is running wait for the next one and share it (and its fsync); each is
+    #: answered only after the commit that stored it.
+    max_batches_per_commit: int = Field(default=64, ge=1)
 
     # ---- Hostile and heavy load: every budget a worker process keeps ----
     #: Bytes a worker may hold for requests at once: declared and received bodies plus each

@@ -3,17 +3,18 @@ closed evaluations, ownership, pagination, expiry, and reads that do not grow wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import event, func, insert, select, update
 from storage_helpers import BACKENDS, Database, answer_of, batch_stats, content_hash, database
 
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
@@ -436,6 +437,138 @@ def test_threads_sharing_a_store_count_every_batch_once(store: Store) -> None:
     assert all(bits(rebuilt.values[n]) == bits(totals.values[n]) for n in totals.values)
 
 
+@contextlib.contextmanager
+def commit_running(store: Store) -> Iterator[None]:
+    """As if a commit ran until the block ends: puts made meanwhile queue for the next."""
+    with store._turn:
+        store._committing = True
+    try:
+        yield
+    finally:
+        with store._turn:
+            store._committing = False
+            store._turn.notify_all()
+
+
+def _queued_puts(
+    store: Store, calls: list[tuple[str, str, int]]
+) -> tuple[list[threading.Thread], dict[str, PutResult | BaseException]]:
+    """Start a thread per (evaluation, batch id, variant) put while a commit runs (see
+    commit_running), and return once every put waits in the queue."""
+    results: dict[str, PutResult | BaseException] = {}
+
+    def work(evaluation_id: str, batch_id: str, variant: int, name: str) -> None:
+        try:
+            results[name] = put(store, evaluation_id, batch_id, variant)
+        except BaseException as error:
+            results[name] = error
+
+    threads = [
+        threading.Thread(target=work, args=(*call, f"{n}:{call[1]}"))
+        for n, call in enumerate(calls)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(store._queue) < len(calls):
+        assert time.monotonic() < deadline, "the puts did not queue"
+        time.sleep(0.005)
+    return threads, results
+
+
+def test_puts_waiting_together_are_committed_together(store: Store) -> None:
+    first = store.create_evaluation(OWNER, {}, {})
+    second = store.create_evaluation(OWNER, {}, {})
+    # Twelve puts, one batch id twice with the same content and one with other content.
+    calls = [(first.id, f"g-{n}", 0) for n in range(6)] + [
+        (second.id, f"g-{n}", 0) for n in range(4)
+    ]
+    calls += [(first.id, "g-0", 0), (second.id, "g-1", 1)]
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    with commit_running(store):
+        threads, results = _queued_puts(store, calls)
+        assert not results, "a put was answered before its commit"
+    for thread in threads:
+        thread.join()
+    assert len(commits) == 1
+    outcomes = sorted(r.outcome.value for r in results.values() if isinstance(r, PutResult))
+    assert outcomes.count("created") == 10
+    assert outcomes.count("replayed") == 1 and outcomes.count("conflict") == 1
+    for evaluation, n in ((first, 6), (second, 4)):
+        totals = store.get_totals(OWNER, evaluation.id)
+        assert totals is not None and totals.evaluation.n_batches == n
+        rebuilt = store.rebuild_totals(OWNER, evaluation.id)
+        assert rebuilt is not None
+        assert all(bits(rebuilt.values[k]) == bits(totals.values[k]) for k in totals.values)
+
+
+def test_a_commit_takes_at_most_max_group_puts(db: Database) -> None:
+    store = Store.open(db.url, db.data_dir, max_group=2)
+    try:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        commits: list[int] = []
+        event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+        with commit_running(store):
+            threads, results = _queued_puts(store, [(evaluation.id, f"m-{n}", 0) for n in range(5)])
+        for thread in threads:
+            thread.join()
+        assert len(commits) == 3
+        assert all(
+            isinstance(r, PutResult) and r.outcome is PutOutcome.CREATED for r in results.values()
+        )
+    finally:
+        store.dispose()
+
+
+def test_a_failed_group_commit_fails_every_put_in_it_and_stores_none(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+
+    def fail(_conn: Any) -> None:
+        raise RuntimeError("the disk is full")
+
+    event.listen(store.engine, "commit", fail)
+    with commit_running(store):
+        threads, results = _queued_puts(store, [(evaluation.id, f"f-{n}", 0) for n in range(4)])
+    for thread in threads:
+        thread.join()
+    event.remove(store.engine, "commit", fail)
+    assert len(results) == 4
+    assert all(isinstance(r, RuntimeError) and "disk is full" in str(r) for r in results.values())
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 0
+    # Sent again, each is stored once.
+    assert all(put(store, evaluation.id, f"f-{n}").outcome is PutOutcome.CREATED for n in range(4))
+
+
+@contextlib.contextmanager
+def statements(store: Store) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements (and their parameters) the store runs inside the block."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> None:
+        seen.append((sql, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+
+
+def query_plan(store: Store, sql: str, parameters: Any) -> str:
+    """How the database runs ``sql``: SQLite's or PostgreSQL's plan, as text."""
+    with store.engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        cursor = raw.cursor()
+        if store.engine.dialect.name == "sqlite":
+            rows = cursor.execute("EXPLAIN QUERY PLAN " + sql, parameters).fetchall()
+            return "\n".join(str(row[-1]) for row in rows)
+        cursor.execute("EXPLAIN " + sql, parameters)
+        return "\n".join(str(row[0]) for row in cursor.fetchall())
+
+
 def test_reading_an_evaluation_of_10000_batches_stays_cheap(store: Store) -> None:
     evaluation = store.create_evaluation(OWNER, {}, {})
     # Real puts first: the stored totals have the size they keep from then on.
@@ -469,18 +602,23 @@ def test_reading_an_evaluation_of_10000_batches_stays_cheap(store: Store) -> Non
         )
     assert len(_totals_blob(store, evaluation.id)) <= sizes[0] + slack
 
-    def best_of(call: Callable[[], object], repeat: int = 7) -> float:
-        best = math.inf
-        for _ in range(repeat):
-            start = time.perf_counter()
-            call()
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    read = best_of(lambda: store.get_totals(OWNER, evaluation.id))
-    first_page = best_of(lambda: store.list_batches(OWNER, evaluation.id, limit=100))
-    assert read <= 0.020, f"reading the evaluation took {read * 1e3:.1f} ms"
-    assert first_page <= 0.020, f"reading a page of batches took {first_page * 1e3:.1f} ms"
+    # What the reads cost is what they ask the database (no wall-clock limits: machines
+    # are shared): the evaluation's results read its one row, never the batches; a page
+    # of batches is read by the primary key (evaluation, seq), a page's worth of rows.
+    with statements(store) as reading:
+        store.get_totals(OWNER, evaluation.id)
+    queries = [sql for sql, _ in reading if sql.startswith("SELECT")]
+    assert len(queries) == 1 and " batches" not in queries[0], queries
+    with statements(store) as paging:
+        first = store.list_batches(OWNER, evaluation.id, limit=100)
+    assert first is not None and len(first.items) == 100
+    sql, parameters = next((q, p) for q, p in paging if "FROM batches" in q)
+    assert "LIMIT" in sql
+    plan = query_plan(store, sql, parameters)
+    # An index search on (evaluation, seq), never a scan of every batch.
+    sqlite_search = "SEARCH batches USING" in plan and "(evaluation_pk=? AND seq>?)" in plan
+    postgres_search = "Index Cond: ((evaluation_pk = " in plan and "(seq > " in plan
+    assert sqlite_search or postgres_search, plan
     read_back = store.get_totals(OWNER, evaluation.id)
     assert read_back is not None and read_back.evaluation.n_batches == 10_000
     assert bits(read_back.values["loss_sum"]) == bits(totals.values()["loss_sum"])

@@ -108,6 +108,25 @@ def test_small_sums_take_python_integers_to_the_same_limbs(parts: list[np.ndarra
     assert (mixed.lo, mixed.limbs.tolist()) == (vector_total.lo, vector_total.limbs.tolist())
 
 
+@settings(max_examples=200, deadline=None)
+@given(parts=batches())
+def test_adding_several_at_once_gives_the_limbs_of_adding_one_by_one(
+    parts: list[np.ndarray],
+) -> None:
+    sums = [FixedSum.from_floats(part) for part in parts]
+    at_once = sums[0].copy()
+    at_once.add_all(sums[1:])
+    one_by_one = total(parts)
+    assert (at_once.lo, at_once.limbs.tolist()) == (one_by_one.lo, one_by_one.limbs.tolist())
+    batches_ = [ExactTotals.from_stats({"x": part, "n": np.arange(part.size)}) for part in parts]
+    merged = ExactTotals()
+    merged.add_all(batches_)
+    sequential = ExactTotals()
+    for batch in batches_:
+        sequential.add(batch)
+    assert merged == sequential
+
+
 def test_exactness_where_float_addition_loses_everything() -> None:
     parts = [
         np.array([1e16, BIG, 1.0]),

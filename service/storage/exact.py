@@ -51,7 +51,7 @@ wrap around.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -221,6 +221,24 @@ class FixedSum:
             values = [v + (limb << at) for v, limb in zip(values, row, strict=True)]
         return values
 
+    def add_all(self, others: Sequence[FixedSum]) -> None:
+        """Add several sums of the same shape, exactly: as :meth:`add` one by one, with
+        one conversion of a small sum to and from Python integers for all of them."""
+        if others and self.limbs.shape[1] <= SMALL:
+            for other in others:
+                if other.shape != self.shape:
+                    raise ValueError(
+                        f"cannot add a sum of shape {other.shape} to one of {self.shape}"
+                    )
+            values = self._ints()
+            for other in others:
+                values = [a + b for a, b in zip(values, other._ints(), strict=True)]
+            total = FixedSum._from_ints(self.shape, values)
+            self.lo, self.limbs = total.lo, total.limbs
+            return
+        for other in others:
+            self.add(other)
+
     def _normalize(self) -> None:
         """Carry every limb into ``[0, 2**32)``, the top one into ``[-2**31, 2**31)``; trim."""
         limbs = self.limbs
@@ -389,6 +407,24 @@ class ExactTotals:
                 )
             else:
                 self.counts[name] = add_counts(existing, counts)
+
+    def add_all(self, others: Sequence[ExactTotals]) -> None:
+        """Add several batches' totals, exactly (as :meth:`add` one by one)."""
+        if len(others) == 1:
+            self.add(others[0])
+            return
+        sums: dict[str, list[FixedSum]] = {}
+        for other in others:
+            for name, total in other.sums.items():
+                sums.setdefault(name, []).append(total)
+            self.add(ExactTotals({}, other.counts))
+        for name, parts in sums.items():
+            if name in self.counts:
+                raise ValueError(f"statistic {name!r} was counts and is now a float sum")
+            mine = self.sums.get(name)
+            if mine is None:
+                mine = self.sums[name] = FixedSum.zeros(parts[0].shape)
+            mine.add_all(parts)
 
     def values(self) -> dict[str, NDArray[Any]]:
         """Every total: float sums correctly rounded to float64, counts as int64."""

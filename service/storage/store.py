@@ -18,21 +18,29 @@ and updates the running totals and counts in the same transaction. So of many
 concurrent puts of one batch id exactly one creates it, and no update of the
 totals is lost. Replays are rare (retries), so they take the lock too rather
 than cost every new batch a read transaction of its own.
+
+Group commits: puts that arrive while a transaction is being committed wait,
+and the next transaction stores all of them (up to ``max_group``), each
+evaluation's row locked, read and updated once; one commit (one fsync) then
+acknowledges every one of them. No put is answered before the commit that
+stored it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Engine, Row, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
@@ -55,6 +63,8 @@ from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluatio
 
 #: Evaluations whose settings a store keeps in memory (see :meth:`Store.get_setup`).
 DEFAULT_SETUP_CACHE = 1024
+#: Puts that one transaction may commit together (see :meth:`Store.put_batch`).
+DEFAULT_MAX_GROUP = 64
 #: Largest page of a list.
 MAX_LIMIT = 1000
 #: Evaluations deleted per transaction by :meth:`Store.expire`.
@@ -76,6 +86,8 @@ _KNOWN_BATCH = (
 )
 _LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
 _UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
+#: What a put changes of its evaluation's row, besides the totals.
+_CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
 # INSERT ... ON CONFLICT (evaluation_pk, batch_id) DO NOTHING RETURNING seq: a row comes
 # back only when the batch was inserted.
 _INSERT_BATCH = {
@@ -104,7 +116,10 @@ class Store:
         *,
         clock: Callable[[], datetime] = utc_now,
         setup_cache: int = DEFAULT_SETUP_CACHE,
+        max_group: int = DEFAULT_MAX_GROUP,
     ) -> None:
+        if max_group < 1:
+            raise ValueError(f"a commit takes at least one batch; received {max_group}")
         self.engine = engine
         self._writer = writer(engine)
         self._clock = clock
@@ -113,6 +128,11 @@ class Store:
         self._setups: OrderedDict[tuple[str, str], Setup] = OrderedDict()
         self._setups_lock = threading.Lock()
         self._setup_cache = setup_cache
+        # Puts waiting for a commit; whether one is running (see _group_commit).
+        self._queue: list[_Put] = []
+        self._turn = threading.Condition()
+        self._committing = False
+        self._max_group = max_group
 
     @classmethod
     def open(
@@ -124,13 +144,15 @@ class Store:
         clock: Callable[[], datetime] = utc_now,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         setup_cache: int = DEFAULT_SETUP_CACHE,
+        max_group: int = DEFAULT_MAX_GROUP,
         **options: Any,
     ) -> Store:
         """A store on ``url`` (default: ``evaluations.sqlite3`` in ``data_dir``).
 
         With ``migrate`` the schema is upgraded to the latest revision first
         (safe when several processes start at once). ``setup_cache``: how many
-        evaluations' settings :meth:`get_setup` keeps in memory. ``options`` go to
+        evaluations' settings :meth:`get_setup` keeps in memory; ``max_group``: how
+        many puts one transaction may commit together. ``options`` go to
         :func:`sqlalchemy.create_engine`.
         """
         engine = make_engine(url, data_dir, busy_timeout=busy_timeout, **options)
@@ -140,7 +162,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock=clock, setup_cache=setup_cache)
+        return cls(engine, clock=clock, setup_cache=setup_cache, max_group=max_group)
 
     def dispose(self) -> None:
         """Close the engine's pooled connections."""
@@ -330,7 +352,7 @@ class Store:
         and boolean ones as int64 counts (see :mod:`service.storage.exact`);
         each name keeps its shape and kind from batch to batch.
         """
-        key = _key(owner, evaluation_id)
+        _owner(owner)  # checked here, in the caller's thread
         if BATCH_ID.fullmatch(batch_id) is None:
             raise ValueError(
                 f"a batch id is 1–128 characters of A-Z a-z 0-9 . _ : -; received {batch_id!r}"
@@ -342,64 +364,150 @@ class Store:
         if n_samples < 0:
             raise ValueError(f"n_samples is a count; received {n_samples}")
         # Everything that does not need the lock is done before taking it.
-        batch_totals = ExactTotals.from_stats(stats)
-        stats_blob = encode_arrays(stats)
-        answer_json = _json(answer, "answer")
-        facts_json = None if facts is None else _json(facts, "facts")
-        codes = sorted(set(warnings))
+        put = _Put(
+            owner,
+            evaluation_id,
+            batch_id,
+            bytes(content_hash),
+            n_samples,
+            ExactTotals.from_stats(stats),
+            encode_arrays(stats),
+            _json(answer, "answer"),
+            None if facts is None else _json(facts, "facts"),
+            sorted(set(warnings)),
+        )
+        return self._group_commit(put)
 
-        with self._writer.begin() as connection:
-            row = connection.execute(_LOCK_EVALUATION, key).first()
-            if row is None:
-                self._forget(owner, evaluation_id)
-                return PutResult(PutOutcome.NOT_FOUND, None, None)
-            current = _evaluation(row._mapping)
-            closed = current.status == "closed"
-            if closed or (
-                facts_json is not None and current.facts is not None and current.facts != facts_json
-            ):
-                # A batch it accepted is still answered as first stored.
-                known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
-                if known is not None:
-                    return _replay(known, content_hash)
-                outcome = PutOutcome.CLOSED if closed else PutOutcome.MISMATCH
-                return PutResult(outcome, None, current)
+    def _group_commit(self, put: _Put) -> PutResult:
+        """Run ``put`` in a transaction with the puts queued beside it, and answer it once
+        that transaction is committed.
 
-            now = self._clock()
-            batch = {
-                "evaluation_pk": row.pk,
-                "seq": current.n_batches + 1,
-                "batch_id": batch_id,
-                "content_hash": bytes(content_hash),
-                "n_samples": n_samples,
-                "received_at": now,
-                "answer": answer_json,
-                "stats": stats_blob,
-            }
-            insert = _INSERT_BATCH[connection.dialect.name]
-            if connection.execute(insert, batch).first() is None:
-                # The batch id is known (the unique key says so): nothing was written.
-                known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": batch_id}).first()
-                assert known is not None, "a batch that conflicts is stored"
-                return _replay(known, content_hash)
+        While a commit runs, new puts wait in the queue; when it ends, one of the
+        waiting callers takes up to ``max_group`` queued puts (its own among them) and
+        runs them in one transaction, in the order of their evaluations' keys (so that
+        processes sharing a database lock rows in one order). One commit, one fsync,
+        for all of them; no put is answered before that commit, and if it fails, each
+        of them gets the error (a batch is idempotent: the caller sends it again).
+        """
+        with self._turn:
+            self._queue.append(put)
+        while True:
+            with self._turn:
+                while self._committing and not put.done:
+                    self._turn.wait()
+                if put.done:
+                    break
+                # Nobody is committing and this put is still queued: commit the queue.
+                self._committing = True
+                group = self._queue[: self._max_group]
+                del self._queue[: self._max_group]
+            try:
+                self._commit(group)
+            finally:
+                with self._turn:
+                    self._committing = False
+                    self._turn.notify_all()
+        if put.error is not None:
+            raise put.error
+        assert put.result is not None
+        return put.result
 
+    def _commit(self, group: list[_Put]) -> None:
+        def evaluation_key(put: _Put) -> tuple[str, str]:
+            return _owner(put.owner), put.evaluation_id
+
+        ordered = sorted(group, key=evaluation_key)
+        try:
+            with self._writer.begin() as connection:
+                results = [
+                    result
+                    for _, puts in itertools.groupby(ordered, key=evaluation_key)
+                    for result in self._put_in(connection, list(puts))
+                ]
+        except BaseException as error:
+            for put in ordered:
+                put.error = error
+                put.done = True
+            if not isinstance(error, Exception):
+                raise
+            return
+        for put, result in zip(ordered, results, strict=True):
+            put.result = result
+            put.done = True
+
+    def _put_in(self, connection: Connection, puts: list[_Put]) -> list[PutResult]:
+        """The puts of one evaluation inside the group's transaction (see
+        :meth:`put_batch`), each answered as if they had come one after the other: the
+        evaluation's row is locked and read once, and its totals and counts written
+        once."""
+        first = puts[0]
+        key = _key(first.owner, first.evaluation_id)
+        row = connection.execute(_LOCK_EVALUATION, key).first()
+        if row is None:
+            self._forget(first.owner, first.evaluation_id)
+            return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
+        state = dict(row._mapping)
+        del state["totals"]
+        results = [self._put_one(connection, put, key, state) for put in puts]
+        created = [
+            put.totals
+            for put, result in zip(puts, results, strict=True)
+            if result.outcome is PutOutcome.CREATED
+        ]
+        if created:
             totals = decode_totals(row.totals)
-            totals.add(batch_totals)
-            counts = dict(current.warnings)
-            for code in codes:
-                counts[code] = counts.get(code, 0) + 1
-            changes = {
-                "n_batches": current.n_batches + 1,
-                "n_samples": current.n_samples + n_samples,
-                "updated_at": now,
-                "warnings": counts,
-                "facts": current.facts if current.facts is not None else facts_json,
-                "totals": encode_totals(totals),
-            }
-            connection.execute(_UPDATE_EVALUATION, {"row_pk": row.pk, **changes})
-        updated = {**row._mapping, **changes}
-        stored = _batch({**batch, "stats": None})
-        return PutResult(PutOutcome.CREATED, stored, _evaluation(updated))
+            totals.add_all(created)
+            changes = {k: state[k] for k in _CHANGED}
+            connection.execute(
+                _UPDATE_EVALUATION,
+                {"row_pk": row.pk, **changes, "totals": encode_totals(totals)},
+            )
+        return results
+
+    def _put_one(
+        self, connection: Connection, put: _Put, key: dict[str, str], state: dict[str, Any]
+    ) -> PutResult:
+        """One put against the evaluation as ``state`` holds it, which it updates."""
+        current = _evaluation(state)
+        closed = current.status == "closed"
+        if closed or (
+            put.facts is not None and current.facts is not None and current.facts != put.facts
+        ):
+            # A batch it accepted is still answered as first stored.
+            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
+            if known is not None:
+                return _replay(known, put.content_hash)
+            outcome = PutOutcome.CLOSED if closed else PutOutcome.MISMATCH
+            return PutResult(outcome, None, current)
+
+        now = self._clock()
+        batch = {
+            "evaluation_pk": state["pk"],
+            "seq": current.n_batches + 1,
+            "batch_id": put.batch_id,
+            "content_hash": put.content_hash,
+            "n_samples": put.n_samples,
+            "received_at": now,
+            "answer": put.answer,
+            "stats": put.stats_blob,
+        }
+        insert = _INSERT_BATCH[connection.dialect.name]
+        if connection.execute(insert, batch).first() is None:
+            # The batch id is known (the unique key says so): nothing was written.
+            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
+            assert known is not None, "a batch that conflicts is stored"
+            return _replay(known, put.content_hash)
+        counts = dict(current.warnings)
+        for code in put.codes:
+            counts[code] = counts.get(code, 0) + 1
+        state.update(
+            n_batches=current.n_batches + 1,
+            n_samples=current.n_samples + put.n_samples,
+            updated_at=now,
+            warnings=counts,
+            facts=current.facts if current.facts is not None else put.facts,
+        )
+        return PutResult(PutOutcome.CREATED, _batch({**batch, "stats": None}), _evaluation(state))
 
     def list_batches(
         self,
@@ -470,6 +578,25 @@ class Store:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Put:
+    """A batch ready to be stored, waiting for the transaction that commits it."""
+
+    owner: str | None
+    evaluation_id: str
+    batch_id: str
+    content_hash: bytes
+    n_samples: int
+    totals: ExactTotals
+    stats_blob: bytes
+    answer: dict[str, Any]
+    facts: dict[str, Any] | None
+    codes: list[str]
+    done: bool = False
+    result: PutResult | None = None
+    error: BaseException | None = None
 
 
 def _owner(owner: str | None) -> str:

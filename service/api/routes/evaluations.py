@@ -87,6 +87,7 @@ def _store(request: Request) -> Store:
                     None if url is None else url.get_secret_value(),
                     settings.data_dir,
                     setup_cache=settings.evaluation_cache_size,
+                    max_group=settings.max_batches_per_commit,
                 )
                 state.store = store
     return store
