@@ -296,3 +296,96 @@ ACCESS_FIELDS_ORDER = (
     "response_bytes",
     "client",
 )
+
+
+class _CountingStream:
+    """A text stream that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _direct_access_logger(monkeypatch: pytest.MonkeyPatch) -> _CountingStream:
+    """The ``service.access`` logger as the service configures it, on a counting stream."""
+    stream = _CountingStream()
+    handler = logs.AccessHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.RequestIdFilter())
+    logger = logging.getLogger(logs.ACCESS_LOGGER)
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.manager._clear_cache()  # type: ignore[attr-defined]
+    return stream
+
+
+def _access(request_id: str) -> None:
+    logs.access(
+        request_id=request_id,
+        method="POST",
+        path="/v1/losses/x",
+        route="/v1/losses/{name}",
+        status=200,
+        duration_s=0.001,
+        request_bytes=10,
+        response_bytes=20,
+        client=None,
+    )
+
+
+def test_access_lines_of_one_event_loop_turn_are_written_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = _direct_access_logger(monkeypatch)
+
+    async def requests() -> list[str]:
+        for i in range(3):
+            _access(f"r-{i}")
+        before = list(stream.writes)
+        await asyncio.sleep(0)  # the end of the turn
+        await asyncio.sleep(0)
+        _access("r-3")
+        return before
+
+    before = asyncio.run(requests())
+    assert before == []
+    assert len(stream.writes) == 2  # r-0..r-2 in one write; r-3 at the loop's end
+    first = [json.loads(line) for line in stream.writes[0].splitlines()]
+    assert [entry["request_id"] for entry in first] == ["r-0", "r-1", "r-2"]
+    assert json.loads(stream.writes[1])["request_id"] == "r-3"
+    _access("r-4")  # no event loop: at once
+    assert json.loads(stream.writes[2])["request_id"] == "r-4"
+
+
+def test_access_lines_left_by_a_closed_loop_go_with_the_next_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = _direct_access_logger(monkeypatch)
+    loop = asyncio.new_event_loop()
+
+    async def one() -> None:
+        loop.stop()  # this turn is the loop's last: the write due at the next never comes
+        _access("left")
+
+    task = loop.create_task(one())
+    loop.run_forever()
+    assert task.done()
+    loop.close()
+    assert stream.writes == []
+
+    async def next_one() -> None:
+        _access("next")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(next_one())
+    ids = [json.loads(line)["request_id"] for w in stream.writes for line in w.splitlines()]
+    assert ids == ["left", "next"]

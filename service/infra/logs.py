@@ -17,10 +17,17 @@ The access line, logged by ``access()`` on the ``service.access`` logger at INFO
 ``request_bytes`` is the request body received by the service, ``response_bytes`` the
 response body sent. Query strings and headers (``Authorization`` above all) are never
 logged.
+
+Logged on an event loop (every request the server answers), access lines are written at
+the end of the loop's turn, all the lines of the requests that ended in that turn in one
+write: one system call a turn instead of one a request. Lines still pending when the
+process exits are written then.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -153,19 +160,84 @@ class AccessHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit_fields(
         self, message: str, message_args: tuple[Any, ...], fields: dict[str, Any]
     ) -> None:
-        """Write the access line of ``fields`` (see :meth:`direct`)."""
+        """Write the access line of ``fields`` (see :meth:`direct`): at the end of the
+        running event loop's turn, with the other lines of that turn; at once when no
+        event loop runs on this thread."""
         formatter = self.formatter
         assert isinstance(formatter, JsonFormatter | ConsoleFormatter)
         created = time.time()
         line = formatter.line(created, _INFO, ACCESS_LOGGER, message % message_args, fields)
+        entry = (line + self.terminator, message_args, fields)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write([entry])
+            return
+        turn = _turn()
+        turn.pending.append((self, entry))
+        if turn.loop is not loop:
+            # The turn's first line (or its loop ended before writing: the next one does).
+            turn.loop = loop
+            loop.call_soon(_write_pending, turn)
+
+    def _write(self, entries: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+        """Write these lines, in one write and one flush."""
         self.acquire()
         try:
-            self.stream.write(line + self.terminator)
+            self.stream.write(
+                entries[0][0] if len(entries) == 1 else "".join(e[0] for e in entries)
+            )
             self.flush()
         except Exception:
+            _, message_args, fields = entries[0]
             self.handleError(_access_record(message_args, fields))
         finally:
             self.release()
+
+
+#: An access line waiting for the end of its event loop's turn: its handler, and the line
+#: with the message arguments and fields it was made of (for ``handleError``).
+_Pending = tuple[AccessHandler, tuple[str, tuple[Any, ...], dict[str, Any]]]
+
+
+class _Turn:
+    """One thread's access lines waiting for the end of its event loop's turn, and the
+    loop that will write them (None once written)."""
+
+    __slots__ = ("loop", "pending")
+
+    def __init__(self) -> None:
+        self.pending: list[_Pending] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+_local = threading.local()
+#: Every thread's turn, written at exit if lines are still pending.
+_every_turn: list[_Turn] = []
+
+
+def _turn() -> _Turn:
+    turn: _Turn | None = getattr(_local, "turn", None)
+    if turn is None:
+        turn = _local.turn = _Turn()
+        _every_turn.append(turn)
+    return turn
+
+
+def _write_pending(turn: _Turn) -> None:
+    """Write a turn's pending access lines, each handler's in one write."""
+    turn.loop = None
+    pending, turn.pending = turn.pending, []
+    while pending:
+        handler = pending[0][0]
+        handler._write([entry for owner, entry in pending if owner is handler])
+        pending = [item for item in pending if item[0] is not handler]
+
+
+@atexit.register
+def _write_every_pending() -> None:
+    for turn in _every_turn:
+        _write_pending(turn)
 
 
 _INFO: Final = logging.getLevelName(logging.INFO)
@@ -217,6 +289,15 @@ def access_enabled() -> bool:
 #: level, source, thread and process), from one record made by the record factory.
 _templates: dict[int, tuple[type[logging.LogRecord], dict[str, Any]]] = {}
 os.register_at_fork(after_in_child=_templates.clear)
+
+
+def _forget_pending_in_child() -> None:
+    # The parent writes its own pending lines; a child starts with none.
+    _every_turn.clear()
+    _local.__dict__.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pending_in_child)
 
 
 def _access_record(message_args: tuple[Any, ...], fields: dict[str, Any]) -> logging.LogRecord:
