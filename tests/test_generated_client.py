@@ -4,7 +4,9 @@ metric, catalogue and evaluate operation successfully with only the required fie
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -116,3 +118,18 @@ def test_catalogues_and_evaluate(generated: ModuleType, client: Any) -> None:
             evaluated.parsed.losses.to_dict()["categorical_crossentropy"]
         )
     }
+
+
+def test_no_operation_takes_the_binary_encodings_header(generated: ModuleType) -> None:
+    """`Inference-Header-Content-Length` goes with binary bodies only: a generated client's
+    JSON calls neither take nor send it."""
+    api = importlib.import_module(f"{generated.__name__}.api")
+    operations = [
+        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(api.__path__, f"{api.__name__}.")
+        if not info.ispkg
+    ]
+    assert len(operations) > len(registry.LOSSES) + len(registry.METRICS)
+    for module in operations:
+        parameters = inspect.signature(module.sync_detailed).parameters
+        assert not [p for p in parameters if "inference" in p.lower()], module.__name__

@@ -139,6 +139,20 @@ def test_every_post_documents_json_and_binary_bodies(
     assert "Inference-Header-Content-Length" in binary["description"]
 
 
+def test_the_binary_header_is_no_parameter_of_any_operation(spec: dict[str, Any]) -> None:
+    """`Inference-Header-Content-Length` belongs to the binary media type alone (its
+    description says so): as a parameter, JSON clients would be shown and given it."""
+    for key, operation in _operations(spec).items():
+        names = {p["name"].lower() for p in operation.get("parameters", [])}
+        assert "inference-header-content-length" not in names, key
+
+
+def test_an_evaluations_settings_are_json_only(spec: dict[str, Any]) -> None:
+    """The service refuses a binary body there (400): the spec offers none."""
+    body = _operations(spec)[("post", "/v1/evaluations")]["requestBody"]
+    assert set(body["content"]) == {"application/json"}
+
+
 def test_problem_schema_is_rfc_9457(spec: dict[str, Any]) -> None:
     problem = spec["components"]["schemas"]["Problem"]
     assert {"type", "title", "status", "detail", "errors"} <= set(problem["required"])
@@ -199,3 +213,11 @@ def test_streaming_operations_document_their_problems(
     for status in ("404", "422"):
         content = responses[status]["content"]
         assert content["application/problem+json"]["schema"] == {"$ref": PROBLEM_REF}
+
+
+def test_every_operation_documents_the_request_id_header(spec: dict[str, Any], client: Any) -> None:
+    for key, operation in _operations(spec).items():
+        (parameter,) = [p for p in operation["parameters"] if p["name"] == "X-Request-ID"]
+        assert parameter["in"] == "header" and parameter["required"] is False, key
+    response = client.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    assert response.headers["X-Request-ID"] == "trace-42"

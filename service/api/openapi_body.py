@@ -6,12 +6,26 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.wire import (
+    BINARY_MEDIA_TYPE,
+    HEADER_LENGTH_HEADER,
+    JSON_MEDIA_TYPE,
+    TENSOR_ALIGNMENT,
+)
+
+# The header belongs to the binary media type alone, so it is described here rather than
+# as a parameter of the operation: a parameter would be shown (and generated) for JSON
+# requests too, where it means nothing. OpenAPI has no header of one request media type
+# (an ``encoding``'s headers are for multipart bodies only).
 BINARY_DESCRIPTION = (
-    "The binary encoding, for large batches: a JSON header of "
-    "`Inference-Header-Content-Length` bytes (the same fields as the JSON body, each tensor "
-    "described as `{dtype, shape, binary_data_size}`), followed by the raw C-order little-endian "
-    "bytes of those tensors, back to back, in the order the header names them. Decoding copies "
-    "nothing."
+    f"The binary encoding, for large batches. Send it with `Content-Type: {BINARY_MEDIA_TYPE}` "
+    f"and the header `{HEADER_LENGTH_HEADER}: <n>` (required with this content type, and "
+    f"only with it): the byte length of the JSON header that starts the body. That header "
+    "holds the same fields as the JSON body, each tensor described as `{dtype, shape, "
+    "binary_data_size}`; the raw C-order little-endian bytes of those tensors follow it, back "
+    "to back, in the order the header names them. Padding the header with spaces to a "
+    f"multiple of {TENSOR_ALIGNMENT} bytes lets the service read every tensor in place: "
+    "decoding then copies nothing."
 )
 
 #: Every model referenced by a request body; main.py adds them to the spec's components.
@@ -19,34 +33,19 @@ REQUEST_MODELS: list[type[BaseModel]] = []
 
 
 def request_body(*models: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` for a route whose body is read raw but described by ``models``."""
+    """``openapi_extra`` for a route whose body is read raw but described by ``models``:
+    JSON, and the binary encoding unless every model is JSON-only (a model with the class
+    attribute ``JSON_ONLY = True``: settings without arrays, which the binary encoding
+    exists to carry)."""
     REQUEST_MODELS.extend(m for m in models if m not in REQUEST_MODELS)
     refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in models]
     schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": schema},
-                "application/octet-stream": {
-                    "schema": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": BINARY_DESCRIPTION,
-                    }
-                },
-            },
-        },
-        "parameters": [
-            {
-                "name": "Inference-Header-Content-Length",
-                "in": "header",
-                "required": False,
-                "description": "Binary requests only: the byte length of the JSON header.",
-                "schema": {"type": "integer", "minimum": 0},
-            }
-        ],
-    }
+    content: dict[str, Any] = {JSON_MEDIA_TYPE: {"schema": schema}}
+    if not all(getattr(m, "JSON_ONLY", False) for m in models):
+        content[BINARY_MEDIA_TYPE] = {
+            "schema": {"type": "string", "format": "binary", "description": BINARY_DESCRIPTION}
+        }
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def add_request_models(spec: dict[str, Any]) -> None:

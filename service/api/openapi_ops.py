@@ -78,15 +78,13 @@ def per_operation_paths(spec: dict[str, Any]) -> None:
             operation["operationId"] = f"{kind}_{name}"
             operation["summary"] = name.replace("_", " ").capitalize()
             operation["description"] = item.description
-            operation["parameters"] = [
-                p for p in operation.get("parameters", []) if p.get("in") != "path"
-            ]
+            parameters = [p for p in operation.pop("parameters", []) if p.get("in") != "path"]
+            if parameters:
+                operation["parameters"] = parameters
             schema_name = f"{_camel(name)}{kind.capitalize()}Request"
             schemas[schema_name] = _request_schema(
                 schema_name, item.description, item.params, batch
             )
             content = operation["requestBody"]["content"]["application/json"]
             content["schema"] = {"$ref": f"#/components/schemas/{schema_name}"}
-            content.pop("example", None)
-            content.pop("examples", None)
             paths[f"{prefix}/{name}"] = {"post": operation}

@@ -7,7 +7,7 @@ fields can hold millions of numbers, which are decoded straight to NumPy
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -322,6 +322,9 @@ class EvaluationRequest(EvaluationSettings):
     """A streaming evaluation: evaluate's settings (or `outputs` of them per head, with
     `loss_weights`) and `metadata`. Omitted losses/metrics: those that fit the labels of
     the first batch, then fixed."""
+
+    #: Settings, no arrays: the spec documents a JSON body alone (no binary encoding).
+    JSON_ONLY: ClassVar[bool] = True
 
     outputs: dict[str, EvaluationSettings] | None = None
     loss_weights: dict[str, float] | None = None
