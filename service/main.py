@@ -20,6 +20,7 @@ from service import __version__, diagnostics, registry
 from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.openapi_body import add_request_models
+from service.api.openapi_examples import add_examples
 from service.api.openapi_ops import per_operation_paths
 from service.api.responses import problem_response
 from service.api.routes import (
@@ -202,6 +203,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     per_operation_paths(spec)
     _add_request_id(spec)
     _add_security(spec)
+    add_examples(spec)
     return spec
 
 
