@@ -27,6 +27,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service import registry
 from service.main import create_app
 from service.settings import Settings
 
@@ -100,6 +101,9 @@ def make_client() -> Iterator[Callable[..., SyncClient]]:
     The keyword ``raise_app_exceptions`` (default True) is the client's, not a setting.
     """
     clients: list[SyncClient] = []
+    # create_app hands the confusion-matrix class limit to the registry (a process-wide
+    # value): an app built with another limit must not leave it to the tests after.
+    confusion_limit = registry.MAX_CONFUSION_CLASSES[0]
 
     def make(*, raise_app_exceptions: bool = True, **overrides: Any) -> SyncClient:
         made = SyncClient(
@@ -111,6 +115,7 @@ def make_client() -> Iterator[Callable[..., SyncClient]]:
     yield make
     for made in clients:
         made.close()
+    registry.set_max_confusion_classes(confusion_limit)
 
 
 @pytest.fixture
