@@ -49,6 +49,8 @@ def test_catalogue_spec_and_registry_name_the_same_parameters(
 ) -> None:
     listed = {p["name"]: p for p in catalogue[f"{kind}/{name}"]["parameters"]}
     assert list(listed) == [p.name for p in spec.params]
+    accepted = catalogue[f"{kind}/{name}"]["label_encodings"]
+    assert accepted == [e for e in encodings.ENCODINGS if e in spec.accepts]
     for param in spec.params:
         assert listed[param.name]["default"] == param.default
         assert listed[param.name]["description"] == param.description

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service import registry
 from service.diagnostics import CODES
-from service.encodings import ENCODINGS
+from service.encodings import ENCODINGS, Encoding
 from service.kernels import REDUCTIONS
 from service.wire import DTYPES
 
@@ -285,6 +285,10 @@ class CatalogueItem(BaseModel):
     name: str
     description: str
     parameters: list[ParamInfo]
+    label_encodings: list[Encoding] = Field(
+        description="The label encodings of `y_true` it accepts (any other is a 422 that "
+        "names what fits instead)."
+    )
 
 
 class _Catalogue(BaseModel):
