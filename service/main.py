@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 from service import __version__, diagnostics, registry
 from service.admission import MemoryBudget, tune_allocator
 from service.api.drain import DrainRequestBody
+from service.api.error_responses import document_errors
 from service.api.openapi_body import add_request_models
 from service.api.openapi_examples import add_examples
 from service.api.openapi_ops import per_operation_paths
@@ -203,6 +204,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     per_operation_paths(spec)
     _add_request_id(spec)
     _add_security(spec)
+    document_errors(spec)
     add_examples(spec)
     return spec
 
@@ -238,7 +240,8 @@ _UNAUTHORIZED = {
 
 def _add_security(spec: dict[str, Any]) -> None:
     """Bearer API keys on the protected paths (the docs page's Authorize button), and
-    the 401/403 answers they may give."""
+    the 401/403 answers of the protocol's paths, in its error shape (those of ``/v1`` are
+    problem documents: :func:`document_errors`)."""
     spec["components"]["securitySchemes"] = {
         "bearerAuth": {
             "type": "http",
@@ -246,16 +249,16 @@ def _add_security(spec: dict[str, Any]) -> None:
             "description": "One of `LOSS_SERVICE_API_KEYS`, when the service has keys.",
         }
     }
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path, item in spec["paths"].items():
         if not (path.startswith("/v1/") or path.startswith("/v2/models")):
             continue
         for operation in item.values():
             operation["security"] = [{"bearerAuth": []}]
-            responses = operation.setdefault("responses", {})
-            for status, text in _UNAUTHORIZED.items():
-                content = problem if path.startswith("/v1/") else operation_json_error(responses)
-                responses.setdefault(status, {"description": text, "content": content})
+            if path.startswith("/v2/"):
+                responses = operation.setdefault("responses", {})
+                for status, text in _UNAUTHORIZED.items():
+                    content = operation_json_error(responses)
+                    responses.setdefault(status, {"description": text, "content": content})
 
 
 def operation_json_error(responses: dict[str, Any]) -> dict[str, Any]:

@@ -110,12 +110,14 @@ def test_every_post_documents_its_problem_responses(
     spec: dict[str, Any], key: tuple[str, str]
 ) -> None:
     operation = _operations(spec)[key]
-    statuses = {"400", "413", "415", "422"}
-    # Unknown names: in the path, or (evaluate) in the `losses` / `metrics` entries.
-    statuses.add("404")
+    # A body's intake (400, 408, 413, 415, 503), its values (422), API keys (401, 403), a
+    # method the path does not take (405); unknown names in evaluate's entries (404). A
+    # loss's or metric's own path names a loss the service has: no 404.
+    statuses = {"400", "401", "403", "405", "408", "413", "415", "422", "503"}
+    if key[1] == "/v1/evaluate":
+        statuses.add("404")
     responses = operation["responses"]
-    missing = statuses - set(responses)
-    assert not missing, f"{OPERATION_IDS[key]} does not document {sorted(missing)}"
+    assert {s for s in responses if s[0] in "45"} == statuses, OPERATION_IDS[key]
     for status in sorted(statuses):
         content = responses[status].get("content", {})
         assert set(content) == {"application/problem+json"}, (status, content)
@@ -151,6 +153,39 @@ def test_an_evaluations_settings_are_json_only(spec: dict[str, Any]) -> None:
     """The service refuses a binary body there (400): the spec offers none."""
     body = _operations(spec)[("post", "/v1/evaluations")]["requestBody"]
     assert set(body["content"]) == {"application/json"}
+
+
+def test_every_operation_documents_405_and_the_protected_ones_401_403(
+    spec: dict[str, Any],
+) -> None:
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of `LOSS_SERVICE_API_KEYS`, when the service has keys.",
+    }
+    for (method, path), operation in _operations(spec).items():
+        responses = operation["responses"]
+        if path.startswith(("/v1/", "/v2/models")):
+            assert operation["security"] == [{"bearerAuth": []}], (method, path)
+            assert {"401", "403"} <= set(responses), (method, path)
+        else:
+            assert "security" not in operation and "401" not in responses, (method, path)
+        if path.startswith("/v2"):
+            continue  # the protocol's own error shape; a 405 there is the service's
+        not_allowed = responses["405"]
+        assert set(not_allowed["content"]) == {"application/problem+json"}, (method, path)
+        assert set(not_allowed["headers"]) == {"Allow"}, (method, path)
+
+
+def test_only_operations_with_a_body_document_the_bodys_errors(spec: dict[str, Any]) -> None:
+    for key, operation in _operations(spec).items():
+        if key[1].startswith("/v2"):
+            continue
+        documented = {"400", "408", "413", "415", "503"} & set(operation["responses"])
+        if "requestBody" in operation:
+            assert documented == {"400", "408", "413", "415", "503"}, key
+        else:
+            assert not documented, key
 
 
 def test_problem_schema_is_rfc_9457(spec: dict[str, Any]) -> None:
@@ -209,10 +244,18 @@ def test_spec_is_valid_openapi_3_1(spec: dict[str, Any]) -> None:
 def test_streaming_operations_document_their_problems(
     spec: dict[str, Any], key: tuple[str, str]
 ) -> None:
-    responses = _operations(spec)[key]["responses"]
-    for status in ("404", "422"):
+    operation = _operations(spec)[key]
+    responses = operation["responses"]
+    # An evaluation named in the path may not exist; the list of them has no such path.
+    statuses = ["404", "422"] if "{evaluation_id}" in key[1] else ["422"]
+    if key == ("post", "/v1/evaluations"):
+        statuses = ["404", "422"]  # unknown loss or metric names in the settings
+    assert ("404" in responses) == ("404" in statuses), key
+    for status in statuses:
         content = responses[status]["content"]
         assert content["application/problem+json"]["schema"] == {"$ref": PROBLEM_REF}
+    if key == ("put", "/v1/evaluations/{evaluation_id}/batches/{batch_id}"):
+        assert "409" in responses
 
 
 def test_every_operation_documents_the_request_id_header(spec: dict[str, Any], client: Any) -> None:

@@ -1,15 +1,18 @@
 """The spec's examples are true: every request example is sent to the service, which must
-answer its response example (the same keys; numbers within 1e-6). Every example also fits
-its schema."""
+answer its response example (the same keys; numbers within 1e-6); every error example is
+provoked, and the service must answer it with the example's status, type, title, keys,
+field location and documented headers. Every example also fits its schema."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import orjson
 import pytest
 
 from service import openapi_export
@@ -20,8 +23,18 @@ from tests.conftest import SyncClient
 SPEC = openapi_export.spec()
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 JSON = "application/json"
+PROBLEM = "application/problem+json"
+KEY = "examples-key"
 #: Fields whose values differ from one call to the next: only their presence and type count.
 VOLATILE = {"id", "created_at", "updated_at", "received_at"}
+#: A body that is not JSON: its end is missing.
+MALFORMED = b'{"y_true": [1,'
+#: Limits small enough for the examples' bodies to pass them.
+SMALL_BODY = 64
+SMALL_BUDGET = 64
+SHORT_TIMEOUT = 0.1
+#: What the example evaluation's id is replaced by in a URL: a real evaluation's.
+EXAMPLE_ID = SPEC["paths"]["/v1/evaluations/{evaluation_id}"]["get"]["parameters"][0]["example"]
 
 
 def _operations() -> list[tuple[str, str, dict[str, Any]]]:
@@ -70,8 +83,15 @@ def _client(tmp: Path, **settings: Any) -> SyncClient:
 
 @pytest.fixture(scope="module")
 def clients(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, SyncClient]]:
-    """A client of the service with its defaults."""
-    made = {"default": _client(tmp_path_factory.mktemp("default"))}
+    """Clients of the service: with its defaults, and with the settings that provoke an
+    error (API keys, a small body limit, a small memory budget, a short body timeout)."""
+    made = {
+        "default": _client(tmp_path_factory.mktemp("default")),
+        "keys": _client(tmp_path_factory.mktemp("keys"), api_keys=KEY),
+        "small_body": _client(tmp_path_factory.mktemp("body"), max_body_bytes=SMALL_BODY),
+        "small_budget": _client(tmp_path_factory.mktemp("budget"), max_inflight_bytes=SMALL_BUDGET),
+        "short_timeout": _client(tmp_path_factory.mktemp("timeout"), body_timeout=SHORT_TIMEOUT),
+    }
     yield made
     for client in made.values():
         client.close()
@@ -101,6 +121,9 @@ def test_every_operation_has_examples(method: str, path: str, operation: dict[st
             if JSON in body:
                 # Each request example is answered by the response example of its name.
                 assert set(_examples(content[JSON])) == set(_examples(body[JSON])), status
+        elif status[0] in "45":
+            assert set(content) == {PROBLEM}, status
+            assert _examples(content[PROBLEM]), f"no example of its {status}"
 
 
 def _media_examples() -> Iterator[Any]:
@@ -207,3 +230,143 @@ def test_the_service_examples_are_its_answers(
     response = clients["default"].request(method.upper(), path)
     assert response.status_code == 200
     assert response.json() == _answer(operation_id)
+
+
+# ---- the error examples are the service's errors ----------------------------------------------
+
+
+def _errors() -> Iterator[Any]:
+    for method, path, operation in _operations():
+        if path.startswith("/v2"):
+            continue
+        for status in operation["responses"]:
+            if status[0] in "45":
+                yield pytest.param(
+                    method,
+                    path,
+                    operation,
+                    int(status),
+                    id=f"{operation['operationId']}-{status}",
+                )
+
+
+async def _stalling(first: bytes) -> AsyncIterator[bytes]:
+    yield first
+    await asyncio.sleep(30)
+    yield b"}"  # pragma: no cover - the service answers 408 first
+
+
+def _padded(body: Any, size: int) -> bytes:
+    """``body`` as JSON, with spaces after it up to ``size`` bytes."""
+    text = orjson.dumps(body)
+    return text + b" " * max(0, size - len(text))
+
+
+class _Provocation:
+    """What to send, and to which client, to provoke one documented error of an operation:
+    its request example, changed to be refused, or sent to a client whose settings refuse
+    it."""
+
+    def __init__(
+        self, clients: dict[str, SyncClient], method: str, path: str, op: dict[str, Any]
+    ) -> None:
+        self.clients = clients
+        self.method = method.upper()
+        self.operation_id = str(op["operationId"])
+        self.body = _request(self.operation_id) if "requestBody" in op else None
+        self.evaluation = self._evaluation() if "{evaluation_id}" in path else None
+
+    def _evaluation(self) -> str:
+        """A real evaluation (with the example batch, for the operation that sends one)."""
+        client = self.clients["default"]
+        created = client.post("/v1/evaluations", json=_request("create_evaluation"))
+        evaluation_id = str(created.json()["id"])
+        if self.operation_id == "put_batch":
+            batch = _answer("put_batch", 201)["batch_id"]
+            put = client.put(
+                f"/v1/evaluations/{evaluation_id}/batches/{batch}", json=_request("put_batch")
+            )
+            assert put.status_code == 201, put.text
+        return evaluation_id
+
+    def _url(self, example: dict[str, Any]) -> str:
+        """The example's path: its evaluation a real one (unless it is the one missing), and
+        the query parameter it names set out of range."""
+        url = str(example["instance"])
+        if self.evaluation is not None and example["status"] != 404:
+            url = url.replace(EXAMPLE_ID, self.evaluation)
+        loc = example["errors"][0]["loc"]
+        if loc[0] == "query":
+            url += f"?{loc[1]}=0"
+        return url
+
+    def _invalid(self) -> Any:
+        """A body of the operation's that the service refuses with a 422."""
+        if self.operation_id == "create_evaluation":
+            return {"bogus": 1}
+        if self.operation_id == "put_batch":
+            # Four classes, where the evaluation's first batch fixed three.
+            return {"y_true": [0, 3], "y_pred": [[0.7, 0.1, 0.1, 0.1]] * 2}
+        # Labels of two classes, predictions of three.
+        return {"y_true": [[0, 1], [1, 0]], "y_pred": [[0.2, 0.7, 0.1]] * 2}
+
+    def send(self, status: int, example: dict[str, Any]) -> Any:
+        url = self._url(example)
+        client = self.clients["default"]
+        json_type = {"content-type": JSON}
+        kwargs: dict[str, Any] = {} if self.body is None else {"json": self.body}
+        if status == 400:
+            kwargs = {"content": MALFORMED, "headers": json_type}
+        elif status in (401, 403):
+            client = self.clients["keys"]
+            if status == 403:
+                kwargs["headers"] = {"Authorization": "Bearer not-a-key"}
+        elif status == 404 and self.evaluation is None:
+            kwargs["json"] = {**self.body, "metrics": ["f1"]}  # an unknown metric
+        elif status == 405:
+            return client.request("PATCH", url)
+        elif status == 408:
+            client = self.clients["short_timeout"]
+            kwargs = {"content": _stalling(b"{"), "headers": json_type}
+        elif status == 409:
+            kwargs["json"] = {**self.body, "y_true": [1, 2, 0]}  # other content, same id
+        elif status == 413:
+            client = self.clients["small_body"]
+            kwargs = {"content": _padded(self.body, SMALL_BODY + 1), "headers": json_type}
+        elif status == 415:
+            kwargs = {"content": orjson.dumps(self.body), "headers": {"content-type": "text/plain"}}
+        elif status == 422 and self.body is not None:
+            kwargs["json"] = self._invalid()
+            if self.operation_id == "put_batch":
+                url = url.rsplit("/", 1)[0] + "/batch-0002"
+        elif status == 503:
+            client = self.clients["small_budget"]
+            kwargs = {"content": _padded(self.body, SMALL_BUDGET + 1), "headers": json_type}
+        return client.request(self.method, url, **kwargs)
+
+
+@pytest.mark.parametrize(("method", "path", "operation", "status"), list(_errors()))
+def test_every_error_example_is_the_services_answer(
+    clients: dict[str, SyncClient],
+    method: str,
+    path: str,
+    operation: dict[str, Any],
+    status: int,
+) -> None:
+    documented = operation["responses"][str(status)]
+    example = documented["content"][PROBLEM]["example"]
+    assert example["status"] == status
+    response = _Provocation(clients, method, path, operation).send(status, example)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    answer = response.json()
+    assert set(answer) == set(example)
+    for key in ("type", "title", "status"):
+        assert answer[key] == example[key], key
+    assert [e["loc"] for e in answer["errors"]] == [e["loc"] for e in example["errors"]]
+    for header, described in documented.get("headers", {}).items():
+        assert header.lower() in response.headers, header
+        if header == "Allow":
+            assert set(response.headers[header].split(", ")) == set(
+                described["example"].split(", ")
+            )
