@@ -511,57 +511,29 @@ def recall_value(stats: Stats) -> NDArray[np.float64]:
 
 
 def precision(
-    y_true: Any,
-    y_pred: Any,
-    sample_weight: Any = None,
-    *,
-    thresholds: Thresholds = None,
-    top_k: int | None = None,
-    class_id: int | None = None,
-    from_logits: bool = False,
+    y_true: Any, y_pred: Any, sample_weight: Any = None, **options: Any
 ) -> NDArray[np.float64]:
     """Keras' ``Precision``: ``tp / (tp + fp)`` over every element's decision.
+    ``options`` are :func:`precision_recall_stats`'s (``thresholds``, ``top_k``,
+    ``class_id``, ``from_logits``).
 
     >>> float(precision(np.array([0, 1, 1, 1]), np.float32([1, 0, 1, 1])))  # 2 / 3
     0.6666666666666666
     """
-    stats = precision_recall_stats(
-        y_true,
-        y_pred,
-        sample_weight,
-        thresholds=thresholds,
-        top_k=top_k,
-        class_id=class_id,
-        from_logits=from_logits,
-    )
-    return precision_value(stats)
+    return precision_value(precision_recall_stats(y_true, y_pred, sample_weight, **options))
 
 
 def recall(
-    y_true: Any,
-    y_pred: Any,
-    sample_weight: Any = None,
-    *,
-    thresholds: Thresholds = None,
-    top_k: int | None = None,
-    class_id: int | None = None,
-    from_logits: bool = False,
+    y_true: Any, y_pred: Any, sample_weight: Any = None, **options: Any
 ) -> NDArray[np.float64]:
     """Keras' ``Recall``: ``tp / (tp + fn)`` over every element's decision.
+    ``options`` are :func:`precision_recall_stats`'s (``thresholds``, ``top_k``,
+    ``class_id``, ``from_logits``).
 
     >>> float(recall(np.array([0, 1, 1, 1]), np.float32([1, 0, 1, 1])))  # 2 / 3
     0.6666666666666666
     """
-    stats = precision_recall_stats(
-        y_true,
-        y_pred,
-        sample_weight,
-        thresholds=thresholds,
-        top_k=top_k,
-        class_id=class_id,
-        from_logits=from_logits,
-    )
-    return recall_value(stats)
+    return recall_value(precision_recall_stats(y_true, y_pred, sample_weight, **options))
 
 
 # ---- F-beta -------------------------------------------------------------------------------
