@@ -282,6 +282,7 @@ Family = Literal["categorical", "sparse", "binary"]
 
 #: Every encoding: the spec resolves or converts whatever labels it is sent.
 ANY_LABELS: frozenset[Encoding] = frozenset(ENCODINGS)
+ANY_LABELS_NEED = "labels of any encoding"
 #: At least 2 classes: every encoding but a single sigmoid output.
 CLASSES: frozenset[Encoding] = ANY_LABELS - {"binary"}
 #: Class indices: integer labels, or one-hot rows (whose argmax is the index).
@@ -363,8 +364,8 @@ class MetricSpec:
     params: tuple[Param, ...]
     description: str
     _: KW_ONLY
-    accepts: frozenset[Encoding]
-    needs: str
+    accepts: frozenset[Encoding] = ANY_LABELS
+    needs: str = ANY_LABELS_NEED
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -478,52 +479,38 @@ METRICS: dict[str, MetricSpec] = {
             (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
             "Keras' Precision: true positives over predicted positives, every element a "
             "binary decision (integer labels stand for their one-hot form).",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "recall",
             (THRESHOLDS, TOP_K, CLASS_ID, SCORE_FROM_LOGITS),
             "Keras' Recall: true positives over actual positives, every element a binary decision.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "f1_score",
             (AVERAGE, F_THRESHOLD, SCORE_FROM_LOGITS),
             "Keras' F1Score: per class, or averaged (micro, macro, weighted).",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "fbeta_score",
             (AVERAGE, BETA, F_THRESHOLD, SCORE_FROM_LOGITS),
             "Keras' FBetaScore: F-score with recall weighted `beta` times precision.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "auc",
             (NUM_THRESHOLDS, CURVE, SUMMATION, MULTI_LABEL, SCORE_FROM_LOGITS),
             "Keras' AUC: the binned area under the ROC or precision-recall curve.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "expected_calibration_error",
             (N_BINS, NORM, SCORE_FROM_LOGITS),
             "torchmetrics' calibration error: the gap between confidence and accuracy over "
             "equal-width confidence bins.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "brier_score",
             (SCORE_FROM_LOGITS,),
             "scikit-learn's Brier score: the mean squared error of the probabilities "
             "(rows are not renormalized).",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         MetricSpec(
             "accuracy",
@@ -531,8 +518,6 @@ METRICS: dict[str, MetricSpec] = {
             "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
             "soft → categorical_accuracy, binary → binary_accuracy, multi-hot → "
             "subset_accuracy.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
     )
 }
@@ -552,8 +537,8 @@ class ReportSpec:
     params: tuple[Param, ...]
     description: str
     _: KW_ONLY
-    accepts: frozenset[Encoding]
-    needs: str
+    accepts: frozenset[Encoding] = ANY_LABELS
+    needs: str = ANY_LABELS_NEED
     class_pairs: bool = False
 
 
@@ -582,24 +567,18 @@ REPORTS: dict[str, ReportSpec] = {
             (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
             "Per class: support, precision, recall, F1 and mean loss, with macro, weighted "
             "and micro averages (scikit-learn's numbers).",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
         ReportSpec(
             "confusion_matrix",
             (REPORT_THRESHOLD, REPORT_FROM_LOGITS),
             "Rows are true classes, columns predicted (one 2x2 matrix per label for "
             "multi-hot batches).",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
             class_pairs=True,
         ),
         ReportSpec(
             "calibration",
             (N_BINS, REPORT_FROM_LOGITS),
             "Reliability bins (count, confidence, accuracy) with ECE, MCE and Brier score.",
-            accepts=ANY_LABELS,
-            needs="labels of any encoding",
         ),
     )
 }
