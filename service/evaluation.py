@@ -225,9 +225,10 @@ def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[En
         entries.append(Entry(key, name, params, here))
     if unknown:
         names = ", ".join(repr(name) for _, name in unknown)
+        kinds = "losses" if kind == "loss" else f"{kind}s"
         message = (
-            f"Unknown {kind}{'s' if len(unknown) > 1 else ''} {names} in `{loc[-1]}`: "
-            f"expected {kind}s among {sorted(known)}."
+            f"Unknown {kinds if len(unknown) > 1 else kind} {names} in `{loc[-1]}`: "
+            f"expected {kinds} among {sorted(known)}."
         )
         raise NotFound(message, [FieldError(where, message) for where, _ in unknown])
     return entries

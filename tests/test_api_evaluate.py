@@ -192,3 +192,14 @@ def test_a_report_over_the_class_limit_is_422(make_client: Any) -> None:
     r = client.post("/v1/evaluate", json=body)
     assert r.status_code == 422
     assert "LOSS_SERVICE_MAX_CONFUSION_CLASSES" in r.json()["detail"]
+
+
+def test_unknown_losses_are_one_404_naming_each_and_the_known_ones(client: Any) -> None:
+    body = {"y_true": [0, 1], "y_pred": [[0.7, 0.3], [0.2, 0.8]], "losses": ["nope", "nada"]}
+    r = client.post("/v1/evaluate", json=body)
+    assert r.status_code == 404
+    detail = r.json()["detail"]
+    assert detail.startswith("Unknown losses 'nope', 'nada' in `losses`: expected losses among ")
+    assert "sparse_categorical_crossentropy" in detail
+    one = client.post("/v1/evaluate", json={**body, "losses": ["nope"]}).json()["detail"]
+    assert one.startswith("Unknown loss 'nope' in `losses`: expected losses among ")
