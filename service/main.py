@@ -14,6 +14,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from service import __version__, diagnostics, registry
@@ -77,6 +78,22 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     return [FieldError(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path (the router's 405 names only
+    the first matching route's, though one path may have several routes)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """One format for every error, the framework's own included."""
 
@@ -91,7 +108,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             error = NotFound.at(("path",), f"No route {path}: see /docs for the API's paths.")
         elif exc.status_code == 405:
-            allowed = exc.headers.get("Allow", "") if exc.headers else ""
+            allowed = _allowed_methods(request)
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
             error = MethodNotAllowed.at(
                 ("method",),
                 f"{request.method} is not allowed on {path}: expected {allowed or 'another'}.",

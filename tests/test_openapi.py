@@ -20,6 +20,7 @@ OPERATION_IDS = {
     ("get", "/v1/losses"): "list_losses",
     ("get", "/v1/metrics"): "list_metrics",
     ("get", "/healthz"): "health",
+    ("head", "/healthz"): "health_head",
 }
 #: The streaming evaluations' operations.
 STREAMING_OPERATION_IDS = {

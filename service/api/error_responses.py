@@ -297,10 +297,8 @@ def document_errors(spec: dict[str, Any]) -> None:
         if path == "/v2" or path.startswith("/v2/"):
             continue  # the protocol's own error shape (service.api.routes.oip)
         methods = [m for m, op in item.items() if isinstance(op, dict) and "operationId" in op]
-        # What the service says: Starlette answers a 405 with the methods of the path's
-        # first route, and each method of a path here is a route of its own, in the order
-        # of the spec's path item.
-        allowed = methods[0].upper()
+        # What the service says: every method the path takes (service.main).
+        allowed = ", ".join(sorted(m.upper() for m in methods))
         for method in methods:
             operation = item[method]
             responses = operation.setdefault("responses", {})
