@@ -27,6 +27,7 @@ the spec (:func:`check_label_range` with ``ignore_class``, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,6 +110,13 @@ def _check_not_empty(name: str, a: NDArray[Any]) -> None:
 def _check_finite(name: str, a: NDArray[Any]) -> None:
     if a.dtype.kind != "f":
         return
+    # Any NaN or infinity makes the sum non-finite: one reduction (no temporary, no
+    # ndarray.any wrapper) for the usual finite batch; the exact search only when it is not
+    # (a finite sum can overflow: then the search finds nothing and nothing is raised).
+    with np.errstate(over="ignore"):  # finite values whose sum overflows: searched below
+        total = np.add.reduce(a, axis=None)
+    if math.isfinite(total):
+        return
     bad = ~np.isfinite(a)
     if bad.any():
         where = _first(bad)
@@ -122,6 +130,10 @@ def _check_finite(name: str, a: NDArray[Any]) -> None:
 def _check_fits_dtype(y_pred: NDArray[Any], rows: Floats, ax: int) -> None:
     """Finite predictions that overflow the computation's dtype (1e308 in float32) are
     refused, not computed as infinities."""
+    with np.errstate(over="ignore"):  # finite values whose sum overflows: searched below
+        total = np.add.reduce(rows, axis=None)
+    if math.isfinite(total):
+        return
     bad = ~np.isfinite(rows)
     if bad.any():
         flat = int(np.flatnonzero(bad.reshape(-1))[0])
@@ -340,16 +352,20 @@ def prepare(
     ax = _normalize_axis(axis, y_pred.ndim)
     family, y_true = _shape_class(y_true, y_pred, ax)
 
-    pred = np.moveaxis(y_pred, ax, -1)
+    pred = y_pred if ax == y_pred.ndim - 1 else np.moveaxis(y_pred, ax, -1)
     if pred.ndim == 1:
         # 1-D binary targets: one sample each, as if shaped (n, 1) (see the API contract)
         pred = pred[:, None]
     sample_shape = tuple(int(d) for d in pred.shape[:-1]) or (1,)
     n_classes = int(pred.shape[-1])
-    with np.errstate(over="ignore"):  # an overflow is refused just below, with its index
+    narrowed = pred.dtype.kind == "f" and pred.dtype.itemsize > np.dtype(dtype).itemsize
+    if narrowed:
+        with np.errstate(over="ignore"):  # an overflow is refused just below, with its index
+            rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
+    else:
         rows = pred.reshape(-1, n_classes).astype(dtype, copy=False)
     rows = np.ascontiguousarray(rows)
-    if rows.dtype.itemsize < pred.dtype.itemsize and pred.dtype.kind == "f":
+    if narrowed:
         _check_fits_dtype(y_pred, rows, ax)
 
     labels: Indices | None = None
@@ -362,7 +378,8 @@ def prepare(
         _check_unit_interval(
             y_true, "binary targets" if family == "binary" else "one-hot, multi-hot or soft targets"
         )
-        targets = np.moveaxis(y_true, ax, -1).reshape(-1, n_classes)
+        moved = y_true if ax == y_true.ndim - 1 else np.moveaxis(y_true, ax, -1)
+        targets = moved.reshape(-1, n_classes)
         dense = np.ascontiguousarray(targets)
         encoding = "binary" if family == "binary" else _dense_encoding(dense)
         if encoding == "one_hot":
@@ -387,6 +404,14 @@ def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
     labels = batch.labels
     if labels is None or batch.encoding != "sparse":
         return
+    # The usual case, every label in range, told by two reductions.
+    if (
+        ignore_class is None
+        and labels.size
+        and np.minimum.reduce(labels) >= 0
+        and np.maximum.reduce(labels) < batch.n_classes
+    ):
+        return
     bad = (labels < 0) | (labels >= batch.n_classes)
     if ignore_class is not None:
         bad &= labels != ignore_class
@@ -405,8 +430,11 @@ def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
 def check_probabilities(batch: Batch, *, binary: bool, loss: str) -> None:
     """With ``from_logits`` false, predictions must be able to be probabilities."""
     p = batch.y_pred
-    bad = (p < 0) | (p > 1) if binary else p < 0
-    if bad.any():
+    # Finite here (prepare refused the rest): the extremes tell whether any value is out.
+    if p.size and (
+        np.minimum.reduce(p, axis=None) < 0 or (binary and np.maximum.reduce(p, axis=None) > 1)
+    ):
+        bad = (p < 0) | (p > 1) if binary else p < 0
         row, col = _first(bad)
         expected = "in [0, 1]" if binary else "non-negative"
         raise invalid(

@@ -528,3 +528,14 @@ def test_the_overflow_index_is_in_the_callers_axis_order() -> None:
     with pytest.raises(InvalidInput) as refused:
         prepare(np.zeros((2, 4)), y_pred, axis=1)
     assert refused.value.errors[0].loc == ("y_pred", 1, 2, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_finite_values_whose_sum_overflows_are_accepted_without_a_warning(dtype: str) -> None:
+    # The finiteness checks sum the predictions first (a NaN or an infinity makes the sum
+    # non-finite); a sum that overflows on finite values must neither warn nor refuse.
+    big = float(np.finfo(dtype).max) / 2
+    y_pred = np.array([[big, big, big], [big, big, big]])
+    batch = prepare(np.array([0, 2]), y_pred, dtype=dtype)
+    assert batch.y_pred.dtype == np.dtype(dtype)
+    assert np.isfinite(batch.y_pred).all()
