@@ -171,10 +171,10 @@ def model_metadata(found: Model) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class InferRequest:
-    """An inference request, decoded: the body the loss or metric takes (its arrays and
-    parameters), the request's ``id``, and whether the output goes back in binary."""
+    """An inference request, decoded: the document the loss or metric takes (its arrays
+    and parameters), the request's ``id``, and whether the output goes back in binary."""
 
-    body: dict[str, Any]
+    document: dict[str, Any]
     id: str | None
     binary_output: bool
 

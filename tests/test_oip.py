@@ -129,9 +129,9 @@ def test_json_inputs_as_tritonclient_writes_them(datatype: str) -> None:
     body, header_length = triton_body({"y_true": Y_TRUE, "y_pred": y_pred})
     assert header_length is None
     decoded = decode(body)
-    assert decoded.body["y_pred"].dtype == dtype
-    np.testing.assert_array_equal(decoded.body["y_pred"], y_pred)
-    np.testing.assert_array_equal(decoded.body["y_true"], Y_TRUE)
+    assert decoded.document["y_pred"].dtype == dtype
+    np.testing.assert_array_equal(decoded.document["y_pred"], y_pred)
+    np.testing.assert_array_equal(decoded.document["y_true"], Y_TRUE)
 
 
 @pytest.mark.parametrize("datatype", list(oip.DATATYPES))
@@ -145,9 +145,9 @@ def test_binary_inputs_as_tritonclient_writes_them(datatype: str) -> None:
     assert header_length is not None
     decoded = decode(body, header_length)
     for name, expected in (("y_true", Y_TRUE), ("y_pred", y_pred), ("sample_weight", weights)):
-        assert decoded.body[name].dtype == expected.dtype
-        assert decoded.body[name].shape == expected.shape
-        np.testing.assert_array_equal(decoded.body[name], expected)
+        assert decoded.document[name].dtype == expected.dtype
+        assert decoded.document[name].shape == expected.shape
+        np.testing.assert_array_equal(decoded.document[name], expected)
 
 
 def test_binary_and_json_inputs_mixed() -> None:
@@ -156,8 +156,8 @@ def test_binary_and_json_inputs_mixed() -> None:
         binary={"y_pred": True},
     )
     decoded = decode(body, header_length)
-    np.testing.assert_array_equal(decoded.body["y_pred"], Y_PRED)
-    np.testing.assert_array_equal(decoded.body["sample_weight"], [3.0, 1.0])
+    np.testing.assert_array_equal(decoded.document["y_pred"], Y_PRED)
+    np.testing.assert_array_equal(decoded.document["sample_weight"], [3.0, 1.0])
 
 
 def test_aligned_binary_inputs_are_views_of_the_body() -> None:
@@ -175,9 +175,9 @@ def test_aligned_binary_inputs_are_views_of_the_body() -> None:
     body = bytearray(header + Y_TRUE.tobytes() + Y_PRED.tobytes())
     decoded = decode(body, len(header))
     whole = np.frombuffer(body, np.uint8)
-    assert np.shares_memory(decoded.body["y_true"], whole)
-    assert np.shares_memory(decoded.body["y_pred"], whole)
-    np.testing.assert_array_equal(decoded.body["y_pred"], Y_PRED)
+    assert np.shares_memory(decoded.document["y_true"], whole)
+    assert np.shares_memory(decoded.document["y_pred"], whole)
+    np.testing.assert_array_equal(decoded.document["y_pred"], Y_PRED)
 
 
 def test_misaligned_binary_inputs_are_copied_once_and_equal() -> None:
@@ -185,12 +185,12 @@ def test_misaligned_binary_inputs_are_copied_once_and_equal() -> None:
     assert header_length is not None
     padded = b" " + body  # the JSON may start with whitespace: every tensor moves one byte
     decoded = decode(padded, header_length + 1)
-    assert decoded.body["y_pred"].flags.aligned
-    np.testing.assert_array_equal(decoded.body["y_pred"], Y_PRED)
+    assert decoded.document["y_pred"].flags.aligned
+    np.testing.assert_array_equal(decoded.document["y_pred"], Y_PRED)
 
 
 def test_flat_and_nested_data_are_the_same_row_major_array() -> None:
-    flat = decode(request(BASIC)).body
+    flat = decode(request(BASIC)).document
     nested = decode(
         request(
             [
@@ -198,14 +198,14 @@ def test_flat_and_nested_data_are_the_same_row_major_array() -> None:
                 tensor("y_pred", [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]], [2, 3]),
             ]
         )
-    ).body
+    ).document
     for name in ("y_true", "y_pred"):
         np.testing.assert_array_equal(flat[name], nested[name])
         assert flat[name].shape == (2, 3)
 
 
 def test_fp32_json_numbers_are_read_as_float32() -> None:
-    decoded = decode(request(BASIC)).body
+    decoded = decode(request(BASIC)).document
     assert decoded["y_pred"].dtype == np.float32
     assert decoded["y_pred"][0, 0] == np.float32(0.05)
 
@@ -221,7 +221,7 @@ def test_parameters_go_to_the_body_and_protocol_ones_do_not() -> None:
         "binary_data_output": True,
     }
     decoded = decode(request(BASIC, parameters=parameters, id="req-7"))
-    assert {k: v for k, v in decoded.body.items() if not k.startswith("y_")} == {
+    assert {k: v for k, v in decoded.document.items() if not k.startswith("y_")} == {
         "from_logits": True,
         "label_smoothing": 0.1,
         "reduction": "none",
@@ -232,7 +232,7 @@ def test_parameters_go_to_the_body_and_protocol_ones_do_not() -> None:
 
 def test_tritonclient_parameters_reach_the_body() -> None:
     body, _ = triton_body({"y_true": Y_TRUE, "y_pred": Y_PRED}, parameters={"from_logits": True})
-    assert decode(body).body["from_logits"] is True
+    assert decode(body).document["from_logits"] is True
 
 
 @pytest.mark.parametrize(

@@ -91,12 +91,13 @@ ROUTES: Final[Mapping[str, Callable[[Mapping[str, str]], Operation]]] = {
 
 
 def decode(raw: RawBody, settings: Settings) -> Any:
-    """The request body as JSON values, with binary tensors already as NumPy views."""
+    """The request body decoded: its document, JSON values with binary tensors already as
+    NumPy views."""
     if raw.content_type == "binary":
         assert raw.header_length is not None
         return parse_binary(raw.data, raw.header_length, settings.max_elements)
     reservation = raw.reservation
-    body = parse_json_body(
+    document = parse_json_body(
         raw.data,
         general_max_bytes=settings.max_general_json_bytes,
         before_general=None if reservation is None else reservation.grow,
@@ -107,13 +108,13 @@ def decode(raw: RawBody, settings: Settings) -> Any:
         # parsed copies): its memory goes now, before the computation, not at the end.
         with suppress(BufferError):
             raw.data.clear()
-    return body
+    return document
 
 
-def _heads(body: Any) -> list[Any]:
-    if isinstance(body, dict) and isinstance(body.get("outputs"), dict):
-        return list(body["outputs"].values())
-    return [body]
+def _heads(document: Any) -> list[Any]:
+    if isinstance(document, dict) and isinstance(document.get("outputs"), dict):
+        return list(document["outputs"].values())
+    return [document]
 
 
 def _array_info(value: Any, max_elements: int) -> Iterator[ArrayInfo]:
@@ -131,10 +132,10 @@ def _array_info(value: Any, max_elements: int) -> Iterator[ArrayInfo]:
                 yield ArrayInfo(n, rows, np.dtype(dtype))
 
 
-def admit(raw: RawBody, body: Any, settings: Settings) -> None:
-    """Refuse a decoded body whose counts are over the limits (413), and reserve its
+def admit(raw: RawBody, document: Any, settings: Settings) -> None:
+    """Refuse a decoded document whose counts are over the limits (413), and reserve its
     working memory (413 over the per-request limit, 503 over the worker's budget)."""
-    heads = _heads(body)
+    heads = _heads(document)
     if len(heads) > settings.max_heads:
         raise PayloadTooLarge.at(
             ("outputs",),
@@ -193,11 +194,11 @@ def _elements(value: Any) -> int:
     return 1
 
 
-def work(body: Any) -> int:
+def work(document: Any) -> int:
     """The elements a decoded body's computation goes over: each head's array elements,
     once per loss, metric or report that the head names (at least once)."""
     total = 0
-    for head in _heads(body):
+    for head in _heads(document):
         if not isinstance(head, dict):
             continue
         elements = sum(_elements(head[name]) for name in ARRAY_FIELDS if name in head)
@@ -210,28 +211,28 @@ def work(body: Any) -> int:
     return total
 
 
-def _compute(body: Any, settings: Settings, operation: Operation) -> dict[str, Any]:
+def _compute(document: Any, settings: Settings, operation: Operation) -> dict[str, Any]:
     # A sum that overflows is refused by the operation's check of its results, not
     # reported as a warning of the process.
     with np.errstate(over="ignore", invalid="ignore"):
-        return operation(body, settings.max_elements)
+        return operation(document, settings.max_elements)
 
 
 def _run(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
     """Decode, admit and compute (in the thread pool, for a body too big for the loop)."""
-    body = decode(raw, settings)
-    admit(raw, body, settings)
-    return _compute(body, settings, operation)
+    document = decode(raw, settings)
+    admit(raw, document, settings)
+    return _compute(document, settings, operation)
 
 
 async def _place(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
     limit = settings.inline_max_elements
     if len(raw.data) <= limit * INLINE_BYTES_PER_ELEMENT:
-        body = decode(raw, settings)
-        admit(raw, body, settings)
-        if work(body) <= limit:
-            return _compute(body, settings, operation)
-        return await anyio.to_thread.run_sync(_compute, body, settings, operation)
+        document = decode(raw, settings)
+        admit(raw, document, settings)
+        if work(document) <= limit:
+            return _compute(document, settings, operation)
+        return await anyio.to_thread.run_sync(_compute, document, settings, operation)
     return await anyio.to_thread.run_sync(_run, raw, settings, operation)
 
 

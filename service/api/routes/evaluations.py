@@ -160,8 +160,8 @@ async def _json_body(request: Request) -> Any:
 )
 async def create_evaluation(request: Request) -> Response:
     """Create a streaming evaluation: evaluate's settings, no arrays; batches follow."""
-    body = await _json_body(request)
-    config, metadata = parse_settings(body)
+    document = await _json_body(request)
+    config, metadata = parse_settings(document)
     store = _store(request)
     owner = _owner(request)
 
@@ -230,9 +230,9 @@ async def put_batch(request: Request, evaluation_id: EvaluationId, batch_id: Bat
             setup = store.get_setup(owner, evaluation_id)
             if setup is None:
                 raise _not_found(evaluation_id)
-            body = decode(raw, settings)
-            admit(raw, body, settings)
-            outcome = evaluate_batch(setup.config, body, setup.facts, settings.max_elements)
+            document = decode(raw, settings)
+            admit(raw, document, settings)
+            outcome = evaluate_batch(setup.config, document, setup.facts, settings.max_elements)
             result = store.put_batch(
                 owner,
                 evaluation_id,

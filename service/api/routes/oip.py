@@ -373,11 +373,11 @@ def _run(found: oip.Model, raw: RawBody, settings: Settings) -> tuple[bytes, int
         # The arrays are copies of the JSON's numbers: the text's memory goes now.
         with suppress(BufferError):
             raw.data.clear()
-    admit(raw, infer.body, settings)
+    admit(raw, infer.document, settings)
     compute = evaluation.loss if found.kind == "loss" else evaluation.metric
     # A sum that overflows is refused by the computation's check of its results.
     with np.errstate(over="ignore", invalid="ignore"):
-        result = compute(found.name, infer.body, settings.max_elements)
+        result = compute(found.name, infer.document, settings.max_elements)
     content, header_length = oip.encode_response(found, result, infer)
     return content, header_length, [w["code"] for w in result["warnings"]]
 

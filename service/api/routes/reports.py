@@ -179,11 +179,11 @@ async def batch_page(request: Request) -> Response:
     try:
 
         def build() -> str:
-            body = decode(raw, settings)
-            admit(raw, body, settings)
-            if not isinstance(body, dict):
+            document = decode(raw, settings)
+            admit(raw, document, settings)
+            if not isinstance(document, dict):
                 raise invalid(("body",), "The request body must be a JSON object.")
-            arrays, options = _split(body)
+            arrays, options = _split(document)
             config, _ = parse_settings(options)
             outcome = evaluate_batch(config, arrays, None, settings.max_elements)
             evaluation = results(config, outcome.facts, outcome.stats, {})
