@@ -355,21 +355,11 @@ ACCEPTS: dict[str, set[str]] = {
     "top_k_categorical_accuracy": {"sparse", "one_hot", "soft", "multi_hot"},
     "sparse_top_k_categorical_accuracy": {"sparse", "one_hot"},
     "subset_accuracy": {"binary", "one_hot", "multi_hot"},
+    # The rest (precision to brier_score, accuracy, every report) take any encoding.
     **{
         name: set(encodings.ENCODINGS)
-        for name in (
-            "precision",
-            "recall",
-            "f1_score",
-            "fbeta_score",
-            "auc",
-            "expected_calibration_error",
-            "brier_score",
-            "accuracy",
-            "per_class",
-            "confusion_matrix",
-            "calibration",
-        )
+        for name in (*registry.METRICS, *registry.REPORTS)
+        if not name.endswith("_accuracy")
     },
 }
 SPECS: dict[str, registry.Spec] = {**registry.LOSSES, **registry.METRICS, **registry.REPORTS}

@@ -113,7 +113,8 @@ def for_each_block(n_rows: int, n_cols: int, work: Callable[[slice], None]) -> N
     if n_rows * n_cols < PARALLEL_MIN_ELEMENTS and n_rows * max(1, n_cols) <= BLOCK_ELEMENTS:
         # One block, on this thread (every small request): no block list, no thread count.
         if n_rows:
-            _run_alone(work, slice(0, n_rows))
+            with _buffers():
+                work(slice(0, n_rows))
         return
     configured = threads()
     n_threads = configured if n_rows * n_cols >= PARALLEL_MIN_ELEMENTS else 1
@@ -182,20 +183,6 @@ def _give_back(lent: Buffers, reused: bool) -> None:
     with _idle_lock:
         if len(_idle) < threads() + 1:
             _idle.append(lent)
-
-
-def _run_alone(work: Callable[[slice], None], rows: slice) -> None:
-    """``work(rows)`` on the calling thread, with a buffer set lent for it."""
-    lent = _lend()
-    reused = lent is not None
-    if lent is None:
-        lent = {}
-    _local.buffers = lent
-    try:
-        work(rows)
-    finally:
-        _local.buffers = None
-        _give_back(lent, reused)
 
 
 @contextmanager
