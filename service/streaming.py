@@ -210,16 +210,38 @@ def _differs(head: str, stored: Mapping[str, Any], found: Mapping[str, Any]) -> 
     return None
 
 
-def _hash_update(digest: Any, name: str, array: NDArray[Any]) -> None:
-    contiguous = np.ascontiguousarray(array)
-    digest.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
-    digest.update(contiguous.reshape(-1).view(np.uint8).data)
+class _Digest:
+    """SHA-256 over each head's arrays as computed, in the order of the heads. A head of
+    ``BACKGROUND_HASH_BYTES`` or more, and every head after it, is hashed on the hashing
+    thread while the caller goes on evaluating; :meth:`close` waits for it."""
 
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._pending: Future[None] | None = None
 
-def _hash_head(digest: Any, head: str, arrays: list[tuple[str, NDArray[Any]]]) -> None:
-    digest.update(f"head:{head};".encode())
-    for name, array in arrays:
-        _hash_update(digest, name, array)
+    def add(self, head: str, arrays: list[tuple[str, NDArray[Any]]]) -> None:
+        if self._pending is not None or sum(a.nbytes for _, a in arrays) >= BACKGROUND_HASH_BYTES:
+            self._pending = _HASHER.submit(self._hash, head, arrays)
+        else:
+            self._hash(head, arrays)
+
+    def _hash(self, head: str, arrays: list[tuple[str, NDArray[Any]]]) -> None:
+        self._sha.update(f"head:{head};".encode())
+        for name, array in arrays:
+            contiguous = np.ascontiguousarray(array)
+            self._sha.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
+            self._sha.update(contiguous.reshape(-1).view(np.uint8).data)
+
+    def close(self) -> None:
+        """Wait for the hashing thread (never leave it the arrays past the request)."""
+        if self._pending is not None:
+            wait([self._pending])
+
+    def digest(self) -> bytes:
+        self.close()
+        if self._pending is not None:
+            self._pending.result()
+        return self._sha.digest()
 
 
 def evaluate_batch(
@@ -235,13 +257,12 @@ def evaluate_batch(
     indices or targets), so the same batch sent as JSON lists, typed arrays or binary
     tensors is the same batch."""
     plans = _plans(config)
-    digest = hashlib.sha256()
+    digest = _Digest()
     stats: dict[str, NDArray[Any]] = {}
     head_facts: dict[str, Any] = {}
     responses: dict[str, dict[str, Any]] = {}
     codes: list[str] = []
     differences: list[str] = []
-    hashing: Future[None] | None = None
     try:
         for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
             plan = plans[head]
@@ -264,11 +285,7 @@ def evaluate_batch(
                 arrays = [("y_pred", batch.y_pred), ("y_true", labels)]
                 if batch.sample_weight is not None:
                     arrays.append(("sample_weight", batch.sample_weight))
-                if hashing is not None or sum(a.nbytes for _, a in arrays) >= BACKGROUND_HASH_BYTES:
-                    # Later heads follow on the same thread, so the digest sees heads in order.
-                    hashing = _HASHER.submit(_hash_head, digest, head, arrays)
-                else:
-                    _hash_head(digest, head, arrays)
+                digest.add(head, arrays)
                 result = evaluate_head(
                     plan, inputs, None if stored is None else _entries_from_facts(stored)
                 )
@@ -286,11 +303,7 @@ def evaluate_batch(
             responses[head] = response
             codes += [w["code"] for w in response["warnings"]]
     finally:
-        if hashing is not None:
-            # Never leave the arrays to the hashing thread past the request.
-            wait([hashing])
-    if hashing is not None:
-        hashing.result()
+        digest.close()
     if differences:
         message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
         raise InvalidInput(message, [FieldError(("y_true",), message)])

@@ -172,9 +172,7 @@ class FixedSum:
             self.lo, self.limbs = other.lo, other.limbs.copy()
             return
         if self.limbs.shape[1] <= SMALL:
-            pairs = zip(self._ints(), other._ints(), strict=True)
-            total = FixedSum._from_ints(self.shape, [a + b for a, b in pairs])
-            self.lo, self.limbs = total.lo, total.limbs
+            self.add_all([other])
             return
         lo = min(self.lo, other.lo)
         # One limb more than either top: room for the carry out of the top limbs.
@@ -410,9 +408,6 @@ class ExactTotals:
 
     def add_all(self, others: Sequence[ExactTotals]) -> None:
         """Add several batches' totals, exactly (as :meth:`add` one by one)."""
-        if len(others) == 1:
-            self.add(others[0])
-            return
         sums: dict[str, list[FixedSum]] = {}
         for other in others:
             for name, total in other.sums.items():

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
@@ -474,9 +474,9 @@ class Store:
             put.facts is not None and current.facts is not None and current.facts != put.facts
         ):
             # A batch it accepted is still answered as first stored.
-            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
-            if known is not None:
-                return _replay(known, put.content_hash)
+            replay = _replay_of(connection, key, put)
+            if replay is not None:
+                return replay
             outcome = PutOutcome.CLOSED if closed else PutOutcome.MISMATCH
             return PutResult(outcome, None, current)
 
@@ -494,9 +494,9 @@ class Store:
         insert = _INSERT_BATCH[connection.dialect.name]
         if connection.execute(insert, batch).first() is None:
             # The batch id is known (the unique key says so): nothing was written.
-            known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
-            assert known is not None, "a batch that conflicts is stored"
-            return _replay(known, put.content_hash)
+            replay = _replay_of(connection, key, put)
+            assert replay is not None, "a batch that conflicts is stored"
+            return replay
         counts = dict(current.warnings)
         for code in put.codes:
             counts[code] = counts.get(code, 0) + 1
@@ -657,9 +657,14 @@ def _batch(row: Mapping[Any, Any]) -> BatchRow:
     )
 
 
-def _replay(known: Row[Any], content_hash: bytes) -> PutResult:
+def _replay_of(connection: Connection, key: dict[str, str], put: _Put) -> PutResult | None:
+    """The answer to ``put`` as a replay (or conflict) of the batch stored under its id,
+    or ``None`` if there is none."""
+    known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
+    if known is None:
+        return None
     mapping = known._mapping
     batch = _batch({c.key: mapping[f"b_{c.key}"] for c in _BATCH_COLUMNS})
-    same = secrets.compare_digest(batch.content_hash, bytes(content_hash))
+    same = secrets.compare_digest(batch.content_hash, put.content_hash)
     outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
     return PutResult(outcome, batch, _evaluation(mapping))
