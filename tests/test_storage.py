@@ -440,14 +440,8 @@ def test_threads_sharing_a_store_count_every_batch_once(store: Store) -> None:
 @contextlib.contextmanager
 def commit_running(store: Store) -> Iterator[None]:
     """As if a commit ran until the block ends: puts made meanwhile queue for the next."""
-    with store._turn:
-        store._committing = True
-    try:
+    with store._commit_lock:
         yield
-    finally:
-        with store._turn:
-            store._committing = False
-            store._turn.notify_all()
 
 
 def _queued_puts(

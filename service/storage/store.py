@@ -11,37 +11,40 @@ keys). Another owner's evaluation behaves exactly as if it did not exist.
 
 Concurrency of :meth:`Store.put_batch`: every put takes the evaluation's row
 lock (``SELECT ... FOR UPDATE`` on PostgreSQL; the database's write lock, taken
-by ``BEGIN IMMEDIATE``, on SQLite), inserts the batch (``ON CONFLICT DO
-NOTHING`` on the unique ``(evaluation, batch_id)``: when nothing is inserted
-the id is known, and the stored batch is read back as the answer to a replay)
-and updates the running totals and counts in the same transaction. So of many
-concurrent puts of one batch id exactly one creates it, and no update of the
-totals is lost. Replays are rare (retries), so they take the lock too rather
-than cost every new batch a read transaction of its own.
+by ``BEGIN IMMEDIATE``, on SQLite). Under that lock it reads which of its batch
+ids are stored already (every writer of an evaluation's batches holds its lock, so
+nobody adds one meanwhile; the unique ``(evaluation, batch_id)`` would refuse it),
+inserts the new batches and updates the running totals and counts in the same
+transaction. So of many concurrent puts of one batch id exactly one creates it, the
+others read it back as a replay (or a conflict), and no update of the totals is
+lost.
 
-Group commits: puts that arrive while a transaction is being committed wait,
-and the next transaction stores all of them (up to ``max_group``), each
-evaluation's row locked, read and updated once; one commit (one fsync) then
-acknowledges every one of them. No put is answered before the commit that
-stored it.
+Group commits: puts are committed by the store's commit thread. While it commits,
+new puts queue; its next transaction stores all of them (up to ``max_group``), each
+evaluation's row locked, read and updated once, its new batches inserted by one
+statement; one commit (one fsync) then acknowledges every one of them. No put is
+answered before the commit that stored it. :meth:`Store.submit_batch` hands a put to
+that thread and returns a future (an event loop awaits it without a thread of its
+own); :meth:`Store.put_batch` waits for it.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import secrets
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
 from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
@@ -79,23 +82,18 @@ _MINE = and_(
     evaluations.c.id == bindparam("key_id"),
     evaluations.c.owner == bindparam("key_owner"),
 )
-_KNOWN_BATCH = (
-    select(*(c.label(f"b_{c.key}") for c in _BATCH_COLUMNS), *_EVALUATION_COLUMNS)
-    .join_from(evaluations, batches, batches.c.evaluation_pk == evaluations.c.pk)
-    .where(_MINE, batches.c.batch_id == bindparam("key_batch_id"))
-)
 _LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
 _UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
 #: What a put changes of its evaluation's row, besides the totals.
 _CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
-# INSERT ... ON CONFLICT (evaluation_pk, batch_id) DO NOTHING RETURNING seq: a row comes
-# back only when the batch was inserted.
-_INSERT_BATCH = {
-    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(batches)
-    .on_conflict_do_nothing(index_elements=["evaluation_pk", "batch_id"])
-    .returning(batches.c.seq)
-    for dialect in (postgresql, sqlite)
-}
+#: The batches of an evaluation (parameter "row_pk") stored under some ids ("batch_ids").
+_STORED_BATCHES = select(*_BATCH_COLUMNS).where(
+    batches.c.evaluation_pk == bindparam("row_pk"),
+    batches.c.batch_id.in_(bindparam("batch_ids", expanding=True)),
+)
+# With RETURNING, SQLAlchemy sends a group's rows as one multi-row INSERT ("insertmanyvalues"),
+# one statement instead of one per row.
+_INSERT_BATCHES = insert(batches).returning(batches.c.seq)
 
 
 def utc_now() -> datetime:
@@ -128,10 +126,14 @@ class Store:
         self._setups: OrderedDict[tuple[str, str], Setup] = OrderedDict()
         self._setups_lock = threading.Lock()
         self._setup_cache = setup_cache
-        # Puts waiting for a commit; whether one is running (see _group_commit).
-        self._queue: list[_Put] = []
-        self._turn = threading.Condition()
-        self._committing = False
+        # Puts waiting for the commit thread (see submit_batch), which holds _commit_lock
+        # while it commits a group.
+        self._queue: deque[_Put] = deque()
+        self._wake = threading.Condition()
+        self._commit_lock = threading.Lock()
+        self._committer: threading.Thread | None = None
+        self._committer_pid = 0
+        self._disposed = False
         self._max_group = max_group
 
     @classmethod
@@ -165,7 +167,14 @@ class Store:
         return cls(engine, clock=clock, setup_cache=setup_cache, max_group=max_group)
 
     def dispose(self) -> None:
-        """Close the engine's pooled connections."""
+        """Commit the puts already handed over, stop the commit thread and close the
+        engine's pooled connections. Puts handed over after this are refused."""
+        with self._wake:
+            self._disposed = True
+            committer = self._committer
+            self._wake.notify_all()
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
         self.engine.dispose()
 
     # -- evaluations ----------------------------------------------------------------
@@ -210,12 +219,10 @@ class Store:
         read of its own. An evaluation deleted since (by any process) is found out by
         :meth:`put_batch`, which checks under the lock and answers ``NOT_FOUND``.
         """
+        known = self.known_setup(owner, evaluation_id)
+        if known is not None:
+            return known
         key = (_owner(owner), evaluation_id)
-        with self._setups_lock:
-            known = self._setups.get(key)
-            if known is not None:
-                self._setups.move_to_end(key)
-                return known
         row = self.get_evaluation(owner, evaluation_id)
         if row is None:
             return None
@@ -226,6 +233,16 @@ class Store:
                 while len(self._setups) > self._setup_cache:
                     self._setups.popitem(last=False)
         return setup
+
+    def known_setup(self, owner: str | None, evaluation_id: str) -> Setup | None:
+        """:meth:`get_setup` if this store keeps the evaluation's setup in memory, else
+        ``None`` (without asking the database: an event loop may call this)."""
+        key = (_owner(owner), evaluation_id)
+        with self._setups_lock:
+            known = self._setups.get(key)
+            if known is not None:
+                self._setups.move_to_end(key)
+            return known
 
     def _forget(self, owner: str | None, evaluation_id: str) -> None:
         with self._setups_lock:
@@ -352,7 +369,36 @@ class Store:
         and boolean ones as int64 counts (see :mod:`service.storage.exact`);
         each name keeps its shape and kind from batch to batch.
         """
-        _owner(owner)  # checked here, in the caller's thread
+        return self.submit_batch(
+            owner,
+            evaluation_id,
+            batch_id,
+            content_hash,
+            stats,
+            answer,
+            n_samples,
+            facts=facts,
+            warnings=warnings,
+        ).result()
+
+    def submit_batch(
+        self,
+        owner: str | None,
+        evaluation_id: str,
+        batch_id: str,
+        content_hash: bytes,
+        stats: Mapping[str, ArrayLike],
+        answer: Mapping[str, Any],
+        n_samples: int,
+        *,
+        facts: Mapping[str, Any] | None = None,
+        warnings: Iterable[str] = (),
+    ) -> Future[PutResult]:
+        """:meth:`put_batch` without waiting: the put goes to the commit thread, and the
+        future is done once the transaction that stores it is committed, or has failed
+        (then every put in it gets the error; a batch is idempotent, its caller sends it
+        again). Invalid arguments raise here, in the caller's thread."""
+        _owner(owner)
         if BATCH_ID.fullmatch(batch_id) is None:
             raise ValueError(
                 f"a batch id is 1–128 characters of A-Z a-z 0-9 . _ : -; received {batch_id!r}"
@@ -376,43 +422,43 @@ class Store:
             None if facts is None else _json(facts, "facts"),
             sorted(set(warnings)),
         )
-        return self._group_commit(put)
-
-    def _group_commit(self, put: _Put) -> PutResult:
-        """Run ``put`` in a transaction with the puts queued beside it, and answer it once
-        that transaction is committed.
-
-        While a commit runs, new puts wait in the queue; when it ends, one of the
-        waiting callers takes up to ``max_group`` queued puts (its own among them) and
-        runs them in one transaction, in the order of their evaluations' keys (so that
-        processes sharing a database lock rows in one order). One commit, one fsync,
-        for all of them; no put is answered before that commit, and if it fails, each
-        of them gets the error (a batch is idempotent: the caller sends it again).
-        """
-        with self._turn:
+        with self._wake:
+            if self._disposed:
+                raise RuntimeError("the store is disposed: it stores no more batches")
             self._queue.append(put)
+            pid = os.getpid()
+            if self._committer is None or self._committer_pid != pid:
+                # The first put of this process (a forked child has no commit thread).
+                self._committer = threading.Thread(
+                    target=self._commit_queued, name="loss-service-commit", daemon=True
+                )
+                self._committer_pid = pid
+                self._committer.start()
+            self._wake.notify()
+        return put.future
+
+    def _commit_queued(self) -> None:
+        """The commit thread: take up to ``max_group`` queued puts, store them in one
+        transaction, answer them; again, until the store is disposed and the queue is
+        empty."""
         while True:
-            with self._turn:
-                while self._committing and not put.done:
-                    self._turn.wait()
-                if put.done:
-                    break
-                # Nobody is committing and this put is still queued: commit the queue.
-                self._committing = True
-                group = self._queue[: self._max_group]
-                del self._queue[: self._max_group]
-            try:
+            with self._wake:
+                while not self._queue and not self._disposed:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+            with self._commit_lock:
+                with self._wake:
+                    group = [
+                        self._queue.popleft() for _ in range(min(self._max_group, len(self._queue)))
+                    ]
                 self._commit(group)
-            finally:
-                with self._turn:
-                    self._committing = False
-                    self._turn.notify_all()
-        if put.error is not None:
-            raise put.error
-        assert put.result is not None
-        return put.result
 
     def _commit(self, group: list[_Put]) -> None:
+        """One transaction for ``group``, its puts in the order of their evaluations' keys
+        (so that processes sharing a database lock rows in one order); each put's future
+        gets its result once committed, or the error."""
+
         def evaluation_key(put: _Put) -> tuple[str, str]:
             return _owner(put.owner), put.evaluation_id
 
@@ -425,36 +471,39 @@ class Store:
                     for result in self._put_in(connection, list(puts))
                 ]
         except BaseException as error:
+            # Whatever this group met, the commit thread goes on with the next one.
             for put in ordered:
-                put.error = error
-                put.done = True
-            if not isinstance(error, Exception):
-                raise
+                put.future.set_exception(error)
             return
         for put, result in zip(ordered, results, strict=True):
-            put.result = result
-            put.done = True
+            put.future.set_result(result)
 
     def _put_in(self, connection: Connection, puts: list[_Put]) -> list[PutResult]:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`put_batch`), each answered as if they had come one after the other: the
-        evaluation's row is locked and read once, and its totals and counts written
-        once."""
+        evaluation's row is locked and read once, the batches stored under the group's
+        ids read in one statement, the new ones inserted in one, and the evaluation's
+        totals and counts written once."""
         first = puts[0]
-        key = _key(first.owner, first.evaluation_id)
-        row = connection.execute(_LOCK_EVALUATION, key).first()
+        row = connection.execute(_LOCK_EVALUATION, _key(first.owner, first.evaluation_id)).first()
         if row is None:
             self._forget(first.owner, first.evaluation_id)
             return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
         state = dict(row._mapping)
         del state["totals"]
-        results = [self._put_one(connection, put, key, state) for put in puts]
-        created = [
-            put.totals
-            for put, result in zip(puts, results, strict=True)
-            if result.outcome is PutOutcome.CREATED
-        ]
-        if created:
+        stored = {
+            known.batch_id: dict(known._mapping)
+            for known in connection.execute(
+                _STORED_BATCHES,
+                {"row_pk": row.pk, "batch_ids": sorted({put.batch_id for put in puts})},
+            )
+        }
+        new: list[dict[str, Any]] = []
+        created: list[ExactTotals] = []
+        results = [self._put_one(put, state, stored, new, created) for put in puts]
+        if new:
+            inserted = connection.execute(_INSERT_BATCHES, new).scalars().all()
+            assert len(inserted) == len(new)
             totals = decode_totals(row.totals)
             totals.add_all(created)
             changes = {k: state[k] for k in _CHANGED}
@@ -465,23 +514,30 @@ class Store:
         return results
 
     def _put_one(
-        self, connection: Connection, put: _Put, key: dict[str, str], state: dict[str, Any]
+        self,
+        put: _Put,
+        state: dict[str, Any],
+        stored: dict[str, dict[str, Any]],
+        new: list[dict[str, Any]],
+        created: list[ExactTotals],
     ) -> PutResult:
-        """One put against the evaluation as ``state`` holds it, which it updates."""
+        """One put against the evaluation as ``state`` holds it and the batches ``stored``
+        under the group's ids; a new batch joins ``new`` (its row), ``created`` (its
+        totals) and ``stored``, and updates ``state``."""
         current = _evaluation(state)
-        closed = current.status == "closed"
-        if closed or (
-            put.facts is not None and current.facts is not None and current.facts != put.facts
-        ):
-            # A batch it accepted is still answered as first stored.
-            replay = _replay_of(connection, key, put)
-            if replay is not None:
-                return replay
-            outcome = PutOutcome.CLOSED if closed else PutOutcome.MISMATCH
-            return PutResult(outcome, None, current)
-
+        known = stored.get(put.batch_id)
+        if known is not None:
+            # A batch it accepted is answered as first stored, closed evaluation or not.
+            batch = _batch({**known, "stats": None})
+            same = secrets.compare_digest(batch.content_hash, put.content_hash)
+            outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
+            return PutResult(outcome, batch, current)
+        if current.status == "closed":
+            return PutResult(PutOutcome.CLOSED, None, current)
+        if put.facts is not None and current.facts is not None and current.facts != put.facts:
+            return PutResult(PutOutcome.MISMATCH, None, current)
         now = self._clock()
-        batch = {
+        batch_row = {
             "evaluation_pk": state["pk"],
             "seq": current.n_batches + 1,
             "batch_id": put.batch_id,
@@ -491,12 +547,9 @@ class Store:
             "answer": put.answer,
             "stats": put.stats_blob,
         }
-        insert = _INSERT_BATCH[connection.dialect.name]
-        if connection.execute(insert, batch).first() is None:
-            # The batch id is known (the unique key says so): nothing was written.
-            replay = _replay_of(connection, key, put)
-            assert replay is not None, "a batch that conflicts is stored"
-            return replay
+        new.append(batch_row)
+        created.append(put.totals)
+        stored[put.batch_id] = batch_row
         counts = dict(current.warnings)
         for code in put.codes:
             counts[code] = counts.get(code, 0) + 1
@@ -507,7 +560,9 @@ class Store:
             warnings=counts,
             facts=current.facts if current.facts is not None else put.facts,
         )
-        return PutResult(PutOutcome.CREATED, _batch({**batch, "stats": None}), _evaluation(state))
+        return PutResult(
+            PutOutcome.CREATED, _batch({**batch_row, "stats": None}), _evaluation(state)
+        )
 
     def list_batches(
         self,
@@ -594,9 +649,7 @@ class _Put:
     answer: dict[str, Any]
     facts: dict[str, Any] | None
     codes: list[str]
-    done: bool = False
-    result: PutResult | None = None
-    error: BaseException | None = None
+    future: Future[PutResult] = field(default_factory=Future)
 
 
 def _owner(owner: str | None) -> str:
@@ -655,16 +708,3 @@ def _batch(row: Mapping[Any, Any]) -> BatchRow:
         answer=row["answer"],
         stats=None if stats is None else decode_arrays(stats),
     )
-
-
-def _replay_of(connection: Connection, key: dict[str, str], put: _Put) -> PutResult | None:
-    """The answer to ``put`` as a replay (or conflict) of the batch stored under its id,
-    or ``None`` if there is none."""
-    known = connection.execute(_KNOWN_BATCH, {**key, "key_batch_id": put.batch_id}).first()
-    if known is None:
-        return None
-    mapping = known._mapping
-    batch = _batch({c.key: mapping[f"b_{c.key}"] for c in _BATCH_COLUMNS})
-    same = secrets.compare_digest(batch.content_hash, put.content_hash)
-    outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
-    return PutResult(outcome, batch, _evaluation(mapping))
