@@ -292,7 +292,7 @@ def operation_json_error(responses: dict[str, Any]) -> dict[str, Any]:
 def _install_infrastructure(app: FastAPI, settings: Settings) -> None:
     """``/metrics`` and the ``Operations`` middleware (request id, CORS if
     ``cors_origins``, API keys if ``api_keys``, access log, metrics, and the direct path
-    of the compute routes), told what they label."""
+    of the compute routes and of a batch's ``PUT``), told what they label."""
     # Imported here: the metrics' storage is chosen when prometheus_client is first
     # imported, which must follow the command line's PROMETHEUS_MULTIPROC_DIR.
     from service.api import compute
@@ -318,8 +318,11 @@ def _install_infrastructure(app: FastAPI, settings: Settings) -> None:
         api_keys=[key.get_secret_value() for key in settings.api_keys],
         cors_origins=settings.cors_origins,
         direct={
-            template: partial(compute.serve, operation_of)
-            for template, operation_of in compute.ROUTES.items()
+            **{
+                ("POST", template): partial(compute.serve, operation_of)
+                for template, operation_of in compute.ROUTES.items()
+            },
+            ("PUT", evaluations.BATCH_PATH): evaluations.serve_put,
         },
     )
 

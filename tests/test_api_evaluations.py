@@ -312,3 +312,67 @@ def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:
     fresh = _create(client)  # creating (or listing) looks for expired evaluations
     assert client.get(f"/v1/evaluations/{old}").status_code == 404
     assert client.get(f"/v1/evaluations/{fresh}").status_code == 200
+
+
+def _puts(client: SyncClient) -> list[tuple[int, str, str | None]]:
+    """A PUT of every kind against a fresh evaluation (new, replay, conflict, a big batch
+    computed in the thread pool, bad ids and bodies, unknown and closed evaluations): each
+    answer's status, body (the evaluation's id written as EID) and content type."""
+    eid = _create(client)
+    batches = f"/v1/evaluations/{eid}/batches"
+    big = np.random.default_rng(5).dirichlet(np.ones(C), 3000).astype(np.float32)
+    requests: list[tuple[str, dict[str, Any]]] = [
+        (f"{batches}/a", {"json": _batch(slice(0, 4))}),
+        (f"{batches}/a", {"json": _batch(slice(0, 4))}),
+        (f"{batches}/a", {"json": _batch(slice(0, 5))}),
+        (f"{batches}/big", {"json": {"y_true": [1] * 3000, "y_pred": big.tolist()}}),
+        (f"{batches}/not%20an%20id", {"json": _batch(slice(0, 4))}),
+        (f"{batches}/{'b' * 129}", {"json": _batch(slice(0, 4))}),
+        (f"/v1/evaluations/{'e' * 65}/batches/a", {"json": _batch(slice(0, 4))}),
+        ("/v1/evaluations/nosuchevaluation/batches/a", {"json": _batch(slice(0, 4))}),
+        (f"{batches}/c", {"content": b"{}", "headers": {"content-type": "text/plain"}}),
+        (f"{batches}/c", {"content": b"{", "headers": {"content-type": "application/json"}}),
+        (f"{batches}/c", {"json": {"y_true": [0, 1], "y_pred": [[0.5, 0.5], [0.2, 0.8]]}}),
+        (f"{eid}/close", {}),
+        (f"{batches}/d", {"json": _batch(slice(4, 8))}),
+        (f"{batches}/a", {"json": _batch(slice(0, 4))}),
+    ]
+    answers = []
+    for url, options in requests:
+        if url.endswith("/close"):
+            assert client.post(f"/v1/evaluations/{url}").status_code == 200
+            continue
+        r = client.put(url, **options)
+        answers.append((r.status_code, r.text.replace(eid, "EID"), r.headers.get("content-type")))
+    return answers
+
+
+def test_a_put_is_answered_directly_as_its_route_answers(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.routes import evaluations
+
+    serve_put = evaluations.serve_put
+    served = declined = 0
+
+    async def counted(*args: Any) -> bool:
+        nonlocal served
+        served += 1
+        return await serve_put(*args)
+
+    async def decline(*args: Any) -> bool:
+        nonlocal declined
+        declined += 1
+        return False
+
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluations, "serve_put", counted)
+        direct = _puts(api())
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluations, "serve_put", decline)
+        routed = _puts(api())
+    # Every PUT reached the direct path; the route answered those it declined (ids too long).
+    assert (served, declined) == (13, 13)
+    statuses = [status for status, _, _ in direct]
+    assert statuses == [201, 200, 409, 201, 422, 422, 422, 404, 415, 400, 422, 409, 200]
+    assert direct == routed

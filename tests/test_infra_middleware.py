@@ -166,10 +166,10 @@ def _answers(direct: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[list[httpx.
     served = 0
     serve = compute.serve
 
-    async def counted(*args: Any) -> None:
+    async def counted(*args: Any) -> bool:
         nonlocal served
         served += 1
-        await serve(*args)
+        return await serve(*args)
 
     with monkeypatch.context() as patched:
         patched.setattr(compute, "serve", counted)

@@ -26,11 +26,11 @@ limits, budget and answers, without the framework's routing and dependency solvi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio.to_thread
 import numpy as np
@@ -48,6 +48,8 @@ from service.settings import Settings
 from service.wire import ARRAY_FIELDS, DTYPES
 
 Operation = Callable[[Any, int], dict[str, Any]]
+#: What an operation on a decoded document gives back.
+T = TypeVar("T")
 
 _HEADS_ENV = "LOSS_SERVICE_MAX_HEADS"
 _ENTRIES_ENV = "LOSS_SERVICE_MAX_ENTRIES"
@@ -211,21 +213,21 @@ def work(document: Any) -> int:
     return total
 
 
-def _compute(document: Any, settings: Settings, operation: Operation) -> dict[str, Any]:
+def _compute(document: Any, settings: Settings, operation: Callable[[Any, int], T]) -> T:
     # A sum that overflows is refused by the operation's check of its results, not
     # reported as a warning of the process.
     with np.errstate(over="ignore", invalid="ignore"):
         return operation(document, settings.max_elements)
 
 
-def _run(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+def _run(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -> T:
     """Decode, admit and compute (in the thread pool, for a body too big for the loop)."""
     document = decode(raw, settings)
     admit(raw, document, settings)
     return _compute(document, settings, operation)
 
 
-async def _place(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+async def _place(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -> T:
     limit = settings.inline_max_elements
     if len(raw.data) <= limit * INLINE_BYTES_PER_ELEMENT:
         document = decode(raw, settings)
@@ -236,7 +238,7 @@ async def _place(raw: RawBody, settings: Settings, operation: Operation) -> dict
     return await anyio.to_thread.run_sync(_run, raw, settings, operation)
 
 
-async def compute(raw: RawBody, settings: Settings, operation: Operation) -> dict[str, Any]:
+async def compute(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -> T:
     """Decode, admit and compute a body that passed the intake: on the event loop when it
     is small (setting ``inline_max_elements``), else in the thread pool. The body's
     reservation is released when done."""
@@ -284,20 +286,15 @@ def _handler(app: Any, error: ServiceError) -> Callable[[Request, Exception], An
     return None
 
 
-async def serve(
-    operation_of: Callable[[Mapping[str, str]], Operation],
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    params: Mapping[str, str],
+async def answer(
+    respond: Callable[[Request], Awaitable[Response]], scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Answer a compute request (one of :data:`ROUTES`, ``params`` its path parameters)
-    as its route does, straight from the ASGI scope: the same intake, limits, memory
-    budget and answers, errors through the application's own handlers; without the
-    framework's routing, dependency solving and exception middleware."""
+    """Answer a request straight from the ASGI scope with ``respond``'s response, its
+    errors through the application's own handlers (a direct path: without the
+    framework's routing, dependency solving and exception middleware)."""
     request = Request(scope, receive, send)
     try:
-        response = await respond(request, operation_of(params))
+        response = await respond(request)
     except ServiceError as error:
         handler = _handler(scope.get("app"), error)
         if handler is None:
@@ -307,3 +304,21 @@ async def serve(
         # future: dropped now, the body's memory goes now, not at the next full collection.
         error.__traceback__ = None
     await response(scope, receive, send)
+
+
+async def serve(
+    operation_of: Callable[[Mapping[str, str]], Operation],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    params: Mapping[str, str],
+) -> bool:
+    """Answer a compute request (one of :data:`ROUTES`, ``params`` its path parameters)
+    as its route does, straight from the ASGI scope (see :func:`answer`): the same
+    intake, limits, memory budget and answers. Always answers (``True``)."""
+
+    async def respond_to(request: Request) -> Response:
+        return await respond(request, operation_of(params))
+
+    await answer(respond_to, scope, receive, send)
+    return True

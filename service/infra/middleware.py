@@ -70,8 +70,9 @@ def _client(scope: Scope) -> str | None:
 
 
 #: A route answered straight by the middleware: ``handler(scope, receive, send, params)``,
-#: ``params`` being the request's path parameters.
-DirectHandler = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[None]]
+#: ``params`` being the request's path parameters. It answers and gives ``True``, or gives
+#: ``False`` having received and sent nothing: the application answers instead.
+DirectHandler = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[bool]]
 
 #: Where the route of the request being served is kept in its scope (template, params).
 _ROUTE_KEY: Final = "loss_service.route"
@@ -79,7 +80,7 @@ _ROUTE_KEY: Final = "loss_service.route"
 
 class Operations:
     """Pure ASGI middleware: request id, CORS, API keys, metrics and access log; and the
-    direct path of the ``POST`` routes named in ``direct``."""
+    direct path of the routes named in ``direct``, by method and path template."""
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class Operations:
         *,
         api_keys: Sequence[str] = (),
         cors_origins: Sequence[str] = (),
-        direct: Mapping[str, DirectHandler] | None = None,
+        direct: Mapping[tuple[str, str], DirectHandler] | None = None,
     ) -> None:
         self.app = app
         self.routes = RouteTemplates()
@@ -119,14 +120,13 @@ class Operations:
         await app(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The direct path of a ``POST`` to one of the ``direct`` routes, else the app."""
-        if scope["type"] == "http" and scope.get("method") == "POST" and not _wants_html(scope):
+        """The direct path of a request to one of the ``direct`` routes, else the app."""
+        if scope["type"] == "http" and not _wants_html(scope):
             template, params = scope.get(_ROUTE_KEY) or self.routes.resolve(
                 scope.get("app"), route_path(scope)
             )
-            handler = self._direct.get(template)
-            if handler is not None:
-                await handler(scope, receive, send, params)
+            handler = self._direct.get((scope.get("method", ""), template))
+            if handler is not None and await handler(scope, receive, send, params):
                 return
         await self.app(scope, receive, send)
 

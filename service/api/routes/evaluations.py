@@ -13,19 +13,23 @@ does not exist (404), and lists show only one's own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 from prometheus_client import Counter
+from starlette.types import Receive, Scope, Send
 
 from service.api import schemas
 from service.api.body import read_body
-from service.api.compute import admit, decode
+from service.api.compute import answer, compute, decode
 from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
 from service.api.responses import json_response
@@ -38,7 +42,7 @@ from service.errors import (
     invalid,
 )
 from service.settings import Settings
-from service.storage import EvaluationRow, PutOutcome, Store
+from service.storage import EvaluationRow, PutOutcome, PutResult, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
 from service.streaming import evaluate_batch, parse_settings, results
 
@@ -206,8 +210,14 @@ def _batch_id(batch_id: str) -> None:
         )
 
 
+#: The path of a batch, as the router and the direct path (:func:`serve_put`) name it.
+BATCH_PATH = "/v1/evaluations/{evaluation_id}/batches/{batch_id}"
+_EVALUATION_ID_MAX = 64
+_BATCH_ID_MAX = 128
+
+
 @router.put(
-    "/{evaluation_id}/batches/{batch_id}",
+    BATCH_PATH.removeprefix(router.prefix),
     operation_id="put_batch",
     response_model=None,
     responses={
@@ -219,37 +229,61 @@ def _batch_id(batch_id: str) -> None:
 )
 async def put_batch(request: Request, evaluation_id: EvaluationId, batch_id: BatchId) -> Response:
     """Send one batch (any encoding): 201 once stored, 200 for a replay, 409 otherwise."""
+    return await _put(request, evaluation_id, batch_id)
+
+
+async def serve_put(scope: Scope, receive: Receive, send: Send, params: Mapping[str, str]) -> bool:
+    """``PUT`` of a batch straight from the ASGI scope (the middleware's direct path),
+    answered as :func:`put_batch` answers it; path parameters over their length are left
+    to the route (``False``), whose validation words the 422."""
+    evaluation_id, batch_id = params["evaluation_id"], params["batch_id"]
+    if len(evaluation_id) > _EVALUATION_ID_MAX or len(batch_id) > _BATCH_ID_MAX:
+        return False
+
+    async def respond(request: Request) -> Response:
+        return await _put(request, evaluation_id, batch_id)
+
+    await answer(respond, scope, receive, send)
+    return True
+
+
+async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
+    """Evaluate the batch where its size says (on the event loop when small, as
+    ``POST /v1/evaluate`` does), then wait for the store's commit of it."""
     _batch_id(batch_id)
     store = _store(request)
     owner = _owner(request)
     settings: Settings = request.app.state.settings
     raw = await read_body(request)
     try:
-
-        def put() -> Response:
-            setup = store.get_setup(owner, evaluation_id)
-            if setup is None:
-                raise _not_found(evaluation_id)
-            document = decode(raw, settings)
-            admit(raw, document, settings)
-            outcome = evaluate_batch(setup.config, document, setup.facts, settings.max_elements)
-            result = store.put_batch(
-                owner,
-                evaluation_id,
-                batch_id,
-                outcome.content_hash,
-                outcome.stats,
-                {"batch_id": batch_id, **outcome.answer},
-                outcome.n_samples,
-                facts=outcome.facts if setup.facts is None else setup.facts,
-                warnings=outcome.warning_codes,
-            )
-            BATCHES.labels(result.outcome.value).inc()
-            return _put_answer(result, evaluation_id, batch_id)
-
-        return await anyio.to_thread.run_sync(put)
-    finally:
+        setup = store.known_setup(owner, evaluation_id)
+        if setup is None:
+            setup = await anyio.to_thread.run_sync(store.get_setup, owner, evaluation_id)
+    except BaseException:
         raw.release()
+        raise
+    if setup is None:
+        raw.release()
+        raise _not_found(evaluation_id)
+    known = setup
+
+    def evaluate_and_submit(document: Any, max_elements: int) -> Future[PutResult]:
+        outcome = evaluate_batch(known.config, document, known.facts, max_elements)
+        return store.submit_batch(
+            owner,
+            evaluation_id,
+            batch_id,
+            outcome.content_hash,
+            outcome.stats,
+            {"batch_id": batch_id, **outcome.answer},
+            outcome.n_samples,
+            facts=outcome.facts if known.facts is None else known.facts,
+            warnings=outcome.warning_codes,
+        )
+
+    result = await asyncio.wrap_future(await compute(raw, settings, evaluate_and_submit))
+    BATCHES.labels(result.outcome.value).inc()
+    return _put_answer(result, evaluation_id, batch_id)
 
 
 def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
