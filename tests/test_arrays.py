@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.arrays import parse_binary, parse_json, to_array
+from service.arrays import (
+    BLOCKWISE_MIN_BYTES,
+    DECODE_BLOCK_BYTES,
+    parse_binary,
+    parse_json,
+    to_array,
+)
 from service.errors import InvalidInput, MalformedRequest, PayloadTooLarge
 from service.json_body import GENERAL_PARSE_FACTOR, parse_json_body
 
@@ -96,6 +102,65 @@ def test_bool_bytes_must_be_0_or_1() -> None:
     raw = {"dtype": "bool", "shape": [2], "data": base64.b64encode(b"\x00\x07").decode()}
     with pytest.raises(InvalidInput, match="0 or 1"):
         to_array(raw, ("y_true",), LIMIT)
+
+
+#: A float32 typed array large enough to be decoded a block at a time, over several blocks.
+BIG = np.random.default_rng(7).standard_normal(BLOCKWISE_MIN_BYTES // 4 + 12345).astype(np.float32)
+#: Base64 characters per block of the block-wise decoder.
+BLOCK_CHARS = DECODE_BLOCK_BYTES // 3 * 4
+
+
+@pytest.mark.parametrize("kind", [str, bytes, memoryview])
+def test_large_typed_arrays_decode_block_wise_as_whole(kind: type) -> None:
+    text = typed(BIG)["data"]
+    assert isinstance(text, str) and len(text) > 3 * BLOCK_CHARS
+    data = text if kind is str else kind(text.encode())
+    a = to_array(typed(BIG) | {"data": data}, ("y_pred",), LIMIT)
+    assert a.dtype == np.float32 and a.flags.aligned and a.flags.writeable
+    np.testing.assert_array_equal(a, BIG)
+
+
+def _spliced(text: str, at: int, quantum: str) -> str:
+    return text[:at] + quantum + text[at + len(quantum) :]
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        0,  # the first block
+        BLOCK_CHARS - 4,  # the last quantum of a block that is not the last
+        BLOCK_CHARS,  # the first quantum of the second block
+        5 * BLOCK_CHARS + 400,
+        -8,  # the last block, before its end
+    ],
+)
+@pytest.mark.parametrize("quantum", ["QQ==", "QUJ=", "QU!D", "QU\\D", "QUé"])
+def test_large_typed_arrays_refuse_what_whole_decoding_refuses(at: int, quantum: str) -> None:
+    """Padding before the end, a character outside the alphabet: block by block as whole,
+    wherever it falls (at block boundaries too)."""
+    text = typed(BIG)["data"]
+    assert isinstance(text, str)
+    bad = _spliced(text, at % len(text), quantum)
+    assert len(bad) == len(text)
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        to_array(typed(BIG) | {"data": bad}, ("y_pred",), LIMIT)
+    with pytest.raises(InvalidInput, match="not valid base64"):
+        to_array(typed(BIG) | {"data": bad.encode()}, ("y_pred",), LIMIT)
+
+
+def test_large_typed_arrays_of_the_wrong_size_say_their_size() -> None:
+    short = typed(BIG[:-1]) | {"shape": list(BIG.shape)}
+    with pytest.raises(InvalidInput, match=rf"holds {BIG.nbytes - 4} bytes.*need {BIG.nbytes}"):
+        to_array(short, ("y_pred",), LIMIT)
+
+
+def test_large_bool_typed_arrays_hold_0_or_1() -> None:
+    flags = np.zeros(BLOCKWISE_MIN_BYTES + 5, np.uint8)
+    np.testing.assert_array_equal(to_array(typed(flags.astype(bool)), ("y_true",), 1 << 30), False)
+    flags[-1] = 2
+    raw = typed(flags) | {"dtype": "bool"}
+    with pytest.raises(InvalidInput, match="0 or 1"):
+        to_array(raw, ("y_true",), 1 << 30)
 
 
 def test_nan_tokens_are_malformed_json() -> None:
