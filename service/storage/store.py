@@ -44,7 +44,17 @@ from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    TextClause,
+    and_,
+    bindparam,
+    delete,
+    select,
+    text,
+    update,
+)
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
 from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
@@ -82,18 +92,50 @@ _MINE = and_(
     evaluations.c.id == bindparam("key_id"),
     evaluations.c.owner == bindparam("key_owner"),
 )
-_LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
 _UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
 #: What a put changes of its evaluation's row, besides the totals.
 _CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
+_LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
 #: The batches of an evaluation (parameter "row_pk") stored under some ids ("batch_ids").
+#: A statement of its own, after the lock: on PostgreSQL a statement sees what was
+#: committed before it began, and a put that waited for the lock must see the batches of
+#: the transaction it waited for.
 _STORED_BATCHES = select(*_BATCH_COLUMNS).where(
     batches.c.evaluation_pk == bindparam("row_pk"),
     batches.c.batch_id.in_(bindparam("batch_ids", expanding=True)),
 )
-# With RETURNING, SQLAlchemy sends a group's rows as one multi-row INSERT ("insertmanyvalues"),
-# one statement instead of one per row.
-_INSERT_BATCHES = insert(batches).returning(batches.c.seq)
+#: Rows a multi-row INSERT takes (8 columns: far under SQLite's and PostgreSQL's limits on
+#: bound parameters).
+_INSERT_ROWS = 500
+#: Multi-row INSERTs of batches by their number of rows, built once each: as text with
+#: typed parameters, which SQLAlchemy compiles once (an ``insert().values([...])`` of many
+#: rows is compiled anew at every execution, ~0.1 ms a row).
+_INSERTS: dict[int, TextClause] = {}
+
+
+def _insert_batches(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """``rows`` inserted by one statement each ``_INSERT_ROWS`` of them (a multi-row VALUES)."""
+    for start in range(0, len(rows), _INSERT_ROWS):
+        chunk = rows[start : start + _INSERT_ROWS]
+        statement = _INSERTS.get(len(chunk))
+        if statement is None:
+            columns = list(batches.c)
+            values = ", ".join(
+                "(" + ", ".join(f":{c.key}_{n}" for c in columns) + ")" for n in range(len(chunk))
+            )
+            statement = _INSERTS[len(chunk)] = text(
+                f"INSERT INTO {batches.name} ({', '.join(c.key for c in columns)}) VALUES {values}"
+            ).bindparams(
+                *(
+                    bindparam(f"{c.key}_{n}", type_=c.type)
+                    for n in range(len(chunk))
+                    for c in columns
+                )
+            )
+        connection.execute(
+            statement,
+            {f"{key}_{n}": value for n, row in enumerate(chunk) for key, value in row.items()},
+        )
 
 
 def utc_now() -> datetime:
@@ -482,8 +524,9 @@ class Store:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
-        ids read in one statement, the new ones inserted in one, and the evaluation's
-        totals and counts written once."""
+        ids read by one statement, the new ones inserted by one, and the evaluation's
+        totals and counts written by one. Few statements matter: each gives the
+        interpreter lock away while the database works, and waits to get it back."""
         first = puts[0]
         row = connection.execute(_LOCK_EVALUATION, _key(first.owner, first.evaluation_id)).first()
         if row is None:
@@ -502,8 +545,7 @@ class Store:
         created: list[ExactTotals] = []
         results = [self._put_one(put, state, stored, new, created) for put in puts]
         if new:
-            inserted = connection.execute(_INSERT_BATCHES, new).scalars().all()
-            assert len(inserted) == len(new)
+            _insert_batches(connection, new)
             totals = decode_totals(row.totals)
             totals.add_all(created)
             changes = {k: state[k] for k in _CHANGED}
