@@ -641,3 +641,26 @@ def _batch_row(number: int, stats: dict[str, np.ndarray]) -> dict[str, object]:
         "answer": answer_of(batch_id),
         "stats": encode_arrays(stats),
     }
+
+
+def test_a_group_larger_than_one_insert_is_inserted_in_parts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.storage import store as module
+
+    monkeypatch.setattr(module, "_INSERT_ROWS", 3)
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    commits: list[int] = []
+    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    with commit_running(store):
+        threads, results = _queued_puts(store, [(evaluation.id, f"p-{n}", 0) for n in range(7)])
+    for thread in threads:
+        thread.join()
+    assert len(commits) == 1
+    assert all(
+        isinstance(r, PutResult) and r.outcome is PutOutcome.CREATED for r in results.values()
+    )
+    page = store.list_batches(OWNER, evaluation.id, limit=10)
+    assert page is not None
+    assert sorted(b.batch_id for b in page.items) == [f"p-{n}" for n in range(7)]
+    assert [b.seq for b in page.items] == list(range(1, 8))
