@@ -86,11 +86,14 @@ def parse_json_body(
     if len(data) < min(region_min, text_min):
         # No region fits in a body that short.
         return parse_json(data)
+    scan = data.scan if isinstance(data, ScannedBody) else None
+    if scan is not None and not scan.covers(data):
+        scan = None
     try:
-        regions = _regions(data, region_min, text_min)
+        regions = _regions(data, region_min, text_min, scan)
         if not regions:
             raise _Fallback("it holds no array large enough for the streaming reader")
-        return _assemble(data, regions, block_bytes, general_max_bytes, before_general)
+        return _assemble(data, regions, block_bytes, general_max_bytes, before_general, scan)
     except _Fallback as reason:
         why = str(reason)
     except (ValueError, TypeError, RuntimeError, KeyError, IndexError):
@@ -170,8 +173,82 @@ def _escaped_at(data: bytes | bytearray, quote: int) -> bool:
     return (quote - start) % 2 == 1
 
 
+class BodyScan:
+    """What :func:`parse_json_body` first looks for in a body, found while it arrives:
+    ``service.api.body`` feeds it each chunk as it stores it, on bytes still in the cache
+    and while the next chunk is on its way, not after the whole body is there.
+
+    It finds the quotes that open and close the body's strings as :func:`_walk_strings`
+    does (while they are at most ``most_strings``), and whether the body is all ASCII and
+    holds a backslash.
+    """
+
+    __slots__ = ("_at", "_found", "_most", "_open", "ascii", "backslash", "fed")
+
+    def __init__(self, most_strings: int = _WALK_MIN_STRINGS) -> None:
+        self.fed = 0
+        self.ascii = True
+        self.backslash = False
+        self._most = most_strings
+        self._found: list[int] | None = []
+        self._at = 0
+        self._open = -1
+
+    def feed(self, data: bytearray, chunk: bytes) -> None:
+        """``chunk`` has just been stored at the end of ``data``'s first ``fed + len(chunk)``
+        bytes (all bytes before it were fed)."""
+        self.fed += len(chunk)
+        self.ascii = self.ascii and chunk.isascii()
+        self.backslash = self.backslash or b"\\" in chunk
+        found = self._found
+        if found is None:
+            return
+        find, stop, at = data.find, self.fed, self._at
+        while True:
+            if self._open == -1:
+                opening = find(b'"', at, stop)
+                if opening == -1:
+                    break
+                if len(found) >= 2 * self._most:
+                    self._found = None
+                    return
+                self._open, at = opening, opening + 1
+            end = find(b'"', at, stop)
+            if end == -1:
+                break
+            at = end + 1
+            # The bytes before an escaped quote arrived with it or before it.
+            if data[end - 1] != _BACKSLASH or not _escaped_at(data, end):
+                found += (self._open, end)
+                self._open = -1
+        self._at = stop
+
+    def covers(self, data: bytes | bytearray) -> bool:
+        """Whether every byte of ``data`` was fed."""
+        return self.fed == len(data)
+
+    def quotes(self) -> NDArray[np.int64] | None:
+        """The positions of the quotes that open and close the body's strings, as
+        :func:`_walk_strings` gives them; None past ``most_strings`` strings."""
+        if self._found is None:
+            return None
+        if self._open != -1:
+            raise _Fallback("a string is not terminated")
+        return np.array(self._found, np.int64)
+
+
+class ScannedBody(bytearray):
+    """A body and its :class:`BodyScan` (when the scan was fed every byte of it)."""
+
+    __slots__ = ("scan",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scan: BodyScan | None = None
+
+
 def _tokens(
-    data: bytes | bytearray, text_min: int = 0
+    data: bytes | bytearray, text_min: int = 0, scan: BodyScan | None = None
 ) -> tuple[NDArray[np.int64], NDArray[np.uint8], NDArray[np.int64]]:
     """Positions and bytes of the brackets and braces outside strings and of the quotes
     that open strings; and the positions of every quote.
@@ -179,8 +256,11 @@ def _tokens(
     When the body has few strings (fewer than one per ``_WALK_BYTES_PER_STRING`` bytes),
     they are found by :func:`_walk_strings` and only the bytes outside strings of at least
     ``text_min`` bytes are scanned for brackets: a typed array's text is never scanned.
+    A ``scan`` that found the strings as the body arrived spares finding them again.
     """
-    quotes = _walk_strings(data, max(_WALK_MIN_STRINGS, len(data) // _WALK_BYTES_PER_STRING))
+    quotes = scan.quotes() if scan is not None else None
+    if quotes is None:
+        quotes = _walk_strings(data, max(_WALK_MIN_STRINGS, len(data) // _WALK_BYTES_PER_STRING))
     if quotes is None:
         return _scanned_tokens(data)
     view = np.frombuffer(data, np.uint8)
@@ -259,11 +339,13 @@ def _escaped(
     return escaped
 
 
-def _regions(data: bytes | bytearray, region_min: int, text_min: int) -> list[_Region | _Text]:
+def _regions(
+    data: bytes | bytearray, region_min: int, text_min: int, scan: BodyScan | None = None
+) -> list[_Region | _Text]:
     """In body order, the strings of at least ``text_min`` bytes and the arrays of at
     least ``region_min`` bytes; such an array holds only numbers and arrays: a maximal
     run of bracket tokens that forms one balanced array."""
-    pos, kind, quotes = _tokens(data, text_min)
+    pos, kind, quotes = _tokens(data, text_min, scan)
     # Lengths are filtered vectorised first: a body of many small strings and arrays (a
     # hundred thousand heads) makes no Python object per string or array.
     opening, closing = quotes[::2], quotes[1::2]
@@ -289,6 +371,7 @@ def _assemble(
     block_bytes: int,
     rest_max_bytes: int | None = None,
     before_general: Callable[[int], None] | None = None,
+    scan: BodyScan | None = None,
 ) -> Any:
     """The body with each region parsed to an array (or copied), the rest by orjson
     (at most ``rest_max_bytes`` of it: the general parser's limit holds for it too, and
@@ -317,10 +400,14 @@ def _assemble(
     if isinstance(body.get("outputs"), dict):
         objects += [head for head in body["outputs"].values() if isinstance(head, dict)]
     prefix = f"\0{nonce}:"
-    # One pass over an ASCII body makes every typed array's text a view of it.
-    ascii_body = any(isinstance(r, _Text) for r in regions) and data.isascii()
+    # One pass over an ASCII body (or the scan's, made as it arrived) makes every typed
+    # array's text a view of it; a body without a backslash needs no look for escapes.
+    texts = any(isinstance(r, _Text) for r in regions)
+    ascii_body = texts and (scan.ascii if scan is not None else data.isascii())
+    escapes = scan is None or scan.backslash
     placed = sum(
-        _place(obj, data, regions, prefix, parser, block_bytes, ascii_body) for obj in objects
+        _place(obj, data, regions, prefix, parser, block_bytes, ascii_body, escapes)
+        for obj in objects
     )
     if placed != len(regions):
         # A region somewhere else: rare enough for the general parser.
@@ -343,6 +430,7 @@ def _place(
     parser: Any,
     block_bytes: int,
     ascii_body: bool,
+    escapes: bool = True,
 ) -> int:
     """Fills the placeholders of ``obj``'s array fields; returns how many it filled."""
     placed = 0
@@ -355,19 +443,19 @@ def _place(
         elif isinstance(value, dict) and isinstance(
             text := _placed(value.get("data"), regions, prefix), _Text
         ):
-            value["data"] = _base64_text(data, text, ascii_body)
+            value["data"] = _base64_text(data, text, ascii_body, escapes)
             placed += 1
     return placed
 
 
 def _base64_text(
-    data: bytes | bytearray, text: _Text, ascii_body: bool
+    data: bytes | bytearray, text: _Text, ascii_body: bool, escapes: bool = True
 ) -> bytes | memoryview | BodyText:
     """A typed array's ``data`` text, as it is in the body when the body is ASCII (a
     view: nothing copied; in a bytearray, the request's own, a :class:`BodyText`, which
     :func:`from_typed` decodes in place), or copied once."""
     start, stop = text.start + 1, text.end
-    if data.find(b"\\", start, stop) != -1:
+    if escapes and data.find(b"\\", start, stop) != -1:
         # Escapes need unescaping: the general parser's job.
         raise _Fallback("a typed array's `data` is not plain base64 text")
     if ascii_body:

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from service.api.body import PRESIZE_MIN_BYTES, read_body
+from service.json_body import ScannedBody, _walk_strings
 from service.settings import Settings
 
 
@@ -94,3 +95,45 @@ def test_a_large_declared_length_keeps_exactly_what_came(declared: int, sent: in
     assert isinstance(raw.data, bytearray)
     assert len(raw.data) == sent
     assert raw.data == body
+
+
+def _large_json(nbytes: int) -> bytes:
+    text = b"A" * (nbytes - 40)
+    return b'{"y_true": [0], "note": "\\"", "y": "' + text + b'"}'
+
+
+def test_a_large_json_body_is_scanned_as_it_arrives() -> None:
+    body = _large_json(PRESIZE_MIN_BYTES + 100)
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    request = _request(chunks, len(body))
+    request.app.state.settings = Settings(max_body_bytes=16 << 20)
+    raw = asyncio.run(read_body(request))
+    assert isinstance(raw.data, ScannedBody) and raw.data == body
+    scan = raw.data.scan
+    assert scan is not None and scan.covers(raw.data)
+    assert scan.ascii and scan.backslash
+    quotes = scan.quotes()
+    assert quotes is not None
+    np.testing.assert_array_equal(quotes, _walk_strings(body, 256))
+
+
+@pytest.mark.parametrize("declared", [None, PRESIZE_MIN_BYTES - 1])
+def test_small_or_chunked_json_bodies_are_not_scanned(declared: int | None) -> None:
+    body = _large_json(PRESIZE_MIN_BYTES - 1)
+    request = _request([body[:100], body[100:]], declared)
+    request.app.state.settings = Settings(max_body_bytes=16 << 20)
+    raw = asyncio.run(read_body(request))
+    assert type(raw.data) is bytearray and raw.data == body
+
+
+def test_binary_bodies_are_not_scanned() -> None:
+    body = b'{"y": 1}' + bytes(PRESIZE_MIN_BYTES)
+    request = _request([body], len(body))
+    request.scope["headers"] = [
+        (b"content-type", b"application/octet-stream"),
+        (b"content-length", str(len(body)).encode()),
+        (b"inference-header-content-length", b"8"),
+    ]
+    request.app.state.settings = Settings(max_body_bytes=16 << 20)
+    raw = asyncio.run(read_body(request))
+    assert type(raw.data) is bytearray and raw.data == body

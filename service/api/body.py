@@ -42,6 +42,7 @@ from starlette.types import Receive
 
 from service import errors
 from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, _glibc_call, mib
+from service.json_body import BodyScan, ScannedBody
 from service.settings import Settings
 from service.wire import BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER, JSON_MEDIA_TYPE
 
@@ -182,9 +183,9 @@ PRESIZE_MIN_BYTES: Final = 4 * 1024 * 1024
 _PAGE: Final = mmap.PAGESIZE
 
 
-def _presized(nbytes: int) -> bytearray | None:
-    """A bytearray of ``nbytes`` uninitialised bytes whose pages the system provides only
-    as they are written, in huge pages where it can; None where that cannot be had.
+def _presized(buffer: bytearray, nbytes: int) -> bool:
+    """Make the empty ``buffer`` ``nbytes`` uninitialised bytes long, whose pages the
+    system provides only as they are written, in huge pages where it can; whether it could.
 
     The allocator maps a buffer this large afresh for each request (setting
     ``malloc_mmap_threshold``) and the system faults its pages in one by one as the body
@@ -194,13 +195,12 @@ def _presized(nbytes: int) -> bytearray | None:
     """
     resize = getattr(getattr(ctypes, "pythonapi", None), "PyByteArray_Resize", None)
     if resize is None:
-        return None
+        return False
     resize.argtypes = (ctypes.py_object, ctypes.c_ssize_t)
-    buffer = bytearray()
     try:
         resize(buffer, nbytes)
     except MemoryError:
-        return None
+        return False
     madvise = _glibc_call("madvise")
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if madvise is not None and advice is not None:
@@ -213,7 +213,7 @@ def _presized(nbytes: int) -> bytearray | None:
         if stop > start:
             madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
             madvise(start, stop - start, advice)
-    return buffer
+    return True
 
 
 class _StallWatch:
@@ -258,10 +258,12 @@ async def _read(
     stall_seconds: float,
     min_rate: int,
     declared: int | None = None,
+    scan: BodyScan | None = None,
 ) -> bytearray:
     """The body, read once into one buffer that holds only the bytes that arrived: of the
     ``declared`` size from the start for a large body (its pages taken as they are
-    written, :func:`_presized`), else grown chunk by chunk.
+    written, :func:`_presized`), else grown chunk by chunk. A ``scan`` is fed each chunk
+    as it is stored, and comes with the body (a :class:`ScannedBody`).
 
     Refused as soon as it passes ``limit`` bytes (413), or when no byte arrives for
     ``stall_seconds``, or when it is still arriving ``stall_seconds`` after it started at
@@ -269,11 +271,9 @@ async def _read(
     holds (a chunked body, or more than declared) are reserved as they come (503 if the
     budget cannot hold them).
     """
-    buffer = None
+    buffer = bytearray() if scan is None else ScannedBody()
     if declared is not None and PRESIZE_MIN_BYTES <= declared <= limit:
-        buffer = _presized(declared)
-    if buffer is None:
-        buffer = bytearray()
+        _presized(buffer, declared)
     # Bytes of the buffer that arrived; past them, a presized buffer is not written yet.
     received = 0
     watch = _StallWatch(stall_seconds)
@@ -305,9 +305,13 @@ async def _read(
                     del buffer[received:]
                     buffer += chunk
                 received = count
+                if scan is not None:
+                    scan.feed(buffer, chunk)
             if not message.get("more_body", False):
                 # Fewer than declared: the buffer keeps what came.
                 del buffer[received:]
+                if isinstance(buffer, ScannedBody):
+                    buffer.scan = scan
                 return buffer
             elapsed = now - started
             if elapsed > stall_seconds and received < min_rate * elapsed:
@@ -387,13 +391,17 @@ async def read_body_as(request: Request, content_type: Literal["json", "binary"]
     # them); memory itself is committed only as bytes arrive.
     reservation = budget_of(request).reserve(declared[0] if declared else 0)
     try:
+        # A large JSON body is scanned as it arrives, for the parse that follows.
+        size = None if declared is None else declared[0]
+        scanned = content_type == "json" and size is not None and size >= PRESIZE_MIN_BYTES
         data = await _read(
             request.receive,
             limit,
             reservation,
             settings.body_timeout,
             settings.min_body_rate,
-            None if declared is None else declared[0],
+            size,
+            BodyScan() if scanned else None,
         )
         if not data:
             raise errors.MalformedRequest.at(
