@@ -5,6 +5,8 @@ text from the positions of its brackets, braces and quotes, reads the arrays a b
 rows at a time with simdjson straight into float64 buffers, and leaves the rest of the
 body to orjson (:func:`service.arrays.parse_json`). Anything it cannot vouch for goes
 to the general parser whole, or is refused when that would cost too much memory.
+A large body's strings are found while it arrives (:class:`BodyScan`, fed by
+``service.api.body``), so that the parse starts from them.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def parse_json_body(
     before_general: Callable[[int], None] | None = None,
 ) -> Any:
     """A JSON request body, with its big numeric arrays already as float64 NumPy arrays
-    and the base64 text of its big typed arrays as bytes.
+    and the base64 text of its big typed arrays as bytes or in place in the body.
 
     The general parser (:func:`parse_json`, orjson) holds every number of a nested
     list as a Python float, several times the text's size, and peaks at twice a long

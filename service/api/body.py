@@ -25,6 +25,11 @@ of the body is read; a body without one (chunked) is counted while it arrives an
 answered with a 413 as soon as it passes the limit. Such early answers reach a
 client that is still sending only with ``service.api.drain.DrainRequestBody``
 wrapping the app.
+
+A body that declares 4 MiB or more is read into one buffer of that size, in huge pages
+where the system has them; a JSON one is scanned for its strings as its chunks arrive
+(:class:`service.json_body.BodyScan`), and comes as a ``ScannedBody`` that carries
+the scan to the parse.
 """
 
 from __future__ import annotations
