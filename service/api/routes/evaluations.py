@@ -13,7 +13,6 @@ does not exist (404), and lists show only one's own.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import threading
 import time
@@ -33,6 +32,7 @@ from service.api.compute import answer, compute, decode
 from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
 from service.api.responses import json_response
+from service.api.waiting import completion
 from service.errors import (
     Conflict,
     InvalidInput,
@@ -282,7 +282,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             warnings=outcome.warning_codes,
         )
 
-    result = await asyncio.wrap_future(await compute(raw, settings, evaluate_and_submit))
+    result = await completion(await compute(raw, settings, evaluate_and_submit))
     BATCHES.labels(result.outcome.value).inc()
     return _put_answer(result, evaluation_id, batch_id)
 
