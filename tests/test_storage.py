@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from storage_helpers import BACKENDS, Database, answer_of, batch_stats, content_hash, database
 
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
@@ -478,14 +478,13 @@ def test_puts_waiting_together_are_committed_together(store: Store) -> None:
         (second.id, f"g-{n}", 0) for n in range(4)
     ]
     calls += [(first.id, "g-0", 0), (second.id, "g-1", 1)]
-    commits: list[int] = []
-    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    commits = store.commits
     with commit_running(store):
         threads, results = _queued_puts(store, calls)
         assert not results, "a put was answered before its commit"
     for thread in threads:
         thread.join()
-    assert len(commits) == 1
+    assert store.commits - commits == 1
     outcomes = sorted(r.outcome.value for r in results.values() if isinstance(r, PutResult))
     assert outcomes.count("created") == 10
     assert outcomes.count("replayed") == 1 and outcomes.count("conflict") == 1
@@ -501,13 +500,11 @@ def test_a_commit_takes_at_most_max_group_puts(db: Database) -> None:
     store = Store.open(db.url, db.data_dir, max_group=2)
     try:
         evaluation = store.create_evaluation(OWNER, {}, {})
-        commits: list[int] = []
-        event.listen(store.engine, "commit", lambda _conn: commits.append(1))
         with commit_running(store):
             threads, results = _queued_puts(store, [(evaluation.id, f"m-{n}", 0) for n in range(5)])
         for thread in threads:
             thread.join()
-        assert len(commits) == 3
+        assert store.commits == 3
         assert all(
             isinstance(r, PutResult) and r.outcome is PutOutcome.CREATED for r in results.values()
         )
@@ -517,22 +514,39 @@ def test_a_commit_takes_at_most_max_group_puts(db: Database) -> None:
 
 def test_a_failed_group_commit_fails_every_put_in_it_and_stores_none(store: Store) -> None:
     evaluation = store.create_evaluation(OWNER, {}, {})
-
-    def fail(_conn: Any) -> None:
-        raise RuntimeError("the disk is full")
-
-    event.listen(store.engine, "commit", fail)
+    # A row the store did not write takes the place (evaluation, seq 1) of the next
+    # batch: the group's INSERT breaks the primary key, as a broken database would.
+    with store.engine.begin() as connection:
+        pk = connection.execute(
+            select(evaluations.c.pk).where(evaluations.c.id == evaluation.id)
+        ).scalar_one()
+        intruder = {
+            "evaluation_pk": pk,
+            "seq": 1,
+            "batch_id": "intruder",
+            "content_hash": b"x",
+            "n_samples": 1,
+            "received_at": datetime.now(UTC),
+            "answer": {},
+            "stats": encode_arrays({}),
+        }
+        connection.execute(insert(batches).values(intruder))
     with commit_running(store):
         threads, results = _queued_puts(store, [(evaluation.id, f"f-{n}", 0) for n in range(4)])
     for thread in threads:
         thread.join()
-    event.remove(store.engine, "commit", fail)
     assert len(results) == 4
-    assert all(isinstance(r, RuntimeError) and "disk is full" in str(r) for r in results.values())
+    assert all(isinstance(r, Exception) and "UNIQUE" in str(r).upper() for r in results.values())
     totals = store.get_totals(OWNER, evaluation.id)
     assert totals is not None and totals.evaluation.n_batches == 0
-    # Sent again, each is stored once.
+    page = store.list_batches(OWNER, evaluation.id)
+    assert page is not None and [b.batch_id for b in page.items] == ["intruder"]
+    with store.engine.begin() as connection:
+        connection.execute(delete(batches).where(batches.c.batch_id == "intruder"))
+    # Sent again, each is stored once (on a new connection: the failed one is gone).
     assert all(put(store, evaluation.id, f"f-{n}").outcome is PutOutcome.CREATED for n in range(4))
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 4
 
 
 @contextlib.contextmanager
@@ -646,17 +660,16 @@ def _batch_row(number: int, stats: dict[str, np.ndarray]) -> dict[str, object]:
 def test_a_group_larger_than_one_insert_is_inserted_in_parts(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.storage import store as module
+    from service.storage import statements
 
-    monkeypatch.setattr(module, "_INSERT_ROWS", 3)
+    monkeypatch.setattr(statements, "INSERT_ROWS", 3)
     evaluation = store.create_evaluation(OWNER, {}, {})
-    commits: list[int] = []
-    event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+    commits = store.commits
     with commit_running(store):
         threads, results = _queued_puts(store, [(evaluation.id, f"p-{n}", 0) for n in range(7)])
     for thread in threads:
         thread.join()
-    assert len(commits) == 1
+    assert store.commits - commits == 1
     assert all(
         isinstance(r, PutResult) and r.outcome is PutOutcome.CREATED for r in results.values()
     )

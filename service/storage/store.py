@@ -30,6 +30,7 @@ own); :meth:`Store.put_batch` waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -44,17 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import (
-    Connection,
-    Engine,
-    TextClause,
-    and_,
-    bindparam,
-    delete,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Engine, PoolProxiedConnection, and_, bindparam, delete, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
 from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
@@ -73,6 +64,7 @@ from service.storage.rows import (
     encode_cursor,
 )
 from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluations
+from service.storage.statements import PutStatements
 
 #: Evaluations whose settings a store keeps in memory (see :meth:`Store.get_setup`).
 DEFAULT_SETUP_CACHE = 1024
@@ -95,47 +87,6 @@ _MINE = and_(
 _UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
 #: What a put changes of its evaluation's row, besides the totals.
 _CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
-_LOCK_EVALUATION = select(evaluations).where(_MINE).with_for_update()
-#: The batches of an evaluation (parameter "row_pk") stored under some ids ("batch_ids").
-#: A statement of its own, after the lock: on PostgreSQL a statement sees what was
-#: committed before it began, and a put that waited for the lock must see the batches of
-#: the transaction it waited for.
-_STORED_BATCHES = select(*_BATCH_COLUMNS).where(
-    batches.c.evaluation_pk == bindparam("row_pk"),
-    batches.c.batch_id.in_(bindparam("batch_ids", expanding=True)),
-)
-#: Rows a multi-row INSERT takes (8 columns: far under SQLite's and PostgreSQL's limits on
-#: bound parameters).
-_INSERT_ROWS = 500
-#: Multi-row INSERTs of batches by their number of rows, built once each: as text with
-#: typed parameters, which SQLAlchemy compiles once (an ``insert().values([...])`` of many
-#: rows is compiled anew at every execution, ~0.1 ms a row).
-_INSERTS: dict[int, TextClause] = {}
-
-
-def _insert_batches(connection: Connection, rows: list[dict[str, Any]]) -> None:
-    """``rows`` inserted by one statement each ``_INSERT_ROWS`` of them (a multi-row VALUES)."""
-    for start in range(0, len(rows), _INSERT_ROWS):
-        chunk = rows[start : start + _INSERT_ROWS]
-        statement = _INSERTS.get(len(chunk))
-        if statement is None:
-            columns = list(batches.c)
-            values = ", ".join(
-                "(" + ", ".join(f":{c.key}_{n}" for c in columns) + ")" for n in range(len(chunk))
-            )
-            statement = _INSERTS[len(chunk)] = text(
-                f"INSERT INTO {batches.name} ({', '.join(c.key for c in columns)}) VALUES {values}"
-            ).bindparams(
-                *(
-                    bindparam(f"{c.key}_{n}", type_=c.type)
-                    for n in range(len(chunk))
-                    for c in columns
-                )
-            )
-        connection.execute(
-            statement,
-            {f"{key}_{n}": value for n, row in enumerate(chunk) for key, value in row.items()},
-        )
 
 
 def utc_now() -> datetime:
@@ -177,6 +128,12 @@ class Store:
         self._committer_pid = 0
         self._disposed = False
         self._max_group = max_group
+        # The commit thread's own connection (the driver's, from the engine's pool) and
+        # statements; see service.storage.statements.
+        self._connection: PoolProxiedConnection | None = None
+        self._statements = PutStatements(engine.dialect)
+        #: Transactions of puts committed so far (each holds one group).
+        self.commits = 0
 
     @classmethod
     def open(
@@ -217,6 +174,9 @@ class Store:
             self._wake.notify_all()
         if committer is not None and committer is not threading.current_thread():
             committer.join()
+        if self._connection is not None and self._committer_pid == os.getpid():
+            self._connection.close()
+        self._connection = None
         self.engine.dispose()
 
     # -- evaluations ----------------------------------------------------------------
@@ -475,6 +435,7 @@ class Store:
                     target=self._commit_queued, name="loss-service-commit", daemon=True
                 )
                 self._committer_pid = pid
+                self._connection = None  # a parent process's connection is not this one's
                 self._committer.start()
             self._wake.notify()
         return put.future
@@ -506,21 +467,40 @@ class Store:
 
         ordered = sorted(group, key=evaluation_key)
         try:
-            with self._writer.begin() as connection:
+            if self._connection is None:
+                self._connection = self.engine.raw_connection()
+            connection = self._connection
+            cursor = connection.cursor()
+            try:
+                self._statements.begin(cursor)
                 results = [
                     result
                     for _, puts in itertools.groupby(ordered, key=evaluation_key)
-                    for result in self._put_in(connection, list(puts))
+                    for result in self._put_in(cursor, list(puts))
                 ]
+                connection.commit()
+            except BaseException:
+                # Rolled back, and the connection is not used again (whatever failed, a
+                # new one starts clean).
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    connection.rollback()
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                raise
+            finally:
+                with contextlib.suppress(Exception):
+                    cursor.close()
         except BaseException as error:
             # Whatever this group met, the commit thread goes on with the next one.
             for put in ordered:
                 put.future.set_exception(error)
             return
+        self.commits += 1
         for put, result in zip(ordered, results, strict=True):
             put.future.set_result(result)
 
-    def _put_in(self, connection: Connection, puts: list[_Put]) -> list[PutResult]:
+    def _put_in(self, cursor: Any, puts: list[_Put]) -> list[PutResult]:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
@@ -528,30 +508,30 @@ class Store:
         totals and counts written by one. Few statements matter: each gives the
         interpreter lock away while the database works, and waits to get it back."""
         first = puts[0]
-        row = connection.execute(_LOCK_EVALUATION, _key(first.owner, first.evaluation_id)).first()
+        sql = self._statements
+        row = sql.lock(cursor, _owner(first.owner), first.evaluation_id)
         if row is None:
             self._forget(first.owner, first.evaluation_id)
             return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
-        state = dict(row._mapping)
-        del state["totals"]
+        state = {k: v for k, v in row.items() if k != "totals"}
+        # A statement of its own, after the lock: on PostgreSQL a statement sees what was
+        # committed before it began, and a put that waited for the lock must see the
+        # batches of the transaction it waited for.
         stored = {
-            known.batch_id: dict(known._mapping)
-            for known in connection.execute(
-                _STORED_BATCHES,
-                {"row_pk": row.pk, "batch_ids": sorted({put.batch_id for put in puts})},
-            )
+            known["batch_id"]: known
+            for known in sql.stored(cursor, row["pk"], sorted({put.batch_id for put in puts}))
         }
         new: list[dict[str, Any]] = []
         created: list[ExactTotals] = []
         results = [self._put_one(put, state, stored, new, created) for put in puts]
         if new:
-            _insert_batches(connection, new)
-            totals = decode_totals(row.totals)
+            sql.insert(cursor, new)
+            totals = decode_totals(row["totals"])
             totals.add_all(created)
-            changes = {k: state[k] for k in _CHANGED}
-            connection.execute(
-                _UPDATE_EVALUATION,
-                {"row_pk": row.pk, **changes, "totals": encode_totals(totals)},
+            sql.update(
+                cursor,
+                row["pk"],
+                {**{k: state[k] for k in _CHANGED}, "totals": encode_totals(totals)},
             )
         return results
 

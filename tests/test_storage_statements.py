@@ -1,0 +1,112 @@
+"""``PutStatements``: a put's statements on the driver's cursor store exactly what
+SQLAlchemy's Core writes and reads, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from storage_helpers import BACKENDS, database
+
+from service.storage import Store
+from service.storage.schema import batches, evaluations
+from service.storage.statements import PutStatements
+
+WHEN = datetime(2026, 11, 30, 23, 59, 58, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with database(request.param, tmp_path) as db:
+        opened = Store.open(db.url, db.data_dir)
+        try:
+            yield opened
+        finally:
+            opened.dispose()
+
+
+def _batch(pk: int, seq: int, batch_id: str) -> dict[str, Any]:
+    return {
+        "evaluation_pk": pk,
+        "seq": seq,
+        "batch_id": batch_id,
+        "content_hash": bytes(range(32)),
+        "n_samples": 7,
+        "received_at": WHEN,
+        # Key order kept, unicode and nesting as given.
+        "answer": {"z": 1, "a": [0.5, None], "é": {"k": "v"}},
+        "stats": b"\x00\x01stats",
+    }
+
+
+def test_what_the_driver_writes_core_reads_back_and_the_other_way(store: Store) -> None:
+    evaluation = store.create_evaluation("owner", {"metrics": ["accuracy"]}, {"m": "1"})
+    sql = PutStatements(store.engine.dialect)
+    connection = store.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        sql.begin(cursor)
+        row = sql.lock(cursor, "owner", evaluation.id)
+        assert row is not None
+        with store.engine.connect() as core:
+            expected = core.execute(
+                select(evaluations).where(evaluations.c.id == evaluation.id)
+            ).one()
+        assert row == dict(expected._mapping)
+        assert sql.lock(cursor, "someone else", evaluation.id) is None
+        assert sql.lock(cursor, "owner", "no such evaluation") is None
+        sql.insert(cursor, [_batch(row["pk"], 1, "a"), _batch(row["pk"], 2, "b")])
+        sql.update(
+            cursor,
+            row["pk"],
+            {
+                "n_batches": 2,
+                "n_samples": 14,
+                "updated_at": WHEN,
+                "warnings": {"w": 2},
+                "facts": {"heads": {"": {"n_classes": 3}}},
+                "totals": b"totals",
+            },
+        )
+        stored = sql.stored(cursor, row["pk"], ["b", "c"])
+        connection.commit()
+    finally:
+        connection.close()
+    assert [s["batch_id"] for s in stored] == ["b"]
+    assert {k: v for k, v in _batch(row["pk"], 2, "b").items() if k != "stats"} == stored[0]
+    with store.engine.connect() as core:
+        read = [
+            dict(r._mapping) for r in core.execute(select(batches).order_by(batches.c.seq)).all()
+        ]
+        after = core.execute(select(evaluations).where(evaluations.c.pk == row["pk"])).one()
+    assert read == [_batch(row["pk"], 1, "a"), _batch(row["pk"], 2, "b")]
+    assert list(read[0]["answer"]) == ["z", "a", "é"]
+    assert (after.n_batches, after.n_samples, after.updated_at) == (2, 14, WHEN)
+    assert (after.warnings, after.facts, after.totals) == (
+        {"w": 2},
+        {"heads": {"": {"n_classes": 3}}},
+        b"totals",
+    )
+
+
+def test_rows_written_by_core_are_read_by_the_driver_alike(store: Store) -> None:
+    evaluation = store.create_evaluation(None, {}, {})
+    with store.engine.begin() as core:
+        pk = core.execute(
+            select(evaluations.c.pk).where(evaluations.c.id == evaluation.id)
+        ).scalar_one()
+        core.execute(insert(batches).values(_batch(pk, 1, "x")))
+    sql = PutStatements(store.engine.dialect)
+    connection = store.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        sql.begin(cursor)
+        stored = sql.stored(cursor, pk, ["x"])
+        connection.rollback()
+    finally:
+        connection.close()
+    assert stored == [{k: v for k, v in _batch(pk, 1, "x").items() if k != "stats"}]
