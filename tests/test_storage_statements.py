@@ -48,17 +48,17 @@ def test_what_the_driver_writes_core_reads_back_and_the_other_way(store: Store) 
     sql = PutStatements(store.engine.dialect)
     connection = store.engine.raw_connection()
     try:
-        cursor = connection.cursor()
+        cursor, other = connection.cursor(), connection.cursor()
         sql.begin(cursor)
-        row = sql.lock(cursor, "owner", evaluation.id)
-        assert row is not None
+        row, none_stored = sql.locked(cursor, other, "owner", evaluation.id, ["a"])
+        assert row is not None and none_stored == []
         with store.engine.connect() as core:
             expected = core.execute(
                 select(evaluations).where(evaluations.c.id == evaluation.id)
             ).one()
         assert row == dict(expected._mapping)
-        assert sql.lock(cursor, "someone else", evaluation.id) is None
-        assert sql.lock(cursor, "owner", "no such evaluation") is None
+        assert sql.locked(cursor, other, "someone else", evaluation.id, ["a"]) == (None, [])
+        assert sql.locked(cursor, other, "owner", "no such evaluation", ["a"]) == (None, [])
         sql.insert(cursor, [_batch(row["pk"], 1, "a"), _batch(row["pk"], 2, "b")])
         sql.update(
             cursor,
@@ -72,7 +72,8 @@ def test_what_the_driver_writes_core_reads_back_and_the_other_way(store: Store) 
                 "totals": b"totals",
             },
         )
-        stored = sql.stored(cursor, row["pk"], ["b", "c"])
+        again, stored = sql.locked(cursor, other, "owner", evaluation.id, ["b", "c"])
+        assert again is not None and again["n_batches"] == 2
         connection.commit()
     finally:
         connection.close()
@@ -103,10 +104,11 @@ def test_rows_written_by_core_are_read_by_the_driver_alike(store: Store) -> None
     sql = PutStatements(store.engine.dialect)
     connection = store.engine.raw_connection()
     try:
-        cursor = connection.cursor()
-        sql.begin(cursor)
-        stored = sql.stored(cursor, pk, ["x"])
-        connection.rollback()
+        cursor, other = connection.cursor(), connection.cursor()
+        with sql.pipeline(connection):
+            sql.begin(cursor)
+            _, stored = sql.locked(cursor, other, "", evaluation.id, ["x", "y"])
+            connection.rollback()
     finally:
         connection.close()
     assert stored == [{k: v for k, v in _batch(pk, 1, "x").items() if k != "stats"}]

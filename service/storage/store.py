@@ -470,15 +470,16 @@ class Store:
             if self._connection is None:
                 self._connection = self.engine.raw_connection()
             connection = self._connection
-            cursor = connection.cursor()
+            cursor, other = connection.cursor(), connection.cursor()
             try:
-                self._statements.begin(cursor)
-                results = [
-                    result
-                    for _, puts in itertools.groupby(ordered, key=evaluation_key)
-                    for result in self._put_in(cursor, list(puts))
-                ]
-                connection.commit()
+                with self._statements.pipeline(connection):
+                    self._statements.begin(cursor)
+                    results = [
+                        result
+                        for _, puts in itertools.groupby(ordered, key=evaluation_key)
+                        for result in self._put_in(cursor, other, list(puts))
+                    ]
+                    connection.commit()
             except BaseException:
                 # Rolled back, and the connection is not used again (whatever failed, a
                 # new one starts clean).
@@ -489,8 +490,9 @@ class Store:
                     connection.invalidate()
                 raise
             finally:
-                with contextlib.suppress(Exception):
-                    cursor.close()
+                for each in (cursor, other):
+                    with contextlib.suppress(Exception):
+                        each.close()
         except BaseException as error:
             # Whatever this group met, the commit thread goes on with the next one.
             for put in ordered:
@@ -500,27 +502,28 @@ class Store:
         for put, result in zip(ordered, results, strict=True):
             put.future.set_result(result)
 
-    def _put_in(self, cursor: Any, puts: list[_Put]) -> list[PutResult]:
+    def _put_in(self, cursor: Any, other: Any, puts: list[_Put]) -> list[PutResult]:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
         ids read by one statement, the new ones inserted by one, and the evaluation's
-        totals and counts written by one. Few statements matter: each gives the
-        interpreter lock away while the database works, and waits to get it back."""
+        totals and counts written by one (``other``: a second cursor, for the stored
+        batches). Few statements matter: each gives the interpreter lock away while the
+        database works, and waits to get it back."""
         first = puts[0]
         sql = self._statements
-        row = sql.lock(cursor, _owner(first.owner), first.evaluation_id)
+        row, found = sql.locked(
+            cursor,
+            other,
+            _owner(first.owner),
+            first.evaluation_id,
+            sorted({put.batch_id for put in puts}),
+        )
         if row is None:
             self._forget(first.owner, first.evaluation_id)
             return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
         state = {k: v for k, v in row.items() if k != "totals"}
-        # A statement of its own, after the lock: on PostgreSQL a statement sees what was
-        # committed before it began, and a put that waited for the lock must see the
-        # batches of the transaction it waited for.
-        stored = {
-            known["batch_id"]: known
-            for known in sql.stored(cursor, row["pk"], sorted({put.batch_id for put in puts}))
-        }
+        stored = {known["batch_id"]: known for known in found}
         new: list[dict[str, Any]] = []
         created: list[ExactTotals] = []
         results = [self._put_one(put, state, stored, new, created) for put in puts]
