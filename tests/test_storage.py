@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import delete, event, func, insert, select, update
-from storage_helpers import BACKENDS, Database, answer_of, batch_stats, content_hash, database
+from storage_helpers import (
+    BACKENDS,
+    PG_URL,
+    Database,
+    answer_of,
+    batch_stats,
+    content_hash,
+    database,
+)
 
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
 from service.storage.blobs import encode_arrays, encode_totals
@@ -677,3 +685,26 @@ def test_a_group_larger_than_one_insert_is_inserted_in_parts(
     assert page is not None
     assert sorted(b.batch_id for b in page.items) == [f"p-{n}" for n in range(7)]
     assert [b.seq for b in page.items] == list(range(1, 8))
+
+
+def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
+    tmp_path: Path,
+) -> None:
+    import psycopg
+
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir)
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            assert put(store, evaluation.id, "before").outcome is PutOutcome.CREATED
+            assert store._connection is not None
+            backend = store._connection.driver_connection.info.backend_pid
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            # The commit thread's connection is gone: the next put is committed on a new one.
+            assert put(store, evaluation.id, "after").outcome is PutOutcome.CREATED
+            assert store._connection.driver_connection.info.backend_pid != backend
+            totals = store.get_totals(OWNER, evaluation.id)
+            assert totals is not None and totals.evaluation.n_batches == 2
+        finally:
+            store.dispose()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import secrets
 import threading
@@ -65,6 +66,8 @@ from service.storage.rows import (
 )
 from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluations
 from service.storage.statements import PutStatements
+
+log = logging.getLogger(__name__)
 
 #: Evaluations whose settings a store keeps in memory (see :meth:`Store.get_setup`).
 DEFAULT_SETUP_CACHE = 1024
@@ -429,7 +432,11 @@ class Store:
                 raise RuntimeError("the store is disposed: it stores no more batches")
             self._queue.append(put)
             pid = os.getpid()
-            if self._committer is None or self._committer_pid != pid:
+            if (
+                self._committer is None
+                or self._committer_pid != pid
+                or not self._committer.is_alive()
+            ):
                 # The first put of this process (a forked child has no commit thread).
                 self._committer = threading.Thread(
                     target=self._commit_queued, name="loss-service-commit", daemon=True
@@ -461,46 +468,60 @@ class Store:
         """One transaction for ``group``, its puts in the order of their evaluations' keys
         (so that processes sharing a database lock rows in one order); each put's future
         gets its result once committed, or the error."""
-
-        def evaluation_key(put: _Put) -> tuple[str, str]:
-            return _owner(put.owner), put.evaluation_id
-
-        ordered = sorted(group, key=evaluation_key)
+        ordered = sorted(group, key=_evaluation_key)
         try:
-            if self._connection is None:
-                self._connection = self.engine.raw_connection()
-            connection = self._connection
-            cursor, other = connection.cursor(), connection.cursor()
             try:
-                with self._statements.pipeline(connection):
-                    self._statements.begin(cursor)
-                    results = [
-                        result
-                        for _, puts in itertools.groupby(ordered, key=evaluation_key)
-                        for result in self._put_in(cursor, other, list(puts))
-                    ]
-                    connection.commit()
-            except BaseException:
-                # Rolled back, and the connection is not used again (whatever failed, a
-                # new one starts clean).
-                self._connection = None
-                with contextlib.suppress(Exception):
-                    connection.rollback()
-                with contextlib.suppress(Exception):
-                    connection.invalidate()
-                raise
-            finally:
-                for each in (cursor, other):
-                    with contextlib.suppress(Exception):
-                        each.close()
+                results = self._transaction(ordered)
+            except _BrokenConnection as broken:
+                # The connection was lost (a database restarted, a network cut): once more
+                # on a new one. Safe even if the lost commit had landed: the batches are
+                # then found stored, and answered as replays, counted once.
+                log.warning("the store's connection broke; the group is tried again: %s", broken)
+                results = self._transaction(ordered)
         except BaseException as error:
             # Whatever this group met, the commit thread goes on with the next one.
+            if isinstance(error, _BrokenConnection) and error.__cause__ is not None:
+                error = error.__cause__
             for put in ordered:
                 put.future.set_exception(error)
             return
         self.commits += 1
         for put, result in zip(ordered, results, strict=True):
             put.future.set_result(result)
+
+    def _transaction(self, ordered: list[_Put]) -> list[PutResult]:
+        """The group's transaction on the commit thread's connection; after a failure it
+        is rolled back and that connection is not used again (a new one starts clean).
+        ``_BrokenConnection`` (its cause the driver's error) when the connection itself
+        was lost."""
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        connection = self._connection
+        cursor, other = connection.cursor(), connection.cursor()
+        try:
+            with self._statements.pipeline(connection):
+                self._statements.begin(cursor)
+                results = [
+                    result
+                    for _, puts in itertools.groupby(ordered, key=_evaluation_key)
+                    for result in self._put_in(cursor, other, list(puts))
+                ]
+                connection.commit()
+            return results
+        except Exception as error:
+            self._connection = None
+            broken = bool(getattr(connection.driver_connection, "broken", False))
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            if broken:
+                raise _BrokenConnection(str(error)) from error
+            raise
+        finally:
+            for each in (cursor, other):
+                with contextlib.suppress(Exception):
+                    each.close()
 
     def _put_in(self, cursor: Any, other: Any, puts: list[_Put]) -> list[PutResult]:
         """The puts of one evaluation inside the group's transaction (see
@@ -660,6 +681,10 @@ class Store:
 # -- helpers ------------------------------------------------------------------------------
 
 
+class _BrokenConnection(Exception):
+    """The commit thread's connection was lost during a transaction."""
+
+
 @dataclass(eq=False)
 class _Put:
     """A batch ready to be stored, waiting for the transaction that commits it."""
@@ -675,6 +700,10 @@ class _Put:
     facts: dict[str, Any] | None
     codes: list[str]
     future: Future[PutResult] = field(default_factory=Future)
+
+
+def _evaluation_key(put: _Put) -> tuple[str, str]:
+    return _owner(put.owner), put.evaluation_id
 
 
 def _owner(owner: str | None) -> str:
