@@ -252,10 +252,17 @@ def _decode_blockwise(text: str | bytes | memoryview, nbytes: int, loc: Loc) -> 
     block decodes short, and so does the text, which is then refused as whole decoding
     refuses it.
     """
-    out = np.empty(nbytes, np.uint8)
-    target = out.data
+    target = np.empty(nbytes, np.uint8).data
+    if _decode_blocks(text, target, 0, loc) != nbytes:
+        # Padding before the end: a block decoded short.
+        raise _not_base64(loc)
+    return target
+
+
+def _decode_blocks(text: str | bytes | memoryview, target: memoryview, at: int, loc: Loc) -> int:
+    """Base64 ``text`` decoded ``DECODE_BLOCK_BYTES`` at a time into ``target`` from byte
+    ``at`` on; where its bytes end."""
     step = DECODE_BLOCK_BYTES // 3 * 4
-    at = 0
     try:
         for start in range(0, len(text), step):
             block = pybase64.b64decode(text[start : start + step], validate=True)
@@ -263,10 +270,7 @@ def _decode_blockwise(text: str | bytes | memoryview, nbytes: int, loc: Loc) -> 
             at += len(block)
     except (binascii.Error, ValueError):
         raise _not_base64(loc) from None
-    if at != nbytes:
-        # Padding before the end: a block decoded short.
-        raise _not_base64(loc)
-    return target
+    return at
 
 
 def _decode_in_place(text: memoryview, nbytes: int, loc: Loc) -> memoryview:
@@ -280,15 +284,7 @@ def _decode_in_place(text: memoryview, nbytes: int, loc: Loc) -> memoryview:
     end at most 63 + 3ks/4 bytes in, and the next text starts at ks.
     """
     first = -np.frombuffer(text, np.uint8).ctypes.data % 64
-    step = DECODE_BLOCK_BYTES // 3 * 4
-    at = first
-    try:
-        for start in range(0, len(text), step):
-            block = pybase64.b64decode(text[start : start + step], validate=True)
-            text[at : at + len(block)] = block
-            at += len(block)
-    except (binascii.Error, ValueError):
-        raise _not_base64(loc) from None
+    at = _decode_blocks(text, text, first, loc)
     if at - first != nbytes:
         # Padding before the end: a block decoded short.
         raise _not_base64(loc)
