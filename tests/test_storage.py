@@ -708,3 +708,30 @@ def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
             assert totals is not None and totals.evaluation.n_batches == 2
         finally:
             store.dispose()
+
+
+def test_a_commit_thread_that_died_is_started_again(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
+    # End the commit thread (as dispose does), then open the store again: it holds a
+    # thread that is no longer alive.
+    dead = store._committer
+    assert dead is not None
+    with store._wake:
+        store._disposed = True
+        store._wake.notify_all()
+    dead.join(timeout=10)
+    assert not dead.is_alive()
+    with store._wake:
+        store._disposed = False
+    future = store.submit_batch(
+        OWNER,
+        evaluation.id,
+        "second",
+        content_hash("second", 0),
+        batch_stats("second", 0),
+        answer_of("second", 0),
+        10,
+    )
+    assert future.result(timeout=30).outcome is PutOutcome.CREATED
+    assert store._committer is not dead and store._committer.is_alive()
