@@ -448,7 +448,7 @@ def test_threads_sharing_a_store_count_every_batch_once(store: Store) -> None:
 @contextlib.contextmanager
 def commit_running(store: Store) -> Iterator[None]:
     """As if a commit ran until the block ends: puts made meanwhile queue for the next."""
-    with store._commit_lock:
+    with store._commits._lock:
         yield
 
 
@@ -472,7 +472,7 @@ def _queued_puts(
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
-    while len(store._queue) < len(calls):
+    while len(store._commits._queue) < len(calls):
         assert time.monotonic() < deadline, "the puts did not queue"
         time.sleep(0.005)
     return threads, results
@@ -697,13 +697,13 @@ def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
         try:
             evaluation = store.create_evaluation(OWNER, {}, {})
             assert put(store, evaluation.id, "before").outcome is PutOutcome.CREATED
-            assert store._connection is not None
-            backend = store._connection.driver_connection.info.backend_pid
+            assert store._commits._connection is not None
+            backend = store._commits._connection.driver_connection.info.backend_pid
             with psycopg.connect(PG_URL, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
             # The commit thread's connection is gone: the next put is committed on a new one.
             assert put(store, evaluation.id, "after").outcome is PutOutcome.CREATED
-            assert store._connection.driver_connection.info.backend_pid != backend
+            assert store._commits._connection.driver_connection.info.backend_pid != backend
             totals = store.get_totals(OWNER, evaluation.id)
             assert totals is not None and totals.evaluation.n_batches == 2
         finally:
@@ -715,15 +715,16 @@ def test_a_commit_thread_that_died_is_started_again(store: Store) -> None:
     assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
     # End the commit thread (as dispose does), then open the store again: it holds a
     # thread that is no longer alive.
-    dead = store._committer
+    commits = store._commits
+    dead = commits._thread
     assert dead is not None
-    with store._wake:
-        store._disposed = True
-        store._wake.notify_all()
+    with commits._wake:
+        commits._disposed = True
+        commits._wake.notify_all()
     dead.join(timeout=10)
     assert not dead.is_alive()
-    with store._wake:
-        store._disposed = False
+    with commits._wake:
+        commits._disposed = False
     future = store.submit_batch(
         OWNER,
         evaluation.id,
@@ -734,4 +735,4 @@ def test_a_commit_thread_that_died_is_started_again(store: Store) -> None:
         10,
     )
     assert future.result(timeout=30).outcome is PutOutcome.CREATED
-    assert store._committer is not dead and store._committer.is_alive()
+    assert commits._thread is not dead and commits._thread.is_alive()

@@ -19,8 +19,9 @@ Modules, one concept each:
 * :mod:`~service.storage.exact`: exact, order-independent sums of float64 arrays;
   :mod:`~service.storage.blobs`: those totals and a batch's arrays as bytes;
 * :mod:`~service.storage.rows`: what the store returns; :mod:`~service.storage.store`:
-  the :class:`Store` itself, with its commit thread; :mod:`~service.storage.statements`:
-  that thread's statements, on the driver's cursor;
+  the :class:`Store` itself; :mod:`~service.storage.commits`: its commit thread, which
+  stores puts in groups; :mod:`~service.storage.statements`: that thread's statements,
+  on the driver's cursor;
 * ``python -m service.storage upgrade|revision``: the schema by hand;
   ``python -m service.storage.benchmark``: what exact totals and puts cost.
 """

@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Literal, TypeVar
 
 from numpy.typing import NDArray
+
+from service.storage.blobs import decode_arrays
+from service.storage.schema import OWNER_LENGTH
 
 Status = Literal["open", "closed"]
 T = TypeVar("T")
@@ -148,3 +152,42 @@ def decode_cursor(kind: str, cursor: str) -> int:
             "pass the 'next' value of the previous page, or no cursor for the first page"
         )
     return int(number)
+
+
+def owner_key(owner: str | None) -> str:
+    """The owner as the database keeps it: ``""`` for nobody (no API keys)."""
+    owner = owner or ""
+    if len(owner) > OWNER_LENGTH:
+        raise ValueError(f"an owner is at most {OWNER_LENGTH} characters; received {len(owner)}")
+    return owner
+
+
+def evaluation_row(row: Mapping[Any, Any]) -> EvaluationRow:
+    """An evaluation as the database holds it (a row's mapping, or a dict alike)."""
+    return EvaluationRow(
+        id=row["id"],
+        owner=row["owner"],
+        status=row["status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        n_batches=int(row["n_batches"]),
+        n_samples=int(row["n_samples"]),
+        config=row["config"],
+        metadata=row["meta"],
+        facts=row["facts"],
+        warnings={str(code): int(count) for code, count in row["warnings"].items()},
+    )
+
+
+def batch_row(row: Mapping[Any, Any]) -> BatchRow:
+    """A batch as the database holds it (its stats decoded when the row has them)."""
+    stats = row.get("stats")
+    return BatchRow(
+        batch_id=row["batch_id"],
+        seq=int(row["seq"]),
+        content_hash=bytes(row["content_hash"]),
+        n_samples=int(row["n_samples"]),
+        received_at=row["received_at"],
+        answer=row["answer"],
+        stats=None if stats is None else decode_arrays(stats),
+    )

@@ -19,36 +19,33 @@ transaction. So of many concurrent puts of one batch id exactly one creates it, 
 others read it back as a replay (or a conflict), and no update of the totals is
 lost.
 
-Group commits: puts are committed by the store's commit thread. While it commits,
-new puts queue; its next transaction stores all of them (up to ``max_group``), each
-evaluation's row locked, read and updated once, its new batches inserted by one
-statement; one commit (one fsync) then acknowledges every one of them. No put is
-answered before the commit that stored it. :meth:`Store.submit_batch` hands a put to
-that thread and returns a future (an event loop awaits it without a thread of its
-own); :meth:`Store.put_batch` waits for it.
+Group commits: puts are committed by the store's commit thread
+(:mod:`service.storage.commits`). While it commits, new puts queue; its next
+transaction stores all of them (up to ``max_group``), each evaluation's row locked,
+read and updated once, its new batches inserted by one statement; one commit (one
+fsync) then acknowledges every one of them. No put is answered before the commit that
+stored it. :meth:`Store.submit_batch` hands a put to that thread and returns a future
+(an event loop awaits it without a thread of its own); :meth:`Store.put_batch` waits
+for it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
-import logging
-import os
 import secrets
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Engine, PoolProxiedConnection, and_, bindparam, delete, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
+from service.storage.commits import Committer, Put
 from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
 from service.storage.exact import ExactTotals
 from service.storage.migrate import upgrade
@@ -57,17 +54,16 @@ from service.storage.rows import (
     BatchRow,
     EvaluationRow,
     Page,
-    PutOutcome,
     PutResult,
     Setup,
     Totals,
+    batch_row,
     decode_cursor,
     encode_cursor,
+    evaluation_row,
+    owner_key,
 )
-from service.storage.schema import HASH_LENGTH, OWNER_LENGTH, batches, evaluations
-from service.storage.statements import PutStatements
-
-log = logging.getLogger(__name__)
+from service.storage.schema import HASH_LENGTH, batches, evaluations
 
 #: Evaluations whose settings a store keeps in memory (see :meth:`Store.get_setup`).
 DEFAULT_SETUP_CACHE = 1024
@@ -88,8 +84,6 @@ _MINE = and_(
     evaluations.c.owner == bindparam("key_owner"),
 )
 _UPDATE_EVALUATION = update(evaluations).where(evaluations.c.pk == bindparam("row_pk"))
-#: What a put changes of its evaluation's row, besides the totals.
-_CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
 
 
 def utc_now() -> datetime:
@@ -112,8 +106,6 @@ class Store:
         setup_cache: int = DEFAULT_SETUP_CACHE,
         max_group: int = DEFAULT_MAX_GROUP,
     ) -> None:
-        if max_group < 1:
-            raise ValueError(f"a commit takes at least one batch; received {max_group}")
         self.engine = engine
         self._writer = writer(engine)
         self._clock = clock
@@ -122,21 +114,12 @@ class Store:
         self._setups: OrderedDict[tuple[str, str], Setup] = OrderedDict()
         self._setups_lock = threading.Lock()
         self._setup_cache = setup_cache
-        # Puts waiting for the commit thread (see submit_batch), which holds _commit_lock
-        # while it commits a group.
-        self._queue: deque[_Put] = deque()
-        self._wake = threading.Condition()
-        self._commit_lock = threading.Lock()
-        self._committer: threading.Thread | None = None
-        self._committer_pid = 0
-        self._disposed = False
-        self._max_group = max_group
-        # The commit thread's own connection (the driver's, from the engine's pool) and
-        # statements; see service.storage.statements.
-        self._connection: PoolProxiedConnection | None = None
-        self._statements = PutStatements(engine.dialect)
-        #: Transactions of puts committed so far (each holds one group).
-        self.commits = 0
+        self._commits = Committer(engine, max_group=max_group, clock=clock, forget=self._forget)
+
+    @property
+    def commits(self) -> int:
+        """Transactions of puts committed so far (each holds one group)."""
+        return self._commits.commits
 
     @classmethod
     def open(
@@ -171,15 +154,7 @@ class Store:
     def dispose(self) -> None:
         """Commit the puts already handed over, stop the commit thread and close the
         engine's pooled connections. Puts handed over after this are refused."""
-        with self._wake:
-            self._disposed = True
-            committer = self._committer
-            self._wake.notify_all()
-        if committer is not None and committer is not threading.current_thread():
-            committer.join()
-        if self._connection is not None and self._committer_pid == os.getpid():
-            self._connection.close()
-        self._connection = None
+        self._commits.dispose()
         self.engine.dispose()
 
     # -- evaluations ----------------------------------------------------------------
@@ -191,7 +166,7 @@ class Store:
         now = self._clock()
         values = {
             "id": new_id(),
-            "owner": _owner(owner),
+            "owner": owner_key(owner),
             "status": "open",
             "created_at": now,
             "updated_at": now,
@@ -205,7 +180,7 @@ class Store:
         }
         with self._writer.begin() as connection:
             connection.execute(evaluations.insert().values(values))
-        return _evaluation(values)
+        return evaluation_row(values)
 
     def get_evaluation(self, owner: str | None, evaluation_id: str) -> EvaluationRow | None:
         """The evaluation (without its totals), or ``None``."""
@@ -213,7 +188,7 @@ class Store:
             row = connection.execute(
                 select(*_EVALUATION_COLUMNS).where(_MINE), _key(owner, evaluation_id)
             ).first()
-        return None if row is None else _evaluation(row._mapping)
+        return None if row is None else evaluation_row(row._mapping)
 
     def get_setup(self, owner: str | None, evaluation_id: str) -> Setup | None:
         """The evaluation's settings and the facts its first batch fixed (``None`` before
@@ -227,7 +202,7 @@ class Store:
         known = self.known_setup(owner, evaluation_id)
         if known is not None:
             return known
-        key = (_owner(owner), evaluation_id)
+        key = (owner_key(owner), evaluation_id)
         row = self.get_evaluation(owner, evaluation_id)
         if row is None:
             return None
@@ -242,7 +217,7 @@ class Store:
     def known_setup(self, owner: str | None, evaluation_id: str) -> Setup | None:
         """:meth:`get_setup` if this store keeps the evaluation's setup in memory, else
         ``None`` (without asking the database: an event loop may call this)."""
-        key = (_owner(owner), evaluation_id)
+        key = (owner_key(owner), evaluation_id)
         with self._setups_lock:
             known = self._setups.get(key)
             if known is not None:
@@ -251,7 +226,7 @@ class Store:
 
     def _forget(self, owner: str | None, evaluation_id: str) -> None:
         with self._setups_lock:
-            self._setups.pop((_owner(owner), evaluation_id), None)
+            self._setups.pop((owner_key(owner), evaluation_id), None)
 
     def get_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
         """The evaluation and its running totals, from one snapshot; ``None`` if not found.
@@ -265,14 +240,14 @@ class Store:
             ).first()
         if row is None:
             return None
-        return Totals(_evaluation(row._mapping), decode_totals(row.totals).values())
+        return Totals(evaluation_row(row._mapping), decode_totals(row.totals).values())
 
     def list_evaluations(
         self, owner: str | None, limit: int = 50, cursor: str | None = None
     ) -> Page[EvaluationRow]:
         """The owner's evaluations, newest first, ``limit`` (1–1000) a page."""
         _check_limit(limit)
-        query = select(*_EVALUATION_COLUMNS).where(evaluations.c.owner == _owner(owner))
+        query = select(*_EVALUATION_COLUMNS).where(evaluations.c.owner == owner_key(owner))
         if cursor is not None:
             query = query.where(evaluations.c.pk < decode_cursor("evaluations", cursor))
         query = query.order_by(evaluations.c.pk.desc()).limit(limit + 1)
@@ -281,7 +256,7 @@ class Store:
         following = None
         if len(rows) > limit:
             following = encode_cursor("evaluations", rows[limit - 1].pk)
-        return Page([_evaluation(row._mapping) for row in rows[:limit]], following)
+        return Page([evaluation_row(row._mapping) for row in rows[:limit]], following)
 
     def close_evaluation(self, owner: str | None, evaluation_id: str) -> EvaluationRow | None:
         """Accept no new batches (replays of accepted ones still answer); ``None`` if not found.
@@ -296,7 +271,7 @@ class Store:
                 .returning(*_EVALUATION_COLUMNS),
                 _key(owner, evaluation_id),
             ).first()
-        return None if row is None else _evaluation(row._mapping)
+        return None if row is None else evaluation_row(row._mapping)
 
     def delete_evaluation(self, owner: str | None, evaluation_id: str) -> bool:
         """Delete the evaluation and its batches; ``False`` if there was none."""
@@ -403,7 +378,7 @@ class Store:
         future is done once the transaction that stores it is committed, or has failed
         (then every put in it gets the error; a batch is idempotent, its caller sends it
         again). Invalid arguments raise here, in the caller's thread."""
-        _owner(owner)
+        owner_key(owner)
         if BATCH_ID.fullmatch(batch_id) is None:
             raise ValueError(
                 f"a batch id is 1–128 characters of A-Z a-z 0-9 . _ : -; received {batch_id!r}"
@@ -415,7 +390,7 @@ class Store:
         if n_samples < 0:
             raise ValueError(f"n_samples is a count; received {n_samples}")
         # Everything that does not need the lock is done before taking it.
-        put = _Put(
+        put = Put(
             owner,
             evaluation_id,
             batch_id,
@@ -427,188 +402,7 @@ class Store:
             None if facts is None else _json(facts, "facts"),
             sorted(set(warnings)),
         )
-        with self._wake:
-            if self._disposed:
-                raise RuntimeError("the store is disposed: it stores no more batches")
-            self._queue.append(put)
-            pid = os.getpid()
-            if (
-                self._committer is None
-                or self._committer_pid != pid
-                or not self._committer.is_alive()
-            ):
-                # The first put of this process (a forked child has no commit thread).
-                self._committer = threading.Thread(
-                    target=self._commit_queued, name="loss-service-commit", daemon=True
-                )
-                self._committer_pid = pid
-                self._connection = None  # a parent process's connection is not this one's
-                self._committer.start()
-            self._wake.notify()
-        return put.future
-
-    def _commit_queued(self) -> None:
-        """The commit thread: take up to ``max_group`` queued puts, store them in one
-        transaction, answer them; again, until the store is disposed and the queue is
-        empty."""
-        while True:
-            with self._wake:
-                while not self._queue and not self._disposed:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-            with self._commit_lock:
-                with self._wake:
-                    group = [
-                        self._queue.popleft() for _ in range(min(self._max_group, len(self._queue)))
-                    ]
-                self._commit(group)
-
-    def _commit(self, group: list[_Put]) -> None:
-        """One transaction for ``group``, its puts in the order of their evaluations' keys
-        (so that processes sharing a database lock rows in one order); each put's future
-        gets its result once committed, or the error."""
-        ordered = sorted(group, key=_evaluation_key)
-        try:
-            try:
-                results = self._transaction(ordered)
-            except _BrokenConnection as broken:
-                # The connection was lost (a database restarted, a network cut): once more
-                # on a new one. Safe even if the lost commit had landed: the batches are
-                # then found stored, and answered as replays, counted once.
-                log.warning("the store's connection broke; the group is tried again: %s", broken)
-                results = self._transaction(ordered)
-        except BaseException as error:
-            # Whatever this group met, the commit thread goes on with the next one.
-            if isinstance(error, _BrokenConnection) and error.__cause__ is not None:
-                error = error.__cause__
-            for put in ordered:
-                put.future.set_exception(error)
-            return
-        self.commits += 1
-        for put, result in zip(ordered, results, strict=True):
-            put.future.set_result(result)
-
-    def _transaction(self, ordered: list[_Put]) -> list[PutResult]:
-        """The group's transaction on the commit thread's connection; after a failure it
-        is rolled back and that connection is not used again (a new one starts clean).
-        ``_BrokenConnection`` (its cause the driver's error) when the connection itself
-        was lost."""
-        if self._connection is None:
-            self._connection = self.engine.raw_connection()
-        connection = self._connection
-        cursor, other = connection.cursor(), connection.cursor()
-        try:
-            with self._statements.pipeline(connection):
-                self._statements.begin(cursor)
-                results = [
-                    result
-                    for _, puts in itertools.groupby(ordered, key=_evaluation_key)
-                    for result in self._put_in(cursor, other, list(puts))
-                ]
-                connection.commit()
-            return results
-        except Exception as error:
-            self._connection = None
-            broken = bool(getattr(connection.driver_connection, "broken", False))
-            with contextlib.suppress(Exception):
-                connection.rollback()
-            with contextlib.suppress(Exception):
-                connection.invalidate()
-            if broken:
-                raise _BrokenConnection(str(error)) from error
-            raise
-        finally:
-            for each in (cursor, other):
-                with contextlib.suppress(Exception):
-                    each.close()
-
-    def _put_in(self, cursor: Any, other: Any, puts: list[_Put]) -> list[PutResult]:
-        """The puts of one evaluation inside the group's transaction (see
-        :meth:`put_batch`), each answered as if they had come one after the other: the
-        evaluation's row is locked and read once, the batches stored under the group's
-        ids read by one statement, the new ones inserted by one, and the evaluation's
-        totals and counts written by one (``other``: a second cursor, for the stored
-        batches). Few statements matter: each gives the interpreter lock away while the
-        database works, and waits to get it back."""
-        first = puts[0]
-        sql = self._statements
-        row, found = sql.locked(
-            cursor,
-            other,
-            _owner(first.owner),
-            first.evaluation_id,
-            sorted({put.batch_id for put in puts}),
-        )
-        if row is None:
-            self._forget(first.owner, first.evaluation_id)
-            return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
-        state = {k: v for k, v in row.items() if k != "totals"}
-        stored = {known["batch_id"]: known for known in found}
-        new: list[dict[str, Any]] = []
-        created: list[ExactTotals] = []
-        results = [self._put_one(put, state, stored, new, created) for put in puts]
-        if new:
-            sql.insert(cursor, new)
-            totals = decode_totals(row["totals"])
-            totals.add_all(created)
-            sql.update(
-                cursor,
-                row["pk"],
-                {**{k: state[k] for k in _CHANGED}, "totals": encode_totals(totals)},
-            )
-        return results
-
-    def _put_one(
-        self,
-        put: _Put,
-        state: dict[str, Any],
-        stored: dict[str, dict[str, Any]],
-        new: list[dict[str, Any]],
-        created: list[ExactTotals],
-    ) -> PutResult:
-        """One put against the evaluation as ``state`` holds it and the batches ``stored``
-        under the group's ids; a new batch joins ``new`` (its row), ``created`` (its
-        totals) and ``stored``, and updates ``state``."""
-        current = _evaluation(state)
-        known = stored.get(put.batch_id)
-        if known is not None:
-            # A batch it accepted is answered as first stored, closed evaluation or not.
-            batch = _batch({**known, "stats": None})
-            same = secrets.compare_digest(batch.content_hash, put.content_hash)
-            outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
-            return PutResult(outcome, batch, current)
-        if current.status == "closed":
-            return PutResult(PutOutcome.CLOSED, None, current)
-        if put.facts is not None and current.facts is not None and current.facts != put.facts:
-            return PutResult(PutOutcome.MISMATCH, None, current)
-        now = self._clock()
-        batch_row = {
-            "evaluation_pk": state["pk"],
-            "seq": current.n_batches + 1,
-            "batch_id": put.batch_id,
-            "content_hash": put.content_hash,
-            "n_samples": put.n_samples,
-            "received_at": now,
-            "answer": put.answer,
-            "stats": put.stats_blob,
-        }
-        new.append(batch_row)
-        created.append(put.totals)
-        stored[put.batch_id] = batch_row
-        counts = dict(current.warnings)
-        for code in put.codes:
-            counts[code] = counts.get(code, 0) + 1
-        state.update(
-            n_batches=current.n_batches + 1,
-            n_samples=current.n_samples + put.n_samples,
-            updated_at=now,
-            warnings=counts,
-            facts=current.facts if current.facts is not None else put.facts,
-        )
-        return PutResult(
-            PutOutcome.CREATED, _batch({**batch_row, "stats": None}), _evaluation(state)
-        )
+        return self._commits.submit(put)
 
     def list_batches(
         self,
@@ -640,7 +434,7 @@ class Store:
                 .limit(limit + 1)
             ).all()
         following = encode_cursor("batches", rows[limit - 1].seq) if len(rows) > limit else None
-        return Page([_batch(row._mapping) for row in rows[:limit]], following)
+        return Page([batch_row(row._mapping) for row in rows[:limit]], following)
 
     def rebuild_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
         """Recompute the totals and counts from the stored batches, and store them.
@@ -674,48 +468,16 @@ class Store:
                 "totals": encode_totals(totals),
             }
             connection.execute(_UPDATE_EVALUATION, {"row_pk": row.pk, **changes})
-        evaluation = _evaluation({**row._mapping, **changes})
+        evaluation = evaluation_row({**row._mapping, **changes})
         return Totals(evaluation, totals.values())
 
 
 # -- helpers ------------------------------------------------------------------------------
 
 
-class _BrokenConnection(Exception):
-    """The commit thread's connection was lost during a transaction."""
-
-
-@dataclass(eq=False)
-class _Put:
-    """A batch ready to be stored, waiting for the transaction that commits it."""
-
-    owner: str | None
-    evaluation_id: str
-    batch_id: str
-    content_hash: bytes
-    n_samples: int
-    totals: ExactTotals
-    stats_blob: bytes
-    answer: dict[str, Any]
-    facts: dict[str, Any] | None
-    codes: list[str]
-    future: Future[PutResult] = field(default_factory=Future)
-
-
-def _evaluation_key(put: _Put) -> tuple[str, str]:
-    return _owner(put.owner), put.evaluation_id
-
-
-def _owner(owner: str | None) -> str:
-    owner = owner or ""
-    if len(owner) > OWNER_LENGTH:
-        raise ValueError(f"an owner is at most {OWNER_LENGTH} characters; received {len(owner)}")
-    return owner
-
-
 def _key(owner: str | None, evaluation_id: str) -> dict[str, str]:
     """The parameters of :data:`_MINE`."""
-    return {"key_owner": _owner(owner), "key_id": evaluation_id}
+    return {"key_owner": owner_key(owner), "key_id": evaluation_id}
 
 
 def _check_limit(limit: int) -> None:
@@ -733,32 +495,3 @@ def _json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise TypeError(f"the {what} is stored as JSON: {error}") from error
     assert isinstance(loaded, dict)
     return loaded
-
-
-def _evaluation(row: Mapping[Any, Any]) -> EvaluationRow:
-    return EvaluationRow(
-        id=row["id"],
-        owner=row["owner"],
-        status=row["status"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        n_batches=int(row["n_batches"]),
-        n_samples=int(row["n_samples"]),
-        config=row["config"],
-        metadata=row["meta"],
-        facts=row["facts"],
-        warnings={str(code): int(count) for code, count in row["warnings"].items()},
-    )
-
-
-def _batch(row: Mapping[Any, Any]) -> BatchRow:
-    stats = row.get("stats")
-    return BatchRow(
-        batch_id=row["batch_id"],
-        seq=int(row["seq"]),
-        content_hash=bytes(row["content_hash"]),
-        n_samples=int(row["n_samples"]),
-        received_at=row["received_at"],
-        answer=row["answer"],
-        stats=None if stats is None else decode_arrays(stats),
-    )

@@ -1,0 +1,289 @@
+"""Group commits of puts: a store's commit thread (see :mod:`service.storage.store`).
+
+Puts are handed to the commit thread (:meth:`Committer.submit` returns a future). While
+it commits, new puts queue; its next transaction stores all of them (up to
+``max_group``), in the order of their evaluations' keys (so that processes sharing a
+database lock rows in one order), each evaluation's row locked, read and updated once,
+its new batches inserted by one statement (:mod:`service.storage.statements`, on the
+driver's cursor); one commit (one fsync) then acknowledges every one of them. No put is
+answered before the commit that stored it; if the transaction fails, each of its puts
+gets the error (a batch is idempotent: its caller sends it again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, PoolProxiedConnection
+
+from service.storage.blobs import decode_totals, encode_totals
+from service.storage.exact import ExactTotals
+from service.storage.rows import PutOutcome, PutResult, batch_row, evaluation_row, owner_key
+from service.storage.statements import PutStatements
+
+log = logging.getLogger(__name__)
+
+#: What a put changes of its evaluation's row, besides the totals.
+_CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
+
+
+@dataclass(eq=False)
+class Put:
+    """A batch ready to be stored, waiting for the transaction that commits it."""
+
+    owner: str | None
+    evaluation_id: str
+    batch_id: str
+    content_hash: bytes
+    n_samples: int
+    totals: ExactTotals
+    stats_blob: bytes
+    answer: dict[str, Any]
+    facts: dict[str, Any] | None
+    codes: list[str]
+    future: Future[PutResult] = field(default_factory=Future)
+
+
+def _evaluation_key(put: Put) -> tuple[str, str]:
+    return owner_key(put.owner), put.evaluation_id
+
+
+class _BrokenConnection(Exception):
+    """The commit thread's connection was lost during a transaction."""
+
+
+class Committer:
+    """The commit thread of one store, started by the first put (of each process), and
+    its connection: one of the engine's pool, kept while it works, replaced after any
+    failure. ``forget(owner, evaluation_id)`` is called for an evaluation found gone."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_group: int,
+        clock: Callable[[], datetime],
+        forget: Callable[[str | None, str], None],
+    ) -> None:
+        if max_group < 1:
+            raise ValueError(f"a commit takes at least one batch; received {max_group}")
+        self.engine = engine
+        self._max_group = max_group
+        self._clock = clock
+        self._forget = forget
+        # Puts waiting for the thread, which holds _lock while it commits a group.
+        self._queue: deque[Put] = deque()
+        self._wake = threading.Condition()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._disposed = False
+        self._connection: PoolProxiedConnection | None = None
+        self._statements = PutStatements(engine.dialect)
+        #: Transactions of puts committed so far (each holds one group).
+        self.commits = 0
+
+    def submit(self, put: Put) -> Future[PutResult]:
+        """Queue ``put`` for the commit thread; its future is done once committed."""
+        with self._wake:
+            if self._disposed:
+                raise RuntimeError("the store is disposed: it stores no more batches")
+            self._queue.append(put)
+            pid = os.getpid()
+            if self._thread is None or self._pid != pid or not self._thread.is_alive():
+                # The first put of this process (a forked child has no commit thread), or
+                # the thread ended.
+                self._thread = threading.Thread(
+                    target=self._commit_queued, name="loss-service-commit", daemon=True
+                )
+                self._pid = pid
+                self._connection = None  # a parent process's connection is not this one's
+                self._thread.start()
+            self._wake.notify()
+        return put.future
+
+    def dispose(self) -> None:
+        """Commit the puts already queued, stop the thread, give its connection back."""
+        with self._wake:
+            self._disposed = True
+            thread = self._thread
+            self._wake.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if self._connection is not None and self._pid == os.getpid():
+            self._connection.close()
+        self._connection = None
+
+    def _commit_queued(self) -> None:
+        """The commit thread: take up to ``max_group`` queued puts, store them in one
+        transaction, answer them; again, until the store is disposed and the queue is
+        empty."""
+        while True:
+            with self._wake:
+                while not self._queue and not self._disposed:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+            with self._lock:
+                with self._wake:
+                    group = [
+                        self._queue.popleft() for _ in range(min(self._max_group, len(self._queue)))
+                    ]
+                self._commit(group)
+
+    def _commit(self, group: list[Put]) -> None:
+        """One transaction for ``group``, its puts in the order of their evaluations' keys
+        (so that processes sharing a database lock rows in one order); each put's future
+        gets its result once committed, or the error."""
+        ordered = sorted(group, key=_evaluation_key)
+        try:
+            try:
+                results = self._transaction(ordered)
+            except _BrokenConnection as broken:
+                # The connection was lost (a database restarted, a network cut): once more
+                # on a new one. Safe even if the lost commit had landed: the batches are
+                # then found stored, and answered as replays, counted once.
+                log.warning("the store's connection broke; the group is tried again: %s", broken)
+                results = self._transaction(ordered)
+        except BaseException as error:
+            # Whatever this group met, the commit thread goes on with the next one.
+            if isinstance(error, _BrokenConnection) and error.__cause__ is not None:
+                error = error.__cause__
+            for put in ordered:
+                put.future.set_exception(error)
+            return
+        self.commits += 1
+        for put, result in zip(ordered, results, strict=True):
+            put.future.set_result(result)
+
+    def _transaction(self, ordered: list[Put]) -> list[PutResult]:
+        """The group's transaction on the commit thread's connection; after a failure it
+        is rolled back and that connection is not used again (a new one starts clean).
+        ``_BrokenConnection`` (its cause the driver's error) when the connection itself
+        was lost."""
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        connection = self._connection
+        cursor, other = connection.cursor(), connection.cursor()
+        try:
+            with self._statements.pipeline(connection):
+                self._statements.begin(cursor)
+                results = [
+                    result
+                    for _, puts in itertools.groupby(ordered, key=_evaluation_key)
+                    for result in self._put_in(cursor, other, list(puts))
+                ]
+                connection.commit()
+            return results
+        except Exception as error:
+            self._connection = None
+            broken = bool(getattr(connection.driver_connection, "broken", False))
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            with contextlib.suppress(Exception):
+                connection.invalidate()
+            if broken:
+                raise _BrokenConnection(str(error)) from error
+            raise
+        finally:
+            for each in (cursor, other):
+                with contextlib.suppress(Exception):
+                    each.close()
+
+    def _put_in(self, cursor: Any, other: Any, puts: list[Put]) -> list[PutResult]:
+        """The puts of one evaluation inside the group's transaction (see
+        :meth:`put_batch`), each answered as if they had come one after the other: the
+        evaluation's row is locked and read once, the batches stored under the group's
+        ids read by one statement, the new ones inserted by one, and the evaluation's
+        totals and counts written by one (``other``: a second cursor, for the stored
+        batches). Few statements matter: each gives the interpreter lock away while the
+        database works, and waits to get it back."""
+        first = puts[0]
+        sql = self._statements
+        row, found = sql.locked(
+            cursor,
+            other,
+            owner_key(first.owner),
+            first.evaluation_id,
+            sorted({put.batch_id for put in puts}),
+        )
+        if row is None:
+            self._forget(first.owner, first.evaluation_id)
+            return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
+        state = {k: v for k, v in row.items() if k != "totals"}
+        stored = {known["batch_id"]: known for known in found}
+        new: list[dict[str, Any]] = []
+        created: list[ExactTotals] = []
+        results = [self._put_one(put, state, stored, new, created) for put in puts]
+        if new:
+            sql.insert(cursor, new)
+            totals = decode_totals(row["totals"])
+            totals.add_all(created)
+            sql.update(
+                cursor,
+                row["pk"],
+                {**{k: state[k] for k in _CHANGED}, "totals": encode_totals(totals)},
+            )
+        return results
+
+    def _put_one(
+        self,
+        put: Put,
+        state: dict[str, Any],
+        stored: dict[str, dict[str, Any]],
+        new: list[dict[str, Any]],
+        created: list[ExactTotals],
+    ) -> PutResult:
+        """One put against the evaluation as ``state`` holds it and the batches ``stored``
+        under the group's ids; a new batch joins ``new`` (its row), ``created`` (its
+        totals) and ``stored``, and updates ``state``."""
+        current = evaluation_row(state)
+        known = stored.get(put.batch_id)
+        if known is not None:
+            # A batch it accepted is answered as first stored, closed evaluation or not.
+            batch = batch_row({**known, "stats": None})
+            same = secrets.compare_digest(batch.content_hash, put.content_hash)
+            outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
+            return PutResult(outcome, batch, current)
+        if current.status == "closed":
+            return PutResult(PutOutcome.CLOSED, None, current)
+        if put.facts is not None and current.facts is not None and current.facts != put.facts:
+            return PutResult(PutOutcome.MISMATCH, None, current)
+        now = self._clock()
+        row = {
+            "evaluation_pk": state["pk"],
+            "seq": current.n_batches + 1,
+            "batch_id": put.batch_id,
+            "content_hash": put.content_hash,
+            "n_samples": put.n_samples,
+            "received_at": now,
+            "answer": put.answer,
+            "stats": put.stats_blob,
+        }
+        new.append(row)
+        created.append(put.totals)
+        stored[put.batch_id] = row
+        counts = dict(current.warnings)
+        for code in put.codes:
+            counts[code] = counts.get(code, 0) + 1
+        state.update(
+            n_batches=current.n_batches + 1,
+            n_samples=current.n_samples + put.n_samples,
+            updated_at=now,
+            warnings=counts,
+            facts=current.facts if current.facts is not None else put.facts,
+        )
+        return PutResult(
+            PutOutcome.CREATED, batch_row({**row, "stats": None}), evaluation_row(state)
+        )
