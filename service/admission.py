@@ -169,7 +169,7 @@ _libc: ctypes.CDLL | None = None
 _M_MMAP_THRESHOLD: Final = -3
 
 
-def _glibc_call(name: str) -> Any:
+def glibc_call(name: str) -> Any:
     """A function of the C library, or None where there is no such call (not glibc)."""
     global _libc
     if _libc is None:
@@ -190,7 +190,7 @@ def tune_allocator(mmap_threshold: int) -> bool:
     concurrent 24 MiB requests, against 83 MiB with the threshold fixed at 1 MiB).
     Whether it took effect.
     """
-    mallopt = _glibc_call("mallopt")
+    mallopt = glibc_call("mallopt")
     if mmap_threshold <= 0 or mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
@@ -199,5 +199,5 @@ def tune_allocator(mmap_threshold: int) -> bool:
 def give_back_memory() -> bool:
     """Return freed heap memory to the operating system (glibc ``malloc_trim``); a
     no-op where the C library has no such call. Whether it did anything."""
-    trim = _glibc_call("malloc_trim")
+    trim = glibc_call("malloc_trim")
     return False if trim is None else bool(trim(0))

@@ -150,21 +150,11 @@ def _walk_strings(data: bytes | bytearray, most: int) -> NDArray[np.int64] | Non
     by string: ``bytes.find`` goes from an opening quote to the closing one at memory
     speed, over a long string's text (a typed array's base64) without looking at each
     byte in Python or NumPy. None past ``most`` strings: the vectorised scan of every
-    byte is cheaper for bodies of many strings."""
-    found: list[int] = []
-    find = data.find
-    at = find(b'"')
-    while at != -1:
-        if len(found) >= 2 * most:
-            return None
-        end = find(b'"', at + 1)
-        while end != -1 and data[end - 1] == _BACKSLASH and _escaped_at(data, end):
-            end = find(b'"', end + 1)
-        if end == -1:
-            raise _Fallback("a string is not terminated")
-        found += (at, end)
-        at = find(b'"', end + 1)
-    return np.array(found, np.int64)
+    byte is cheaper for bodies of many strings. (:class:`BodyScan`'s walk, over the
+    whole body at once.)"""
+    scan = BodyScan(most)
+    scan.walk(data, len(data))
+    return scan.quotes()
 
 
 def _escaped_at(data: bytes | bytearray, quote: int) -> bool:
@@ -180,9 +170,9 @@ class BodyScan:
     ``service.api.body`` feeds it each chunk as it stores it, on bytes still in the cache
     and while the next chunk is on its way, not after the whole body is there.
 
-    It finds the quotes that open and close the body's strings as :func:`_walk_strings`
-    does (while they are at most ``most_strings``), and whether the body is all ASCII and
-    holds a backslash.
+    It finds the quotes that open and close the body's strings (:meth:`walk`, which
+    :func:`_walk_strings` runs over a whole body at once; while they are at most
+    ``most_strings``), and whether the body is all ASCII and holds a backslash.
     """
 
     __slots__ = ("_at", "_found", "_most", "_open", "ascii", "backslash", "fed")
@@ -202,10 +192,15 @@ class BodyScan:
         self.fed += len(chunk)
         self.ascii = self.ascii and chunk.isascii()
         self.backslash = self.backslash or b"\\" in chunk
+        self.walk(data, self.fed)
+
+    def walk(self, data: bytes | bytearray, stop: int) -> None:
+        """Find the strings' quotes in ``data`` up to ``stop``, on from where the last
+        walk stopped (a string may open in one walk and close in a later one)."""
         found = self._found
         if found is None:
             return
-        find, stop, at = data.find, self.fed, self._at
+        find, at = data.find, self._at
         while True:
             if self._open == -1:
                 opening = find(b'"', at, stop)

@@ -46,7 +46,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
 from service import errors
-from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, _glibc_call, mib
+from service.admission import JSON_PARSE_FACTOR, MemoryBudget, Reservation, glibc_call, mib
 from service.json_body import BodyScan, ScannedBody
 from service.settings import Settings
 from service.wire import BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER, JSON_MEDIA_TYPE
@@ -206,7 +206,7 @@ def _presized(buffer: bytearray, nbytes: int) -> bool:
         resize(buffer, nbytes)
     except MemoryError:
         return False
-    madvise = _glibc_call("madvise")
+    madvise = glibc_call("madvise")
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if madvise is not None and advice is not None:
         anchor = ctypes.c_char.from_buffer(buffer)

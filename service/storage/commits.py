@@ -30,12 +30,9 @@ from sqlalchemy import Engine, PoolProxiedConnection
 from service.storage.blobs import decode_totals, encode_totals
 from service.storage.exact import ExactTotals
 from service.storage.rows import PutOutcome, PutResult, batch_row, evaluation_row, owner_key
-from service.storage.statements import PutStatements
+from service.storage.statements import CHANGED, PutStatements
 
 log = logging.getLogger(__name__)
-
-#: What a put changes of its evaluation's row, besides the totals.
-_CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
 
 
 @dataclass(eq=False)
@@ -203,7 +200,7 @@ class Committer:
 
     def _put_in(self, cursor: Any, other: Any, puts: list[Put]) -> list[PutResult]:
         """The puts of one evaluation inside the group's transaction (see
-        :meth:`put_batch`), each answered as if they had come one after the other: the
+        :meth:`Store.put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
         ids read by one statement, the new ones inserted by one, and the evaluation's
         totals and counts written by one (``other``: a second cursor, for the stored
@@ -233,7 +230,7 @@ class Committer:
             sql.update(
                 cursor,
                 row["pk"],
-                {**{k: state[k] for k in _CHANGED}, "totals": encode_totals(totals)},
+                {**{k: state[k] for k in CHANGED}, "totals": encode_totals(totals)},
             )
         return results
 

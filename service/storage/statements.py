@@ -23,6 +23,8 @@ from service.storage.schema import batches, evaluations
 
 Processor = Callable[[Any], Any] | None
 
+#: What a put changes of its evaluation's row, besides the totals.
+CHANGED = ("n_batches", "n_samples", "updated_at", "warnings", "facts")
 #: Rows one multi-row INSERT takes (8 columns: far under SQLite's and PostgreSQL's limits
 #: on bound parameters).
 INSERT_ROWS = 500
@@ -50,7 +52,7 @@ class PutStatements:
         self.evaluation_columns = list(evaluations.c)
         self.batch_columns = [c for c in batches.c if c.key != "stats"]
         self._insert_columns = list(batches.c)
-        self._changed = ["n_batches", "n_samples", "updated_at", "warnings", "facts", "totals"]
+        self._changed = [*CHANGED, "totals"]
         changed = {c.key: c for c in evaluations.c}
         names = ", ".join(c.key for c in self.evaluation_columns)
         lock = " FOR UPDATE" if not self.sqlite else ""

@@ -62,12 +62,17 @@ for _outcome in PutOutcome:
 #: the time to live, if shorter), when an evaluation is created or listed.
 _EXPIRE_EVERY_S = 600.0
 
-EvaluationId = Annotated[str, Path(description="The evaluation's id.", max_length=64)]
+#: The longest path parameters the routes take (longer ones are a 422 of the route's).
+_EVALUATION_ID_MAX = 64
+_BATCH_ID_MAX = 128
+EvaluationId = Annotated[
+    str, Path(description="The evaluation's id.", max_length=_EVALUATION_ID_MAX)
+]
 BatchId = Annotated[
     str,
     Path(
         description="The caller's id of the batch: 1–128 characters of A-Z a-z 0-9 . _ : -",
-        max_length=128,
+        max_length=_BATCH_ID_MAX,
     ),
 ]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Items per page.")]
@@ -212,8 +217,6 @@ def _batch_id(batch_id: str) -> None:
 
 #: The path of a batch, as the router and the direct path (:func:`serve_put`) name it.
 BATCH_PATH = "/v1/evaluations/{evaluation_id}/batches/{batch_id}"
-_EVALUATION_ID_MAX = 64
-_BATCH_ID_MAX = 128
 
 
 @router.put(
@@ -256,19 +259,18 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     settings: Settings = request.app.state.settings
     raw = await read_body(request)
     try:
-        setup = store.known_setup(owner, evaluation_id)
+        setup = store.known_setup(owner, evaluation_id) or await anyio.to_thread.run_sync(
+            store.get_setup, owner, evaluation_id
+        )
         if setup is None:
-            setup = await anyio.to_thread.run_sync(store.get_setup, owner, evaluation_id)
+            raise _not_found(evaluation_id)
     except BaseException:
+        # compute() releases the body from here on.
         raw.release()
         raise
-    if setup is None:
-        raw.release()
-        raise _not_found(evaluation_id)
-    known = setup
 
     def evaluate_and_submit(document: Any, max_elements: int) -> Future[PutResult]:
-        outcome = evaluate_batch(known.config, document, known.facts, max_elements)
+        outcome = evaluate_batch(setup.config, document, setup.facts, max_elements)
         return store.submit_batch(
             owner,
             evaluation_id,
@@ -278,7 +280,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             {"batch_id": batch_id, **outcome.answer},
             outcome.n_samples,
             # Facts already fixed were checked by evaluate_batch: nothing to store or compare.
-            facts=outcome.facts if known.facts is None else None,
+            facts=outcome.facts if setup.facts is None else None,
             warnings=outcome.warning_codes,
         )
 
