@@ -8,6 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -736,3 +737,31 @@ def test_a_commit_thread_that_died_is_started_again(store: Store) -> None:
     )
     assert future.result(timeout=30).outcome is PutOutcome.CREATED
     assert commits._thread is not dead and commits._thread.is_alive()
+
+
+def test_a_caller_that_may_wait_commits_its_own_put_when_no_commit_runs(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+
+    def submit(batch_id: str) -> Future[PutResult]:
+        return store.submit_batch(
+            OWNER,
+            evaluation.id,
+            batch_id,
+            content_hash(batch_id, 0),
+            batch_stats(batch_id, 0),
+            answer_of(batch_id, 0),
+            10,
+            lead=True,
+        )
+
+    # No commit runs: the caller's own thread commits, the future is done on return.
+    commits = store.commits
+    assert submit("led").done()
+    assert store.commits == commits + 1
+    # A commit runs: the put waits in the queue for the commit thread.
+    with commit_running(store):
+        waiting = submit("queued")
+        assert not waiting.done()
+    assert waiting.result(timeout=30).outcome is PutOutcome.CREATED
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 2

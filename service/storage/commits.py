@@ -91,8 +91,14 @@ class Committer:
         #: Transactions of puts committed so far (each holds one group).
         self.commits = 0
 
-    def submit(self, put: Put) -> Future[PutResult]:
-        """Queue ``put`` for the commit thread; its future is done once committed."""
+    def submit(self, put: Put, *, lead: bool = False) -> Future[PutResult]:
+        """Queue ``put``; its future is done once committed.
+
+        With ``lead`` (a caller that may block: never an event loop's thread), when no
+        commit is running the caller commits the queue itself, its own put with it, and
+        finds the future done on return: no hand-over to the commit thread and back, and
+        no waking of a thread that slept. Otherwise the commit thread stores it, with
+        the puts that queued meanwhile."""
         with self._wake:
             if self._disposed:
                 raise RuntimeError("the store is disposed: it stores no more batches")
@@ -107,8 +113,25 @@ class Committer:
                 self._pid = pid
                 self._connection = None  # a parent process's connection is not this one's
                 self._thread.start()
-            self._wake.notify()
+            if not lead:
+                self._wake.notify()
+        if lead:
+            if self._lock.acquire(blocking=False):
+                try:
+                    self._commit(self._take())
+                finally:
+                    self._lock.release()
+            with self._wake:
+                # A commit was running (its holder leaves the queue to the thread), or
+                # more puts queued than one group takes.
+                if self._queue:
+                    self._wake.notify()
         return put.future
+
+    def _take(self) -> list[Put]:
+        """The next group: up to ``max_group`` queued puts, in their order of arrival."""
+        with self._wake:
+            return [self._queue.popleft() for _ in range(min(self._max_group, len(self._queue)))]
 
     def dispose(self) -> None:
         """Commit the puts already queued, stop the thread, give its connection back."""
@@ -118,6 +141,13 @@ class Committer:
             self._wake.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+            # A leading caller may still be committing on the connection.
+            with self._lock:
+                self._close()
+        else:
+            self._close()
+
+    def _close(self) -> None:
         if self._connection is not None and self._pid == os.getpid():
             self._connection.close()
         self._connection = None
@@ -133,16 +163,15 @@ class Committer:
                 if not self._queue:
                     return
             with self._lock:
-                with self._wake:
-                    group = [
-                        self._queue.popleft() for _ in range(min(self._max_group, len(self._queue)))
-                    ]
-                self._commit(group)
+                # A leading caller may have committed the puts that woke the thread.
+                self._commit(self._take())
 
     def _commit(self, group: list[Put]) -> None:
         """One transaction for ``group``, its puts in the order of their evaluations' keys
         (so that processes sharing a database lock rows in one order); each put's future
-        gets its result once committed, or the error."""
+        gets its result once committed, or the error. Called with ``_lock`` held."""
+        if not group:
+            return
         ordered = sorted(group, key=_evaluation_key)
         try:
             try:

@@ -359,6 +359,7 @@ class Store:
             n_samples,
             facts=facts,
             warnings=warnings,
+            lead=True,
         ).result()
 
     def submit_batch(
@@ -373,11 +374,16 @@ class Store:
         *,
         facts: Mapping[str, Any] | None = None,
         warnings: Iterable[str] = (),
+        lead: bool = False,
     ) -> Future[PutResult]:
         """:meth:`put_batch` without waiting: the put goes to the commit thread, and the
         future is done once the transaction that stores it is committed, or has failed
         (then every put in it gets the error; a batch is idempotent, its caller sends it
-        again). Invalid arguments raise here, in the caller's thread."""
+        again). Invalid arguments raise here, in the caller's thread.
+
+        ``lead``: the caller may block (it is not an event loop's thread); when no
+        commit is running it commits the put itself, with those queued, before this
+        returns (see :meth:`Committer.submit <service.storage.commits.Committer.submit>`)."""
         owner_key(owner)
         if BATCH_ID.fullmatch(batch_id) is None:
             raise ValueError(
@@ -402,7 +408,7 @@ class Store:
             None if facts is None else _json(facts, "facts"),
             sorted(set(warnings)),
         )
-        return self._commits.submit(put)
+        return self._commits.submit(put, lead=lead)
 
     def list_batches(
         self,

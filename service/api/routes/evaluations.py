@@ -13,6 +13,7 @@ does not exist (404), and lists show only one's own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -282,11 +283,22 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             # Facts already fixed were checked by evaluate_batch: nothing to store or compare.
             facts=outcome.facts if setup.facts is None else None,
             warnings=outcome.warning_codes,
+            # A batch evaluated in the thread pool may commit there, when no commit runs;
+            # one evaluated on the event loop leaves it to the commit thread.
+            lead=not _on_event_loop(),
         )
 
     result = await completion(await compute(raw, settings, evaluate_and_submit))
     BATCHES.labels(result.outcome.value).inc()
     return _put_answer(result, evaluation_id, batch_id)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
