@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     #: commit is running wait for the next one and share it (and its fsync); each is
     #: answered only after the commit that stored it.
     max_batches_per_commit: int = Field(default=64, ge=1)
+    #: Bytes of running totals a worker keeps in memory for the evaluations it wrote last,
+    #: so that their next batches are stored without reading the evaluation first
+    #: (0: read it every time).
+    written_totals_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     # ---- Hostile and heavy load: every budget a worker process keeps ----
     #: Bytes a worker may hold for requests at once: declared and received bodies plus each

@@ -30,6 +30,7 @@ from service.storage import InvalidCursor, PutOutcome, PutResult, Store
 from service.storage.blobs import encode_arrays, encode_totals
 from service.storage.exact import ExactTotals
 from service.storage.schema import batches, evaluations
+from service.storage.statements import PutStatements
 
 OWNER = "owner-hash"
 
@@ -765,3 +766,115 @@ def test_a_caller_that_may_wait_commits_its_own_put_when_no_commit_runs(store: S
     assert waiting.result(timeout=30).outcome is PutOutcome.CREATED
     totals = store.get_totals(OWNER, evaluation.id)
     assert totals is not None and totals.evaluation.n_batches == 2
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The evaluations whose row a put's transaction locked and read, in order."""
+    reads: list[str] = []
+    locked = PutStatements.locked
+
+    def counted(self: PutStatements, *args: Any) -> Any:
+        reads.append(args[3])  # cursor, other cursor, owner, evaluation id, batch ids
+        return locked(self, *args)
+
+    monkeypatch.setattr(PutStatements, "locked", counted)
+    return reads
+
+
+def _exact(store: Store, evaluation_id: str, n_batches: int) -> None:
+    totals = store.get_totals(OWNER, evaluation_id)
+    assert totals is not None and totals.evaluation.n_batches == n_batches
+    rebuilt = store.rebuild_totals(OWNER, evaluation_id)
+    assert rebuilt is not None
+    assert all(bits(rebuilt.values[k]) == bits(totals.values[k]) for k in totals.values)
+
+
+def test_an_evaluation_the_store_wrote_last_takes_its_next_batches_without_a_read(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    reads = _reads(monkeypatch)
+    for batch_id in ("a", "b", "c"):
+        assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+    assert reads == [evaluation.id]
+    # A batch sent again breaks the insert: nothing is written, and the put is answered
+    # after a read, as without the memory of the evaluation.
+    assert put(store, evaluation.id, "b").outcome is PutOutcome.REPLAYED
+    assert put(store, evaluation.id, "b", 1).outcome is PutOutcome.CONFLICT
+    assert len(reads) == 3
+    _exact(store, evaluation.id, 3)
+
+
+@pytest.mark.parametrize("change", ["put", "close", "delete", "rebuild"])
+def test_an_evaluation_another_process_changed_is_read_before_its_next_batch(
+    db: Database, clock: Clock, change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two stores on one database, as two processes; the clock stands still, so only the
+    # row's counts and status (and a rebuild's later time) tell a change.
+    first = Store.open(db.url, db.data_dir, clock=clock)
+    other = Store.open(db.url, db.data_dir, clock=clock, migrate=False)
+    try:
+        evaluation = first.create_evaluation(OWNER, {}, {})
+        if change == "rebuild":
+            # Totals damaged on disk: the first store reads them, and keeps what it wrote
+            # on top of them in memory; the other store's rebuild repairs them.
+            with first.engine.begin() as connection:
+                connection.execute(
+                    update(evaluations)
+                    .where(evaluations.c.id == evaluation.id)
+                    .values(totals=encode_totals(ExactTotals.from_stats(batch_stats("x", 0))))
+                )
+        assert put(first, evaluation.id, "a").outcome is PutOutcome.CREATED
+        reads = _reads(monkeypatch)
+        expected, batches = PutOutcome.CREATED, 2
+        if change == "put":
+            assert put(other, evaluation.id, "b").outcome is PutOutcome.CREATED
+            expected, batches = PutOutcome.CREATED, 3
+        elif change == "close":
+            assert other.close_evaluation(OWNER, evaluation.id) is not None
+            expected, batches = PutOutcome.CLOSED, 1
+        elif change == "delete":
+            assert other.delete_evaluation(OWNER, evaluation.id)
+            expected = PutOutcome.NOT_FOUND
+        else:
+            assert other.rebuild_totals(OWNER, evaluation.id) is not None
+        del reads[:]
+        assert put(first, evaluation.id, "c").outcome is expected
+        assert reads == [evaluation.id]
+        if change != "delete":
+            _exact(first, evaluation.id, batches)
+    finally:
+        first.dispose()
+        other.dispose()
+
+
+def test_the_memory_of_written_evaluations_keeps_to_its_bytes(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = Store.open(db.url, db.data_dir)
+    try:
+        sizing = probe.create_evaluation(OWNER, {}, {})
+        put(probe, sizing.id, "a")
+        with probe.engine.connect() as connection:
+            size = len(
+                connection.execute(
+                    select(evaluations.c.totals).where(evaluations.c.id == sizing.id)
+                ).scalar_one()
+            )
+    finally:
+        probe.dispose()
+    # (Totals grow a little with their batches: room for two is more than twice one.)
+    for budget, evaluations_kept in ((0, 0), (size, 1), (4 * size, 2)):
+        store = Store.open(db.url, db.data_dir, written_bytes=budget, migrate=False)
+        try:
+            first, second = (store.create_evaluation(OWNER, {}, {}) for _ in range(2))
+            put(store, first.id, "a")
+            put(store, second.id, "a")
+            reads = _reads(monkeypatch)
+            put(store, first.id, "b")
+            put(store, second.id, "b")
+            # The most recently written are kept; the first goes when one fits.
+            assert len(reads) == {0: 2, 1: 1, 2: 0}[evaluations_kept], budget
+            monkeypatch.undo()
+        finally:
+            store.dispose()

@@ -18,12 +18,12 @@ import logging
 import os
 import secrets
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, PoolProxiedConnection
 
@@ -52,6 +52,20 @@ class Put:
     future: Future[PutResult] = field(default_factory=Future)
 
 
+@dataclass(eq=False)
+class _Written:
+    """An evaluation as this process's last commit left it: its row's columns but the
+    totals, and the totals decoded (``size``: their bytes as stored)."""
+
+    state: dict[str, Any]
+    totals: ExactTotals
+    size: int
+
+
+class _Stale(Exception):
+    """A transaction that wrote an evaluation as last written found it changed."""
+
+
 def _evaluation_key(put: Put) -> tuple[str, str]:
     return owner_key(put.owner), put.evaluation_id
 
@@ -72,6 +86,7 @@ class Committer:
         max_group: int,
         clock: Callable[[], datetime],
         forget: Callable[[str | None, str], None],
+        written_bytes: int = 0,
     ) -> None:
         if max_group < 1:
             raise ValueError(f"a commit takes at least one batch; received {max_group}")
@@ -88,6 +103,13 @@ class Committer:
         self._disposed = False
         self._connection: PoolProxiedConnection | None = None
         self._statements = PutStatements(engine.dialect)
+        # Evaluations this process wrote last, most recent last, within _written_budget
+        # bytes of totals: their next group is written with no lock or read before (see
+        # _put_written). Its own lock: forget() comes from other threads.
+        self._written: OrderedDict[tuple[str, str], _Written] = OrderedDict()
+        self._written_size = 0
+        self._written_budget = written_bytes
+        self._written_lock = threading.Lock()
         #: Transactions of puts committed so far (each holds one group).
         self.commits = 0
 
@@ -175,13 +197,13 @@ class Committer:
         ordered = sorted(group, key=_evaluation_key)
         try:
             try:
-                results = self._transaction(ordered)
+                results = self._attempt(ordered)
             except _BrokenConnection as broken:
                 # The connection was lost (a database restarted, a network cut): once more
                 # on a new one. Safe even if the lost commit had landed: the batches are
                 # then found stored, and answered as replays, counted once.
                 log.warning("the store's connection broke; the group is tried again: %s", broken)
-                results = self._transaction(ordered)
+                results = self._attempt(ordered)
         except BaseException as error:
             # Whatever this group met, the commit thread goes on with the next one.
             if isinstance(error, _BrokenConnection) and error.__cause__ is not None:
@@ -193,26 +215,53 @@ class Committer:
         for put, result in zip(ordered, results, strict=True):
             put.future.set_result(result)
 
-    def _transaction(self, ordered: list[Put]) -> list[PutResult]:
+    def _attempt(self, ordered: list[Put]) -> list[PutResult]:
+        """The group's transaction, the evaluations this process wrote last written as it
+        left them; if one of them had changed since (another process wrote it, or it was
+        closed, deleted, rebuilt, or a batch id was stored), nothing is written and the
+        group runs again, every evaluation locked and read first."""
+        try:
+            return self._transaction(ordered, written=True)
+        except _Stale:
+            return self._transaction(ordered, written=False)
+
+    def _transaction(self, ordered: list[Put], *, written: bool) -> list[PutResult]:
         """The group's transaction on the commit thread's connection; after a failure it
-        is rolled back and that connection is not used again (a new one starts clean).
-        ``_BrokenConnection`` (its cause the driver's error) when the connection itself
-        was lost."""
+        is rolled back and that connection is not used again (a new one starts clean),
+        unless an evaluation written as last written had changed (``_Stale``: the
+        connection is fine). ``_BrokenConnection`` (its cause the driver's error) when the
+        connection itself was lost."""
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
         cursor, other = connection.cursor(), connection.cursor()
+        leaving: dict[tuple[str, str], _Written | None] = {}
+        as_written = False
         try:
             with self._statements.pipeline(connection):
                 self._statements.begin(cursor)
-                results = [
-                    result
-                    for _, puts in itertools.groupby(ordered, key=_evaluation_key)
-                    for result in self._put_in(cursor, other, list(puts))
-                ]
+                results: list[PutResult] = []
+                for key, each in itertools.groupby(ordered, key=_evaluation_key):
+                    puts = list(each)
+                    known = self._recall(key) if written else None
+                    leaving[key] = None
+                    as_written = as_written or known is not None
+                    fast = None if known is None else self._put_written(cursor, puts, known)
+                    done, left = fast if fast is not None else self._put_in(cursor, other, puts)
+                    results += done
+                    leaving[key] = left
                 connection.commit()
-            return results
         except Exception as error:
+            for key in leaving:
+                self.forget(*key)
+            integrity = self._integrity_error
+            if as_written and integrity is not None and isinstance(error, integrity):
+                try:
+                    connection.rollback()
+                except Exception:
+                    pass  # then the connection goes, as after any other failure
+                else:
+                    raise _Stale() from error
             self._connection = None
             broken = bool(getattr(connection.driver_connection, "broken", False))
             with contextlib.suppress(Exception):
@@ -223,11 +272,82 @@ class Committer:
                 raise _BrokenConnection(str(error)) from error
             raise
         finally:
-            for each in (cursor, other):
+            for each_cursor in (cursor, other):
                 with contextlib.suppress(Exception):
-                    each.close()
+                    each_cursor.close()
+        for key, left in leaving.items():
+            self._remember(key, left)
+        return results
 
-    def _put_in(self, cursor: Any, other: Any, puts: list[Put]) -> list[PutResult]:
+    # -- evaluations written last ------------------------------------------------------
+
+    @property
+    def _integrity_error(self) -> type[Exception] | None:
+        dbapi = self.engine.dialect.dbapi
+        return None if dbapi is None else cast(type[Exception], dbapi.IntegrityError)
+
+    def forget(self, owner: str, evaluation_id: str) -> None:
+        """Write the evaluation's next group after a lock and a read (it changed, or is
+        about to, elsewhere than in this committer). ``owner``: its key."""
+        with self._written_lock:
+            gone = self._written.pop((owner, evaluation_id), None)
+            if gone is not None:
+                self._written_size -= gone.size
+
+    def _recall(self, key: tuple[str, str]) -> _Written | None:
+        with self._written_lock:
+            known = self._written.pop(key, None)
+            if known is not None:
+                # Taken out while the transaction runs: kept again once it committed.
+                self._written_size -= known.size
+            return known
+
+    def _remember(self, key: tuple[str, str], left: _Written | None) -> None:
+        if left is None or left.size > self._written_budget:
+            return
+        with self._written_lock:
+            gone = self._written.pop(key, None)
+            if gone is not None:
+                self._written_size -= gone.size
+            self._written[key] = left
+            self._written_size += left.size
+            while self._written_size > self._written_budget:
+                _, oldest = self._written.popitem(last=False)
+                self._written_size -= oldest.size
+
+    def _put_written(
+        self, cursor: Any, puts: list[Put], known: _Written
+    ) -> tuple[list[PutResult], _Written] | None:
+        """The puts of an evaluation that this process wrote last, as ``known`` holds it,
+        written with no lock or read before: new batches inserted, the totals added and
+        the row updated by a statement that fails if the row is no longer as written
+        (see :meth:`PutStatements.update_written`), as does the insert of a batch id
+        stored since. ``None`` (nothing written) unless every put is a new batch: the
+        others are answered after a read (:meth:`_put_in`)."""
+        if len({put.batch_id for put in puts}) != len(puts):
+            return None
+        state = dict(known.state)
+        new: list[dict[str, Any]] = []
+        created: list[ExactTotals] = []
+        results = [self._put_one(put, state, {}, new, created) for put in puts]
+        if any(result.outcome is not PutOutcome.CREATED for result in results):
+            return None
+        # known was taken out of the memory of written evaluations: if this transaction
+        # fails, what it adds here is forgotten with it.
+        known.totals.add_all(created)
+        blob = encode_totals(known.totals)
+        changes = {**{k: state[k] for k in CHANGED}, "totals": blob}
+        sql = self._statements
+        # The row first: its update locks it. Inserting first would take the share lock
+        # of the batches' foreign key, and two processes holding it would each wait for
+        # the other's to update the row (PostgreSQL: a deadlock).
+        sql.update_written(cursor, state["pk"], known.state, changes)
+        sql.insert(cursor, new)
+        return results, _Written(state, known.totals, len(blob))
+
+    def _put_in(
+        self, cursor: Any, other: Any, puts: list[Put]
+    ) -> tuple[list[PutResult], _Written | None]:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`Store.put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
@@ -246,22 +366,21 @@ class Committer:
         )
         if row is None:
             self._forget(first.owner, first.evaluation_id)
-            return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts]
+            return [PutResult(PutOutcome.NOT_FOUND, None, None) for _ in puts], None
         state = {k: v for k, v in row.items() if k != "totals"}
         stored = {known["batch_id"]: known for known in found}
         new: list[dict[str, Any]] = []
         created: list[ExactTotals] = []
         results = [self._put_one(put, state, stored, new, created) for put in puts]
-        if new:
-            sql.insert(cursor, new)
-            totals = decode_totals(row["totals"])
-            totals.add_all(created)
-            sql.update(
-                cursor,
-                row["pk"],
-                {**{k: state[k] for k in CHANGED}, "totals": encode_totals(totals)},
-            )
-        return results
+        if not new:
+            return results, None
+        sql.insert(cursor, new)
+        totals = decode_totals(row["totals"])
+        totals.add_all(created)
+        blob = encode_totals(totals)
+        sql.update(cursor, row["pk"], {**{k: state[k] for k in CHANGED}, "totals": blob})
+        # Written, and open (it took new batches): its next group needs no lock or read.
+        return results, _Written(state, totals, len(blob))
 
     def _put_one(
         self,

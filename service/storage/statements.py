@@ -73,6 +73,18 @@ class PutStatements:
             + ", ".join(f"{key} = {mark}" for key in self._changed)
             + f" WHERE pk = {mark}"
         )
+        # The same update for an evaluation as this process last wrote it, with no read
+        # before: it asserts that the row is still as written (its batch count and time,
+        # open); were it not, n_batches would be set to NULL, which its NOT NULL
+        # constraint refuses, and the transaction fails without writing anything.
+        self._update_written = (
+            "UPDATE evaluations SET n_batches = CASE WHEN n_batches = "
+            f"{mark} AND updated_at = {mark} AND status = 'open' THEN CAST({mark} AS BIGINT) "
+            "END, "
+            + ", ".join(f"{key} = {mark}" for key in self._changed[1:])
+            + f" WHERE pk = {mark}"
+        )
+        self._write_written = _bind(dialect, (changed["n_batches"], changed["updated_at"]))
         self._read_evaluation = _result(dialect, self.evaluation_columns)
         self._read_batch = _result(dialect, self.batch_columns)
         self._write_batch = _bind(dialect, self._insert_columns)
@@ -135,3 +147,19 @@ class PutStatements:
         """Write the evaluation's counts, time, warnings, facts and totals."""
         values = _convert(self._write_changes, [changes[key] for key in self._changed])
         cursor.execute(self._update, (*values, evaluation_pk))
+
+    def update_written(
+        self,
+        cursor: Any,
+        evaluation_pk: int,
+        written: Mapping[str, Any],
+        changes: Mapping[str, Any],
+    ) -> None:
+        """:meth:`update`, with no lock or read before, of an evaluation that this process
+        wrote last as ``written`` (its ``n_batches`` and ``updated_at``): the statement
+        fails with the driver's ``IntegrityError`` if the row changed since (a batch
+        from another process, closed, its totals rebuilt), and does nothing if the row
+        is gone (then the batches' foreign key fails)."""
+        check = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
+        values = _convert(self._write_changes, [changes[key] for key in self._changed])
+        cursor.execute(self._update_written, (*check, *values, evaluation_pk))

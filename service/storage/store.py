@@ -37,7 +37,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ from service.storage.schema import HASH_LENGTH, batches, evaluations
 DEFAULT_SETUP_CACHE = 1024
 #: Puts that one transaction may commit together (see :meth:`Store.put_batch`).
 DEFAULT_MAX_GROUP = 64
+#: Bytes of running totals kept in memory for the evaluations a store wrote last.
+DEFAULT_WRITTEN_BYTES = 64 * 1024 * 1024
 #: Largest page of a list.
 MAX_LIMIT = 1000
 #: Evaluations deleted per transaction by :meth:`Store.expire`.
@@ -105,6 +107,7 @@ class Store:
         clock: Callable[[], datetime] = utc_now,
         setup_cache: int = DEFAULT_SETUP_CACHE,
         max_group: int = DEFAULT_MAX_GROUP,
+        written_bytes: int = DEFAULT_WRITTEN_BYTES,
     ) -> None:
         self.engine = engine
         self._writer = writer(engine)
@@ -114,7 +117,13 @@ class Store:
         self._setups: OrderedDict[tuple[str, str], Setup] = OrderedDict()
         self._setups_lock = threading.Lock()
         self._setup_cache = setup_cache
-        self._commits = Committer(engine, max_group=max_group, clock=clock, forget=self._forget)
+        self._commits = Committer(
+            engine,
+            max_group=max_group,
+            clock=clock,
+            forget=self._forget,
+            written_bytes=written_bytes,
+        )
 
     @property
     def commits(self) -> int:
@@ -132,6 +141,7 @@ class Store:
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
         setup_cache: int = DEFAULT_SETUP_CACHE,
         max_group: int = DEFAULT_MAX_GROUP,
+        written_bytes: int = DEFAULT_WRITTEN_BYTES,
         **options: Any,
     ) -> Store:
         """A store on ``url`` (default: ``evaluations.sqlite3`` in ``data_dir``).
@@ -139,7 +149,9 @@ class Store:
         With ``migrate`` the schema is upgraded to the latest revision first
         (safe when several processes start at once). ``setup_cache``: how many
         evaluations' settings :meth:`get_setup` keeps in memory; ``max_group``: how
-        many puts one transaction may commit together. ``options`` go to
+        many puts one transaction may commit together; ``written_bytes``: how many bytes
+        of running totals the store keeps for the evaluations it wrote last, whose next
+        batches are then written with no read before. ``options`` go to
         :func:`sqlalchemy.create_engine`.
         """
         engine = make_engine(url, data_dir, busy_timeout=busy_timeout, **options)
@@ -149,7 +161,13 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock=clock, setup_cache=setup_cache, max_group=max_group)
+        return cls(
+            engine,
+            clock=clock,
+            setup_cache=setup_cache,
+            max_group=max_group,
+            written_bytes=written_bytes,
+        )
 
     def dispose(self) -> None:
         """Commit the puts already handed over, stop the commit thread and close the
@@ -225,8 +243,10 @@ class Store:
             return known
 
     def _forget(self, owner: str | None, evaluation_id: str) -> None:
+        """Keep nothing of the evaluation in memory (it is gone, or about to change)."""
         with self._setups_lock:
             self._setups.pop((owner_key(owner), evaluation_id), None)
+        self._commits.forget(owner_key(owner), evaluation_id)
 
     def get_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
         """The evaluation and its running totals, from one snapshot; ``None`` if not found.
@@ -271,6 +291,8 @@ class Store:
                 .returning(*_EVALUATION_COLUMNS),
                 _key(owner, evaluation_id),
             ).first()
+        # A closed evaluation's fixed facts stay valid; its next put must read the row.
+        self._commits.forget(owner_key(owner), evaluation_id)
         return None if row is None else evaluation_row(row._mapping)
 
     def delete_evaluation(self, owner: str | None, evaluation_id: str) -> bool:
@@ -472,8 +494,13 @@ class Store:
                 "n_batches": n_batches,
                 "n_samples": n_samples,
                 "totals": encode_totals(totals),
+                # A later time tells a process that wrote the evaluation last that its
+                # totals were rewritten here (see Committer._put_written): later than
+                # the row's, whatever the clock says.
+                "updated_at": max(self._clock(), row.updated_at + timedelta(microseconds=1)),
             }
             connection.execute(_UPDATE_EVALUATION, {"row_pk": row.pk, **changes})
+        self._commits.forget(owner_key(owner), evaluation_id)
         evaluation = evaluation_row({**row._mapping, **changes})
         return Totals(evaluation, totals.values())
 

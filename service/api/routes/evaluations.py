@@ -98,6 +98,7 @@ def _store(request: Request) -> Store:
                     settings.data_dir,
                     setup_cache=settings.evaluation_cache_size,
                     max_group=settings.max_batches_per_commit,
+                    written_bytes=settings.written_totals_bytes,
                 )
                 state.store = store
     return store
