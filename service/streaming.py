@@ -6,6 +6,12 @@ is created). Each batch is evaluated as ``POST /v1/evaluate`` would evaluate it
 and report's sufficient statistics; the store adds those up exactly across batches,
 and :func:`results` finalizes them into the evaluate response over every batch.
 
+A batch sent again under its id is compared with the first by a hash of its arrays as
+computed (:class:`_Digest`): the hash an evaluation uses is one of its settings, fixed
+at its creation (``content_hash``): XXH3-128 for every new evaluation; evaluations
+created before the setting existed go on with SHA-256, the hash their batches were
+stored with.
+
 The first accepted batch fixes the evaluation's *facts*: per head, the label family
 (single-label, soft, multi-label, binary), the number of classes, and the losses,
 metrics and reports with their parameters (the defaults that fit its labels, and what
@@ -20,16 +26,16 @@ Nothing here touches HTTP or the database: the web layer reads bodies and answer
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import xxhash
 from numpy.typing import NDArray
 
 from service import diagnostics, kernels, registry
-from service.errors import FieldError, InvalidInput, Loc, ServiceError, invalid
+from service.errors import Conflict, FieldError, InvalidInput, Loc, ServiceError, invalid
 from service.evaluation import (
     FAMILY,
     SETTING_FIELDS,
@@ -49,12 +55,18 @@ MAX_METADATA_KEYS = 64
 MAX_METADATA_CHARS = 1024
 _CREATE_FIELDS = frozenset({*SETTING_FIELDS, "metadata"})
 _HEADS_FIELDS = frozenset({"outputs", "loss_weights", "metadata"})
-#: A head whose arrays hold at least this many bytes is hashed on the hashing thread while
-#: it is evaluated (SHA-256 lets go of the GIL: 1 MiB takes about 0.7 ms, which the
-#: evaluation then hides); smaller heads are hashed in place, cheaper than the hand-off.
-BACKGROUND_HASH_BYTES = 256 * 1024
-# One thread: a request's heads are hashed in the order they were handed over.
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-hash")
+#: The hash of new evaluations' batches (their setting ``content_hash``): XXH3-128 takes
+#: ~12 µs a MiB, SHA-256 ~0.5 ms, as long as the evaluation of a 256×1000 batch itself.
+#: A hash here tells a batch sent again (a retry) from other content under the same id,
+#: within one evaluation, which only its creator's key can reach: it needs no resistance
+#: to crafted collisions, and 128 bits make an accidental one out of reach.
+CONTENT_HASH = "xxh3-128"
+#: The hash of evaluations created before ``content_hash`` was one of their settings.
+LEGACY_CONTENT_HASH = "sha256"
+_HASHES: dict[str, Callable[[], Any]] = {
+    "xxh3-128": xxhash.xxh3_128,
+    "sha256": hashlib.sha256,
+}
 
 
 def _metadata(raw: Any) -> dict[str, str]:
@@ -104,7 +116,7 @@ def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
         for head, settings in outputs.items():
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
-        return {"outputs": heads, "loss_weights": weights}, metadata
+        return {"outputs": heads, "loss_weights": weights, "content_hash": CONTENT_HASH}, metadata
     unknown = sorted(set(document) - _CREATE_FIELDS)
     if unknown:
         raise invalid(
@@ -114,7 +126,11 @@ def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
         )
     settings = {k: v for k, v in document.items() if k != "metadata"}
     parse_plan(settings, (), arrays=False)
-    return {"outputs": {SINGLE: settings}, "loss_weights": {}}, metadata
+    return {
+        "outputs": {SINGLE: settings},
+        "loss_weights": {},
+        "content_hash": CONTENT_HASH,
+    }, metadata
 
 
 def _plans(config: Mapping[str, Any]) -> dict[str, Plan]:
@@ -211,37 +227,29 @@ def _differs(head: str, stored: Mapping[str, Any], found: Mapping[str, Any]) -> 
 
 
 class _Digest:
-    """SHA-256 over each head's arrays as computed, in the order of the heads. A head of
-    ``BACKGROUND_HASH_BYTES`` or more, and every head after it, is hashed on the hashing
-    thread while the caller goes on evaluating; :meth:`close` waits for it."""
+    """The evaluation's hash (see :data:`CONTENT_HASH`) over each head's arrays as
+    computed, in the order of the heads: for each, its name, then each array's name,
+    dtype and shape, and its bytes."""
 
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self._pending: Future[None] | None = None
+    def __init__(self, kind: str) -> None:
+        new = _HASHES.get(kind)
+        if new is None:
+            # An evaluation created by a later version of the service, read by this one.
+            raise Conflict(
+                f"This evaluation's batches are hashed with {kind!r}, which this version of "
+                "the service does not know: send its batches to the version that created it."
+            )
+        self._hash = new()
 
     def add(self, head: str, arrays: list[tuple[str, NDArray[Any]]]) -> None:
-        if self._pending is not None or sum(a.nbytes for _, a in arrays) >= BACKGROUND_HASH_BYTES:
-            self._pending = _HASHER.submit(self._hash, head, arrays)
-        else:
-            self._hash(head, arrays)
-
-    def _hash(self, head: str, arrays: list[tuple[str, NDArray[Any]]]) -> None:
-        self._sha.update(f"head:{head};".encode())
+        self._hash.update(f"head:{head};".encode())
         for name, array in arrays:
             contiguous = np.ascontiguousarray(array)
-            self._sha.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
-            self._sha.update(contiguous.reshape(-1).view(np.uint8).data)
-
-    def close(self) -> None:
-        """Wait for the hashing thread (never leave it the arrays past the request)."""
-        if self._pending is not None:
-            wait([self._pending])
+            self._hash.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
+            self._hash.update(contiguous.reshape(-1).view(np.uint8).data)
 
     def digest(self) -> bytes:
-        self.close()
-        if self._pending is not None:
-            self._pending.result()
-        return self._sha.digest()
+        return bytes(self._hash.digest())
 
 
 def evaluate_batch(
@@ -257,53 +265,50 @@ def evaluate_batch(
     indices or targets), so the same batch sent as JSON lists, typed arrays or binary
     tensors is the same batch."""
     plans = _plans(config)
-    digest = _Digest()
+    digest = _Digest(config.get("content_hash", LEGACY_CONTENT_HASH))
     stats: dict[str, NDArray[Any]] = {}
     head_facts: dict[str, Any] = {}
     responses: dict[str, dict[str, Any]] = {}
     codes: list[str] = []
     differences: list[str] = []
-    try:
-        for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
-            plan = plans[head]
-            try:
-                inputs = inputs_of(head_document, loc, max_elements, plan.common)
-                batch = inputs.batch(-1)
-                found = {
-                    "family": FAMILY[batch.encoding],
-                    "n_classes": batch.n_classes,
-                    "label_encoding": batch.encoding,
-                }
-                stored = None if facts is None else facts["heads"][head]
-                if stored is not None:
-                    difference = _differs(head, stored, found)
-                    if difference is not None:
-                        differences.append(difference)
-                        continue
-                labels = batch.labels if batch.labels is not None else batch.dense
-                assert labels is not None
-                arrays = [("y_pred", batch.y_pred), ("y_true", labels)]
-                if batch.sample_weight is not None:
-                    arrays.append(("sample_weight", batch.sample_weight))
-                digest.add(head, arrays)
-                result = evaluate_head(
-                    plan, inputs, None if stored is None else _entries_from_facts(stored)
-                )
-            except ServiceError as err:
-                raise (err.prefixed(loc) if loc else err) from None
-            head_facts[head] = stored if stored is not None else result.facts
-            prefix = "" if head == SINGLE else f"{head}/"
-            for key, value in result.stats.items():
-                # float64 throughout: a count and a weight sum then add up alike, whichever
-                # batches carry weights.
-                stats[prefix + key] = np.asarray(value, dtype=np.float64)
-            response = result.response
+    for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
+        plan = plans[head]
+        try:
+            inputs = inputs_of(head_document, loc, max_elements, plan.common)
+            batch = inputs.batch(-1)
+            found = {
+                "family": FAMILY[batch.encoding],
+                "n_classes": batch.n_classes,
+                "label_encoding": batch.encoding,
+            }
+            stored = None if facts is None else facts["heads"][head]
             if stored is not None:
-                response["resolved"] = dict(stored["resolved"])
-            responses[head] = response
-            codes += [w["code"] for w in response["warnings"]]
-    finally:
-        digest.close()
+                difference = _differs(head, stored, found)
+                if difference is not None:
+                    differences.append(difference)
+                    continue
+            labels = batch.labels if batch.labels is not None else batch.dense
+            assert labels is not None
+            arrays = [("y_pred", batch.y_pred), ("y_true", labels)]
+            if batch.sample_weight is not None:
+                arrays.append(("sample_weight", batch.sample_weight))
+            digest.add(head, arrays)
+            result = evaluate_head(
+                plan, inputs, None if stored is None else _entries_from_facts(stored)
+            )
+        except ServiceError as err:
+            raise (err.prefixed(loc) if loc else err) from None
+        head_facts[head] = stored if stored is not None else result.facts
+        prefix = "" if head == SINGLE else f"{head}/"
+        for key, value in result.stats.items():
+            # float64 throughout: a count and a weight sum then add up alike, whichever
+            # batches carry weights.
+            stats[prefix + key] = np.asarray(value, dtype=np.float64)
+        response = result.response
+        if stored is not None:
+            response["resolved"] = dict(stored["resolved"])
+        responses[head] = response
+        codes += [w["code"] for w in response["warnings"]]
     if differences:
         message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
         raise InvalidInput(message, [FieldError(("y_true",), message)])

@@ -4,6 +4,7 @@ contract, idempotent batches, isolation by API key, every encoding, several head
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +13,10 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from sqlalchemy import select, update
 
+from service.storage import Store
+from service.storage.schema import evaluations
 from tests.conftest import SyncClient
 from tests.storage_helpers import BACKENDS, database
 
@@ -376,3 +380,44 @@ def test_a_put_is_answered_directly_as_its_route_answers(
     statuses = [status for status, _, _ in direct]
     assert statuses == [201, 200, 409, 201, 422, 422, 422, 404, 415, 400, 422, 409, 200]
     assert direct == routed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_evaluation_created_before_the_hash_was_a_setting_keeps_sha256(
+    backend: str, tmp_path: Path, make_client: Callable[..., SyncClient]
+) -> None:
+    # Its batches were stored with SHA-256 hashes: a batch sent again must be compared
+    # with the same hash, so the evaluation goes on with it.
+    with database(backend, tmp_path) as db:
+        client = make_client(database_url=db.url, data_dir=db.data_dir)
+        eid = _create(client, {})
+        store = Store.open(db.url, db.data_dir, migrate=False)
+        try:
+            with store.engine.begin() as connection:
+                config = connection.execute(
+                    select(evaluations.c.config).where(evaluations.c.id == eid)
+                ).scalar_one()
+                assert config.pop("content_hash") == "xxh3-128"
+                connection.execute(
+                    update(evaluations).where(evaluations.c.id == eid).values(config=config)
+                )
+            body = _batch(slice(0, 8))
+            assert client.put(f"/v1/evaluations/{eid}/batches/a", json=body).status_code == 201
+            page = store.list_batches(None, eid)
+            assert page is not None
+            # The head's name ("" for one head), then each array's name, dtype, shape, bytes.
+            expected = hashlib.sha256(b"head:;")
+            for name, array in (
+                ("y_pred", Y_PRED[:8].astype(np.float32)),
+                ("y_true", Y_TRUE[:8].astype(np.int64)),
+            ):
+                expected.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+                expected.update(array.tobytes())
+            assert page.items[0].content_hash == expected.digest()
+            typed = {"y_true": _typed(Y_TRUE[:8]), "y_pred": _typed(Y_PRED[:8])}
+            again = client.put(f"/v1/evaluations/{eid}/batches/a", json=typed)
+            assert again.status_code == 200, again.text
+            other = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(8, 16)))
+            assert other.status_code == 409
+        finally:
+            store.dispose()

@@ -4,14 +4,17 @@ one-shot evaluate numbers, and the same bits whatever the order."""
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import evaluation, streaming
+from service.errors import Conflict
 from service.storage.exact import ExactTotals
 
 LIMIT = 1 << 26
@@ -153,35 +156,72 @@ def test_settings_are_checked_at_creation() -> None:
     with pytest.raises(Exception, match="without arrays"):
         streaming.parse_settings({"y_pred": [1]})
     config, metadata = streaming.parse_settings({"metadata": {"a": "b"}})
-    assert metadata == {"a": "b"} and config == {"outputs": {"": {}}, "loss_weights": {}}
+    assert metadata == {"a": "b"}
+    assert config == {"outputs": {"": {}}, "loss_weights": {}, "content_hash": "xxh3-128"}
 
 
-@pytest.mark.parametrize("heads", [1, 3])
-def test_the_hash_is_the_same_whether_heads_are_hashed_in_place_or_on_the_hashing_thread(
-    heads: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Large heads are hashed on a thread while they are evaluated; the digest must not
-    # depend on which heads went there (stored hashes decide replays and conflicts).
-    if heads == 1:
-        config, _ = streaming.parse_settings({})
-        batch: dict[str, Any] = _data(3, 50, 4, multi=False)
-    else:
-        config, _ = streaming.parse_settings({"outputs": {f"h{i}": {} for i in range(heads)}})
-        # h0 is small (10 rows, under 1 KiB), the others larger (200 rows, over 4 KiB).
-        sizes = [10, 200, 200]
-        batch = {"outputs": {f"h{i}": _data(i, sizes[i], 4, multi=False) for i in range(heads)}}
+def _framed(kind: Any, heads: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """The content hash as stored: each head's name, then each array's name, dtype,
+    shape and bytes (predictions as float32, labels as int64 indices, weights float64)."""
+    digest = kind()
+    for head, arrays in heads:
+        digest.update(f"head:{head};".encode())
+        for name, array in arrays.items():
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return bytes(digest.digest())
 
-    def content_hash(threshold: int) -> bytes:
-        monkeypatch.setattr(streaming, "BACKGROUND_HASH_BYTES", threshold)
-        return streaming.evaluate_batch(config, copy.deepcopy(batch), None, LIMIT).content_hash
 
-    in_place = content_hash(1 << 60)
-    assert content_hash(0) == in_place
-    if heads > 1:
-        # h0 hashed in place, then h1 handed over, and h2 after it on the thread.
-        assert content_hash(4096) == in_place
-    other = copy.deepcopy(batch)
-    target = other if heads == 1 else other["outputs"]["h1"]
-    target["y_pred"] = target["y_pred"][::-1].copy()
-    monkeypatch.setattr(streaming, "BACKGROUND_HASH_BYTES", 0)
-    assert streaming.evaluate_batch(config, other, None, LIMIT).content_hash != in_place
+def test_the_content_hash_of_a_batch_never_changes() -> None:
+    # Stored hashes decide replays and conflicts: the bytes hashed and the hash of each
+    # kind are fixed, whatever the version. New evaluations use XXH3-128; evaluations
+    # created before their settings named it keep SHA-256.
+    config, _ = streaming.parse_settings({})
+    assert config["content_hash"] == "xxh3-128"
+    batch = _data(5, 300, 4, multi=False)
+    arrays = {
+        "y_pred": batch["y_pred"].astype(np.float32),
+        "y_true": batch["y_true"].astype(np.int64),
+        "sample_weight": batch["sample_weight"].astype(np.float64),
+    }
+    new = streaming.evaluate_batch(config, batch, None, LIMIT).content_hash
+    assert new == _framed(xxhash.xxh3_128, [("", arrays)])
+    legacy = {k: v for k, v in config.items() if k != "content_hash"}
+    old = streaming.evaluate_batch(legacy, batch, None, LIMIT).content_hash
+    assert old == _framed(hashlib.sha256, [("", arrays)])
+    # Any encoding of the same arrays is the same batch; other content is another.
+    as_lists = {k: v.tolist() for k, v in batch.items()}
+    assert streaming.evaluate_batch(config, as_lists, None, LIMIT).content_hash == new
+    as_float64 = {**batch, "y_pred": batch["y_pred"].astype(np.float64)}
+    assert streaming.evaluate_batch(config, as_float64, None, LIMIT).content_hash == new
+    other = {**batch, "y_pred": batch["y_pred"][::-1].copy()}
+    assert streaming.evaluate_batch(config, other, None, LIMIT).content_hash != new
+
+
+def test_the_content_hash_covers_every_head_in_order() -> None:
+    config, _ = streaming.parse_settings({"outputs": {"b": {}, "a": {}}})
+    data = {head: _data(seed, 20, 3, multi=False) for seed, head in enumerate("ab")}
+    batch = {"outputs": {"b": data["b"], "a": data["a"]}}
+    expected = _framed(
+        xxhash.xxh3_128,
+        [
+            (
+                head,
+                {
+                    "y_pred": data[head]["y_pred"].astype(np.float32),
+                    "y_true": data[head]["y_true"].astype(np.int64),
+                    "sample_weight": data[head]["sample_weight"].astype(np.float64),
+                },
+            )
+            for head in "ab"
+        ],
+    )
+    assert streaming.evaluate_batch(config, batch, None, LIMIT).content_hash == expected
+
+
+def test_a_content_hash_this_version_does_not_know_is_a_conflict() -> None:
+    config, _ = streaming.parse_settings({})
+    with pytest.raises(Conflict, match=r"'xxh4', which this version of the service does not know"):
+        streaming.evaluate_batch(
+            {**config, "content_hash": "xxh4"}, _data(1, 10, 3, multi=False), None, LIMIT
+        )
