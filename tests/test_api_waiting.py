@@ -76,3 +76,30 @@ def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
         return await waiting
 
     assert asyncio.run(main()) == 2
+
+
+def test_a_future_already_done_is_answered_without_a_wakeup() -> None:
+    async def main() -> tuple[int, Exception | None, int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        schedule = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return schedule(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        done: Future[int] = Future()
+        done.set_result(7)
+        failed: Future[int] = Future()
+        failed.set_exception(ValueError("the disk is full"))
+        error = None
+        try:
+            await completion(failed)
+        except ValueError as raised:
+            error = raised
+        return await completion(done), error, wakeups
+
+    value, error, wakeups = asyncio.run(main())
+    assert value == 7 and isinstance(error, ValueError) and wakeups == 0

@@ -69,6 +69,10 @@ def _waker(loop: asyncio.AbstractEventLoop) -> _Waker:
 
 async def completion(future: Future[T]) -> T:
     """What ``future`` (completed by another thread) gives, awaited on the running loop."""
+    if future.done():
+        # Committed by the thread that handed it over (a pool thread that led the
+        # commit): no wakeup, no turn of the loop.
+        return future.result()
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[T] = loop.create_future()
     waker = _waker(loop)
