@@ -92,7 +92,7 @@ class FixedSum:
     :meth:`to_floats` reads the correctly rounded float64 values.
     """
 
-    __slots__ = ("limbs", "lo", "shape")
+    __slots__ = ("_exact", "_limbs", "_lo", "shape")
 
     def __init__(self, shape: tuple[int, ...], lo: int, limbs: IntArray) -> None:
         size = math.prod(shape)
@@ -102,8 +102,50 @@ class FixedSum:
                 f"received {limbs.dtype} {limbs.shape}"
             )
         self.shape = shape
-        self.lo = lo
-        self.limbs = limbs
+        self._lo = lo
+        self._limbs: IntArray | None = limbs
+        # A small sum's elements as exact Python integers (units of 2**BASE), when known:
+        # added with integers, its limbs are only made when read (see _of_ints).
+        self._exact: list[int] | None = None
+
+    @classmethod
+    def _of_ints(cls, shape: tuple[int, ...], values: list[int]) -> FixedSum:
+        """A small sum given by its elements' exact values, its limbs made when read (a
+        batch's scalar statistics are added to a total, never read themselves)."""
+        total = cls.__new__(cls)
+        total.shape = shape
+        total._lo = 0
+        total._limbs = None
+        total._exact = values
+        return total
+
+    @property
+    def limbs(self) -> IntArray:
+        if self._limbs is None:
+            self._materialize()
+            assert self._limbs is not None
+        return self._limbs
+
+    @limbs.setter
+    def limbs(self, limbs: IntArray) -> None:
+        self._limbs = limbs
+        self._exact = None
+
+    @property
+    def lo(self) -> int:
+        if self._limbs is None:
+            self._materialize()
+        return self._lo
+
+    @lo.setter
+    def lo(self, lo: int) -> None:
+        self._lo = lo
+        self._exact = None
+
+    def _materialize(self) -> None:
+        assert self._exact is not None
+        total = FixedSum._from_ints(self.shape, self._exact)
+        self._lo, self._limbs = total._lo, total._limbs
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...]) -> FixedSum:
@@ -124,7 +166,7 @@ class FixedSum:
             values = array.astype(np.float64).reshape(-1).tolist()
             if not all(map(math.isfinite, values)):
                 raise ValueError(_NOT_FINITE)
-            return cls._from_ints(shape, [_units(v) for v in values])
+            return cls._of_ints(shape, [_units(v) for v in values])
         x = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
         if not np.isfinite(x).all():
             raise ValueError(_NOT_FINITE)
@@ -183,6 +225,7 @@ class FixedSum:
             grown[start : start + self.limbs.shape[0]] = self.limbs
             self.lo, self.limbs = lo, grown
         start = other.lo - self.lo
+        self._exact = None  # the limbs change in place
         self.limbs[start : start + other.limbs.shape[0]] += other.limbs
         self._normalize()
 
@@ -212,7 +255,10 @@ class FixedSum:
         return cls(shape, lo, np.array(rows, dtype=np.int64).reshape(count, len(values)))
 
     def _ints(self) -> list[int]:
-        """Each element's exact value as a Python integer in units of ``2**BASE``."""
+        """Each element's exact value as a Python integer in units of ``2**BASE`` (do not
+        change the list: it may be the sum's own)."""
+        if self._exact is not None:
+            return self._exact
         values = [0] * self.limbs.shape[1]
         for j, row in enumerate(self.limbs.tolist()):
             at = LIMB_BITS * (self.lo + j)
@@ -222,7 +268,7 @@ class FixedSum:
     def add_all(self, others: Sequence[FixedSum]) -> None:
         """Add several sums of the same shape, exactly: as :meth:`add` one by one, with
         one conversion of a small sum to and from Python integers for all of them."""
-        if others and self.limbs.shape[1] <= SMALL:
+        if others and math.prod(self.shape) <= SMALL:
             for other in others:
                 if other.shape != self.shape:
                     raise ValueError(
@@ -232,7 +278,7 @@ class FixedSum:
             for other in others:
                 values = [a + b for a, b in zip(values, other._ints(), strict=True)]
             total = FixedSum._from_ints(self.shape, values)
-            self.lo, self.limbs = total.lo, total.limbs
+            self._lo, self._limbs, self._exact = total._lo, total._limbs, values
             return
         for other in others:
             self.add(other)
