@@ -878,3 +878,30 @@ def test_the_memory_of_written_evaluations_keeps_to_its_bytes(
             monkeypatch.undo()
         finally:
             store.dispose()
+
+
+def test_queued_puts_of_an_evaluation_written_last_are_stored_together(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
+    reads = _reads(monkeypatch)
+    alone: list[int] = []
+    put_alone = PutStatements.put_alone
+
+    def counted(self: PutStatements, *args: Any) -> int:
+        alone.append(len(args[-1]))
+        return put_alone(self, *args)
+
+    monkeypatch.setattr(PutStatements, "put_alone", counted)
+    commits = store.commits
+    with commit_running(store):
+        threads, results = _queued_puts(store, [(evaluation.id, f"q-{n}", 0) for n in range(4)])
+    for thread in threads:
+        thread.join()
+    assert store.commits - commits == 1 and reads == []
+    # On PostgreSQL one statement, in autocommit, stores the four (one round trip).
+    assert alone == ([4] if store.engine.dialect.name == "postgresql" else [])
+    outcomes = [r.outcome if isinstance(r, PutResult) else r for r in results.values()]
+    assert outcomes == [PutOutcome.CREATED] * 4
+    _exact(store, evaluation.id, 5)

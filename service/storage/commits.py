@@ -23,14 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import Engine, PoolProxiedConnection
 
 from service.storage.blobs import decode_totals, encode_totals
 from service.storage.exact import ExactTotals
 from service.storage.rows import PutOutcome, PutResult, batch_row, evaluation_row, owner_key
-from service.storage.statements import CHANGED, PutStatements
+from service.storage.statements import CHANGED, INSERT_ROWS, PutStatements
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,76 @@ class Committer:
         left them; if one of them had changed since (another process wrote it, or it was
         closed, deleted, rebuilt, or a batch id was stored), nothing is written and the
         group runs again, every evaluation locked and read first."""
+        key = _evaluation_key(ordered[0])
+        if self._statements.alone and _evaluation_key(ordered[-1]) == key:
+            # One evaluation (the group is sorted by key): on PostgreSQL, one statement.
+            known = self._recall(key)
+            if known is not None:
+                done = self._put_alone(ordered, known)
+                if done is not None:
+                    return done
+                return self._transaction(ordered, written=False)
         try:
             return self._transaction(ordered, written=True)
         except _Stale:
             return self._transaction(ordered, written=False)
+
+    def _put_alone(self, puts: list[Put], known: _Written) -> list[PutResult] | None:
+        """PostgreSQL: the puts of one evaluation that this process wrote last, as
+        :meth:`_put_written` writes them, by one statement run in autocommit (one round
+        trip, its commit included). ``None`` when nothing was written: not every put is a
+        new batch, the row changed or is gone, a batch id is stored (then the group is
+        stored after a read). Up to ``INSERT_ROWS`` puts (more go the other way)."""
+        if len(puts) > INSERT_ROWS or len({put.batch_id for put in puts}) != len(puts):
+            return None
+        state = dict(known.state)
+        new: list[dict[str, Any]] = []
+        created: list[ExactTotals] = []
+        results = [self._put_one(put, state, {}, new, created) for put in puts]
+        if any(result.outcome is not PutOutcome.CREATED for result in results):
+            return None
+        known.totals.add_all(created)
+        blob = encode_totals(known.totals)
+        changes = {**{k: state[k] for k in CHANGED}, "totals": blob}
+        if self._connection is None:
+            self._connection = self.engine.raw_connection()
+        connection = self._connection
+        driver: Any = connection.driver_connection
+        cursor = connection.cursor()
+        try:
+            # Autocommit can only be set between transactions (a pool's ping may have
+            # opened one); a rollback with none open sends nothing.
+            connection.rollback()
+            driver.autocommit = True
+            try:
+                stored = self._statements.put_alone(cursor, state["pk"], known.state, changes, new)
+            finally:
+                driver.autocommit = False
+        except Exception as error:
+            integrity = self._integrity_error
+            if integrity is not None and isinstance(error, integrity):
+                return None  # the statement failed whole: nothing was written
+            self._lost(connection, error)
+        finally:
+            with contextlib.suppress(Exception):
+                cursor.close()
+        if stored != len(new):
+            return None  # the evaluation is gone
+        self._remember(_evaluation_key(puts[0]), _Written(state, known.totals, len(blob)))
+        return results
+
+    def _lost(self, connection: PoolProxiedConnection, error: Exception) -> NoReturn:
+        """After a failure on the connection: roll back, and never use it again (a new one
+        starts clean); ``_BrokenConnection`` (its cause ``error``) when it was lost."""
+        self._connection = None
+        broken = bool(getattr(connection.driver_connection, "broken", False))
+        with contextlib.suppress(Exception):
+            connection.rollback()
+        with contextlib.suppress(Exception):
+            connection.invalidate()
+        if broken:
+            raise _BrokenConnection(str(error)) from error
+        raise error
 
     def _transaction(self, ordered: list[Put], *, written: bool) -> list[PutResult]:
         """The group's transaction on the commit thread's connection; after a failure it
@@ -262,15 +328,7 @@ class Committer:
                     pass  # then the connection goes, as after any other failure
                 else:
                     raise _Stale() from error
-            self._connection = None
-            broken = bool(getattr(connection.driver_connection, "broken", False))
-            with contextlib.suppress(Exception):
-                connection.rollback()
-            with contextlib.suppress(Exception):
-                connection.invalidate()
-            if broken:
-                raise _BrokenConnection(str(error)) from error
-            raise
+            self._lost(connection, error)
         finally:
             for each_cursor in (cursor, other):
                 with contextlib.suppress(Exception):

@@ -89,6 +89,26 @@ class PutStatements:
         self._read_batch = _result(dialect, self.batch_columns)
         self._write_batch = _bind(dialect, self._insert_columns)
         self._write_changes = _bind(dialect, (changed[key] for key in self._changed))
+        #: On PostgreSQL that update and the insert of the batches are one statement,
+        #: which run alone (autocommit) is a transaction of one round trip: the batches are
+        #: inserted from the updated row, so none is if the row is gone.
+        self.alone = not self.sqlite
+        self._alone_update = self._update_written + " RETURNING pk"
+        self._alone_row = (
+            "SELECT "
+            + ", ".join(
+                "written.pk" if c.key == "evaluation_pk" else mark for c in self._insert_columns
+            )
+            + " FROM written"
+        )
+        self._alone_insert = (
+            f"INSERT INTO batches ({', '.join(c.key for c in self._insert_columns)}) "
+        )
+        self._write_alone = [
+            p
+            for c, p in zip(self._insert_columns, self._write_batch, strict=True)
+            if c.key != "evaluation_pk"
+        ]
 
     def begin(self, cursor: Any) -> None:
         """Open the transaction: on SQLite, with the write lock taken up front (PostgreSQL's
@@ -163,3 +183,32 @@ class PutStatements:
         check = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
         values = _convert(self._write_changes, [changes[key] for key in self._changed])
         cursor.execute(self._update_written, (*check, *values, evaluation_pk))
+
+    def put_alone(
+        self,
+        cursor: Any,
+        evaluation_pk: int,
+        written: Mapping[str, Any],
+        changes: Mapping[str, Any],
+        rows: Sequence[Mapping[str, Any]],
+    ) -> int:
+        """PostgreSQL: :meth:`update_written` and :meth:`insert` of ``rows`` (up to
+        ``INSERT_ROWS``) as one statement, for a connection in autocommit: one round trip
+        stores them. How many batches it inserted: none when the row is gone; it fails
+        (``IntegrityError``, nothing written) when the row changed or a batch id is
+        stored."""
+        assert self.alone and 0 < len(rows) <= INSERT_ROWS
+        check = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
+        values = _convert(self._write_changes, [changes[key] for key in self._changed])
+        params: list[Any] = [*check, *values, evaluation_pk]
+        for row in rows:
+            params += _convert(
+                self._write_alone,
+                [row[c.key] for c in self._insert_columns if c.key != "evaluation_pk"],
+            )
+        statement = (
+            f"WITH written AS ({self._alone_update}) {self._alone_insert}"
+            + " UNION ALL ".join([self._alone_row] * len(rows))
+        )
+        cursor.execute(statement, params)
+        return int(cursor.rowcount)
