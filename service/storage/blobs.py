@@ -20,6 +20,7 @@ element; a total of losses near 1 needs 3 or 4 limbs.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -43,7 +44,9 @@ class CorruptBlob(ValueError):
     """Stored bytes that are not in this format (truncated, or from elsewhere)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _entry_header(name: str, kind: int, shape: tuple[int, ...]) -> bytes:
+    # Cached: every batch of an evaluation writes the same few headers.
     encoded = name.encode("utf-8")
     if len(encoded) > 0xFFFF or len(shape) > 0xFF:
         raise ValueError(f"statistic {name[:40]!r}: name or number of dimensions too large")

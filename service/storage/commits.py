@@ -66,6 +66,17 @@ class _Stale(Exception):
     """A transaction that wrote an evaluation as last written found it changed."""
 
 
+def _changes(before: dict[str, Any], after: dict[str, Any], totals: bytes) -> dict[str, Any]:
+    """What puts changed of an evaluation written last: counts, time and totals, and its
+    warnings and facts if they changed (not written again: each is a JSON document)."""
+    changes = {key: after[key] for key in ("n_batches", "n_samples", "updated_at")}
+    for key in ("warnings", "facts"):
+        if after[key] is not before[key] and after[key] != before[key]:
+            changes[key] = after[key]
+    changes["totals"] = totals
+    return changes
+
+
 def _evaluation_key(put: Put) -> tuple[str, str]:
     return owner_key(put.owner), put.evaluation_id
 
@@ -250,7 +261,7 @@ class Committer:
             return None
         known.totals.add_all(created)
         blob = encode_totals(known.totals)
-        changes = {**{k: state[k] for k in CHANGED}, "totals": blob}
+        changes = _changes(known.state, state, blob)
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
@@ -394,7 +405,7 @@ class Committer:
         # fails, what it adds here is forgotten with it.
         known.totals.add_all(created)
         blob = encode_totals(known.totals)
-        changes = {**{k: state[k] for k in CHANGED}, "totals": blob}
+        changes = _changes(known.state, state, blob)
         sql = self._statements
         # The row first: its update locks it. Inserting first would take the share lock
         # of the batches' foreign key, and two processes holding it would each wait for

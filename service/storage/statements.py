@@ -77,14 +77,16 @@ class PutStatements:
         # before: it asserts that the row is still as written (its batch count and time,
         # open); were it not, n_batches would be set to NULL, which its NOT NULL
         # constraint refuses, and the transaction fails without writing anything.
-        self._update_written = (
+        # It sets what changed: the counts, time and totals always, the warnings and the
+        # facts when they did (one statement for each set of columns).
+        self._check_written = (
             "UPDATE evaluations SET n_batches = CASE WHEN n_batches = "
             f"{mark} AND updated_at = {mark} AND status = 'open' THEN CAST({mark} AS BIGINT) "
-            "END, "
-            + ", ".join(f"{key} = {mark}" for key in self._changed[1:])
-            + f" WHERE pk = {mark}"
+            "END"
         )
+        self._updates_written: dict[tuple[str, ...], str] = {}
         self._write_written = _bind(dialect, (changed["n_batches"], changed["updated_at"]))
+        self._write_column = {key: _bind(dialect, [changed[key]])[0] for key in self._changed}
         self._read_evaluation = _result(dialect, self.evaluation_columns)
         self._read_batch = _result(dialect, self.batch_columns)
         self._write_batch = _bind(dialect, self._insert_columns)
@@ -93,7 +95,6 @@ class PutStatements:
         #: which run alone (autocommit) is a transaction of one round trip: the batches are
         #: inserted from the updated row, so none is if the row is gone.
         self.alone = not self.sqlite
-        self._alone_update = self._update_written + " RETURNING pk"
         self._alone_row = (
             "SELECT "
             + ", ".join(
@@ -176,13 +177,35 @@ class PutStatements:
         changes: Mapping[str, Any],
     ) -> None:
         """:meth:`update`, with no lock or read before, of an evaluation that this process
-        wrote last as ``written`` (its ``n_batches`` and ``updated_at``): the statement
+        wrote last as ``written`` (its ``n_batches`` and ``updated_at``), of the columns in
+        ``changes`` (the counts, time and totals, and the warnings and facts if they
+        changed): the statement
         fails with the driver's ``IntegrityError`` if the row changed since (a batch
         from another process, closed, its totals rebuilt), and does nothing if the row
         is gone (then the batches' foreign key fails)."""
-        check = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
-        values = _convert(self._write_changes, [changes[key] for key in self._changed])
-        cursor.execute(self._update_written, (*check, *values, evaluation_pk))
+        statement, params = self._written(evaluation_pk, written, changes)
+        cursor.execute(statement, params)
+
+    def _written(
+        self, evaluation_pk: int, written: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> tuple[str, list[Any]]:
+        """The update of an evaluation written last (see :meth:`update_written`): its SQL
+        for the columns in ``changes`` (``n_batches`` first), and its parameters."""
+        keys = tuple(key for key in self._changed if key in changes)
+        assert keys[0] == "n_batches"
+        statement = self._updates_written.get(keys)
+        if statement is None:
+            statement = self._updates_written[keys] = (
+                self._check_written
+                + "".join(f", {key} = {self._mark}" for key in keys[1:])
+                + f" WHERE pk = {self._mark}"
+            )
+        params = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
+        for key in keys:
+            processor = self._write_column[key]
+            params.append(changes[key] if processor is None else processor(changes[key]))
+        params.append(evaluation_pk)
+        return statement, params
 
     def put_alone(
         self,
@@ -198,16 +221,14 @@ class PutStatements:
         (``IntegrityError``, nothing written) when the row changed or a batch id is
         stored."""
         assert self.alone and 0 < len(rows) <= INSERT_ROWS
-        check = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
-        values = _convert(self._write_changes, [changes[key] for key in self._changed])
-        params: list[Any] = [*check, *values, evaluation_pk]
+        update, params = self._written(evaluation_pk, written, changes)
         for row in rows:
             params += _convert(
                 self._write_alone,
                 [row[c.key] for c in self._insert_columns if c.key != "evaluation_pk"],
             )
         statement = (
-            f"WITH written AS ({self._alone_update}) {self._alone_insert}"
+            f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
             + " UNION ALL ".join([self._alone_row] * len(rows))
         )
         cursor.execute(statement, params)
