@@ -263,3 +263,21 @@ def test_corrupt_bytes_are_refused() -> None:
     twice = good[:4] + struct.pack("<I", 2) + good[8:] + good[8:]
     with pytest.raises(CorruptBlob, match="twice"):
         decode_totals(twice)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(element, min_size=1, max_size=6))
+def test_a_scalar_total_held_as_an_integer_is_stored_as_its_limbs(values: list[float]) -> None:
+    # Scalar statistics are added as Python integers and stored from them, without
+    # limbs: the bytes must be those of the canonical limbs.
+    held = FixedSum.from_floats(np.float64(values[0]))
+    held.add_all([FixedSum.from_floats(np.float64(v)) for v in values[1:]])
+    with mock.patch.object(exact, "SMALL", -1):
+        limbs = FixedSum.from_floats(np.array([values[0]]).reshape(()))
+        for v in values[1:]:
+            limbs.add(FixedSum.from_floats(np.array([v]).reshape(())))
+    assert held._limbs is None  # held as an integer: no limbs made
+    assert held.window() == limbs.window()
+    assert limbs.window()[:2] == (limbs.lo, limbs.limbs.shape[0])
+    as_totals = ExactTotals({"x": held})
+    assert decode_totals(encode_totals(as_totals)) == ExactTotals({"x": limbs})

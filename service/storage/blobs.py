@@ -82,13 +82,8 @@ def encode_totals(totals: ExactTotals) -> bytes:
     """Running totals: counts as int64, exact sums as their 32-bit limbs."""
     parts = [MAGIC, _COUNT.pack(len(totals.sums) + len(totals.counts))]
     for name, total in totals.sums.items():
-        limbs = total.limbs
-        parts += [
-            _entry_header(name, EXACT, total.shape),
-            _WINDOW.pack(total.lo, limbs.shape[0]),
-            # Lower limbs are in [0, 2**32); the top one's two's complement fits 32 bits.
-            (limbs & 0xFFFFFFFF).astype("<u4").tobytes(),
-        ]
+        lo, count, limbs = total.window()
+        parts += [_entry_header(name, EXACT, total.shape), _WINDOW.pack(lo, count), limbs]
     for name, counts in totals.counts.items():
         parts += [
             _entry_header(name, COUNTS, counts.shape),

@@ -142,6 +142,24 @@ class FixedSum:
         self._lo = lo
         self._exact = None
 
+    def window(self) -> tuple[int, int, bytes]:
+        """The canonical window as stored: its lowest limb, its number of limbs, and the
+        limbs as 32-bit little-endian words, limb after limb (the top one in two's
+        complement). A scalar sum held as an integer gives them without making limbs."""
+        if self._limbs is None and self._exact is not None and len(self._exact) == 1:
+            value = self._exact[0]
+            if not value:
+                return 0, 0, b""
+            lo = ((value & -value).bit_length() - 1) >> 5
+            shifted = value >> (LIMB_BITS * lo)
+            magnitude = shifted if shifted > 0 else ~shifted
+            count = (magnitude.bit_length() + LIMB_BITS) // LIMB_BITS
+            bits = LIMB_BITS * count
+            return lo, count, (shifted & ((1 << bits) - 1)).to_bytes(bits // 8, "little")
+        limbs = self.limbs
+        # Lower limbs are in [0, 2**32); the top one's two's complement fits 32 bits.
+        return self.lo, limbs.shape[0], (limbs & 0xFFFFFFFF).astype("<u4").tobytes()
+
     def _materialize(self) -> None:
         assert self._exact is not None
         total = FixedSum._from_ints(self.shape, self._exact)
@@ -277,8 +295,8 @@ class FixedSum:
             values = self._ints()
             for other in others:
                 values = [a + b for a, b in zip(values, other._ints(), strict=True)]
-            total = FixedSum._from_ints(self.shape, values)
-            self._lo, self._limbs, self._exact = total._lo, total._limbs, values
+            # Its limbs are made when read (or stored: see window).
+            self._lo, self._limbs, self._exact = 0, None, values
             return
         for other in others:
             self.add(other)
