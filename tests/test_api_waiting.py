@@ -13,18 +13,22 @@ import pytest
 from service.api.waiting import completion
 
 
+def _count_wakeups(loop: asyncio.AbstractEventLoop) -> list[None]:
+    """A list that gets an item each time another thread wakes ``loop``."""
+    wakeups: list[None] = []
+    schedule = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        wakeups.append(None)
+        return schedule(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    return wakeups
+
+
 def test_futures_completed_together_wake_the_loop_once() -> None:
     async def main() -> tuple[list[Any], int]:
-        loop = asyncio.get_running_loop()
-        wakeups = 0
-        schedule = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return schedule(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        wakeups = _count_wakeups(asyncio.get_running_loop())
         futures: list[Future[int]] = [Future() for _ in range(10)]
         waiters = [asyncio.ensure_future(completion(f)) for f in futures]
         await asyncio.sleep(0)  # every waiter is registered
@@ -41,7 +45,7 @@ def test_futures_completed_together_wake_the_loop_once() -> None:
         worker.start()
         worker.join()
         got = await asyncio.gather(*waiters, return_exceptions=True)
-        return got, wakeups
+        return got, len(wakeups)
 
     got, wakeups = asyncio.run(main())
     assert wakeups == 1
@@ -80,16 +84,7 @@ def test_a_cancelled_waiter_does_not_stop_the_others() -> None:
 
 def test_a_future_already_done_is_answered_without_a_wakeup() -> None:
     async def main() -> tuple[int, Exception | None, int]:
-        loop = asyncio.get_running_loop()
-        wakeups = 0
-        schedule = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal wakeups
-            wakeups += 1
-            return schedule(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        wakeups = _count_wakeups(asyncio.get_running_loop())
         done: Future[int] = Future()
         done.set_result(7)
         failed: Future[int] = Future()
@@ -99,7 +94,7 @@ def test_a_future_already_done_is_answered_without_a_wakeup() -> None:
             await completion(failed)
         except ValueError as raised:
             error = raised
-        return await completion(done), error, wakeups
+        return await completion(done), error, len(wakeups)
 
     value, error, wakeups = asyncio.run(main())
     assert value == 7 and isinstance(error, ValueError) and wakeups == 0

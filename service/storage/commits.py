@@ -251,17 +251,10 @@ class Committer:
         trip, its commit included). ``None`` when nothing was written: not every put is a
         new batch, the row changed or is gone, a batch id is stored (then the group is
         stored after a read). Up to ``INSERT_ROWS`` puts (more go the other way)."""
-        if len(puts) > INSERT_ROWS or len({put.batch_id for put in puts}) != len(puts):
+        applied = None if len(puts) > INSERT_ROWS else self._apply_written(puts, known)
+        if applied is None:
             return None
-        state = dict(known.state)
-        new: list[dict[str, Any]] = []
-        created: list[ExactTotals] = []
-        results = [self._put_one(put, state, {}, new, created) for put in puts]
-        if any(result.outcome is not PutOutcome.CREATED for result in results):
-            return None
-        known.totals.add_all(created)
-        blob = encode_totals(known.totals)
-        changes = _changes(known.state, state, blob)
+        results, new, left, changes = applied
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
@@ -273,7 +266,9 @@ class Committer:
             connection.rollback()
             driver.autocommit = True
             try:
-                stored = self._statements.put_alone(cursor, state["pk"], known.state, changes, new)
+                stored = self._statements.put_alone(
+                    cursor, left.state["pk"], known.state, changes, new
+                )
             finally:
                 driver.autocommit = False
         except Exception as error:
@@ -286,7 +281,7 @@ class Committer:
                 cursor.close()
         if stored != len(new):
             return None  # the evaluation is gone
-        self._remember(_evaluation_key(puts[0]), _Written(state, known.totals, len(blob)))
+        self._remember(_evaluation_key(puts[0]), left)
         return results
 
     def _lost(self, connection: PoolProxiedConnection, error: Exception) -> NoReturn:
@@ -391,8 +386,27 @@ class Committer:
         written with no lock or read before: new batches inserted, the totals added and
         the row updated by a statement that fails if the row is no longer as written
         (see :meth:`PutStatements.update_written`), as does the insert of a batch id
-        stored since. ``None`` (nothing written) unless every put is a new batch: the
-        others are answered after a read (:meth:`_put_in`)."""
+        stored since. ``None`` (nothing written) unless every put is a new batch (see
+        :meth:`_apply_written`)."""
+        applied = self._apply_written(puts, known)
+        if applied is None:
+            return None
+        results, new, left, changes = applied
+        sql = self._statements
+        # The row first: its update locks it. Inserting first would take the share lock
+        # of the batches' foreign key, and two processes holding it would each wait for
+        # the other's to update the row (PostgreSQL: a deadlock).
+        sql.update_written(cursor, left.state["pk"], known.state, changes)
+        sql.insert(cursor, new)
+        return results, left
+
+    def _apply_written(
+        self, puts: list[Put], known: _Written
+    ) -> tuple[list[PutResult], list[dict[str, Any]], _Written, dict[str, Any]] | None:
+        """The puts applied to their evaluation as this process wrote it last: their
+        results, the batches' new rows, the evaluation as they leave it, and what they
+        change of its row. ``None`` unless each is a new batch (and each id comes once):
+        the others are answered after a read."""
         if len({put.batch_id for put in puts}) != len(puts):
             return None
         state = dict(known.state)
@@ -401,18 +415,16 @@ class Committer:
         results = [self._put_one(put, state, {}, new, created) for put in puts]
         if any(result.outcome is not PutOutcome.CREATED for result in results):
             return None
-        # known was taken out of the memory of written evaluations: if this transaction
-        # fails, what it adds here is forgotten with it.
+        # known was taken out of the memory of written evaluations: if its transaction
+        # fails, what is added here is forgotten with it.
         known.totals.add_all(created)
         blob = encode_totals(known.totals)
-        changes = _changes(known.state, state, blob)
-        sql = self._statements
-        # The row first: its update locks it. Inserting first would take the share lock
-        # of the batches' foreign key, and two processes holding it would each wait for
-        # the other's to update the row (PostgreSQL: a deadlock).
-        sql.update_written(cursor, state["pk"], known.state, changes)
-        sql.insert(cursor, new)
-        return results, _Written(state, known.totals, len(blob))
+        return (
+            results,
+            new,
+            _Written(state, known.totals, len(blob)),
+            _changes(known.state, state, blob),
+        )
 
     def _put_in(
         self, cursor: Any, other: Any, puts: list[Put]
