@@ -1,13 +1,25 @@
-"""Group commits of puts: a store's commit thread (see :mod:`service.storage.store`).
+"""Group commits of puts: a store's committer (see :mod:`service.storage.store`).
 
-Puts are handed to the commit thread (:meth:`Committer.submit` returns a future). While
-it commits, new puts queue; its next transaction stores all of them (up to
-``max_group``), in the order of their evaluations' keys (so that processes sharing a
-database lock rows in one order), each evaluation's row locked, read and updated once,
-its new batches inserted by one statement (:mod:`service.storage.statements`, on the
-driver's cursor); one commit (one fsync) then acknowledges every one of them. No put is
-answered before the commit that stored it; if the transaction fails, each of its puts
-gets the error (a batch is idempotent: its caller sends it again).
+A put is handed to the committer (:meth:`Committer.submit` returns a future). A caller
+that may block (a pool thread, not an event loop's) commits it itself when no commit
+runs; otherwise the commit thread does: while one commit runs, new puts queue, and the
+next transaction stores all of them (up to ``max_group``), in the order of their
+evaluations' keys (so that processes sharing a database lock rows in one order). One
+commit (one fsync) acknowledges every put in it. No put is answered before the commit
+that stored it; if the transaction fails, each of its puts gets the error (a batch is
+idempotent: its caller sends it again).
+
+Each evaluation of a group is written one of two ways (:mod:`service.storage.statements`,
+on the driver's cursor):
+
+* after a read: its row locked and read, the batches stored under the group's ids read,
+  the new ones inserted, the row's totals and counts updated;
+* as written last: when this committer wrote the evaluation last and keeps it as it left
+  it (:class:`_WrittenLast`), the row is updated by a statement that fails unless the
+  row is still as written, and the new batches inserted; on PostgreSQL both are one
+  statement, run alone in autocommit (one round trip). If the row changed (another
+  process wrote it, it was closed, rebuilt or deleted) or a batch id is stored, nothing
+  is written and the group is stored after a read.
 """
 
 from __future__ import annotations
@@ -62,6 +74,44 @@ class _Written:
     size: int
 
 
+class _WrittenLast:
+    """The evaluations a committer wrote last, as it left them, the most recent last,
+    within ``budget`` bytes of totals (the least recent go first). A transaction takes an
+    evaluation out (:meth:`recall`) and puts it back once committed (:meth:`remember`);
+    :meth:`forget` comes from any thread."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._size = 0
+        self._kept: OrderedDict[tuple[str, str], _Written] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _pop(self, key: tuple[str, str]) -> _Written | None:
+        gone = self._kept.pop(key, None)
+        if gone is not None:
+            self._size -= gone.size
+        return gone
+
+    def forget(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._pop(key)
+
+    def recall(self, key: tuple[str, str]) -> _Written | None:
+        with self._lock:
+            return self._pop(key)
+
+    def remember(self, key: tuple[str, str], left: _Written | None) -> None:
+        if left is None or left.size > self._budget:
+            return
+        with self._lock:
+            self._pop(key)
+            self._kept[key] = left
+            self._size += left.size
+            while self._size > self._budget:
+                _, oldest = self._kept.popitem(last=False)
+                self._size -= oldest.size
+
+
 class _Stale(Exception):
     """A transaction that wrote an evaluation as last written found it changed."""
 
@@ -114,13 +164,9 @@ class Committer:
         self._disposed = False
         self._connection: PoolProxiedConnection | None = None
         self._statements = PutStatements(engine.dialect)
-        # Evaluations this process wrote last, most recent last, within _written_budget
-        # bytes of totals: their next group is written with no lock or read before (see
-        # _put_written). Its own lock: forget() comes from other threads.
-        self._written: OrderedDict[tuple[str, str], _Written] = OrderedDict()
-        self._written_size = 0
-        self._written_budget = written_bytes
-        self._written_lock = threading.Lock()
+        # Evaluations this process wrote last: their next group is written with no lock
+        # or read before (see _put_written).
+        self._written = _WrittenLast(written_bytes)
         #: Transactions of puts committed so far (each holds one group).
         self.commits = 0
 
@@ -234,7 +280,7 @@ class Committer:
         key = _evaluation_key(ordered[0])
         if self._statements.alone and _evaluation_key(ordered[-1]) == key:
             # One evaluation (the group is sorted by key): on PostgreSQL, one statement.
-            known = self._recall(key)
+            known = self._written.recall(key)
             if known is not None:
                 done = self._put_alone(ordered, known)
                 if done is not None:
@@ -281,7 +327,7 @@ class Committer:
                 cursor.close()
         if stored != len(new):
             return None  # the evaluation is gone
-        self._remember(_evaluation_key(puts[0]), left)
+        self._written.remember(_evaluation_key(puts[0]), left)
         return results
 
     def _lost(self, connection: PoolProxiedConnection, error: Exception) -> NoReturn:
@@ -315,7 +361,7 @@ class Committer:
                 results: list[PutResult] = []
                 for key, each in itertools.groupby(ordered, key=_evaluation_key):
                     puts = list(each)
-                    known = self._recall(key) if written else None
+                    known = self._written.recall(key) if written else None
                     leaving[key] = None
                     as_written = as_written or known is not None
                     fast = None if known is None else self._put_written(cursor, puts, known)
@@ -325,7 +371,7 @@ class Committer:
                 connection.commit()
         except Exception as error:
             for key in leaving:
-                self.forget(*key)
+                self._written.forget(key)
             integrity = self._integrity_error
             if as_written and integrity is not None and isinstance(error, integrity):
                 try:
@@ -340,7 +386,7 @@ class Committer:
                 with contextlib.suppress(Exception):
                     each_cursor.close()
         for key, left in leaving.items():
-            self._remember(key, left)
+            self._written.remember(key, left)
         return results
 
     # -- evaluations written last ------------------------------------------------------
@@ -353,31 +399,7 @@ class Committer:
     def forget(self, owner: str, evaluation_id: str) -> None:
         """Write the evaluation's next group after a lock and a read (it changed, or is
         about to, elsewhere than in this committer). ``owner``: its key."""
-        with self._written_lock:
-            gone = self._written.pop((owner, evaluation_id), None)
-            if gone is not None:
-                self._written_size -= gone.size
-
-    def _recall(self, key: tuple[str, str]) -> _Written | None:
-        with self._written_lock:
-            known = self._written.pop(key, None)
-            if known is not None:
-                # Taken out while the transaction runs: kept again once it committed.
-                self._written_size -= known.size
-            return known
-
-    def _remember(self, key: tuple[str, str], left: _Written | None) -> None:
-        if left is None or left.size > self._written_budget:
-            return
-        with self._written_lock:
-            gone = self._written.pop(key, None)
-            if gone is not None:
-                self._written_size -= gone.size
-            self._written[key] = left
-            self._written_size += left.size
-            while self._written_size > self._written_budget:
-                _, oldest = self._written.popitem(last=False)
-                self._written_size -= oldest.size
+        self._written.forget((owner, evaluation_id))
 
     def _put_written(
         self, cursor: Any, puts: list[Put], known: _Written
