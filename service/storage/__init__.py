@@ -5,7 +5,7 @@ No web imports here: the HTTP layer calls a :class:`Store`::
     store = Store.open(database_url, data_dir)   # LOSS_SERVICE_DATABASE_URL, _DATA_DIR;
                                                  # migrates to head, once per process
     evaluation = store.create_evaluation(owner, config, metadata)
-    result = store.put_batch(owner, evaluation.id, batch_id, sha256, stats, answer, n)
+    result = store.put_batch(owner, evaluation.id, batch_id, digest, stats, answer, n)
     future = store.submit_batch(...)  # the same, without waiting: a concurrent Future
     result.outcome      # CREATED 201, REPLAYED 200, CONFLICT / CLOSED 409, NOT_FOUND 404,
                         # MISMATCH 422 (see PutOutcome)
@@ -19,8 +19,8 @@ Modules, one concept each:
 * :mod:`~service.storage.exact`: exact, order-independent sums of float64 arrays;
   :mod:`~service.storage.blobs`: those totals and a batch's arrays as bytes;
 * :mod:`~service.storage.rows`: what the store returns; :mod:`~service.storage.store`:
-  the :class:`Store` itself; :mod:`~service.storage.commits`: its commit thread, which
-  stores puts in groups; :mod:`~service.storage.statements`: that thread's statements,
+  the :class:`Store` itself; :mod:`~service.storage.commits`: its committer, which
+  stores puts in groups; :mod:`~service.storage.statements`: the committer's statements,
   on the driver's cursor;
 * ``python -m service.storage upgrade|revision``: the schema by hand;
   ``python -m service.storage.benchmark``: what exact totals and puts cost.

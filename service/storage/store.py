@@ -9,24 +9,24 @@ Ownership: every method takes the ``owner`` of the caller, an opaque string
 (a hash of the API key; ``None`` or ``""`` when the service runs without
 keys). Another owner's evaluation behaves exactly as if it did not exist.
 
-Concurrency of :meth:`Store.put_batch`: every put takes the evaluation's row
-lock (``SELECT ... FOR UPDATE`` on PostgreSQL; the database's write lock, taken
-by ``BEGIN IMMEDIATE``, on SQLite). Under that lock it reads which of its batch
-ids are stored already (every writer of an evaluation's batches holds its lock, so
-nobody adds one meanwhile; the unique ``(evaluation, batch_id)`` would refuse it),
-inserts the new batches and updates the running totals and counts in the same
+Concurrency of :meth:`Store.put_batch`: every put holds the evaluation's row
+lock (``SELECT ... FOR UPDATE``, or the update of the row, on PostgreSQL; the
+database's write lock, taken by ``BEGIN IMMEDIATE``, on SQLite) while it finds which
+of its batch ids are stored already (every writer of an evaluation's batches holds
+its lock, so nobody adds one meanwhile; the unique ``(evaluation, batch_id)`` refuses
+it), inserts the new batches and updates the running totals and counts in the same
 transaction. So of many concurrent puts of one batch id exactly one creates it, the
 others read it back as a replay (or a conflict), and no update of the totals is
-lost.
+lost. An evaluation this store wrote last is written without a read, by an update
+that fails unless the row is still as written (then the put is stored after a read).
 
-Group commits: puts are committed by the store's commit thread
-(:mod:`service.storage.commits`). While it commits, new puts queue; its next
-transaction stores all of them (up to ``max_group``), each evaluation's row locked,
-read and updated once, its new batches inserted by one statement; one commit (one
-fsync) then acknowledges every one of them. No put is answered before the commit that
-stored it. :meth:`Store.submit_batch` hands a put to that thread and returns a future
-(an event loop awaits it without a thread of its own); :meth:`Store.put_batch` waits
-for it.
+Group commits: puts are committed by the store's committer
+(:mod:`service.storage.commits`): by the caller itself when it may block and no commit
+runs, else by the commit thread, whose next transaction stores every put that queued
+meanwhile (up to ``max_group``); one commit (one fsync) acknowledges every one of
+them. No put is answered before the commit that stored it. :meth:`Store.submit_batch`
+hands a put over and returns a future (an event loop awaits it without a thread of its
+own); :meth:`Store.put_batch` waits for it.
 """
 
 from __future__ import annotations
