@@ -76,7 +76,8 @@ class _Written:
 
 class _WrittenLast:
     """The evaluations a committer wrote last, as it left them, the most recent last,
-    within ``budget`` bytes of totals (the least recent go first). A transaction takes an
+    within ``budget`` bytes of totals as stored (held in memory they take up to about
+    twice that; the least recently written go first). A transaction takes an
     evaluation out (:meth:`recall`) and puts it back once committed (:meth:`remember`);
     :meth:`forget` comes from any thread."""
 
@@ -101,10 +102,11 @@ class _WrittenLast:
             return self._pop(key)
 
     def remember(self, key: tuple[str, str], left: _Written | None) -> None:
-        if left is None or left.size > self._budget:
-            return
+        """Keep ``left`` as the evaluation's state (``None``: keep nothing of it)."""
         with self._lock:
             self._pop(key)
+            if left is None or left.size > self._budget:
+                return
             self._kept[key] = left
             self._size += left.size
             while self._size > self._budget:
@@ -189,8 +191,12 @@ class Committer:
                 self._thread = threading.Thread(
                     target=self._commit_queued, name="loss-service-commit", daemon=True
                 )
+                if self._pid != pid:
+                    # A parent process's connection is not this one's (a forked child has
+                    # no other thread: nobody is using it here). After a thread ended,
+                    # the connection stays: a caller may be committing on it.
+                    self._connection = None
                 self._pid = pid
-                self._connection = None  # a parent process's connection is not this one's
                 self._thread.start()
             if not lead:
                 self._wake.notify()
@@ -278,14 +284,16 @@ class Committer:
         closed, deleted, rebuilt, or a batch id was stored), nothing is written and the
         group runs again, every evaluation locked and read first."""
         key = _evaluation_key(ordered[0])
-        if self._statements.alone and _evaluation_key(ordered[-1]) == key:
-            # One evaluation (the group is sorted by key): on PostgreSQL, one statement.
-            known = self._written.recall(key)
+        if self._statements.alone:
+            # PostgreSQL: a group of one evaluation (the group is sorted by key) written
+            # last is one statement. A group of several is stored after a read: in its
+            # pipeline, a failed assertion would abort every statement after it.
+            known = self._written.recall(key) if _evaluation_key(ordered[-1]) == key else None
             if known is not None:
                 done = self._put_alone(ordered, known)
                 if done is not None:
                     return done
-                return self._transaction(ordered, written=False)
+            return self._transaction(ordered, written=False)
         try:
             return self._transaction(ordered, written=True)
         except _Stale:
@@ -306,25 +314,28 @@ class Committer:
         connection = self._connection
         driver: Any = connection.driver_connection
         cursor = connection.cursor()
+        failure: Exception | None = None
         try:
             # Autocommit can only be set between transactions (a pool's ping may have
             # opened one); a rollback with none open sends nothing.
             connection.rollback()
             driver.autocommit = True
-            try:
-                stored = self._statements.put_alone(
-                    cursor, left.state["pk"], known.state, changes, new
-                )
-            finally:
-                driver.autocommit = False
+            stored = self._statements.put_alone(cursor, left.state["pk"], known.state, changes, new)
         except Exception as error:
-            integrity = self._integrity_error
-            if integrity is not None and isinstance(error, integrity):
-                return None  # the statement failed whole: nothing was written
-            self._lost(connection, error)
+            failure = error
         finally:
             with contextlib.suppress(Exception):
                 cursor.close()
+        try:
+            driver.autocommit = False
+        except Exception as error:
+            # A connection left in autocommit must never run a group's transaction.
+            self._lost(connection, failure or error)
+        if failure is not None:
+            integrity = self._integrity_error
+            if integrity is not None and isinstance(failure, integrity):
+                return None  # the statement failed whole: nothing was written
+            self._lost(connection, failure)
         if stored != len(new):
             return None  # the evaluation is gone
         self._written.remember(_evaluation_key(puts[0]), left)
