@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     #: so that their next batches are stored without reading the evaluation first
     #: (0: read it every time).
     written_totals_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    #: The hash that new evaluations compare a batch sent again with: ``xxh3-128``, or
+    #: ``sha256`` while replicas of an earlier version (which hash with SHA-256) share the
+    #: database. Fixed per evaluation at its creation.
+    content_hash: Literal["xxh3-128", "sha256"] = "xxh3-128"
 
     # ---- Hostile and heavy load: every budget a worker process keeps ----
     #: Bytes a worker may hold for requests at once: declared and received bodies plus each

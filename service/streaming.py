@@ -67,6 +67,8 @@ _HASHES: dict[str, Callable[[], Any]] = {
     "xxh3-128": xxhash.xxh3_128,
     "sha256": hashlib.sha256,
 }
+#: The hashes a new evaluation can be created with (setting ``LOSS_SERVICE_CONTENT_HASH``).
+CONTENT_HASHES = tuple(_HASHES)
 
 
 def _metadata(raw: Any) -> dict[str, str]:
@@ -91,9 +93,14 @@ def _metadata(raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
-def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
+def parse_settings(
+    document: Any, content_hash: str = CONTENT_HASH
+) -> tuple[dict[str, Any], dict[str, str]]:
     """A creation document's settings (checked: names, parameters, heads) as the JSON the
-    store keeps, and its metadata. Arrays belong to batches, not here."""
+    store keeps, with the hash its batches are compared with (``content_hash``, one of
+    :data:`CONTENT_HASHES`), and its metadata. Arrays belong to batches, not here."""
+    if content_hash not in _HASHES:
+        raise ValueError(f"unknown content hash {content_hash!r}: one of {sorted(_HASHES)}")
     if not isinstance(document, dict):
         raise invalid(("body",), "The request body must be a JSON object of settings.")
     if any(name in document for name in ARRAY_FIELDS):
@@ -116,7 +123,7 @@ def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
         for head, settings in outputs.items():
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
-        return {"outputs": heads, "loss_weights": weights, "content_hash": CONTENT_HASH}, metadata
+        return {"outputs": heads, "loss_weights": weights, "content_hash": content_hash}, metadata
     unknown = sorted(set(document) - _CREATE_FIELDS)
     if unknown:
         raise invalid(
@@ -129,7 +136,7 @@ def parse_settings(document: Any) -> tuple[dict[str, Any], dict[str, str]]:
     return {
         "outputs": {SINGLE: settings},
         "loss_weights": {},
-        "content_hash": CONTENT_HASH,
+        "content_hash": content_hash,
     }, metadata
 
 

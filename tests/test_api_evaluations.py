@@ -383,6 +383,43 @@ def test_a_put_is_answered_directly_as_its_route_answers(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_service_set_to_sha256_hashes_its_new_evaluations_with_it(
+    backend: str, tmp_path: Path, make_client: Callable[..., SyncClient]
+) -> None:
+    # While replicas of an earlier version share the database, new evaluations are
+    # hashed the way those replicas compare: a retry on either is the first answer.
+    with database(backend, tmp_path) as db:
+        client = make_client(database_url=db.url, data_dir=db.data_dir, content_hash="sha256")
+        eid = _create(client, {})
+        body = _batch(slice(0, 8))
+        assert client.put(f"/v1/evaluations/{eid}/batches/a", json=body).status_code == 201
+        store = Store.open(db.url, db.data_dir, migrate=False)
+        try:
+            with store.engine.begin() as connection:
+                config = connection.execute(
+                    select(evaluations.c.config).where(evaluations.c.id == eid)
+                ).scalar_one()
+            assert config["content_hash"] == "sha256"
+            page = store.list_batches(None, eid)
+            assert page is not None
+            expected = hashlib.sha256(b"head:;")
+            for name, array in (
+                ("y_pred", Y_PRED[:8].astype(np.float32)),
+                ("y_true", Y_TRUE[:8].astype(np.int64)),
+            ):
+                expected.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+                expected.update(array.tobytes())
+            assert page.items[0].content_hash == expected.digest()
+        finally:
+            store.dispose()
+        # The hash is the evaluation's: a replica under the default compares with it too.
+        other = make_client(database_url=db.url, data_dir=db.data_dir)
+        assert other.put(f"/v1/evaluations/{eid}/batches/a", json=body).status_code == 200
+        again = other.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(8, 16)))
+        assert again.status_code == 409
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_evaluation_created_before_the_hash_was_a_setting_keeps_sha256(
     backend: str, tmp_path: Path, make_client: Callable[..., SyncClient]
 ) -> None:

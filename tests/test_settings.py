@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import typing
 
 import pytest
 from pydantic import ValidationError
 
+from service import streaming
 from service.settings import Settings
 
 MiB = 1024 * 1024
@@ -128,12 +130,24 @@ def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         ("LOSS_SERVICE_MAX_BODY_BYTES", "0"),
         ("LOSS_SERVICE_MAX_ELEMENTS", "-1"),
         ("LOSS_SERVICE_SHUTDOWN_TIMEOUT", "-1"),
+        ("LOSS_SERVICE_CONTENT_HASH", "md5"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_content_hash_setting_names_the_hashes_evaluations_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().content_hash == streaming.CONTENT_HASH
+    for name in streaming.CONTENT_HASHES:
+        monkeypatch.setenv("LOSS_SERVICE_CONTENT_HASH", name)
+        assert Settings().content_hash == name
+    choices = Settings.model_fields["content_hash"].annotation
+    assert set(typing.get_args(choices)) == set(streaming.CONTENT_HASHES)
 
 
 def test_keyword_arguments_still_work() -> None:

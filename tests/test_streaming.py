@@ -219,6 +219,23 @@ def test_the_content_hash_covers_every_head_in_order() -> None:
     assert streaming.evaluate_batch(config, batch, None, LIMIT).content_hash == expected
 
 
+def test_a_new_evaluation_takes_the_content_hash_it_is_given() -> None:
+    config, _ = streaming.parse_settings({}, "sha256")
+    assert config["content_hash"] == "sha256"
+    config, _ = streaming.parse_settings({"outputs": {"a": {}}}, "sha256")
+    assert config["content_hash"] == "sha256"
+    batch = _data(2, 30, 3, multi=False)
+    arrays = {
+        "y_pred": batch["y_pred"].astype(np.float32),
+        "y_true": batch["y_true"].astype(np.int64),
+        "sample_weight": batch["sample_weight"].astype(np.float64),
+    }
+    got = streaming.evaluate_batch(config, {"outputs": {"a": batch}}, None, LIMIT)
+    assert got.content_hash == _framed(hashlib.sha256, [("a", arrays)])
+    with pytest.raises(ValueError, match="unknown content hash 'md5'"):
+        streaming.parse_settings({}, "md5")
+
+
 def test_a_content_hash_this_version_does_not_know_is_a_conflict() -> None:
     config, _ = streaming.parse_settings({})
     with pytest.raises(Conflict, match=r"'xxh4', which this version of the service does not know"):

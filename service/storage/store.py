@@ -469,7 +469,8 @@ class Store:
 
         The totals are kept up to date by every put, so this is for repairs and
         checks; it reads the batches a few at a time (memory does not grow with
-        their number). ``None`` if there is no such evaluation.
+        their number). It counts as an update: ``updated_at`` moves forward.
+        ``None`` if there is no such evaluation.
         """
         with self._writer.begin() as connection:
             row = connection.execute(

@@ -172,7 +172,8 @@ async def _json_body(request: Request) -> Any:
 async def create_evaluation(request: Request) -> Response:
     """Create a streaming evaluation: evaluate's settings, no arrays; batches follow."""
     document = await _json_body(request)
-    config, metadata = parse_settings(document)
+    settings: Settings = request.app.state.settings
+    config, metadata = parse_settings(document, settings.content_hash)
     store = _store(request)
     owner = _owner(request)
 
