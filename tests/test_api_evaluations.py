@@ -382,6 +382,27 @@ def test_a_put_is_answered_directly_as_its_route_answers(
     assert direct == routed
 
 
+def _config(connection: Any, evaluation_id: str) -> dict[str, Any]:
+    """The evaluation's settings as stored."""
+    config: dict[str, Any] = connection.execute(
+        select(evaluations.c.config).where(evaluations.c.id == evaluation_id)
+    ).scalar_one()
+    return config
+
+
+def _sha256_of_rows(n: int) -> bytes:
+    """The SHA-256 content hash of the batch of the first ``n`` rows, as stored: the
+    head's name ("" for one head), then each array's name, dtype, shape and bytes."""
+    expected = hashlib.sha256(b"head:;")
+    for name, array in (
+        ("y_pred", Y_PRED[:n].astype(np.float32)),
+        ("y_true", Y_TRUE[:n].astype(np.int64)),
+    ):
+        expected.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        expected.update(array.tobytes())
+    return expected.digest()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_service_set_to_sha256_hashes_its_new_evaluations_with_it(
     backend: str, tmp_path: Path, make_client: Callable[..., SyncClient]
@@ -396,20 +417,10 @@ def test_a_service_set_to_sha256_hashes_its_new_evaluations_with_it(
         store = Store.open(db.url, db.data_dir, migrate=False)
         try:
             with store.engine.begin() as connection:
-                config = connection.execute(
-                    select(evaluations.c.config).where(evaluations.c.id == eid)
-                ).scalar_one()
-            assert config["content_hash"] == "sha256"
+                assert _config(connection, eid)["content_hash"] == "sha256"
             page = store.list_batches(None, eid)
             assert page is not None
-            expected = hashlib.sha256(b"head:;")
-            for name, array in (
-                ("y_pred", Y_PRED[:8].astype(np.float32)),
-                ("y_true", Y_TRUE[:8].astype(np.int64)),
-            ):
-                expected.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-                expected.update(array.tobytes())
-            assert page.items[0].content_hash == expected.digest()
+            assert page.items[0].content_hash == _sha256_of_rows(8)
         finally:
             store.dispose()
         # The hash is the evaluation's: a replica under the default compares with it too.
@@ -431,9 +442,7 @@ def test_an_evaluation_created_before_the_hash_was_a_setting_keeps_sha256(
         store = Store.open(db.url, db.data_dir, migrate=False)
         try:
             with store.engine.begin() as connection:
-                config = connection.execute(
-                    select(evaluations.c.config).where(evaluations.c.id == eid)
-                ).scalar_one()
+                config = _config(connection, eid)
                 assert config.pop("content_hash") == "xxh3-128"
                 connection.execute(
                     update(evaluations).where(evaluations.c.id == eid).values(config=config)
@@ -442,15 +451,7 @@ def test_an_evaluation_created_before_the_hash_was_a_setting_keeps_sha256(
             assert client.put(f"/v1/evaluations/{eid}/batches/a", json=body).status_code == 201
             page = store.list_batches(None, eid)
             assert page is not None
-            # The head's name ("" for one head), then each array's name, dtype, shape, bytes.
-            expected = hashlib.sha256(b"head:;")
-            for name, array in (
-                ("y_pred", Y_PRED[:8].astype(np.float32)),
-                ("y_true", Y_TRUE[:8].astype(np.int64)),
-            ):
-                expected.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-                expected.update(array.tobytes())
-            assert page.items[0].content_hash == expected.digest()
+            assert page.items[0].content_hash == _sha256_of_rows(8)
             typed = {"y_true": _typed(Y_TRUE[:8]), "y_pred": _typed(Y_PRED[:8])}
             again = client.put(f"/v1/evaluations/{eid}/batches/a", json=typed)
             assert again.status_code == 200, again.text

@@ -784,6 +784,19 @@ def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return reads
 
 
+def _alone(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batches of each PostgreSQL statement that stored an evaluation's puts alone."""
+    alone: list[int] = []
+    put_alone = PutStatements.put_alone
+
+    def counted(self: PutStatements, *args: Any) -> int:
+        alone.append(len(args[-1]))
+        return put_alone(self, *args)
+
+    monkeypatch.setattr(PutStatements, "put_alone", counted)
+    return alone
+
+
 def _exact(store: Store, evaluation_id: str, n_batches: int) -> None:
     totals = store.get_totals(OWNER, evaluation_id)
     assert totals is not None and totals.evaluation.n_batches == n_batches
@@ -889,14 +902,7 @@ def test_queued_puts_of_an_evaluation_written_last_are_stored_together(
     evaluation = store.create_evaluation(OWNER, {}, {})
     assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
     reads = _reads(monkeypatch)
-    alone: list[int] = []
-    put_alone = PutStatements.put_alone
-
-    def counted(self: PutStatements, *args: Any) -> int:
-        alone.append(len(args[-1]))
-        return put_alone(self, *args)
-
-    monkeypatch.setattr(PutStatements, "put_alone", counted)
+    alone = _alone(monkeypatch)
     commits = store.commits
     with commit_running(store):
         threads, results = _queued_puts(store, [(evaluation.id, f"q-{n}", 0) for n in range(4)])
@@ -917,14 +923,7 @@ def test_a_group_of_several_evaluations_written_last_is_counted_once(
     for evaluation in (first, second):
         assert put(store, evaluation.id, "a").outcome is PutOutcome.CREATED
     reads = _reads(monkeypatch)
-    alone: list[int] = []
-    put_alone = PutStatements.put_alone
-
-    def counted(self: PutStatements, *args: Any) -> int:
-        alone.append(len(args[-1]))
-        return put_alone(self, *args)
-
-    monkeypatch.setattr(PutStatements, "put_alone", counted)
+    alone = _alone(monkeypatch)
     # Both evaluations in one commit, with a batch sent again and one with other content.
     calls = [(first.id, "b", 0), (second.id, "b", 0), (first.id, "a", 0), (second.id, "a", 1)]
     with commit_running(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,16 @@ def test_settings_are_checked_at_creation() -> None:
     assert config == {"outputs": {"": {}}, "loss_weights": {}, "content_hash": "xxh3-128"}
 
 
+def _as_computed(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch's arrays as computed and hashed: predictions float32, labels int64
+    indices, weights float64."""
+    return {
+        "y_pred": np.asarray(batch["y_pred"]).astype(np.float32),
+        "y_true": np.asarray(batch["y_true"]).astype(np.int64),
+        "sample_weight": np.asarray(batch["sample_weight"]).astype(np.float64),
+    }
+
+
 def _framed(kind: Any, heads: list[tuple[str, dict[str, Any]]]) -> bytes:
     """The content hash as stored: each head's name, then each array's name, dtype,
     shape and bytes (predictions as float32, labels as int64 indices, weights float64)."""
@@ -179,11 +190,7 @@ def test_the_content_hash_of_a_batch_never_changes() -> None:
     config, _ = streaming.parse_settings({})
     assert config["content_hash"] == "xxh3-128"
     batch = _data(5, 300, 4, multi=False)
-    arrays = {
-        "y_pred": batch["y_pred"].astype(np.float32),
-        "y_true": batch["y_true"].astype(np.int64),
-        "sample_weight": batch["sample_weight"].astype(np.float64),
-    }
+    arrays = _as_computed(batch)
     new = streaming.evaluate_batch(config, batch, None, LIMIT).content_hash
     assert new == _framed(xxhash.xxh3_128, [("", arrays)])
     legacy = {k: v for k, v in config.items() if k != "content_hash"}
@@ -204,17 +211,7 @@ def test_the_content_hash_covers_every_head_in_order() -> None:
     batch = {"outputs": {"b": data["b"], "a": data["a"]}}
     expected = _framed(
         xxhash.xxh3_128,
-        [
-            (
-                head,
-                {
-                    "y_pred": data[head]["y_pred"].astype(np.float32),
-                    "y_true": data[head]["y_true"].astype(np.int64),
-                    "sample_weight": data[head]["sample_weight"].astype(np.float64),
-                },
-            )
-            for head in "ab"
-        ],
+        [(head, _as_computed(data[head])) for head in "ab"],
     )
     assert streaming.evaluate_batch(config, batch, None, LIMIT).content_hash == expected
 
@@ -225,11 +222,7 @@ def test_a_new_evaluation_takes_the_content_hash_it_is_given() -> None:
     config, _ = streaming.parse_settings({"outputs": {"a": {}}}, "sha256")
     assert config["content_hash"] == "sha256"
     batch = _data(2, 30, 3, multi=False)
-    arrays = {
-        "y_pred": batch["y_pred"].astype(np.float32),
-        "y_true": batch["y_true"].astype(np.int64),
-        "sample_weight": batch["sample_weight"].astype(np.float64),
-    }
+    arrays = _as_computed(batch)
     got = streaming.evaluate_batch(config, {"outputs": {"a": batch}}, None, LIMIT)
     assert got.content_hash == _framed(hashlib.sha256, [("a", arrays)])
     with pytest.raises(ValueError, match="unknown content hash 'md5'"):
