@@ -28,6 +28,7 @@ from storage_helpers import (
 
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
 from service.storage.blobs import encode_arrays, encode_totals
+from service.storage.commits import _Written, _WrittenLast
 from service.storage.exact import ExactTotals
 from service.storage.schema import batches, evaluations
 from service.storage.statements import PutStatements
@@ -942,3 +943,26 @@ def test_a_group_of_several_evaluations_written_last_is_counted_once(
         assert alone == [] and sorted(set(reads)) == sorted([first.id, second.id])
     _exact(store, first.id, 2)
     _exact(store, second.id, 2)
+
+
+def test_the_memory_of_written_evaluations_drops_a_state_it_does_not_keep() -> None:
+    memory = _WrittenLast(budget=100)
+    key = ("owner", "evaluation")
+
+    def state(size: int) -> _Written:
+        return _Written({"pk": 1}, ExactTotals(), size)
+
+    memory.remember(key, state(10))
+    # A later write whose state is not kept (unknown, or over the budget) leaves nothing
+    # of the earlier one: that state is no longer the row's.
+    memory.remember(key, None)
+    assert memory.recall(key) is None
+    memory.remember(key, state(10))
+    memory.remember(key, state(101))
+    assert memory.recall(key) is None
+    kept = state(60)
+    memory.remember(key, state(50))
+    memory.remember(("owner", "other"), kept)
+    # The least recently written goes first when the budget is passed.
+    assert memory.recall(key) is None
+    assert memory.recall(("owner", "other")) is kept
