@@ -129,6 +129,16 @@ def _changes(before: dict[str, Any], after: dict[str, Any], totals: bytes) -> di
     return changes
 
 
+def _added(
+    state: dict[str, Any], totals: ExactTotals, created: list[ExactTotals]
+) -> tuple[_Written, bytes]:
+    """The evaluation as its new batches leave it (``created`` added to ``totals``), and
+    its totals as stored."""
+    totals.add_all(created)
+    blob = encode_totals(totals)
+    return _Written(state, totals, len(blob)), blob
+
+
 def _evaluation_key(put: Put) -> tuple[str, str]:
     return owner_key(put.owner), put.evaluation_id
 
@@ -450,14 +460,8 @@ class Committer:
             return None
         # known was taken out of the memory of written evaluations: if its transaction
         # fails, what is added here is forgotten with it.
-        known.totals.add_all(created)
-        blob = encode_totals(known.totals)
-        return (
-            results,
-            new,
-            _Written(state, known.totals, len(blob)),
-            _changes(known.state, state, blob),
-        )
+        left, blob = _added(state, known.totals, created)
+        return results, new, left, _changes(known.state, state, blob)
 
     def _put_in(
         self, cursor: Any, other: Any, puts: list[Put]
@@ -489,12 +493,10 @@ class Committer:
         if not new:
             return results, None
         sql.insert(cursor, new)
-        totals = decode_totals(row["totals"])
-        totals.add_all(created)
-        blob = encode_totals(totals)
+        left, blob = _added(state, decode_totals(row["totals"]), created)
         sql.update(cursor, row["pk"], {**{k: state[k] for k in CHANGED}, "totals": blob})
         # Written, and open (it took new batches): its next group needs no lock or read.
-        return results, _Written(state, totals, len(blob))
+        return results, left
 
     def _put_one(
         self,

@@ -84,6 +84,21 @@ def _units(x: float) -> int:
 IntArray = NDArray[np.int64]
 
 
+def _window(nonzero: list[int]) -> tuple[int, int]:
+    """The canonical window of nonzero exact integers (units of ``2**BASE``): the lowest
+    limb any of them uses, and the fewest limbs from there that hold each of them, the
+    top one signed."""
+    lo = min(((v & -v).bit_length() - 1) >> 5 for v in nonzero)
+    shift = LIMB_BITS * lo
+    # A value fits in t limbs (t - 1 unsigned, the top one signed) when its magnitude
+    # needs at most 32 t - 1 bits besides the sign.
+    count = max(
+        ((v >> shift if v > 0 else ~(v >> shift)).bit_length() + LIMB_BITS) // LIMB_BITS
+        for v in nonzero
+    )
+    return lo, count
+
+
 class FixedSum:
     """The exact sum of float64 arrays of one shape, as 32-bit limbs on a fixed grid.
 
@@ -150,10 +165,8 @@ class FixedSum:
             value = self._exact[0]
             if not value:
                 return 0, 0, b""
-            lo = ((value & -value).bit_length() - 1) >> 5
+            lo, count = _window([value])
             shifted = value >> (LIMB_BITS * lo)
-            magnitude = shifted if shifted > 0 else ~shifted
-            count = (magnitude.bit_length() + LIMB_BITS) // LIMB_BITS
             bits = LIMB_BITS * count
             return lo, count, (shifted & ((1 << bits) - 1)).to_bytes(bits // 8, "little")
         limbs = self.limbs
@@ -255,14 +268,8 @@ class FixedSum:
         nonzero = [v for v in values if v]
         if not nonzero:
             return cls.zeros(shape)
-        lo = min(((v & -v).bit_length() - 1) >> 5 for v in nonzero)
+        lo, count = _window(nonzero)
         shift = LIMB_BITS * lo
-        # A value fits in t limbs (t - 1 unsigned, the top one signed) when its magnitude
-        # needs at most 32 t - 1 bits besides the sign.
-        count = max(
-            ((v >> shift if v > 0 else ~(v >> shift)).bit_length() + LIMB_BITS) // LIMB_BITS
-            for v in nonzero
-        )
         rows = []
         for j in range(count):
             at = shift + LIMB_BITS * j

@@ -53,7 +53,6 @@ class PutStatements:
         self.batch_columns = [c for c in batches.c if c.key != "stats"]
         self._insert_columns = list(batches.c)
         self._changed = [*CHANGED, "totals"]
-        changed = {c.key: c for c in evaluations.c}
         names = ", ".join(c.key for c in self.evaluation_columns)
         lock = " FOR UPDATE" if not self.sqlite else ""
         self._lock = f"SELECT {names} FROM evaluations WHERE id = {mark} AND owner = {mark}{lock}"
@@ -64,9 +63,10 @@ class PutStatements:
             f"WHERE evaluation_pk = (SELECT pk FROM evaluations WHERE id = {mark} "
             f"AND owner = {mark}) AND batch_id IN "
         )
-        self._insert = (
-            f"INSERT INTO batches ({', '.join(c.key for c in self._insert_columns)}) VALUES "
+        self._alone_insert = (
+            f"INSERT INTO batches ({', '.join(c.key for c in self._insert_columns)}) "
         )
+        self._insert = self._alone_insert + "VALUES "
         self._row = "(" + ", ".join([mark] * len(self._insert_columns)) + ")"
         self._update = (
             "UPDATE evaluations SET "
@@ -85,12 +85,17 @@ class PutStatements:
             "END"
         )
         self._updates_written: dict[tuple[str, ...], str] = {}
-        self._write_written = _bind(dialect, (changed["n_batches"], changed["updated_at"]))
-        self._write_column = {key: _bind(dialect, [changed[key]])[0] for key in self._changed}
+        self._write_column = dict(
+            zip(
+                self._changed,
+                _bind(dialect, (evaluations.c[k] for k in self._changed)),
+                strict=True,
+            )
+        )
+        self._write_changes = [self._write_column[key] for key in self._changed]
         self._read_evaluation = _result(dialect, self.evaluation_columns)
         self._read_batch = _result(dialect, self.batch_columns)
         self._write_batch = _bind(dialect, self._insert_columns)
-        self._write_changes = _bind(dialect, (changed[key] for key in self._changed))
         #: On PostgreSQL that update and the insert of the batches are one statement,
         #: which run alone (autocommit) is a transaction of one round trip: the batches are
         #: inserted from the updated row, so none is if the row is gone.
@@ -102,9 +107,7 @@ class PutStatements:
             )
             + " FROM written"
         )
-        self._alone_insert = (
-            f"INSERT INTO batches ({', '.join(c.key for c in self._insert_columns)}) "
-        )
+        self._alone_columns = [c.key for c in self._insert_columns if c.key != "evaluation_pk"]
         self._write_alone = [
             p
             for c, p in zip(self._insert_columns, self._write_batch, strict=True)
@@ -200,10 +203,11 @@ class PutStatements:
                 + "".join(f", {key} = {self._mark}" for key in keys[1:])
                 + f" WHERE pk = {self._mark}"
             )
-        params = _convert(self._write_written, [written["n_batches"], written["updated_at"]])
-        for key in keys:
-            processor = self._write_column[key]
-            params.append(changes[key] if processor is None else processor(changes[key]))
+        checked = ("n_batches", "updated_at")
+        params = _convert(
+            [self._write_column[key] for key in (*checked, *keys)],
+            [*(written[key] for key in checked), *(changes[key] for key in keys)],
+        )
         params.append(evaluation_pk)
         return statement, params
 
@@ -223,10 +227,7 @@ class PutStatements:
         assert self.alone and 0 < len(rows) <= INSERT_ROWS
         update, params = self._written(evaluation_pk, written, changes)
         for row in rows:
-            params += _convert(
-                self._write_alone,
-                [row[c.key] for c in self._insert_columns if c.key != "evaluation_pk"],
-            )
+            params += _convert(self._write_alone, [row[key] for key in self._alone_columns])
         statement = (
             f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
             + " UNION ALL ".join([self._alone_row] * len(rows))
