@@ -178,10 +178,23 @@ def test_non_finite_and_non_float_values_are_refused() -> None:
         FixedSum.from_floats(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="finite"):
         FixedSum.from_floats(np.array([np.inf]))
+    with pytest.raises(ValueError, match="finite"):
+        FixedSum.from_floats(np.array(np.nan))  # a scalar statistic
     with pytest.raises(TypeError, match="float array"):
         FixedSum.from_floats(np.array([1, 2]))
     with pytest.raises(ValueError, match="shape"):
         FixedSum.zeros((2,)).add(FixedSum.from_floats(np.array([1.0, 2.0, 3.0])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=element, y=st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_a_scalar_sum_has_the_limbs_of_a_one_element_sum(x: float, y: float) -> None:
+    scalar, single = FixedSum.from_floats(np.array(x)), FixedSum.from_floats(np.array([x]))
+    assert scalar.shape == ()
+    assert (scalar.lo, scalar.limbs.tolist()) == (single.lo, single.limbs.tolist())
+    assert scalar.window() == single.window()
+    # A float32 scalar widens exactly.
+    assert FixedSum.from_floats(np.float32(y)).to_floats()[()] == y
 
 
 def test_float32_and_float16_statistics_widen_exactly() -> None:

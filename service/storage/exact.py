@@ -190,6 +190,12 @@ class FixedSum:
         array = np.asarray(values)
         if array.dtype.kind != "f":
             raise TypeError(f"an exact float sum takes a float array; received {array.dtype}")
+        if array.ndim == 0:
+            # A batch's scalar statistic (most are): the fewest steps, each a few µs.
+            scalar = float(array)
+            if not math.isfinite(scalar):
+                raise ValueError(_NOT_FINITE)
+            return cls._of_ints((), [_units(scalar)])
         shape = tuple(int(n) for n in array.shape)
         if array.size <= SMALL:
             # A batch's scalar statistics: exact Python integers cost microseconds where
