@@ -115,12 +115,11 @@ def median_ms(times: list[float]) -> float:
 
 
 def put_against_evaluate(
-    base: str, rounds: int, first: int = 0
-) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    base: str, rounds: int, first: int
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Median ms of PUT (new batch each time) and of POST /v1/evaluate, interleaved (one
     of each a round, which goes first alternating: neither always follows the other),
-    over ``rounds`` rounds after ``first`` rounds, whose medians come second (``None``
-    without any)."""
+    over ``rounds`` rounds after ``first`` rounds, whose medians come second."""
     body, headers = binary_body(256, 1000, 0)
     puts: list[float] = []
     posts: list[float] = []
@@ -155,8 +154,7 @@ def put_against_evaluate(
             into_puts, into_posts = (first_puts, first_posts) if i < first + 3 else (puts, posts)
             into_puts.append(put_s)
             into_posts.append(post_s)
-    steady = median_ms(puts), median_ms(posts)
-    return steady, (median_ms(first_puts), median_ms(first_posts)) if first else None
+    return (median_ms(puts), median_ms(posts)), (median_ms(first_puts), median_ms(first_posts))
 
 
 def store_alone(
@@ -301,7 +299,6 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
                 ),
             ):
                 (put, post), started = put_against_evaluate(base, rounds, first)
-                assert started is not None
                 get, early, late = many_batches(base, pid, n)
                 puts, posts, counted = small_throughput(base, seconds)
             with tempfile.TemporaryDirectory() as tmp:
