@@ -203,6 +203,13 @@ def test_batch_history_and_lists_are_paginated(api: Any) -> None:
     assert [e["id"] for e in rest["evaluations"]] == [ids[0]] and rest["next"] is None
     bad = client.get("/v1/evaluations", params={"cursor": "nonsense"})
     assert bad.status_code == 422
+    # Well formed but past the database's 64-bit keys: a 422 too, never a 500.
+    lists = ((f"/v1/evaluations/{eid}/batches", "batches"), ("/v1/evaluations", "evaluations"))
+    for path, kind in lists:
+        past = base64.urlsafe_b64encode(f"{kind}:{2**63}".encode()).rstrip(b"=").decode()
+        refused = client.get(path, params={"cursor": past})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["loc"] == ["query", "cursor"]
 
 
 def test_an_evaluation_belongs_to_the_key_that_created_it(api: Any) -> None:

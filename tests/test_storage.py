@@ -30,6 +30,7 @@ from service.storage import InvalidCursor, PutOutcome, PutResult, Store
 from service.storage.blobs import encode_arrays, encode_totals
 from service.storage.commits import _Written, _WrittenLast
 from service.storage.exact import ExactTotals
+from service.storage.rows import encode_cursor
 from service.storage.schema import batches, evaluations
 from service.storage.statements import PutStatements
 
@@ -370,6 +371,16 @@ def test_batches_are_listed_in_arrival_order_a_page_at_a_time(store: Store) -> N
     assert plain is not None and plain.next is None and plain.items[0].stats is None
     with pytest.raises(InvalidCursor, match="batches"):
         store.list_batches(OWNER, evaluation.id, cursor="b-3")
+    # A well-formed cursor past the 64-bit keys was never handed out: refused, not sent
+    # to the database (whose integers it overflows).
+    for position in (2**63, 10**19 - 1):
+        past = encode_cursor("batches", position)
+        with pytest.raises(InvalidCursor, match="batches"):
+            store.list_batches(OWNER, evaluation.id, cursor=past)
+        with pytest.raises(InvalidCursor, match="evaluations"):
+            store.list_evaluations(OWNER, cursor=encode_cursor("evaluations", position))
+    last = store.list_batches(OWNER, evaluation.id, cursor=encode_cursor("batches", 2**63 - 1))
+    assert last is not None and last.items == [] and last.next is None
 
 
 def test_expiry_deletes_what_was_not_updated_since(

@@ -133,6 +133,10 @@ class InvalidCursor(ValueError):
     """A cursor that this list did not hand out (the HTTP layer answers 422)."""
 
 
+#: The largest key of either table (a signed 64-bit integer).
+_MAX_KEY = 2**63 - 1
+
+
 def encode_cursor(kind: str, position: int) -> str:
     """An opaque cursor for ``position`` in a list of ``kind``."""
     raw = f"{kind}:{position}".encode("ascii")
@@ -146,7 +150,8 @@ def decode_cursor(kind: str, cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     prefix, _, number = raw.partition(":")
-    if prefix != kind or not number.isdigit() or len(number) > 19:
+    # Positions are the database's 64-bit keys: a larger number was never handed out.
+    if prefix != kind or not number.isdigit() or len(number) > 19 or int(number) > _MAX_KEY:
         raise InvalidCursor(
             f"the cursor {cursor[:64]!r} is not one this list of {kind} handed out; "
             "pass the 'next' value of the previous page, or no cursor for the first page"
