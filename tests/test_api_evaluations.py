@@ -166,6 +166,23 @@ def test_closed_evaluations_take_replays_but_no_new_batch(api: Any) -> None:
     assert new.status_code == 409 and "closed" in new.json()["detail"]
 
 
+def test_settings_of_a_new_evaluation_are_json_and_other_types_get_a_415(api: Any) -> None:
+    client = api()
+    for headers in (
+        {"content-type": "application/octet-stream", "inference-header-content-length": "2"},
+        {"content-type": "text/plain"},
+        {},
+    ):
+        r = client.post("/v1/evaluations", content=b"{}", headers=headers)
+        assert r.status_code == 415, (headers, r.text)
+        problem = r.json()
+        assert problem["errors"][0]["loc"] == ["header", "content-type"]
+        assert "expected application/json;" in problem["detail"]
+        assert "octet-stream" not in problem["detail"].split("received")[0]
+    with_charset = {"content-type": "application/json; charset=utf-8"}
+    assert client.post("/v1/evaluations", content=b"{}", headers=with_charset).status_code == 201
+
+
 def test_delete_then_404(api: Any) -> None:
     client = api()
     eid = _create(client)

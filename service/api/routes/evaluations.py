@@ -37,15 +37,16 @@ from service.api.waiting import completion
 from service.errors import (
     Conflict,
     InvalidInput,
-    MalformedRequest,
     NotFound,
     ServiceError,
+    UnsupportedMediaType,
     invalid,
 )
 from service.settings import Settings
 from service.storage import EvaluationRow, PutOutcome, PutResult, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
 from service.streaming import evaluate_batch, parse_settings, results
+from service.wire import JSON_MEDIA_TYPE
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 
@@ -148,13 +149,18 @@ def _not_found(evaluation_id: str) -> ServiceError:
 
 
 async def _json_body(request: Request) -> Any:
+    """The settings of a new evaluation: a JSON body (any other type is a 415, before a
+    byte of the body is read)."""
+    declared = request.headers.get("content-type") or ""
+    if declared.split(";")[0].strip().lower() != JSON_MEDIA_TYPE:
+        received = f"Content-Type {declared[:64]!r}" if declared.strip() else "no Content-Type"
+        raise UnsupportedMediaType.at(
+            ("header", "content-type"),
+            f"An evaluation's settings are a JSON object: expected {JSON_MEDIA_TYPE}; "
+            f"received {received}.",
+        )
     raw = await read_body(request)
     try:
-        if raw.content_type != "json":
-            raise MalformedRequest.at(
-                ("header", "content-type"),
-                "An evaluation's settings are a JSON object: expected application/json.",
-            )
         settings: Settings = request.app.state.settings
         return decode(raw, settings)
     finally:
