@@ -342,6 +342,24 @@ def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:
     assert client.get(f"/v1/evaluations/{fresh}").status_code == 200
 
 
+def test_a_worker_that_only_takes_batches_and_reads_results_expires_evaluations(
+    api: Any,
+) -> None:
+    client = api(evaluation_ttl=1)
+    eid = _create(client)
+    assert (
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))).status_code == 201
+    )
+    time.sleep(1.3)
+    # No create or list in between: the PUT itself sweeps (its half time to live has
+    # passed), so the batch does not bring the expired evaluation back.
+    late = client.put(f"/v1/evaluations/{eid}/batches/b", json=_batch(slice(4, 8)))
+    assert late.status_code == 404, late.text
+    other = _create(client)
+    time.sleep(1.3)
+    assert client.get(f"/v1/evaluations/{other}").status_code == 404
+
+
 def _puts(client: SyncClient) -> list[tuple[int, str, str | None]]:
     """A PUT of every kind against a fresh evaluation (new, replay, conflict, a big batch
     computed in the thread pool, bad ids and bodies, unknown and closed evaluations): each

@@ -105,16 +105,29 @@ def _store(request: Request) -> Store:
     return store
 
 
-def _expire(request: Request, store: Store) -> None:
-    """Delete the evaluations past their time to live, now and then."""
+def _expiry_due(request: Request) -> bool:
+    """Whether this worker's sweep of expired evaluations is due (and, if so, it is now
+    counted as done: one request sweeps, those at the same moment go on)."""
     state = request.app.state
     settings: Settings = state.settings
     every = min(_EXPIRE_EVERY_S, settings.evaluation_ttl.total_seconds() / 2)
     now = time.monotonic()
     if now - getattr(state, "expired_at", -every) < every:
-        return
+        return False
     state.expired_at = now
-    store.expire(datetime.now(UTC) - settings.evaluation_ttl)
+    return True
+
+
+async def _swept(request: Request) -> Store:
+    """The worker's store, after deleting the evaluations past their time to live when
+    this worker's sweep is due (every half time to live, at most every 10 minutes): any
+    request about evaluations may sweep, so a worker that only takes batches and reads
+    results expires them too."""
+    store = _store(request)
+    if _expiry_due(request):
+        ttl = request.app.state.settings.evaluation_ttl
+        await anyio.to_thread.run_sync(lambda: store.expire(datetime.now(UTC) - ttl))
+    return store
 
 
 def _owner(request: Request) -> str | None:
@@ -180,14 +193,10 @@ async def create_evaluation(request: Request) -> Response:
     document = await _json_body(request)
     settings: Settings = request.app.state.settings
     config, metadata = parse_settings(document, settings.content_hash)
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
 
-    def create() -> EvaluationRow:
-        _expire(request, store)
-        return store.create_evaluation(owner, config, metadata)
-
-    row = await anyio.to_thread.run_sync(create)
+    row = await anyio.to_thread.run_sync(lambda: store.create_evaluation(owner, config, metadata))
     EVALUATIONS.inc()
     response = json_response(_summary(row), 201)
     response.headers["Location"] = f"/v1/evaluations/{row.id}"
@@ -202,15 +211,13 @@ async def create_evaluation(request: Request) -> Response:
 )
 async def list_evaluations(request: Request, limit: Limit = 50, cursor: Cursor = None) -> Response:
     """Your evaluations, newest first, a page at a time."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
 
-    def listed() -> Any:
-        _expire(request, store)
-        return store.list_evaluations(owner, limit=limit, cursor=cursor)
-
     try:
-        page = await anyio.to_thread.run_sync(listed)
+        page = await anyio.to_thread.run_sync(
+            lambda: store.list_evaluations(owner, limit=limit, cursor=cursor)
+        )
     except InvalidCursor:
         raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
     return json_response({"evaluations": [_summary(r) for r in page.items], "next": page.next})
@@ -263,7 +270,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     """Evaluate the batch where its size says (on the event loop when small, as
     ``POST /v1/evaluate`` does), then wait for the store's commit of it."""
     _batch_id(batch_id)
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     settings: Settings = request.app.state.settings
     raw = await read_body(request)
@@ -346,7 +353,7 @@ def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
 )
 async def get_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """The evaluation: its counts, and the evaluate response over every batch so far."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     return json_response(await anyio.to_thread.run_sync(_results, store, owner, evaluation_id))
 
@@ -372,7 +379,7 @@ async def list_batches(
     request: Request, evaluation_id: EvaluationId, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
     """Each batch's id, samples, arrival time and own values, in arrival order."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     try:
         page = await anyio.to_thread.run_sync(
@@ -397,7 +404,7 @@ async def list_batches(
 )
 async def close_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """No more batches: a new one is then a 409 (a replay of an accepted one still 200)."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     row = await anyio.to_thread.run_sync(lambda: store.close_evaluation(owner, evaluation_id))
     if row is None:
@@ -414,7 +421,7 @@ async def close_evaluation(request: Request, evaluation_id: EvaluationId) -> Res
 )
 async def delete_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """Delete the evaluation and its batches."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     deleted = await anyio.to_thread.run_sync(lambda: store.delete_evaluation(owner, evaluation_id))
     if not deleted:

@@ -24,7 +24,7 @@ from service import charts, report_page
 from service.api.body import read_body
 from service.api.compute import admit, decode
 from service.api.error_responses import ERROR_RESPONSES
-from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _store, _summary
+from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _summary, _swept
 from service.errors import NotFound, invalid
 from service.settings import Settings
 from service.storage import Store
@@ -121,7 +121,7 @@ def _html(page: str) -> Response:
 )
 async def evaluation_report(request: Request, evaluation_id: EvaluationId) -> Response:
     """The evaluation's report page: values, warnings, per-class table and charts."""
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
     settings: Settings = request.app.state.settings
     embedded = bool(settings.api_keys)
@@ -152,7 +152,7 @@ async def evaluation_chart(
     if fmt not in _MEDIA:
         raise invalid(("path", "fmt"), f"Charts are `.svg` or `.png`; received {fmt[:20]!r}.")
     kind: Literal["svg", "png"] = "svg" if fmt == "svg" else "png"
-    store = _store(request)
+    store = await _swept(request)
     owner = _owner(request)
 
     def draw() -> bytes:
