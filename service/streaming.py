@@ -69,6 +69,12 @@ _HASHES: dict[str, Callable[[], Any]] = {
 }
 #: The hashes a new evaluation can be created with (setting ``LOSS_SERVICE_CONTENT_HASH``).
 CONTENT_HASHES = tuple(_HASHES)
+#: How new evaluations hash their dense labels (binary, multi-hot, soft targets; their
+#: setting ``label_hash``): in the compute dtype, as the kernels take them, so that JSON
+#: ``1`` and ``1.0``, or integer, boolean and float arrays of the same targets, are the
+#: same batch. Evaluations created without the setting hash them in the dtype they
+#: arrived in, as when they were created (their stored hashes stay valid).
+LABEL_HASH = "compute-dtype"
 
 
 def _metadata(raw: Any) -> dict[str, str]:
@@ -123,7 +129,12 @@ def parse_settings(
         for head, settings in outputs.items():
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
-        return {"outputs": heads, "loss_weights": weights, "content_hash": content_hash}, metadata
+        return {
+            "outputs": heads,
+            "loss_weights": weights,
+            "content_hash": content_hash,
+            "label_hash": LABEL_HASH,
+        }, metadata
     unknown = sorted(set(document) - _CREATE_FIELDS)
     if unknown:
         raise invalid(
@@ -137,6 +148,7 @@ def parse_settings(
         "outputs": {SINGLE: settings},
         "loss_weights": {},
         "content_hash": content_hash,
+        "label_hash": LABEL_HASH,
     }, metadata
 
 
@@ -269,10 +281,11 @@ def evaluate_batch(
     batch fixed, if any): its statistics, its own answer, its facts, its hash.
 
     The hash is over the arrays as computed (predictions in the compute dtype, labels as
-    indices or targets), so the same batch sent as JSON lists, typed arrays or binary
-    tensors is the same batch."""
+    indices, or as targets in the compute dtype: see :data:`LABEL_HASH`), so the same
+    batch sent as JSON lists, typed arrays or binary tensors is the same batch."""
     plans = _plans(config)
     digest = _Digest(config.get("content_hash", LEGACY_CONTENT_HASH))
+    computed_labels = config.get("label_hash") == LABEL_HASH
     stats: dict[str, NDArray[Any]] = {}
     head_facts: dict[str, Any] = {}
     responses: dict[str, dict[str, Any]] = {}
@@ -294,8 +307,14 @@ def evaluate_batch(
                 if difference is not None:
                     differences.append(difference)
                     continue
-            labels = batch.labels if batch.labels is not None else batch.dense
-            assert labels is not None
+            labels: NDArray[Any]
+            if batch.labels is not None:
+                labels = batch.labels
+            else:
+                assert batch.dense is not None
+                labels = batch.dense
+                if computed_labels:
+                    labels = labels.astype(batch.y_pred.dtype, copy=False)
             arrays = [("y_pred", batch.y_pred), ("y_true", labels)]
             if batch.sample_weight is not None:
                 arrays.append(("sample_weight", batch.sample_weight))

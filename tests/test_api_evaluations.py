@@ -183,6 +183,19 @@ def test_settings_of_a_new_evaluation_are_json_and_other_types_get_a_415(api: An
     assert client.post("/v1/evaluations", content=b"{}", headers=with_charset).status_code == 201
 
 
+def test_binary_targets_as_ints_or_floats_are_the_same_batch(api: Any) -> None:
+    client = api()
+    eid = _create(client, {})
+    url = f"/v1/evaluations/{eid}/batches/b1"
+    first = client.put(url, json={"y_true": [0, 1, 1], "y_pred": [0.2, 0.8, 0.6]})
+    assert first.status_code == 201, first.text
+    again = client.put(url, json={"y_true": [0.0, 1.0, 1.0], "y_pred": [0.2, 0.8, 0.6]})
+    assert again.status_code == 200, again.text
+    assert again.json()["losses"] == first.json()["losses"]
+    other = client.put(url, json={"y_true": [1, 1, 1], "y_pred": [0.2, 0.8, 0.6]})
+    assert other.status_code == 409
+
+
 def test_delete_then_404(api: Any) -> None:
     client = api()
     eid = _create(client)

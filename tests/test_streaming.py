@@ -158,7 +158,12 @@ def test_settings_are_checked_at_creation() -> None:
         streaming.parse_settings({"y_pred": [1]})
     config, metadata = streaming.parse_settings({"metadata": {"a": "b"}})
     assert metadata == {"a": "b"}
-    assert config == {"outputs": {"": {}}, "loss_weights": {}, "content_hash": "xxh3-128"}
+    assert config == {
+        "outputs": {"": {}},
+        "loss_weights": {},
+        "content_hash": "xxh3-128",
+        "label_hash": "compute-dtype",
+    }
 
 
 def _as_computed(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,6 +208,53 @@ def test_the_content_hash_of_a_batch_never_changes() -> None:
     assert streaming.evaluate_batch(config, as_float64, None, LIMIT).content_hash == new
     other = {**batch, "y_pred": batch["y_pred"][::-1].copy()}
     assert streaming.evaluate_batch(config, other, None, LIMIT).content_hash != new
+
+
+def test_dense_labels_are_hashed_in_the_compute_dtype() -> None:
+    # Binary, multi-hot and soft targets are hashed as the kernels take them (float32
+    # here): JSON 1 and 1.0, and integer, boolean or float arrays of the same targets are
+    # the same batch; other targets are another.
+    config, _ = streaming.parse_settings({})
+    multi, _ = streaming.parse_settings({"label_encoding": "multi_hot"})
+    pred = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]], np.float32)
+    cases = [
+        (config, [0.2, 0.8, 0.6], [[0, 1, 1]], np.float32),  # binary, one column
+        (config, pred, [[0, 1, 1], [1, 0, 0]], np.float32),  # multi-hot, detected
+        (multi, pred, [[0, 1, 0], [1, 0, 0]], np.float32),  # multi-hot, stated
+    ]
+    for evaluation_settings, y_pred, y_true, dtype in cases:
+        y_pred = np.asarray(y_pred, np.float32)
+        y_true = np.asarray(y_true).reshape(y_pred.shape)
+        hashes = {
+            streaming.evaluate_batch(
+                evaluation_settings, {"y_true": labels, "y_pred": y_pred}, None, LIMIT
+            ).content_hash
+            for labels in (
+                y_true.tolist(),
+                y_true.astype(np.float64).tolist(),
+                y_true.astype(bool),
+                y_true.astype(np.uint8),
+                y_true.astype(np.float32),
+            )
+        }
+        assert len(hashes) == 1, (evaluation_settings, y_true)
+        # The bytes hashed are those of float32 targets, which an evaluation created
+        # before the setting hashes as they come.
+        before = {k: v for k, v in evaluation_settings.items() if k != "label_hash"}
+        as_float32 = {"y_true": y_true.astype(dtype), "y_pred": y_pred}
+        assert hashes == {streaming.evaluate_batch(before, as_float32, None, LIMIT).content_hash}
+        flipped = {"y_true": 1 - y_true, "y_pred": y_pred}
+        other = streaming.evaluate_batch(evaluation_settings, flipped, None, LIMIT)
+        assert other.content_hash not in hashes
+    # An evaluation created before the setting keeps hashing its targets as they came: the
+    # hashes it stored still tell its retries from other content.
+    legacy = {k: v for k, v in config.items() if k != "label_hash"}
+    y_pred = np.array([0.2, 0.8, 0.6], np.float32)
+    ints = streaming.evaluate_batch(legacy, {"y_true": [0, 1, 1], "y_pred": y_pred}, None, LIMIT)
+    floats = {"y_true": [0.0, 1.0, 1.0], "y_pred": y_pred}
+    assert ints.content_hash != streaming.evaluate_batch(legacy, floats, None, LIMIT).content_hash
+    now = streaming.evaluate_batch(config, floats, None, LIMIT).content_hash
+    assert ints.content_hash != now
 
 
 def test_the_content_hash_covers_every_head_in_order() -> None:
