@@ -196,6 +196,39 @@ def test_binary_targets_as_ints_or_floats_are_the_same_batch(api: Any) -> None:
     assert other.status_code == 409
 
 
+def test_first_batches_sent_at_once_in_two_label_encodings_are_both_counted(api: Any) -> None:
+    # Two first batches at the same moment, the same classes, one with integer labels and
+    # one with one-hot rows: each is evaluated before either fixed the evaluation's facts.
+    # The one committed second is evaluated again under the facts the other fixed, as if
+    # it had come second (then both are accepted), instead of a 422.
+    client = api()
+    sparse = _batch(slice(0, 4))
+    one_hot = {"y_true": np.eye(C)[Y_TRUE[4:8]].tolist(), "y_pred": Y_PRED[4:8].tolist()}
+    for _ in range(8):
+        eid = _create(client, {})
+        answers = client.concurrently(
+            ("PUT", f"/v1/evaluations/{eid}/batches/s", {"json": sparse}),
+            ("PUT", f"/v1/evaluations/{eid}/batches/h", {"json": one_hot}),
+        )
+        assert [a.status_code for a in answers] == [201, 201], [a.text for a in answers]
+        got = client.get(f"/v1/evaluations/{eid}").json()
+        assert got["n_batches"] == 2 and got["n_samples"] == 8
+        once = client.post(
+            "/v1/evaluate", json={"y_true": Y_TRUE[:8].tolist(), "y_pred": Y_PRED[:8].tolist()}
+        ).json()
+        # The loss is named after the labels of the batch that fixed the facts (either
+        # cross-entropy): the same value.
+        [(name, value)] = got["losses"].items()
+        assert name in ("sparse_categorical_crossentropy", "categorical_crossentropy")
+        assert value == pytest.approx(once["losses"]["sparse_categorical_crossentropy"], rel=1e-6)
+    # Classes that do differ are still refused, with what differs.
+    eid = _create(client, {})
+    assert client.put(f"/v1/evaluations/{eid}/batches/a", json=sparse).status_code == 201
+    wider = {"y_true": [0, 1], "y_pred": [[0.5, 0.25, 0.125, 0.0625, 0.0625, 0.0]] * 2}
+    refused = client.put(f"/v1/evaluations/{eid}/batches/b", json=wider)
+    assert refused.status_code == 422 and "classes" in refused.json()["detail"], refused.text
+
+
 def test_delete_then_404(api: Any) -> None:
     client = api()
     eid = _create(client)

@@ -227,9 +227,11 @@ def _run(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -
     return _compute(document, settings, operation)
 
 
-async def _place(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -> T:
+async def _place(
+    raw: RawBody, settings: Settings, operation: Callable[[Any, int], T], inline: bool
+) -> T:
     limit = settings.inline_max_elements
-    if len(raw.data) <= limit * INLINE_BYTES_PER_ELEMENT:
+    if inline and len(raw.data) <= limit * INLINE_BYTES_PER_ELEMENT:
         document = decode(raw, settings)
         admit(raw, document, settings)
         if work(document) <= limit:
@@ -238,13 +240,16 @@ async def _place(raw: RawBody, settings: Settings, operation: Callable[[Any, int
     return await anyio.to_thread.run_sync(_run, raw, settings, operation)
 
 
-async def compute(raw: RawBody, settings: Settings, operation: Callable[[Any, int], T]) -> T:
+async def compute(
+    raw: RawBody, settings: Settings, operation: Callable[[Any, int], T], *, inline: bool = True
+) -> T:
     """Decode, admit and compute a body that passed the intake: on the event loop when it
-    is small (setting ``inline_max_elements``), else in the thread pool. The body's
-    reservation is released when done."""
+    is small (setting ``inline_max_elements``) and ``inline`` allows it, else in the
+    thread pool (where ``operation`` may block). The body's reservation is released when
+    done."""
     peak = raw.reservation.peak if raw.reservation is not None else 0
     try:
-        return await _place(raw, settings, operation)
+        return await _place(raw, settings, operation, inline)
     finally:
         if raw.reservation is not None:
             peak = raw.reservation.peak

@@ -43,7 +43,7 @@ from service.errors import (
     invalid,
 )
 from service.settings import Settings
-from service.storage import EvaluationRow, PutOutcome, PutResult, Store
+from service.storage import EvaluationRow, PutOutcome, PutResult, Setup, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
 from service.streaming import evaluate_batch, parse_settings, results
 from service.wire import JSON_MEDIA_TYPE
@@ -268,7 +268,8 @@ async def serve_put(scope: Scope, receive: Receive, send: Send, params: Mapping[
 
 async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     """Evaluate the batch where its size says (on the event loop when small, as
-    ``POST /v1/evaluate`` does), then wait for the store's commit of it."""
+    ``POST /v1/evaluate`` does; one of an evaluation's first batches in the thread pool),
+    then wait for the store's commit of it."""
     _batch_id(batch_id)
     store = await _swept(request)
     owner = _owner(request)
@@ -285,8 +286,8 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
         raw.release()
         raise
 
-    def evaluate_and_submit(document: Any, max_elements: int) -> Future[PutResult]:
-        outcome = evaluate_batch(setup.config, document, setup.facts, max_elements)
+    def submit(fixed: Setup, document: Any, max_elements: int) -> Future[PutResult]:
+        outcome = evaluate_batch(fixed.config, document, fixed.facts, max_elements)
         return store.submit_batch(
             owner,
             evaluation_id,
@@ -296,14 +297,33 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             {"batch_id": batch_id, **outcome.answer},
             outcome.n_samples,
             # Facts already fixed were checked by evaluate_batch: nothing to store or compare.
-            facts=outcome.facts if setup.facts is None else None,
+            facts=outcome.facts if fixed.facts is None else None,
             warnings=outcome.warning_codes,
             # A batch evaluated in the thread pool may commit there, when no commit runs;
             # one evaluated on the event loop leaves it to the commit thread.
             lead=not _on_event_loop(),
         )
 
-    result = await completion(await compute(raw, settings, evaluate_and_submit))
+    first = setup.facts is None
+
+    def evaluate_and_submit(document: Any, max_elements: int) -> Future[PutResult]:
+        future = submit(setup, document, max_elements)
+        if not first:
+            return future
+        # One of the evaluation's first batches, in the thread pool: another may have
+        # fixed the facts since this one was evaluated without them (both sent at once).
+        # Then it is evaluated again under them, as if it had come second: accepted if
+        # it fits (another label encoding of the same classes, say), else a 422 saying
+        # what differs.
+        if future.result().outcome is not PutOutcome.MISMATCH:
+            return future
+        fixed = store.get_setup(owner, evaluation_id)
+        if fixed is None:
+            raise _not_found(evaluation_id)  # deleted meanwhile
+        return submit(fixed, document, max_elements) if fixed.facts is not None else future
+
+    # A first batch is evaluated in the thread pool, which may wait for its commit.
+    result = await completion(await compute(raw, settings, evaluate_and_submit, inline=not first))
     BATCHES.labels(result.outcome.value).inc()
     return _put_answer(result, evaluation_id, batch_id)
 
