@@ -572,6 +572,12 @@ def _all_finite(arrays: list[NDArray[Any]]) -> bool:
 
 
 def _as_json(a: NDArray[Any]) -> Any:
+    if a.dtype.kind == "f" and a.dtype.itemsize < 8:
+        # Each value as the float64 that equals it: float32 0.7 is written 0.699999988...,
+        # not "0.7" (another number in float64), so that an evaluation computing in
+        # float64 gets the values the binary encoding carries: the same numbers, and
+        # the same batch when it is sent again either way.
+        a = a.astype(np.float64)
     # orjson writes arrays as nested lists natively, but not 0-d ones.
     return a.item() if a.ndim == 0 else a
 

@@ -419,7 +419,10 @@ def test_json_and_typed_bodies() -> None:
     }
     content, headers, used = encode_body(body, "json")
     assert used == "json" and headers["Content-Type"] == "application/json"
-    assert orjson.loads(content) == {"y_true": [1, 2], "y_pred": Y_PRED, "from_logits": False}
+    # float32 values as the float64 numbers equal to them (0.699999988..., not 0.7).
+    exact = np.array(Y_PRED, np.float32).astype(np.float64).tolist()
+    assert orjson.loads(content) == {"y_true": [1, 2], "y_pred": exact, "from_logits": False}
+    assert np.array_equal(np.array(orjson.loads(content)["y_pred"], np.float32), body["y_pred"])
     content, _, used = encode_body(body, "typed")
     typed = orjson.loads(content)["y_pred"]
     assert used == "typed"
@@ -765,6 +768,23 @@ def test_an_evaluation_equals_one_evaluate_over_its_batches(stream_url: str) -> 
     assert_same_as_evaluate(got, once)
     assert got.reports is not None and got.reports["per_class"]["labels"] == list("abcde")
     assert all(isinstance(w, CountedWarning) and w.batches >= 1 for w in got.warnings)
+
+
+def test_a_float32_batch_sent_as_json_or_binary_is_one_batch_of_a_float64_evaluation(
+    stream_url: str,
+) -> None:
+    y_true = np.array([0, 2, 1])
+    y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.3, 0.4, 0.3]], np.float32)
+    with LossClient(stream_url, encoding="json") as client:
+        evaluation = client.evaluation(dtype="float64")
+        first = evaluation.add(y_true, y_pred, batch_id="b")
+    assert first.created
+    for encoding in ("binary", "typed"):
+        with LossClient(stream_url, encoding=encoding) as other:
+            again = other.open_evaluation(evaluation.id).add(y_true, y_pred, batch_id="b")
+            assert not again.created and again.losses == first.losses
+            once = other.evaluate(y_true, y_pred, dtype="float64")
+            assert once.losses == first.losses
 
 
 def test_the_history_close_report_list_and_delete(stream_url: str) -> None:
