@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,3 +58,16 @@ def test_refusals_are_readable_by_the_page() -> None:
     response = call(settings, "POST", URL, json=BODY, headers={"Origin": ORIGIN})
     assert response.status_code == 401
     assert response.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_a_page_may_send_batches_and_delete_evaluations(tmp_path: Path) -> None:
+    settings = Settings(cors_origins=[ORIGIN], data_dir=tmp_path)
+    for method in ("PUT", "DELETE"):
+        preflight = {**PREFLIGHT, "Access-Control-Request-Method": method}
+        response = call(settings, "OPTIONS", "/v1/evaluations/e/batches/b", headers=preflight)
+        assert response.status_code == 200, (method, response.text)
+        assert method in response.headers["access-control-allow-methods"]
+    created = call(settings, "POST", "/v1/evaluations", json={}, headers={"Origin": ORIGIN})
+    assert created.status_code == 201
+    exposed = created.headers["access-control-expose-headers"].lower()
+    assert "location" in exposed and "retry-after" in exposed

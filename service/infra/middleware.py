@@ -35,6 +35,9 @@ from service.infra.templates import RouteTemplates, route_path
 
 _HEADER: Final = requestid.HEADER.lower().encode("latin-1")
 
+#: Methods a browser may use cross-origin: the streaming evaluations take batches by PUT
+#: and are deleted by DELETE.
+CORS_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
 #: Headers a browser may send cross-origin.
 CORS_HEADERS: Final = (
     "Authorization",
@@ -101,9 +104,10 @@ class Operations:
             inner = CORSMiddleware(
                 inner,
                 allow_origins=cors_origins,
-                allow_methods=["GET", "POST"],
+                allow_methods=list(CORS_METHODS),
                 allow_headers=list(CORS_HEADERS),
-                expose_headers=[requestid.HEADER],
+                # Location: where a created evaluation is; Retry-After: when to retry a 503.
+                expose_headers=[requestid.HEADER, "Location", "Retry-After"],
                 max_age=600,
             )
         self._inner = inner
