@@ -1190,13 +1190,11 @@ def _check_prefix(prefix: str) -> str:
 def content_digest(body: Mapping[str, Any]) -> str:
     """A digest of a batch body's content: its arrays as sent (dtype, shape, bytes) and
     its structure (heads, fields), so the same batch gives the same digest in any run.
-    Integer arrays count as int64: the same labels as int32 (NumPy's default integer on
-    some platforms) or int64 are the same batch, as the service computes them."""
+    The dtypes count: ids made by earlier versions stay the ids of the same arrays, so a
+    job rerun after an upgrade is still idempotent (a rerun must send the same dtypes)."""
     digest = hashlib.sha256()
 
     def absorb(a: NDArray[Any]) -> dict[str, Any]:
-        if a.dtype.kind in "iu" and a.dtype != np.int64:
-            a = a.astype(np.int64)
         digest.update(f"{a.dtype.str}{a.shape};".encode())
         digest.update(_raw_bytes(a))
         return {"dtype": a.dtype.str, "shape": list(a.shape)}
