@@ -70,7 +70,7 @@ _HASHES: dict[str, Callable[[], Any]] = {
 #: The hashes a new evaluation can be created with (setting ``LOSS_SERVICE_CONTENT_HASH``).
 CONTENT_HASHES = tuple(_HASHES)
 #: How new evaluations hash their dense labels (binary, multi-hot, soft targets; their
-#: setting ``label_hash``): in the compute dtype, as the kernels take them, so that JSON
+#: setting ``label_hash``): cast to the compute dtype, as the losses take them, so that JSON
 #: ``1`` and ``1.0``, or integer, boolean and float arrays of the same targets, are the
 #: same batch. Evaluations created without the setting hash them in the dtype they
 #: arrived in, as when they were created (their stored hashes stay valid).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from service.storage import Store
 from service.storage.schema import evaluations
@@ -404,6 +406,24 @@ def test_a_worker_that_only_takes_batches_and_reads_results_expires_evaluations(
     other = _create(client)
     time.sleep(1.3)
     assert client.get(f"/v1/evaluations/{other}").status_code == 404
+
+
+def test_a_sweep_that_fails_does_not_fail_the_request(
+    api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = api(evaluation_ttl=1)
+    eid = _create(client)
+    time.sleep(0.6)  # past half the time to live: the next request sweeps
+
+    def locked(self: Store, before: Any) -> int:
+        cause = sqlite3.OperationalError("database is locked")
+        raise OperationalError("DELETE FROM evaluations ...", {}, cause)
+
+    monkeypatch.setattr(Store, "expire", locked)
+    with caplog.at_level("WARNING"):
+        answer = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4)))
+    assert answer.status_code == 201, answer.text
+    assert "sweep of expired evaluations failed" in caplog.text
 
 
 def _puts(client: SyncClient) -> list[tuple[int, str, str | None]]:

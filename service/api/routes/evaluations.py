@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ from service.storage.rows import BATCH_ID, InvalidCursor
 from service.streaming import evaluate_batch, parse_settings, results
 from service.wire import JSON_MEDIA_TYPE
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 
 EVALUATIONS = Counter("loss_service_evaluations_created", "Streaming evaluations created.")
@@ -61,7 +63,7 @@ for _outcome in PutOutcome:
     BATCHES.labels(_outcome.value)
 
 #: Expired evaluations are looked for at most this often (seconds) per process (or half
-#: the time to live, if shorter), when an evaluation is created or listed.
+#: the time to live, if shorter), by the first request about evaluations once due.
 _EXPIRE_EVERY_S = 600.0
 
 #: The longest path parameters the routes take (longer ones are a 422 of the route's).
@@ -126,7 +128,12 @@ async def _swept(request: Request) -> Store:
     store = _store(request)
     if _expiry_due(request):
         ttl = request.app.state.settings.evaluation_ttl
-        await anyio.to_thread.run_sync(lambda: store.expire(datetime.now(UTC) - ttl))
+        try:
+            await anyio.to_thread.run_sync(lambda: store.expire(datetime.now(UTC) - ttl))
+        except Exception:
+            # The request is not the sweep's: it goes on, and the next sweep tries again
+            # (a database busy past its timeout, say).
+            log.warning("the sweep of expired evaluations failed", exc_info=True)
     return store
 
 
@@ -322,7 +329,9 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             raise _not_found(evaluation_id)  # deleted meanwhile
         return submit(fixed, document, max_elements) if fixed.facts is not None else future
 
-    # A first batch is evaluated in the thread pool, which may wait for its commit.
+    # A first batch is evaluated in the thread pool, which may wait for its commit: it
+    # holds a pool thread that long, and its body's memory reservation, so that a second
+    # evaluation of it stays within the memory budget (only until the facts are fixed).
     result = await completion(await compute(raw, settings, evaluate_and_submit, inline=not first))
     BATCHES.labels(result.outcome.value).inc()
     return _put_answer(result, evaluation_id, batch_id)
