@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,8 @@ MAX_MATRIX_CLASSES = 12
 LOCAL_MAX_ELEMENTS = 2**62
 REPORTS = ("per_class", "confusion_matrix", "calibration")
 LABEL_ENCODINGS = ("sparse", "binary", "one_hot", "multi_hot", "soft")
+#: The longest --timeout taken: a day (a larger one overflows the clocks it is added to).
+_MAX_TIMEOUT_S = 86_400.0
 #: The dtypes the service takes; other integer and float widths become int64 and float64.
 _WIRE = frozenset(
     {"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"}
@@ -84,6 +87,18 @@ def _batch_size(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of rows >= 1, received {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds > 0 and <= {_MAX_TIMEOUT_S:g}, received {text!r}"
+        )
     return value
 
 
@@ -187,7 +202,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="with --url: metadata of the new evaluation",
     )
     run.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)"
+        "--timeout", type=_seconds, default=60.0, help="seconds per request (default %(default)s)"
     )
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the JSON response")
@@ -272,7 +287,9 @@ def _read_csv(field: str, path: Path, class_names: list[str] | None) -> NDArray[
     """A CSV of numbers, one row per line, an optional header line; for labels with
     ``class_names``, a column of class names too."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first
+        # cell, which would then not be a number and pass for a header, its row lost.
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--{_option(field)} {path}: cannot be read ({error})") from None
     rows = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
@@ -346,7 +363,7 @@ def read_array(
 
 def read_class_names(path: Path) -> list[str]:
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--class-names {path}: cannot be read ({error})") from None
     names = [name for name in names if name]

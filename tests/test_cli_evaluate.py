@@ -192,6 +192,15 @@ def test_csv_files(
         rtol=1e-6,
     )
     assert got["metrics"] == reference["metrics"]
+    # Files that start with a UTF-8 byte-order mark (as spreadsheets write them): every
+    # row is read, the first one too (it is not taken for a header).
+    for path in (labels, preds):
+        path.write_text(path.read_text().removeprefix("label\n"), encoding="utf-8-sig")
+    got = evaluate_json(
+        capsys, "--y-true", str(labels), "--y-pred", str(preds), "--metric", "accuracy"
+    )
+    assert got["n_samples"] == len(Y_TRUE)
+    assert_close(got["losses"], reference["losses"])
     # Class names as labels, with --class-names.
     named = tmp_path / "named.csv"
     named.write_text("\n".join(NAMES[v] for v in Y_TRUE) + "\n")
@@ -349,6 +358,12 @@ def test_help_and_invalid_service_settings(
         cli.main(["evaluate", "--y-true", files["y_true"], "--batch-size", "0"])
     assert caught.value.code == 2
     assert "expected a whole number of rows >= 1, received '0'" in capsys.readouterr().err
+    for timeout in ("-1", "0", "nan", "inf", "1e9", "soon"):
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["evaluate", "--y-true", files["y_true"], "--timeout", timeout])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert f"expected a number of seconds > 0 and <= 86400, received '{timeout}'" in err
     # The service's own settings are not the command's: an invalid one does not stop it.
     monkeypatch.setenv("LOSS_SERVICE_WORKERS", "zero")
     code, out, err = evaluate(capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"])
