@@ -258,6 +258,17 @@ def _datatype(value: Any, loc: Loc) -> np.dtype[Any]:
     return np.dtype(DATATYPES[value]).newbyteorder("<")
 
 
+#: The deepest nesting of a JSON ``data`` array (NumPy's most dimensions).
+_MAX_NESTING = 32
+
+
+def _beyond_64_bits(values: NDArray[Any]) -> bool:
+    """Whether float ``values`` hold a whole number that no signed 64-bit integer holds."""
+    with np.errstate(invalid="ignore"):
+        big = np.abs(values) >= 2.0**63
+        return bool(np.any(big & np.isfinite(values) & (values == np.floor(values))))
+
+
 def _from_json(
     data: Any, datatype: str, dtype: np.dtype[Any], shape: list[int], n: int, loc: Loc
 ) -> NDArray[Any]:
@@ -274,6 +285,16 @@ def _from_json(
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
+        depth, probe = 0, data
+        while isinstance(probe, list) and probe:
+            depth, probe = depth + 1, probe[0]
+        if depth > _MAX_NESTING:
+            raise invalid(
+                loc,
+                f"{_where(loc)} is nested {depth} lists deep: expected {what}, flat or in "
+                f"lists nested at most as deep as the shape {shape} "
+                f"(and at most {_MAX_NESTING}).",
+            ) from None
         raise invalid(
             loc,
             f"{_where(loc)} is not a rectangular array: expected {what}, flat or in nested "
@@ -286,6 +307,14 @@ def _from_json(
         )
     kind = values.dtype.kind
     expected = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}.get(datatype, "iu")
+    if values.size and kind == "f" and expected == "iu" and _beyond_64_bits(values):
+        # Whole numbers past 64 bits, or mixed with smaller ones, come out as floats.
+        raise invalid(
+            loc,
+            f"{_where(loc)} holds whole numbers out of the {datatype} range (up to "
+            f"{np.abs(values).max():.4g}): expected integers in "
+            f"[{np.iinfo(dtype).min}, {np.iinfo(dtype).max}].",
+        )
     if values.size and kind not in expected:
         received = {
             "b": "true/false",
@@ -303,10 +332,15 @@ def _from_json(
         low, high = int(values.min()), int(values.max())
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
+            wider = (
+                "integers in that range (no datatype of this model's inputs is wider)"
+                if info.bits == 64
+                else "a wider datatype such as INT64"
+            )
             raise invalid(
                 loc,
                 f"{_where(loc)} holds {bad}, out of the {datatype} range "
-                f"[{info.min}, {info.max}]; expected a wider datatype such as INT64.",
+                f"[{info.min}, {info.max}]; expected {wider}.",
             )
     with np.errstate(over="ignore"):  # a number too large for FP16 is refused below
         array = values.astype(dtype).reshape(shape)

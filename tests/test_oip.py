@@ -66,6 +66,13 @@ def tensor(name: str, data: Any, shape: list[int], datatype: str = "FP32") -> di
     return {"name": name, "shape": shape, "datatype": datatype, "data": data}
 
 
+def nested(value: Any, depth: int) -> Any:
+    """``value`` inside ``depth`` lists: ``nested(0, 2) == [[0]]``."""
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 BASIC = [
     tensor("y_true", [0, 1, 0, 0, 0, 1], [2, 3]),
     tensor("y_pred", [0.05, 0.95, 0.0, 0.1, 0.8, 0.1], [2, 3]),
@@ -447,6 +454,36 @@ INVALID: list[tuple[str, bytes, type[errors.ServiceError], str]] = [
         request([tensor("y_true", [-1, 1], [2], "UINT8"), BASIC[1]]),
         errors.InvalidInput,
         "holds -1, out of the UINT8 range [0, 255]",
+    ),
+    (
+        "INT8 out of range: a wider datatype",
+        request([tensor("y_true", [1, 300], [2], "INT8"), BASIC[1]]),
+        errors.InvalidInput,
+        "expected a wider datatype such as INT64",
+    ),
+    (
+        "INT64 out of range: none is wider",
+        request([tensor("y_true", [2**63, 2**63], [2], "INT64"), BASIC[1]]),
+        errors.InvalidInput,
+        "holds 9223372036854775808, out of the INT64 range [-9223372036854775808, "
+        "9223372036854775807]; expected integers in that range (no datatype of this model's "
+        "inputs is wider)",
+    ),
+    (
+        "INT64 beyond 64 bits",
+        request([tensor("y_true", [0, 1], [2], "INT64"), BASIC[1]]).replace(
+            b"[0,1]", b"[0,18446744073709551616]"
+        ),
+        errors.InvalidInput,
+        "holds whole numbers out of the INT64 range (up to 1.845e+19): expected integers "
+        "in [-9223372036854775808, 9223372036854775807]",
+    ),
+    (
+        "nested deeper than NumPy's dimensions",
+        request([tensor("y_true", nested(0, 200), [1], "INT64"), BASIC[1]]),
+        errors.InvalidInput,
+        "is nested 200 lists deep: expected integers, flat or in lists nested at most as deep "
+        "as the shape [1] (and at most 32)",
     ),
     (
         "FP16 overflow",
