@@ -48,6 +48,8 @@ class Param:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: Whether ``minimum`` itself is refused (Keras refuses it for some parameters).
+    exclusive_minimum: bool = False
 
     def parse(self, value: Any, loc: Loc) -> Any:
         if value is None:
@@ -79,7 +81,9 @@ class Param:
                 f"Invalid value for `{self.name}`: expected one of {list(self.choices)}, "
                 f"received {value!r}.",
             )
-        low_ok = self.minimum is None or value >= self.minimum
+        low_ok = self.minimum is None or (
+            value > self.minimum if self.exclusive_minimum else value >= self.minimum
+        )
         high_ok = self.maximum is None or value <= self.maximum
         if not (low_ok and high_ok):
             raise invalid(
@@ -98,10 +102,11 @@ class Param:
         text = kind[self.kind]
         if self.choices:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
+        opening = "(" if self.exclusive_minimum else "["
         if self.minimum is not None and self.maximum is not None:
-            text += f" in [{self.minimum:g}, {self.maximum:g}]"
+            text += f" in {opening}{self.minimum:g}, {self.maximum:g}]"
         elif self.minimum is not None:
-            text += f" ≥ {self.minimum:g}"
+            text += f" {'>' if self.exclusive_minimum else '≥'} {self.minimum:g}"
         return text + (" or null" if self.nullable else "")
 
     def describe(self) -> dict[str, Any]:
@@ -117,7 +122,7 @@ class Param:
         if self.choices:
             info["choices"] = list(self.choices)
         if self.minimum is not None:
-            info["minimum"] = self.minimum
+            info["exclusive_minimum" if self.exclusive_minimum else "minimum"] = self.minimum
         if self.maximum is not None:
             info["maximum"] = self.maximum
         return info
@@ -207,7 +212,14 @@ AVERAGE = Param(
     nullable=True,
     choices=("micro", "macro", "weighted"),
 )
-BETA = Param("beta", "float", 1.0, "Weight of recall against precision.", minimum=0.0)
+BETA = Param(
+    "beta",
+    "float",
+    1.0,
+    "Weight of recall against precision.",
+    minimum=0.0,
+    exclusive_minimum=True,
+)
 F_THRESHOLD = Param(
     "threshold",
     "float",
@@ -216,6 +228,7 @@ F_THRESHOLD = Param(
     nullable=True,
     minimum=0.0,
     maximum=1.0,
+    exclusive_minimum=True,
 )
 NUM_THRESHOLDS = Param(
     "num_thresholds",

@@ -212,11 +212,23 @@ def test_wrong_types(name: str, raw: dict[str, Any], fragments: list[str]) -> No
         ("sparse_top_k_categorical_accuracy", {"k": -2}, ["out of range"]),
         ("categorical_focal_crossentropy", {"alpha": 1.25}, ["out of range"]),
         ("categorical_focal_crossentropy", {"gamma": -1}, ["out of range"]),
+        # Keras' F1Score/FBetaScore: a threshold in (0, 1], a beta above 0.
+        ("f1_score", {"threshold": 0.0}, ["out of range", "in (0, 1]", "received 0.0"]),
+        ("fbeta_score", {"threshold": -0.5}, ["out of range", "in (0, 1]"]),
+        ("fbeta_score", {"threshold": 1.5}, ["out of range", "in (0, 1]"]),
+        ("fbeta_score", {"beta": 0}, ["out of range", "> 0", "received 0.0"]),
         ("categorical_crossentropy", {"reduction": "auto"}, ["'sum_over_batch_size'", "'auto'"]),
     ],
 )
 def test_out_of_range(name: str, raw: dict[str, Any], fragments: list[str]) -> None:
     rejects(name, raw, *fragments)
+
+
+def test_the_bounds_themselves() -> None:
+    assert parse("f1_score", {"threshold": 1.0})["threshold"] == 1.0
+    assert parse("fbeta_score", {"threshold": 1e-9, "beta": 1e-9})["beta"] == 1e-9
+    info = {p.name: p.describe() for p in registry.METRICS["fbeta_score"].params}
+    assert info["threshold"]["exclusive_minimum"] == 0.0 and "minimum" not in info["threshold"]
 
 
 def test_json_like_numbers_are_accepted() -> None:

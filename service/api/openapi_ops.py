@@ -34,7 +34,8 @@ def param_schema(param: registry.Param) -> dict[str, Any]:
     if param.choices is not None:
         base["enum"] = list(param.choices)
     if param.minimum is not None:
-        base["minimum"] = param.minimum
+        # OpenAPI 3.1 (JSON Schema): exclusiveMinimum is the bound itself.
+        base["exclusiveMinimum" if param.exclusive_minimum else "minimum"] = param.minimum
     if param.maximum is not None:
         base["maximum"] = param.maximum
     schema: dict[str, Any] = {"anyOf": [base, {"type": "null"}]} if param.nullable else base

@@ -278,6 +278,9 @@ class ParamInfo(BaseModel):
     description: str
     choices: list[str] | None = None
     minimum: float | None = None
+    exclusive_minimum: float | None = Field(
+        default=None, description="A bound the value must be above (it is itself refused)."
+    )
     maximum: float | None = None
 
 
