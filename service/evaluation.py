@@ -11,6 +11,7 @@ are checked first (cheap), then the arrays are decoded and the batch validated
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,18 @@ def _finite(value: Any, loc: Loc, what: str) -> None:
             "computation's dtype. Expected smaller `sample_weight` values, or "
             '`dtype: "float64"`.',
         )
+
+
+def finite_total(total: float) -> float:
+    """A several-heads ``total_loss`` (the heads' losses times ``loss_weights``, added),
+    refused when it overflows rather than sent as ``null``."""
+    if not math.isfinite(total):
+        raise invalid(
+            ("loss_weights",),
+            "`total_loss` is not finite: the heads' losses times `loss_weights` overflow. "
+            "Expected smaller `loss_weights`.",
+        )
+    return total
 
 
 def _loss_value(value: NDArray[np.floating]) -> float | NDArray[np.floating]:
@@ -492,8 +505,11 @@ def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     outputs = _require_object(document["outputs"], ("outputs",), "`outputs`")
     if not outputs:
         raise invalid(("outputs",), "`outputs` is empty: expected at least one head.")
-    weights = _require_object(
-        document.get("loss_weights") or {}, ("loss_weights",), "`loss_weights`"
+    raw_weights = document.get("loss_weights")
+    weights = (
+        {}
+        if raw_weights is None
+        else _require_object(raw_weights, ("loss_weights",), "`loss_weights`")
     )
     for head, w in weights.items():
         if head not in outputs:
@@ -521,4 +537,4 @@ def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
         response, head_loss = _evaluate_one(head_document, ("outputs", head), max_elements)
         results[head] = response
         total += float(weights.get(head, 1.0)) * head_loss
-    return {"outputs": results, "total_loss": total}
+    return {"outputs": results, "total_loss": finite_total(total)}

@@ -43,6 +43,7 @@ from service.evaluation import (
     Plan,
     check_heads,
     evaluate_head,
+    finite_total,
     inputs_of,
     parse_plan,
     per_class_loss_names,
@@ -351,9 +352,11 @@ def evaluate_batch(
                 head: {k: r[k] for k in ("n_samples", "losses", "metrics", "warnings")}
                 for head, r in responses.items()
             },
-            "total_loss": sum(
-                float(weights.get(head, 1.0)) * sum(r["losses"].values())
-                for head, r in responses.items()
+            "total_loss": finite_total(
+                sum(
+                    float(weights.get(head, 1.0)) * sum(r["losses"].values())
+                    for head, r in responses.items()
+                )
             ),
             "warnings": [w for r in responses.values() for w in r["warnings"]],
         }
@@ -456,7 +459,7 @@ def results(
     total = sum(
         float(weights.get(head, 1.0)) * sum(out["losses"].values()) for head, out in outputs.items()
     )
-    return {"outputs": outputs, "total_loss": total, "warnings": warnings}
+    return {"outputs": outputs, "total_loss": finite_total(total), "warnings": warnings}
 
 
 def curves(

@@ -123,6 +123,24 @@ def test_head_errors_point_into_the_head(client: Any) -> None:
         json={"outputs": {"a": {"y_true": [1, 2], "y_pred": Y_PRED}}, "loss_weights": {"b": 1}},
     )
     assert r.status_code == 422 and "not a head" in r.json()["detail"]
+    # loss_weights is an object of numbers (or absent, or null); nothing else passes for it.
+    heads = {"a": {"y_true": [1, 2], "y_pred": Y_PRED}}
+    for wrong in ([], 0, "", False, [1]):
+        r = client.post("/v1/evaluate", json={"outputs": heads, "loss_weights": wrong})
+        assert r.status_code == 422, (wrong, r.text)
+        assert r.json()["errors"][0]["loc"] == ["loss_weights"]
+        assert "`loss_weights` must be a JSON object" in r.json()["detail"]
+    r = client.post("/v1/evaluate", json={"outputs": heads, "loss_weights": None})
+    assert r.status_code == 200
+    # A total that overflows is refused, not sent as null: a loss of -log(0.01) ≈ 4.6
+    # times 1e308.
+    wrong_head = {"y_true": [2, 2], "y_pred": [[0.98, 0.01, 0.01]] * 2}
+    r = client.post(
+        "/v1/evaluate", json={"outputs": {"a": wrong_head}, "loss_weights": {"a": 1e308}}
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["loss_weights"]
+    assert "`total_loss` is not finite" in r.json()["detail"]
 
 
 def test_unknown_names_are_one_404_listing_every_one(client: Any) -> None:
