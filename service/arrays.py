@@ -74,6 +74,14 @@ def from_lists(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
+        depth, probe = 0, value
+        while isinstance(probe, list) and probe:
+            depth, probe = depth + 1, probe[0]
+        if depth > MAX_DIMS:
+            # Deeper than NumPy's own limit, which it refuses before the service's.
+            raise invalid(
+                loc, f"{_where(loc)} has {depth} dimensions: expected at most {MAX_DIMS}."
+            ) from None
         raise invalid(
             loc,
             f"{_where(loc)} is not a rectangular array: expected nested lists of numbers whose "

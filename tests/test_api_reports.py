@@ -119,3 +119,16 @@ def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncCli
     assert r.headers["content-type"].startswith("text/html")
     assert r.text.count("data:image/svg+xml;base64,") >= 4
     assert client.post("/v1/evaluate", json=body).headers["content-type"] == "application/json"
+    # Accept's qualities decide: text/html with q=0 is not acceptable, JSON preferred or
+    # named first at equal quality wins; text/html preferred wins.
+    for accept, page in [
+        ("text/html;q=0, application/json", False),
+        ("application/json, text/html", False),
+        ("text/html;q=0.5, application/json;q=0.9", False),
+        ("application/json;q=0.5, text/html", True),
+        ("text/html, application/json", True),
+        ("text/html;q=bad", False),
+    ]:
+        answer = client.post("/v1/evaluate", json=body, headers={"accept": accept})
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/html") is page, accept

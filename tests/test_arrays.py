@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from typing import Any
 
@@ -52,6 +53,9 @@ def test_nested_lists_become_numbers() -> None:
     ("value", "words"),
     [
         ([[1, 2], [3]], "not a rectangular array"),
+        # Deeper than NumPy's own limit (64 in NumPy 2): its dimensions, not raggedness.
+        (functools.reduce(lambda inner, _: [inner], range(200), 0.5), "has 200 dimensions"),
+        (functools.reduce(lambda inner, _: [inner], range(40), 0.5), "has 40 dimensions"),
         ([["a", "b"]], "strings"),
         ([[1, None]], "null"),
         ("abc", "received str"),

@@ -166,9 +166,25 @@ async def evaluation_chart(
 
 
 def wants_html(request: Request) -> bool:
-    """Whether the request asks for the page (``Accept: text/html`` before JSON)."""
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
+    """Whether the request asks for the page: ``Accept`` names ``text/html`` with a
+    quality above 0 and above JSON's (at equal quality, the one named first)."""
+    html = json = None
+    for position, item in enumerate(request.headers.get("accept", "").split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        rank = (quality, -position)
+        if media.lower() == "text/html" and (html is None or rank > html):
+            html = rank
+        elif media.lower() == "application/json" and (json is None or rank > json):
+            json = rank
+    return html is not None and html[0] > 0 and (json is None or html > json)
 
 
 async def batch_page(request: Request) -> Response:
