@@ -69,14 +69,20 @@ def _check_elements(n: int, loc: Loc, max_elements: int) -> None:
         )
 
 
+def nesting_depth(value: Any) -> int:
+    """How many lists deep ``value`` is, along its first elements (``[[0]]``: 2)."""
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return depth
+
+
 def from_lists(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
     """Nested JSON lists (or a single number) to an array of numbers."""
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
-        depth, probe = 0, value
-        while isinstance(probe, list) and probe:
-            depth, probe = depth + 1, probe[0]
+        depth = nesting_depth(value)
         if depth > MAX_DIMS:
             # Deeper than NumPy's own limit, which it refuses before the service's.
             raise invalid(

@@ -110,9 +110,14 @@ def _finite(value: Any, loc: Loc, what: str) -> None:
         )
 
 
-def finite_total(total: float) -> float:
-    """A several-heads ``total_loss`` (the heads' losses times ``loss_weights``, added),
-    refused when it overflows rather than sent as ``null``."""
+def total_loss(weights: Mapping[str, float], heads: Mapping[str, Mapping[str, Any]]) -> float:
+    """A several-heads ``total_loss``: each head's losses (its response's ``losses``)
+    added, times its ``loss_weights`` entry (1 if none), added; refused when it overflows
+    rather than sent as ``null``."""
+    total: float = sum(
+        float(weights.get(head, 1.0)) * sum(response["losses"].values())
+        for head, response in heads.items()
+    )
     if not math.isfinite(total):
         raise invalid(
             ("loss_weights",),
@@ -482,7 +487,7 @@ def evaluate_head(
     return HeadResult(response, stats, facts)
 
 
-def _evaluate_one(document: Any, loc: Loc, max_elements: int) -> tuple[dict[str, Any], float]:
+def _evaluate_one(document: Any, loc: Loc, max_elements: int) -> dict[str, Any]:
     plan = parse_plan(document, loc)
     inputs = _inputs(document, loc, max_elements)
     try:
@@ -490,7 +495,7 @@ def _evaluate_one(document: Any, loc: Loc, max_elements: int) -> tuple[dict[str,
     except ServiceError as err:
         # Batch errors point at fields of this document (`y_true`, ...): put them under its place.
         raise (err.prefixed(loc) if loc else err) from None
-    return result.response, sum(result.response["losses"].values())
+    return result.response
 
 
 def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -529,12 +534,10 @@ def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
     """``POST /v1/evaluate``: one batch, or several heads under ``outputs``."""
     document = _require_object(document, (), "The request body")
     if "outputs" not in document:
-        return _evaluate_one(document, (), max_elements)[0]
+        return _evaluate_one(document, (), max_elements)
     outputs, weights = check_heads(document)
-    results: dict[str, Any] = {}
-    total = 0.0
-    for head, head_document in outputs.items():
-        response, head_loss = _evaluate_one(head_document, ("outputs", head), max_elements)
-        results[head] = response
-        total += float(weights.get(head, 1.0)) * head_loss
-    return {"outputs": results, "total_loss": finite_total(total)}
+    results = {
+        head: _evaluate_one(head_document, ("outputs", head), max_elements)
+        for head, head_document in outputs.items()
+    }
+    return {"outputs": results, "total_loss": total_loss(weights, results)}

@@ -50,7 +50,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service import __version__, registry
-from service.arrays import parse_json
+from service.arrays import nesting_depth, parse_json
 from service.errors import Loc, MalformedRequest, NotFound, PayloadTooLarge, invalid
 from service.json_body import GENERAL_PARSE_FACTOR
 from service.wire import MAX_DIMS
@@ -258,10 +258,6 @@ def _datatype(value: Any, loc: Loc) -> np.dtype[Any]:
     return np.dtype(DATATYPES[value]).newbyteorder("<")
 
 
-#: The deepest nesting of a JSON ``data`` array (NumPy's most dimensions).
-_MAX_NESTING = 32
-
-
 def _beyond_64_bits(values: NDArray[Any]) -> bool:
     """Whether float ``values`` hold a whole number that no signed 64-bit integer holds."""
     with np.errstate(invalid="ignore"):
@@ -285,15 +281,13 @@ def _from_json(
     try:
         values = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        depth, probe = 0, data
-        while isinstance(probe, list) and probe:
-            depth, probe = depth + 1, probe[0]
-        if depth > _MAX_NESTING:
+        depth = nesting_depth(data)
+        if depth > MAX_DIMS:
             raise invalid(
                 loc,
                 f"{_where(loc)} is nested {depth} lists deep: expected {what}, flat or in "
                 f"lists nested at most as deep as the shape {shape} "
-                f"(and at most {_MAX_NESTING}).",
+                f"(and at most {MAX_DIMS}).",
             ) from None
         raise invalid(
             loc,

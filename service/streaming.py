@@ -43,10 +43,10 @@ from service.evaluation import (
     Plan,
     check_heads,
     evaluate_head,
-    finite_total,
     inputs_of,
     parse_plan,
     per_class_loss_names,
+    total_loss,
 )
 from service.wire import ARRAY_FIELDS
 
@@ -352,12 +352,7 @@ def evaluate_batch(
                 head: {k: r[k] for k in ("n_samples", "losses", "metrics", "warnings")}
                 for head, r in responses.items()
             },
-            "total_loss": finite_total(
-                sum(
-                    float(weights.get(head, 1.0)) * sum(r["losses"].values())
-                    for head, r in responses.items()
-                )
-            ),
+            "total_loss": total_loss(weights, responses),
             "warnings": [w for r in responses.values() for w in r["warnings"]],
         }
     return BatchOutcome(
@@ -456,10 +451,7 @@ def results(
         head: _head_results(plans[head], facts["heads"][head], totals, f"{head}/") for head in heads
     }
     weights = config["loss_weights"]
-    total = sum(
-        float(weights.get(head, 1.0)) * sum(out["losses"].values()) for head, out in outputs.items()
-    )
-    return {"outputs": outputs, "total_loss": finite_total(total), "warnings": warnings}
+    return {"outputs": outputs, "total_loss": total_loss(weights, outputs), "warnings": warnings}
 
 
 def curves(
