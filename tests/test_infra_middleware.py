@@ -218,3 +218,51 @@ def test_the_direct_routes_are_the_apps_compute_routes() -> None:
         "/v1/metrics/{name}": "compute_metric",
         "/v1/evaluate": "evaluate",
     }
+
+
+HEAD_PATHS = ["/healthz", "/v1/losses", "/v1/metrics", "/docs", "/v2", "/v1/evaluations"]
+
+
+@pytest.mark.parametrize("path", HEAD_PATHS)
+def test_head_is_answered_wherever_get_is_without_the_body(path: str) -> None:
+    head, get = call("HEAD", path), call("GET", path)
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    for name in ("content-type", "content-length"):
+        assert head.headers[name] == get.headers[name], name
+    assert head.headers["x-request-id"]
+
+
+def test_head_where_get_is_not_served_is_the_same_405() -> None:
+    response = call("HEAD", URL)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.content == b""
+
+
+def test_head_is_counted_as_head() -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"method": "HEAD", "route": "/v1/losses", "status": "200"}
+    before = REGISTRY.get_sample_value("loss_service_requests_total", labels) or 0.0
+    call("HEAD", "/v1/losses")
+    assert REGISTRY.get_sample_value("loss_service_requests_total", labels) == before + 1
+
+
+def test_head_behind_api_keys_needs_the_key() -> None:
+    settings = Settings(api_keys=["k"])
+    assert call("HEAD", "/v1/losses", settings).status_code == 401
+    headers = {"Authorization": "Bearer k"}
+    assert call("HEAD", "/v1/losses", settings, headers=headers).status_code == 200
+
+
+def test_head_through_a_real_server_sends_no_body() -> None:
+    from tests.servers import serve_in_thread
+
+    with serve_in_thread(create_app(Settings())) as base, httpx.Client(base_url=base) as client:
+        head = client.head("/v1/losses")
+        get = client.get("/v1/losses")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"]
+        # The connection is still usable: nothing of a body was left on it.
+        assert client.get("/healthz").status_code == 200

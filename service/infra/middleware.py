@@ -10,6 +10,10 @@ For each HTTP request it
   ``Authorization: Bearer <key>`` (``service.infra.auth``) before its body is read;
 - counts the request body bytes the app receives and the response body bytes it sends,
   without holding either;
+- answers ``HEAD`` wherever ``GET`` is answered: the request goes on as a ``GET`` and
+  its response is sent without its body (the same status and headers, ``Content-Length``
+  included), as HTTP says; where there is no ``GET`` either it is the same 405 (the
+  metrics and the access log keep ``HEAD``);
 - when the response is over, records the metrics (``service.infra.prometheus.observe``)
   and logs the access line (``service.infra.logs.access``; nothing of it is computed
   when the ``service.access`` logger is not enabled for INFO).
@@ -65,6 +69,14 @@ def _wants_html(scope: Scope) -> bool:
         if name == b"accept" and b"text/html" in value:
             return True
     return False
+
+
+async def _headless(send: Send, message: Message) -> None:
+    """``send`` for a ``HEAD`` served as a ``GET``: the response's start as it is, its body
+    left out (a message with none, so that the end of the response still ends it)."""
+    if message["type"] == "http.response.body" and message.get("body"):
+        message = {**message, "body": b""}
+    await send(message)
 
 
 def _client(scope: Scope) -> str | None:
@@ -176,10 +188,14 @@ class Operations:
                 message = {**message, "headers": headers}
             await send(message)
 
+        inner_scope, inner_send = scope, tagging_send
+        if scope.get("method") == "HEAD":
+            inner_scope, inner_send = {**scope, "method": "GET"}, partial(_headless, tagging_send)
+
         prometheus.request_started()
         failed = False
         try:
-            await self._inner(scope, counting_receive, tagging_send)
+            await self._inner(inner_scope, counting_receive, inner_send)
         except BaseException:
             # The server's error middleware answers (a 500 unless a response had begun)
             # and logs the error; the request id stays current for that log.
