@@ -219,6 +219,8 @@ BETA = Param(
     "Weight of recall against precision.",
     minimum=0.0,
     exclusive_minimum=True,
+    # The score takes β² in float64: past this it is infinite, and the score is not a number.
+    maximum=1e154,
 )
 F_THRESHOLD = Param(
     "threshold",

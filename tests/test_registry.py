@@ -216,7 +216,9 @@ def test_wrong_types(name: str, raw: dict[str, Any], fragments: list[str]) -> No
         ("f1_score", {"threshold": 0.0}, ["out of range", "in (0, 1]", "received 0.0"]),
         ("fbeta_score", {"threshold": -0.5}, ["out of range", "in (0, 1]"]),
         ("fbeta_score", {"threshold": 1.5}, ["out of range", "in (0, 1]"]),
-        ("fbeta_score", {"beta": 0}, ["out of range", "> 0", "received 0.0"]),
+        ("fbeta_score", {"beta": 0}, ["out of range", "in (0, 1e+154]", "received 0.0"]),
+        # β² is taken in float64: past 1e154 the score would not be a number.
+        ("fbeta_score", {"beta": 1e160}, ["out of range", "in (0, 1e+154]", "received 1e+160"]),
         ("categorical_crossentropy", {"reduction": "auto"}, ["'sum_over_batch_size'", "'auto'"]),
     ],
 )
@@ -227,6 +229,7 @@ def test_out_of_range(name: str, raw: dict[str, Any], fragments: list[str]) -> N
 def test_the_bounds_themselves() -> None:
     assert parse("f1_score", {"threshold": 1.0})["threshold"] == 1.0
     assert parse("fbeta_score", {"threshold": 1e-9, "beta": 1e-9})["beta"] == 1e-9
+    assert parse("fbeta_score", {"beta": 1e154})["beta"] == 1e154
     info = {p.name: p.describe() for p in registry.METRICS["fbeta_score"].params}
     assert info["threshold"]["exclusive_minimum"] == 0.0 and "minimum" not in info["threshold"]
 
