@@ -231,10 +231,41 @@ def _option(field: str) -> str:
     return field.replace("_", "-")
 
 
+#: How the files start: NumPy's format, and a zip archive (``numpy.savez``'s; an empty one
+#: starts with its end record).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+    """Whether the file starts with one of ``magics`` (a file that cannot be opened is left
+    to the reader, whose error says why)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(max(len(m) for m in magics))
+    except OSError:
+        return True
+    return head.startswith(magics)
+
+
 def _read_npy(field: str, path: Path) -> NDArray[Any]:
+    if not _starts_with(path, (_NPY_MAGIC,)):
+        raise UsageError(
+            f"--{_option(field)} {path}: not a .npy file (it does not start as numpy.save "
+            "writes them); expected an array saved by numpy.save"
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
+    except ValueError as error:
+        if "object" not in str(error).lower():
+            raise UsageError(
+                f"--{_option(field)} {path}: cannot be read as a .npy array ({error})"
+            ) from None
+        raise UsageError(
+            f"--{_option(field)} {path}: holds Python objects, which are not read (they "
+            "would be unpickled); expected numbers (booleans, integers or floats)"
+        ) from None
+    except (OSError, EOFError) as error:
         raise UsageError(
             f"--{_option(field)} {path}: cannot be read as a .npy array ({error})"
         ) from None
@@ -246,6 +277,11 @@ def _read_npy(field: str, path: Path) -> NDArray[Any]:
 def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArray[Any] | None:
     """The archive's array for ``field``; None when ``fallback`` and it has none of that
     name (the caller then asks for the field's own file)."""
+    if not _starts_with(path, _ZIP_MAGICS):
+        raise UsageError(
+            f"--{_option(field)} {path}: not a .npz archive (it is not a zip file); "
+            "expected arrays saved by numpy.savez"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -342,6 +378,10 @@ def read_array(
     field: str, path: Path, key: str | None, class_names: list[str] | None
 ) -> NDArray[Any]:
     """The array of ``field`` in ``path`` (.npy, .npz or .csv)."""
+    if path.is_dir():
+        raise UsageError(
+            f"--{_option(field)} {path}: is a directory; expected a .npy, .npz or .csv file"
+        )
     if not path.is_file():
         raise UsageError(f"--{_option(field)} {path}: no such file")
     suffix = path.suffix.lower()

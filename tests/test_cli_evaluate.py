@@ -216,7 +216,11 @@ def test_csv_files(
     [
         ("missing", "--y-true {dir}/missing.npy: no such file"),
         ("suffix", "unknown file type '.txt'; expected .npy, .npz or .csv"),
-        ("not_npy", "--y-pred {dir}/bad.npy: cannot be read as a .npy array"),
+        ("not_npy", "--y-pred {dir}/bad.npy: not a .npy file (it does not start as numpy"),
+        ("truncated_npy", "--y-pred {dir}/cut.npy: cannot be read as a .npy array"),
+        ("objects_npy", "--y-true {dir}/objects.npy: holds Python objects, which are not read"),
+        ("not_npz", "--y-true {dir}/bad.npz: not a .npz archive (it is not a zip file)"),
+        ("directory", "--y-pred {dir}/arrays: is a directory; expected a .npy, .npz or .csv"),
         ("rows", "different numbers of rows (y_true 523, y_pred 522)"),
         ("csv_text", "--y-pred {dir}/bad.csv, line 3: 'x' is not a number"),
         ("csv_ragged", "--y-pred {dir}/bad.csv, line 2: 3 values, expected 4"),
@@ -245,6 +249,19 @@ def test_usage_errors_exit_2_with_a_message(
     elif setup == "not_npy":
         (tmp_path / "bad.npy").write_text("not an array")
         argv[3] = str(tmp_path / "bad.npy")
+    elif setup == "truncated_npy":
+        np.save(tmp_path / "cut.npy", Y_PRED)
+        (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:200])
+        argv[3] = str(tmp_path / "cut.npy")
+    elif setup == "objects_npy":
+        np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        argv[1] = str(tmp_path / "objects.npy")
+    elif setup == "not_npz":
+        (tmp_path / "bad.npz").write_text("y_true,y_pred\n")
+        argv = ["--y-true", str(tmp_path / "bad.npz")]
+    elif setup == "directory":
+        (tmp_path / "arrays").mkdir()
+        argv[3] = str(tmp_path / "arrays")
     elif setup == "rows":
         np.save(tmp_path / "short.npy", Y_PRED[:-1])
         argv[3] = str(tmp_path / "short.npy")
