@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -201,6 +202,50 @@ def store_alone(
     return median_ms(times[:first]), median_ms(times[first:])
 
 
+def commit_alone(url: str | None, data_dir: Path, pause: float, rounds: int) -> float:
+    """Median ms of the machine's durable commit alone: one row (an integer and 200
+    bytes) inserted and committed on a connection set up as the store's (SQLite:
+    write-ahead log, ``synchronous=FULL``, ``BEGIN IMMEDIATE``; PostgreSQL: one statement
+    in autocommit, as a PUT's), one commit after each ``pause`` seconds, over ``rounds``
+    commits after 50. What any acknowledged batch costs at least, whatever the service
+    does besides."""
+    from service.storage.engine import make_engine
+
+    engine = make_engine(url, data_dir)
+    sqlite = engine.dialect.name == "sqlite"
+    connection = engine.raw_connection()
+    driver: Any = connection.driver_connection
+    blob = "BLOB" if sqlite else "BYTEA"
+    mark = "?" if sqlite else "%s"
+    times: list[float] = []
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"CREATE TABLE bench_commit (n BIGINT, payload {blob})")
+        connection.commit()
+        if not sqlite:
+            driver.autocommit = True
+        insert = f"INSERT INTO bench_commit VALUES ({mark}, {mark})"
+        payload = bytes(200)
+        for i in range(50 + rounds):
+            time.sleep(pause)
+            start = time.perf_counter()
+            if sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute(insert, (i, payload))
+                cursor.execute("COMMIT")
+            else:
+                cursor.execute(insert, (i, payload))
+            times.append(time.perf_counter() - start)
+        cursor.execute("DROP TABLE bench_commit")
+        if not sqlite:
+            driver.autocommit = False
+        connection.commit()
+    finally:
+        connection.close()
+        engine.dispose()
+    return median_ms(times[50:])
+
+
 def put_script(evaluation_id: str, body: bytes, directory: Path) -> Path:
     """A wrk script that PUTs ``body`` under a new batch id each request."""
     script = directory / "put.lua"
@@ -273,10 +318,14 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
         "",
         "A PUT's storing alone, in process: Store.put_batch of the same batch (hashed and",
         "evaluated once), one put after each pause of an evaluate's median time above;",
-        "against the PUT's time over evaluate's in the rounds.",
+        "against the PUT's time over evaluate's in the rounds. And the machine's durable",
+        "commit alone: one row inserted and committed on a connection set up as the",
+        "store's, one after each such pause; its share of evaluate's time (the goal",
+        "leaves 30% for the whole of a PUT's extra work).",
         "",
-        f"| storage | PUT − evaluate ms | storing ms | storing, first {first} puts ms |",
-        "|---|---:|---:|---:|",
+        f"| storage | PUT − evaluate ms | storing ms | storing, first {first} puts ms | "
+        "one-row commit ms | commit / evaluate |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     small = [
         "",
@@ -303,7 +352,12 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
                 puts, posts, counted = small_throughput(base, seconds)
             with tempfile.TemporaryDirectory() as tmp:
                 store_first, store = store_alone(url, Path(tmp), post / 1000, rounds, first)
-            alone.append(f"| {name} | {put - post:.2f} | {store:.2f} | {store_first:.2f} |")
+            with tempfile.TemporaryDirectory() as tmp:
+                commit = commit_alone(url, Path(tmp), post / 1000, rounds)
+            alone.append(
+                f"| {name} | {put - post:.2f} | {store:.2f} | {store_first:.2f} | "
+                f"{commit:.2f} | {commit / post:.0%} |"
+            )
             per_batch = (late - early) / max(n - 500, 1)
             lines.append(
                 f"| {name} | {put:.1f} | {post:.1f} | {put / post:.2f}× | "
