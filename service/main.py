@@ -84,15 +84,19 @@ _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves at the request's path (the router's 405 names only
-    the first matching route's, though one path may have several routes)."""
+    the first matching route's, though one path may have several routes); ``HEAD``
+    wherever ``GET`` is (the operations middleware serves it as a ``GET``)."""
     routes = request.app.router.routes
-    return ", ".join(
+    allowed = {
         method
         for method in _METHODS
         if any(
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
-    )
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(method for method in _METHODS if method in allowed)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

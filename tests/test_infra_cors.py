@@ -71,3 +71,16 @@ def test_a_page_may_send_batches_and_delete_evaluations(tmp_path: Path) -> None:
     assert created.status_code == 201
     exposed = created.headers["access-control-expose-headers"].lower()
     assert "location" in exposed and "retry-after" in exposed
+
+
+def test_a_page_may_send_head_where_it_may_send_get() -> None:
+    settings = Settings(api_keys=["k"], cors_origins=[ORIGIN])
+    preflight = {**PREFLIGHT, "Access-Control-Request-Method": "HEAD"}
+    response = call(settings, "OPTIONS", "/v1/losses", headers=preflight)
+    assert response.status_code == 200
+    assert "HEAD" in response.headers["access-control-allow-methods"]
+    head = call(
+        settings, "HEAD", "/v1/losses", headers={"Origin": ORIGIN, "Authorization": "Bearer k"}
+    )
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["access-control-allow-origin"] == ORIGIN

@@ -240,6 +240,12 @@ def test_head_where_get_is_not_served_is_the_same_405() -> None:
     assert response.content == b""
 
 
+def test_allow_names_head_wherever_get_is() -> None:
+    assert call("PATCH", "/v1/losses").headers["allow"] == "GET, HEAD"
+    assert call("PATCH", "/v1/evaluations").headers["allow"] == "GET, HEAD, POST"
+    assert call("PATCH", URL).headers["allow"] == "POST"
+
+
 def test_head_is_counted_as_head() -> None:
     from prometheus_client import REGISTRY
 

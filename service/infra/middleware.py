@@ -40,8 +40,8 @@ from service.infra.templates import RouteTemplates, route_path
 _HEADER: Final = requestid.HEADER.lower().encode("latin-1")
 
 #: Methods a browser may use cross-origin: the streaming evaluations take batches by PUT
-#: and are deleted by DELETE.
-CORS_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
+#: and are deleted by DELETE; HEAD goes wherever GET does.
+CORS_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "DELETE")
 #: Headers a browser may send cross-origin.
 CORS_HEADERS: Final = (
     "Authorization",
