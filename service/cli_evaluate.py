@@ -27,11 +27,12 @@ import argparse
 import json
 import math
 import sys
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import IO, TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -248,6 +249,37 @@ def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
     return head.startswith(magics)
 
 
+def _objects(field: str, path: Path) -> UsageError:
+    return UsageError(
+        f"--{_option(field)} {path}: holds Python objects, which are not read (they would be "
+        "unpickled); expected numbers (booleans, integers or floats)"
+    )
+
+
+def _holds_objects(path: Path, name: str | None = None) -> bool:
+    """Whether the .npy file (or the archive's member ``name``) declares a dtype of Python
+    objects, read from its header alone (no data is unpickled)."""
+    try:
+        if name is None:
+            with path.open("rb") as file:
+                return _header_has_objects(file)
+        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
+            return _header_has_objects(member)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def _header_has_objects(file: IO[bytes]) -> bool:
+    version = np.lib.format.read_magic(file)
+    reader = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    _, _, dtype = reader(file)
+    return bool(dtype.hasobject)
+
+
 def _read_npy(field: str, path: Path) -> NDArray[Any]:
     if not _starts_with(path, (_NPY_MAGIC,)):
         raise UsageError(
@@ -256,16 +288,9 @@ def _read_npy(field: str, path: Path) -> NDArray[Any]:
         )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:
-        if "object" not in str(error).lower():
-            raise UsageError(
-                f"--{_option(field)} {path}: cannot be read as a .npy array ({error})"
-            ) from None
-        raise UsageError(
-            f"--{_option(field)} {path}: holds Python objects, which are not read (they "
-            "would be unpickled); expected numbers (booleans, integers or floats)"
-        ) from None
-    except (OSError, EOFError) as error:
+    except (OSError, ValueError, EOFError) as error:
+        if _holds_objects(path):
+            raise _objects(field, path) from None
         raise UsageError(
             f"--{_option(field)} {path}: cannot be read as a .npy array ({error})"
         ) from None
@@ -302,7 +327,12 @@ def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArra
                 raise UsageError(
                     f"--{_option(field)} {path}: no array {name!r} in the archive; it holds {names}"
                 )
-            return np.asarray(archive[name])
+            try:
+                return np.asarray(archive[name])
+            except ValueError:
+                if _holds_objects(path, name):
+                    raise _objects(field, path) from None
+                raise
     except UsageError:
         raise
     except (OSError, ValueError, EOFError) as error:

@@ -219,6 +219,8 @@ def test_csv_files(
         ("not_npy", "--y-pred {dir}/bad.npy: not a .npy file (it does not start as numpy"),
         ("truncated_npy", "--y-pred {dir}/cut.npy: cannot be read as a .npy array"),
         ("objects_npy", "--y-true {dir}/objects.npy: holds Python objects, which are not read"),
+        ("objects_npz", "--y-pred {dir}/objects.npz: holds Python objects, which are not read"),
+        ("bad_dtype_npy", "--y-true {dir}/odd.npy: cannot be read as a .npy array"),
         ("not_npz", "--y-true {dir}/bad.npz: not a .npz archive (it is not a zip file)"),
         ("directory", "--y-pred {dir}/arrays: is a directory; expected a .npy, .npz or .csv"),
         ("rows", "different numbers of rows (y_true 523, y_pred 522)"),
@@ -256,6 +258,17 @@ def test_usage_errors_exit_2_with_a_message(
     elif setup == "objects_npy":
         np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
         argv[1] = str(tmp_path / "objects.npy")
+    elif setup == "objects_npz":
+        objects = np.array([{}] * len(Y_TRUE), dtype=object)
+        np.savez(tmp_path / "objects.npz", y_true=Y_TRUE, y_pred=objects)
+        argv = ["--y-true", str(tmp_path / "objects.npz")]
+    elif setup == "bad_dtype_npy":
+        # A header whose dtype is no dtype at all, whatever its name says: not objects.
+        with (tmp_path / "odd.npy").open("wb") as file:
+            header = {"descr": "objectx", "fortran_order": False, "shape": (len(Y_TRUE),)}
+            np.lib.format.write_array_header_1_0(file, header)
+            file.write(bytes(8 * len(Y_TRUE)))
+        argv[1] = str(tmp_path / "odd.npy")
     elif setup == "not_npz":
         (tmp_path / "bad.npz").write_text("y_true,y_pred\n")
         argv = ["--y-true", str(tmp_path / "bad.npz")]
