@@ -297,8 +297,12 @@ def document_errors(spec: dict[str, Any]) -> None:
         if path == "/v2" or path.startswith("/v2/"):
             continue  # the protocol's own error shape (service.api.routes.oip)
         methods = [m for m, op in item.items() if isinstance(op, dict) and "operationId" in op]
-        # What the service says: every method the path takes (service.main).
-        allowed = ", ".join(sorted(m.upper() for m in methods))
+        # What the service says: every method the path takes, HEAD wherever GET is
+        # (service.main).
+        taken = {m.upper() for m in methods}
+        if "GET" in taken:
+            taken.add("HEAD")
+        allowed = ", ".join(sorted(taken))
         for method in methods:
             operation = item[method]
             responses = operation.setdefault("responses", {})
