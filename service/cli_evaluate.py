@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import sys
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -256,27 +255,20 @@ def _objects(field: str, path: Path) -> UsageError:
     )
 
 
-def _holds_objects(path: Path, name: str | None = None) -> bool:
-    """Whether the .npy file (or the archive's member ``name``) declares a dtype of Python
-    objects, read from its header alone (no data is unpickled)."""
+def _holds_objects(open_file: Callable[[], IO[bytes]]) -> bool:
+    """Whether the .npy data that ``open_file`` opens declares a dtype of Python objects,
+    read from its header alone (nothing is unpickled)."""
     try:
-        if name is None:
-            with path.open("rb") as file:
-                return _header_has_objects(file)
-        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as member:
-            return _header_has_objects(member)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        with open_file() as file:
+            version = np.lib.format.read_magic(file)
+            reader = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            _, _, dtype = reader(file)
+    except (OSError, ValueError, KeyError):
         return False
-
-
-def _header_has_objects(file: IO[bytes]) -> bool:
-    version = np.lib.format.read_magic(file)
-    reader = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
-    _, _, dtype = reader(file)
     return bool(dtype.hasobject)
 
 
@@ -289,7 +281,7 @@ def _read_npy(field: str, path: Path) -> NDArray[Any]:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        if _holds_objects(path):
+        if _holds_objects(lambda: path.open("rb")):
             raise _objects(field, path) from None
         raise UsageError(
             f"--{_option(field)} {path}: cannot be read as a .npy array ({error})"
@@ -330,7 +322,7 @@ def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArra
             try:
                 return np.asarray(archive[name])
             except ValueError:
-                if _holds_objects(path, name):
+                if _holds_objects(lambda: archive.zip.open(f"{name}.npy")):
                     raise _objects(field, path) from None
                 raise
     except UsageError:

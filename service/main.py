@@ -48,6 +48,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.infra import requestid
+from service.infra.middleware import with_head
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -87,15 +88,13 @@ def _allowed_methods(request: Request) -> str:
     the first matching route's, though one path may have several routes); ``HEAD``
     wherever ``GET`` is (the operations middleware serves it as a ``GET``)."""
     routes = request.app.router.routes
-    allowed = {
+    allowed = with_head(
         method
         for method in _METHODS
         if any(
             route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
         )
-    }
-    if "GET" in allowed:
-        allowed.add("HEAD")
+    )
     return ", ".join(method for method in _METHODS if method in allowed)
 
 

@@ -45,6 +45,7 @@ from service.errors import (
     problem,
 )
 from service.infra.auth import CHALLENGE, is_protected
+from service.infra.middleware import with_head
 
 _CONTENT = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
@@ -299,10 +300,7 @@ def document_errors(spec: dict[str, Any]) -> None:
         methods = [m for m, op in item.items() if isinstance(op, dict) and "operationId" in op]
         # What the service says: every method the path takes, HEAD wherever GET is
         # (service.main).
-        taken = {m.upper() for m in methods}
-        if "GET" in taken:
-            taken.add("HEAD")
-        allowed = ", ".join(sorted(taken))
+        allowed = ", ".join(sorted(with_head(m.upper() for m in methods)))
         for method in methods:
             operation = item[method]
             responses = operation.setdefault("responses", {})

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Final
 
@@ -69,6 +69,13 @@ def _wants_html(scope: Scope) -> bool:
         if name == b"accept" and b"text/html" in value:
             return True
     return False
+
+
+def with_head(methods: Iterable[str]) -> set[str]:
+    """The methods a path answers, given those its routes take: ``HEAD`` too wherever
+    ``GET`` is (this middleware serves it as a ``GET``)."""
+    answered = set(methods)
+    return answered | {"HEAD"} if "GET" in answered else answered
 
 
 async def _headless(send: Send, message: Message) -> None:
