@@ -15,7 +15,8 @@ and prints, in one run:
   ones, 8×10): its median time (target ≤ 20 ms);
 - the server's RSS after the first 500 of those batches and after all of them: growth
   per batch (target: none);
-- small batches (32×10 JSON) under wrk -c32: PUT (a new batch id each request) against
+- small batches (32×10 JSON) under wrk -c32 (32 httpx clients where wrk is not installed):
+  PUT (a new batch id each request) against
   ``POST /v1/evaluate`` of the same body, in requests per second (target ≥ 0.5×; PUTs
   that arrive together share a commit).
 """
@@ -23,8 +24,10 @@ and prints, in one run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +42,14 @@ import numpy as np
 import orjson
 
 from bench import free_port, proc_status, serve, venv_script
-from bench.throughput import Load, request_body, run_wrk, wrk_script
+from bench.throughput import (
+    GENERATOR_ENV,
+    Load,
+    request_body,
+    run_httpx,
+    run_wrk,
+    wrk_script,
+)
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MiB = 1024 * 1024
@@ -262,14 +272,32 @@ def put_script(evaluation_id: str, body: bytes, directory: Path) -> Path:
     return script
 
 
+def use_wrk() -> bool:
+    """wrk when it is on the PATH (and not set aside by ``BENCH_LOAD_GENERATOR=httpx``),
+    else the Python load generator, which is slower than the server it loads."""
+    return shutil.which("wrk") is not None and os.environ.get(GENERATOR_ENV) != "httpx"
+
+
 def small_throughput(base: str, seconds: float) -> tuple[Load, Load, int]:
     """wrk -c32 on a 32×10 JSON batch: PUT (a new batch each request) and POST
     /v1/evaluate of the same body, and the batches the evaluation counted after."""
     body = request_body()
     with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=base, timeout=60) as client:
         eid = client.post("/v1/evaluations", json={}).json()["id"]
-        post = run_wrk(f"{base}/v1/evaluate", wrk_script(body, Path(tmp)), 32, seconds)
-        put = run_wrk(f"{base}/v1/evaluations", put_script(eid, body, Path(tmp)), 32, seconds)
+        if use_wrk():
+            post = run_wrk(f"{base}/v1/evaluate", wrk_script(body, Path(tmp)), 32, seconds)
+            put = run_wrk(f"{base}/v1/evaluations", put_script(eid, body, Path(tmp)), 32, seconds)
+        else:
+            numbers = itertools.count()
+            post = run_httpx(f"{base}/v1/evaluate", body, 32, seconds)
+            put = run_httpx(
+                lambda: f"{base}/v1/evaluations/{eid}/batches/b{next(numbers)}",
+                body,
+                32,
+                seconds,
+                method="PUT",
+                expect=201,
+            )
         counted = client.get(f"/v1/evaluations/{eid}").json()["n_batches"]
     return put, post, counted
 
@@ -329,7 +357,9 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
     ]
     small = [
         "",
-        "Small batches (32×10 JSON), wrk -c32, one worker: PUT with a new batch id each",
+        "Small batches (32×10 JSON), "
+        + ("wrk -c32" if use_wrk() else "32 httpx clients (no wrk: slower than the server)")
+        + ", one worker: PUT with a new batch id each",
         "request against POST /v1/evaluate of the same body (target ≥ 0.5×).",
         "",
         "| storage | PUT req/s | evaluate req/s | PUT / evaluate | PUT p99 ms | errors |",

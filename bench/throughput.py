@@ -242,7 +242,17 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
     return parse_wrk(done.stdout)
 
 
-async def _httpx_load(url: str, body: bytes, connections: int, seconds: float) -> Load:
+async def _httpx_load(
+    url: str | Callable[[], str],
+    body: bytes,
+    connections: int,
+    seconds: float,
+    method: str = "POST",
+    expect: int = 200,
+) -> Load:
+    """``connections`` clients sending ``body`` until ``seconds`` pass: to ``url``, or to
+    a new URL from ``url()`` each request (``expect``: the status counted as success)."""
+    next_url = url if callable(url) else lambda: url
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     latencies: list[float] = []
     errors = 0
@@ -255,8 +265,10 @@ async def _httpx_load(url: str, body: bytes, connections: int, seconds: float) -
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 try:
-                    response = await client.post(url, content=body, headers=headers)
-                    if response.status_code != 200:
+                    response = await client.request(
+                        method, next_url(), content=body, headers=headers
+                    )
+                    if response.status_code != expect:
                         errors += 1
                 except httpx.HTTPError:
                     errors += 1
@@ -273,8 +285,15 @@ async def _httpx_load(url: str, body: bytes, connections: int, seconds: float) -
     return Load(len(latencies) / elapsed, pct(0.5), pct(0.99), errors, len(latencies))
 
 
-def run_httpx(url: str, body: bytes, connections: int, seconds: float) -> Load:
-    return asyncio.run(_httpx_load(url, body, connections, seconds))
+def run_httpx(
+    url: str | Callable[[], str],
+    body: bytes,
+    connections: int,
+    seconds: float,
+    method: str = "POST",
+    expect: int = 200,
+) -> Load:
+    return asyncio.run(_httpx_load(url, body, connections, seconds, method, expect))
 
 
 # ---- the run -----------------------------------------------------------------------------
