@@ -23,6 +23,7 @@ LogFormat = Literal["json", "console"]
 #: What an API key may hold: the visible ASCII characters of a Bearer token (no spaces).
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _ORIGIN = re.compile(r"https?://[^\s/]+")
+_SECONDS = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def _split(value: Any) -> Any:
@@ -139,6 +140,25 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("evaluation_ttl", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        # A plain number of seconds, as a string from the environment, is read as seconds;
+        # ISO 8601 durations (``P7D``, ``PT12H``) go to pydantic's own parser.
+        if isinstance(value, str) and _SECONDS.fullmatch(value.strip()):
+            return float(value)
+        return value
+
+    @field_validator("evaluation_ttl")
+    @classmethod
+    def _positive(cls, ttl: timedelta) -> timedelta:
+        if ttl <= timedelta(0):
+            raise ValueError(
+                f"the evaluation TTL is a positive duration (seconds, or ISO 8601 like "
+                f"P7D); received {ttl.total_seconds():g} seconds"
+            )
+        return ttl
 
     @field_validator("cors_origins")
     @classmethod

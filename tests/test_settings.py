@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import typing
+from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -131,12 +132,31 @@ def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         ("LOSS_SERVICE_MAX_ELEMENTS", "-1"),
         ("LOSS_SERVICE_SHUTDOWN_TIMEOUT", "-1"),
         ("LOSS_SERVICE_CONTENT_HASH", "md5"),
+        ("LOSS_SERVICE_EVALUATION_TTL", "0"),
+        ("LOSS_SERVICE_EVALUATION_TTL", "-60"),
+        ("LOSS_SERVICE_EVALUATION_TTL", "a week"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("60", timedelta(seconds=60)),
+        (" 90.5 ", timedelta(seconds=90.5)),
+        ("P7D", timedelta(days=7)),
+        ("PT12H", timedelta(hours=12)),
+    ],
+)
+def test_evaluation_ttl_takes_seconds_or_iso_8601(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: timedelta
+) -> None:
+    monkeypatch.setenv("LOSS_SERVICE_EVALUATION_TTL", raw)
+    assert Settings().evaluation_ttl == expected
 
 
 def test_the_content_hash_setting_names_the_hashes_evaluations_know(
