@@ -76,8 +76,23 @@ predictions as probabilities or logits.
 )
 
 
+def _shown(value: Any) -> str:
+    """A received value as an error message quotes it: its repr, cut to 80 characters."""
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:40]!r}… ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "…"
+
+
 def _field_errors(exc: RequestValidationError) -> list[FieldError]:
-    return [FieldError(tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors()]
+    """Each failed field with what it expected and, where one came, what it received."""
+    errors = []
+    for e in exc.errors():
+        msg = str(e.get("msg", ""))
+        if "input" in e and e.get("type") != "missing":
+            msg = f"{msg}; received {_shown(e['input'])}"
+        errors.append(FieldError(tuple(e.get("loc", ())), msg))
+    return errors
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -98,6 +113,19 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(method for method in _METHODS if method in allowed)
 
 
+def _slash_hint(request: Request) -> str:
+    """For a path that some route serves without its trailing slash, a word saying so (the
+    service never redirects: a client following the redirect of a ``PUT`` would store a
+    batch under another id than the one it sent)."""
+    path = request.url.path
+    if not path.endswith("/") or path == "/":
+        return ""
+    scope = {**request.scope, "path": request.scope["path"].rstrip("/")}
+    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+        return f" (it is served without the trailing slash: {path.rstrip('/')})"
+    return ""
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """One format for every error, the framework's own included."""
 
@@ -110,7 +138,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         path = request.url.path
         error: ServiceError
         if exc.status_code == 404:
-            error = NotFound.at(("path",), f"No route {path}: see /docs for the API's paths.")
+            error = NotFound.at(
+                ("path",), f"No route {path}{_slash_hint(request)}: see /docs for the API's paths."
+            )
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             exc.headers = {**(exc.headers or {}), "Allow": allowed}
@@ -363,6 +393,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)

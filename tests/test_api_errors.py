@@ -285,3 +285,69 @@ def test_health_answers_head(client: Any) -> None:
     response = client.head("/healthz")
     assert response.status_code == 200
     assert response.content == b""
+
+
+def test_a_trailing_slash_is_a_404_that_names_the_path_never_a_redirect(
+    make_client: Any, tmp_path: Any
+) -> None:
+    client = make_client(data_dir=tmp_path)
+    evaluation = client.post("/v1/evaluations", json={}).json()["id"]
+    for method, path in (
+        ("GET", f"/v1/evaluations/{evaluation}/"),
+        ("DELETE", f"/v1/evaluations/{evaluation}/"),
+        ("GET", "/v1/evaluations/"),
+        ("POST", "/v1/losses/categorical_crossentropy/"),
+    ):
+        response = client.request(method, path, follow_redirects=False)
+        assert response.status_code == 404, (method, path, response.status_code)
+        assert "without the trailing slash" in response.json()["detail"]
+    assert client.get(f"/v1/evaluations/{evaluation}").status_code == 200  # not deleted
+
+
+@pytest.mark.parametrize(
+    ("batch", "received"), [("w1/", "'w1/'"), ("w1%2F", "'w1/'"), ("", "''"), ("a/b", "'a/b'")]
+)
+def test_a_batch_id_with_a_slash_is_a_422_naming_it(
+    make_client: Any, tmp_path: Any, batch: str, received: str
+) -> None:
+    client = make_client(data_dir=tmp_path)
+    evaluation = client.post("/v1/evaluations", json={}).json()["id"]
+    body = {"y_true": [0, 1], "y_pred": [0.2, 0.7]}
+    url = f"/v1/evaluations/{evaluation}/batches/{batch}"
+    response = client.put(url, json=body, follow_redirects=False)
+    assert response.status_code == 422, response.status_code
+    assert f"received {received}" in response.json()["detail"]
+    assert client.get(f"/v1/evaluations/{evaluation}").json()["n_batches"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "received"),
+    [
+        ("/v1/evaluations?limit=0", "received '0'"),
+        ("/v1/evaluations?limit=1000000", "received '1000000'"),
+        ("/v1/evaluations?cursor=garbage", "received 'garbage'"),
+        ("/v1/evaluations/{id}/batches?limit=0", "received '0'"),
+        ("/v1/evaluations/{id}/batches?cursor=xyz", "received 'xyz'"),
+        ("/v1/evaluations/" + "e" * 65, "(65 characters)"),
+    ],
+)
+def test_invalid_parameters_say_what_was_received(
+    make_client: Any, tmp_path: Any, path: str, received: str
+) -> None:
+    client = make_client(data_dir=tmp_path)
+    evaluation = client.post("/v1/evaluations", json={}).json()["id"]
+    response = client.get(path.replace("{id}", evaluation))
+    assert response.status_code == 422
+    problem = response.json()
+    assert received in problem["detail"]
+    assert all(received in error["msg"] for error in problem["errors"])
+
+
+def test_a_batch_id_over_its_length_says_what_was_received(make_client: Any, tmp_path: Any) -> None:
+    client = make_client(data_dir=tmp_path)
+    evaluation = client.post("/v1/evaluations", json={}).json()["id"]
+    body = {"y_true": [0, 1], "y_pred": [0.2, 0.7]}
+    response = client.put(f"/v1/evaluations/{evaluation}/batches/{'b' * 129}", json=body)
+    assert response.status_code == 422
+    assert "at most 128 characters; received 'bbbb" in response.json()["detail"]
+    assert "(129 characters)" in response.json()["detail"]

@@ -226,8 +226,17 @@ async def list_evaluations(request: Request, limit: Limit = 50, cursor: Cursor =
             lambda: store.list_evaluations(owner, limit=limit, cursor=cursor)
         )
     except InvalidCursor:
-        raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
+        raise _invalid_cursor(cursor) from None
     return json_response({"evaluations": [_summary(r) for r in page.items], "next": page.next})
+
+
+def _invalid_cursor(cursor: str | None) -> ServiceError:
+    shown = cursor if cursor is None or len(cursor) <= 80 else cursor[:80] + "…"
+    return invalid(
+        ("query", "cursor"),
+        f"`cursor` is not one this list handed out (the `next` of a previous page); "
+        f"received {shown!r}.",
+    )
 
 
 def _batch_id(batch_id: str) -> None:
@@ -240,10 +249,13 @@ def _batch_id(batch_id: str) -> None:
 
 #: The path of a batch, as the router and the direct path (:func:`serve_put`) name it.
 BATCH_PATH = "/v1/evaluations/{evaluation_id}/batches/{batch_id}"
+#: The route takes any rest of the path as the batch id (``w1/``, ``w1%2F``, nothing), so
+#: that an id with a slash is a 422 naming it, never another batch's path or a redirect.
+_BATCH_ROUTE = BATCH_PATH.replace("{batch_id}", "{batch_id:path}")
 
 
 @router.put(
-    BATCH_PATH.removeprefix(router.prefix),
+    _BATCH_ROUTE.removeprefix(router.prefix),
     operation_id="put_batch",
     response_model=None,
     responses={
@@ -415,7 +427,7 @@ async def list_batches(
             lambda: store.list_batches(owner, evaluation_id, limit=limit, cursor=cursor)
         )
     except InvalidCursor:
-        raise invalid(("query", "cursor"), "`cursor` is not one this list handed out.") from None
+        raise _invalid_cursor(cursor) from None
     if page is None:
         raise _not_found(evaluation_id)
     items = [
