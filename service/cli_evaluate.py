@@ -18,7 +18,8 @@ evaluate it (:func:`service.streaming.evaluate_batch`), their statistics added e
 
 Exit codes: 0 done; 2 a usage error (options, unreadable files, arrays whose rows do
 not match), found before anything is computed; 1 an error of the evaluation itself (the
-service's answer, or the same check made here), or a service that cannot be reached.
+service's answer, or the same check made here), a service that cannot be reached, or a
+server at ``--url`` that does not answer like the service.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,6 +41,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
+    import httpx
+
     from service.client import HeadSettings
 
 PROG = "loss-service evaluate"
@@ -64,7 +70,8 @@ DESCRIPTION = (
 EPILOG = (
     "Exit codes: 0 done; 2 a usage error (options, unreadable files, arrays whose rows do "
     "not match); 1 the evaluation's own error (the service's answer, or the same check made "
-    "locally) or a service that cannot be reached. Example: loss-service evaluate "
+    "locally), a service that cannot be reached or a server that does not answer like it. "
+    "Example: loss-service evaluate "
     "--y-true labels.npy --y-pred probs.npy --metric accuracy --report per_class"
 )
 
@@ -300,7 +307,9 @@ def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArra
             "expected arrays saved by numpy.savez"
         )
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # The file opened here, not by numpy.load, which leaves it open when the archive
+        # cannot be read.
+        with path.open("rb") as file, np.load(file, allow_pickle=False) as archive:
             names = list(archive.files)
             if key is not None:
                 name = key
@@ -327,6 +336,11 @@ def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArra
                 raise
     except UsageError:
         raise
+    except (zipfile.BadZipFile, zlib.error) as error:
+        raise UsageError(
+            f"--{_option(field)} {path}: cannot be read as a .npz archive: the zip file is "
+            f"truncated or corrupt ({error})"
+        ) from None
     except (OSError, ValueError, EOFError) as error:
         raise UsageError(
             f"--{_option(field)} {path}: cannot be read as a .npz archive ({error})"
@@ -425,10 +439,22 @@ def read_array(
 
 def read_class_names(path: Path) -> list[str]:
     try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"--class-names {path}: cannot be read ({error})") from None
-    names = [name for name in names if name]
+    names: list[str] = []
+    lines_of: dict[str, int] = {}
+    for number, name in enumerate(lines, 1):
+        if not name:
+            continue
+        if name in lines_of:
+            raise UsageError(
+                f"--class-names {path}, line {number}: {name!r} is also on line "
+                f"{lines_of[name]} (class {names.index(name)}); expected one name per class, "
+                "each different"
+            )
+        lines_of[name] = number
+        names.append(name)
     if not names:
         raise UsageError(f"--class-names {path}: no names; expected one class name per line")
     return names
@@ -568,6 +594,45 @@ def evaluate_locally(
     }
 
 
+#: What an API key (a Bearer token) may hold: visible ASCII characters, as the service's.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+#: The media types of the service's answers (its results, and its problem documents).
+_JSON_TYPES = frozenset({"application/json", "application/problem+json"})
+
+
+def check_service_options(url: str, api_key: str | None) -> None:
+    """``--url`` and ``--api-key`` as they can be sent: a usage error otherwise."""
+    import httpx
+
+    example = "expected the service's base URL, such as http://127.0.0.1:8000"
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise UsageError(f"--url {url!r}: not a valid URL ({error}); {example}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"--url {url!r}: not an http:// or https:// URL with a host; {example}")
+    if parsed.port is not None and not 0 < parsed.port <= 65535:
+        raise UsageError(f"--url {url!r}: port {parsed.port} is not 1 to 65535; {example}")
+    if api_key is not None and _TOKEN.fullmatch(api_key) is None:
+        # The key itself is not quoted back: it is a secret.
+        raise UsageError(
+            "--api-key: empty, or holds characters a Bearer token cannot (spaces, control or "
+            "non-ASCII characters); an API key is visible ASCII characters"
+        )
+
+
+def _unlike_the_service(url: str, response: httpx.Response) -> EvaluationError:
+    """The error for an answer that is not the service's (an HTML page, another API)."""
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip()
+    request = response.request
+    return EvaluationError(
+        f"the server at {url} did not answer like the loss service ({request.method} "
+        f"{request.url.path}: {response.status_code} {response.reason_phrase}, "
+        f"{media_type or 'no content type'}); expected --url to be the loss service's "
+        "base URL"
+    )
+
+
 def evaluate_remotely(
     args: argparse.Namespace,
     arrays: Mapping[str, NDArray[Any]],
@@ -577,15 +642,29 @@ def evaluate_remotely(
     """The service's ``GET /v1/evaluations/{id}`` after streaming the batches, and the
     URL of its report page."""
     import httpx
+    import orjson
 
     from service.client import LossClient, LossServiceError
 
     head = cast("HeadSettings", settings)
+    answers: list[httpx.Response] = []  # the last answer received
+
+    def received(response: httpx.Response) -> None:
+        answers[:] = [response]
+
+    def json_answer() -> bool:
+        media_type = answers[-1].headers.get("content-type", "").partition(";")[0]
+        return media_type.strip().lower() in _JSON_TYPES
+
     try:
         # Binary batches: the service computes on the very values read here (JSON lists
         # would carry float32 values as their shortest decimals), as the local mode does.
         with LossClient(
-            args.url, api_key=args.api_key, timeout=args.timeout, encoding="binary"
+            args.url,
+            api_key=args.api_key,
+            timeout=args.timeout,
+            encoding="binary",
+            event_hooks={"response": [received]},
         ) as client:
             if args.evaluation is not None:
                 evaluation = client.open_evaluation(args.evaluation)
@@ -600,7 +679,14 @@ def evaluate_remotely(
             )
             return evaluation.results().document, evaluation.report_url
     except LossServiceError as error:
+        if answers and not json_answer():
+            raise _unlike_the_service(args.url, answers[-1]) from None
         raise EvaluationError(f"the service answered {error}") from None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        # A success whose body is not JSON, or JSON that is not the service's document.
+        if not answers or not answers[-1].is_success:
+            raise
+        raise _unlike_the_service(args.url, answers[-1]) from None
     except httpx.HTTPError as error:
         raise EvaluationError(
             f"cannot reach the service at {args.url}: {error or type(error).__name__}"
@@ -757,6 +843,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--evaluation and --metadata need --url (a service keeps them)")
         if args.api_key is not None and args.url is None:
             raise UsageError("--api-key needs --url")
+        if args.url is not None:
+            check_service_options(args.url, args.api_key)
         fixed = [option for key, option in _SETTING_OPTIONS.items() if getattr(args, key)]
         if args.evaluation is not None and fixed:
             raise UsageError(

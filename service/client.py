@@ -52,9 +52,10 @@ Batches are sent by ``PUT`` under deterministic ids (a digest of their content, 
 retried after connection errors and 5xx answers as the client's :class:`RetryPolicy`
 says (honouring ``Retry-After``); a batch over the service's body limit (the
 ``max_body_bytes`` option, or learned from a 413) is split by rows into parts with ids
-derived from its own. Errors are :class:`LossServiceError` subclasses by status:
-:class:`NotFoundError`, :class:`ConflictError`, :class:`PayloadTooLargeError`,
-:class:`InvalidInputError`, :class:`ServiceUnavailableError`.
+derived from its own, the same parts whatever the encoding. Errors are
+:class:`LossServiceError` subclasses by status: :class:`NotFoundError`,
+:class:`ConflictError`, :class:`PayloadTooLargeError`, :class:`InvalidInputError`,
+:class:`ServiceUnavailableError`.
 
 Both clients build their requests with the same functions (:func:`build_request`
 and :func:`parse_response`); they differ only in how they send them.
@@ -619,6 +620,13 @@ def encode_body(
 
         return _dumps(_replace_arrays(body, typed)), _json_headers(), "typed"
 
+    header, tensors = _binary(body)
+    headers = {"Content-Type": BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
+    return b"".join([header, *tensors]), headers, "binary"
+
+
+def _binary(body: dict[str, Any]) -> tuple[bytes, list[memoryview]]:
+    """The binary encoding of ``body``: its padded JSON header, and its tensors' bytes."""
     tensors: list[memoryview] = []
 
     def descriptor(a: NDArray[Any]) -> dict[str, Any]:
@@ -630,9 +638,13 @@ def encode_body(
     # JSON may end in whitespace: padded, the header ends on a 64-byte boundary, so the
     # service's zero-copy views start aligned (unaligned views take NumPy's slow,
     # buffered loops: twice the compute time on a 512x32000 float32 batch).
-    header = pad_header(header)
-    headers = {"Content-Type": BINARY_MEDIA_TYPE, HEADER_LENGTH_HEADER: str(len(header))}
-    return b"".join([header, *tensors]), headers, "binary"
+    return pad_header(header), tensors
+
+
+def _binary_size(body: dict[str, Any]) -> int:
+    """The bytes of ``body`` in the binary encoding, counted without joining them."""
+    header, tensors = _binary(body)
+    return len(header) + sum(t.nbytes for t in tensors)
 
 
 def _json_headers() -> dict[str, str]:
@@ -1293,26 +1305,43 @@ _BYTES_LIMIT: Final = re.compile(r"over the limit of (\d+) bytes", re.IGNORECASE
 
 class _BodyLimit:
     """The service's body limit as the client knows it (an option, or learned from a 413),
-    and how a batch over it is split: in ``ceil(size / limit)`` parts (2 when the 413
-    names no byte limit, e.g. one over the elements of an array), each part split again
-    while over. The parts depend only on the batch and the limit, so a rerun splits a
-    batch the same way, into parts of the same ids."""
+    and how a batch over it is split.
+
+    The split depends only on the batch and the limit, never on the encoding a batch is
+    sent in (JSON lists can be several times the size of the same arrays in the binary
+    encoding): a batch is split when its size in the binary encoding is over the limit,
+    in ``ceil(size / limit)`` parts (2 when a 413 to its binary body names no byte
+    limit, e.g. one over the elements of an array), each part split again while over. A
+    batch whose JSON or typed body is over the limit (or refused with a 413) while its
+    binary body is not is sent whole in the binary encoding, as is one whose JSON body is
+    smaller than its binary body. So a rerun, in any encoding, splits a batch the same
+    way, into parts of the same ids."""
 
     def __init__(self, limit: int | None) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"max_body_bytes must be >= 1, received {limit}")
         self.limit = limit
 
-    def before(self, body: dict[str, Any], size: int) -> list[dict[str, Any]] | None:
-        """The parts to send instead of a body of ``size`` bytes over the known limit."""
-        if self.limit is None or size <= self.limit:
+    def fits(self, size: int) -> bool:
+        """Whether a body of ``size`` bytes is within the known limit."""
+        return self.limit is None or size <= self.limit
+
+    def before(self, body: dict[str, Any], call: _Call[Any]) -> list[dict[str, Any]] | None:
+        """The parts to send instead of a batch (about to be sent as ``call``) whose binary
+        size is over the known limit."""
+        if self.limit is None:
+            return None
+        size = _binary_size_of(body, call)
+        if size <= self.limit:
             return None
         return _split(body, max(2, -(-size // self.limit)))
 
     def after(
-        self, body: dict[str, Any], size: int, error: LossServiceError
-    ) -> list[dict[str, Any]] | None:
-        """The parts to send after a 413 (None: not a 413, or splitting rows cannot help)."""
+        self, body: dict[str, Any], call: _Call[Any], error: LossServiceError
+    ) -> list[dict[str, Any]] | Literal["binary"] | None:
+        """What to send after a 413 to a batch sent as ``call``: the batch again in the
+        binary encoding when it was not sent in it, else its parts (None: not a 413, or
+        splitting rows cannot help)."""
         if error.status != 413:
             return None
         if any(e.get("loc") == ["outputs"] for e in error.errors):
@@ -1321,9 +1350,38 @@ class _BodyLimit:
         if whole is not None:
             learned = int(whole.group(1))
             self.limit = learned if self.limit is None else min(self.limit, learned)
+        if call.encoding != "binary":
+            return "binary"
         named = _BYTES_LIMIT.search(error.detail)
         limit = int(named.group(1)) if named is not None else None
-        return _split(body, max(2, -(-size // limit)) if limit else 2)
+        return _split(body, max(2, -(-_binary_size_of(body, call) // limit)) if limit else 2)
+
+
+def _binary_size_of(body: dict[str, Any], call: _Call[Any]) -> int:
+    """The size of a batch in the binary encoding: its body's when ``call`` sends it so."""
+    return len(call.content or b"") if call.encoding == "binary" else _binary_size(body)
+
+
+def _batch_put(
+    stream: _StreamRequests,
+    body_limit: _BodyLimit,
+    evaluation_id: str,
+    batch_id: str,
+    body: dict[str, Any],
+    encoding: Encoding | None,
+) -> tuple[_Call[BatchResult], list[dict[str, Any]] | None]:
+    """The PUT of a batch, and the parts to send instead when it is to be split. The PUT is
+    in ``encoding`` unless that body is over the known limit or smaller than the binary
+    one (integer labels can be shorter as JSON lists): then in the binary encoding, so
+    that whether the service takes the batch whole depends on its binary size alone."""
+    _check_batch_id(batch_id)
+    call = stream.put(evaluation_id, batch_id, body, encoding)
+    parts = body_limit.before(body, call)
+    if parts is None and call.encoding != "binary":
+        size = len(call.content or b"")
+        if not body_limit.fits(size) or size < _binary_size(body):
+            call = stream.put(evaluation_id, batch_id, body, "binary")
+    return call, parts
 
 
 def _evaluation_path(evaluation_id: str) -> str:
@@ -1932,18 +1990,20 @@ class Evaluation(_EvaluationHandle):
     ) -> BatchResult:
         """Send a batch; over the body limit, send it as parts (in the batch's encoding,
         so that parts of a binary batch do not grow into JSON)."""
-        _check_batch_id(batch_id)
         client = self._client
-        call = client._stream.put(self.id, batch_id, body, encoding)
-        size = len(call.content or b"")
-        parts = client._body_limit.before(body, size)
+        call, parts = _batch_put(
+            client._stream, client._body_limit, self.id, batch_id, body, encoding
+        )
         if parts is None:
             try:
                 return client._call(call)
             except LossServiceError as error:
-                parts = client._body_limit.after(body, size, error)
-                if parts is None:
+                then = client._body_limit.after(body, call, error)
+                if then is None:
                     raise
+                if then == "binary":
+                    return self._put(batch_id, body, then)
+                parts = then
         inherited = _encoding_of(call)
         return _joined(
             batch_id,
@@ -2055,18 +2115,20 @@ class AsyncEvaluation(_EvaluationHandle):
     ) -> BatchResult:
         """Send a batch; over the body limit, send it as parts (in the batch's encoding,
         so that parts of a binary batch do not grow into JSON)."""
-        _check_batch_id(batch_id)
         client = self._client
-        call = client._stream.put(self.id, batch_id, body, encoding)
-        size = len(call.content or b"")
-        parts = client._body_limit.before(body, size)
+        call, parts = _batch_put(
+            client._stream, client._body_limit, self.id, batch_id, body, encoding
+        )
         if parts is None:
             try:
                 return await client._call(call)
             except LossServiceError as error:
-                parts = client._body_limit.after(body, size, error)
-                if parts is None:
+                then = client._body_limit.after(body, call, error)
+                if then is None:
                     raise
+                if then == "binary":
+                    return await self._put(batch_id, body, then)
+                parts = then
         inherited = _encoding_of(call)
         return _joined(
             batch_id,

@@ -4,10 +4,14 @@ messages for bad files, bad options and the service's refusals."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import socket
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +215,9 @@ def test_csv_files(
     assert got["metrics"] == reference["metrics"]
 
 
+CORRUPT = "cannot be read as a .npz archive: the zip file is truncated or corrupt"
+
+
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
@@ -222,6 +229,13 @@ def test_csv_files(
         ("objects_npz", "--y-pred {dir}/objects.npz: holds Python objects, which are not read"),
         ("bad_dtype_npy", "--y-true {dir}/odd.npy: cannot be read as a .npy array"),
         ("not_npz", "--y-true {dir}/bad.npz: not a .npz archive (it is not a zip file)"),
+        ("truncated_npz", "--y-true {dir}/cut.npz: " + CORRUPT + " (File is not a zip file)"),
+        ("corrupt_npz", "--y-true {dir}/crc.npz: " + CORRUPT + " (Bad CRC-32 for file 'y_"),
+        ("compressed_npz", "--y-true {dir}/zipped.npz: " + CORRUPT + " (Error -3 while decomp"),
+        ("duplicate_names", "--class-names {dir}/twice.txt, line 3: 'cat' is also on line 1"),
+        ("url", "--url 'http://[::1': not a valid URL"),
+        ("url_scheme", "--url 'localhost:8000': not an http:// or https:// URL with a host"),
+        ("api_key", "--api-key: empty, or holds characters a Bearer token cannot (spaces,"),
         ("directory", "--y-pred {dir}/arrays: is a directory; expected a .npy, .npz or .csv"),
         ("rows", "different numbers of rows (y_true 523, y_pred 522)"),
         ("csv_text", "--y-pred {dir}/bad.csv, line 3: 'x' is not a number"),
@@ -272,6 +286,32 @@ def test_usage_errors_exit_2_with_a_message(
     elif setup == "not_npz":
         (tmp_path / "bad.npz").write_text("y_true,y_pred\n")
         argv = ["--y-true", str(tmp_path / "bad.npz")]
+    elif setup in ("truncated_npz", "corrupt_npz", "compressed_npz"):
+        name = {"truncated_npz": "cut", "corrupt_npz": "crc", "compressed_npz": "zipped"}[setup]
+        path = tmp_path / f"{name}.npz"
+        save = np.savez_compressed if setup == "compressed_npz" else np.savez
+        save(path, y_true=Y_TRUE, y_pred=Y_PRED)
+        data = bytearray(path.read_bytes())
+        if setup == "truncated_npz":
+            del data[len(data) // 2 :]  # no central directory: a download cut short
+        elif setup == "corrupt_npz":
+            data[200] ^= 0xFF  # a flipped byte in the first array's data
+        else:  # the first member's deflate stream starts with a reserved block type
+            start = (
+                30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+            )
+            data[start] = 0xFF
+        path.write_bytes(bytes(data))
+        argv = ["--y-true", str(path)]
+    elif setup == "duplicate_names":
+        (tmp_path / "twice.txt").write_text("cat\ndog\ncat\nfox\n")
+        argv += ["--class-names", str(tmp_path / "twice.txt")]
+    elif setup == "url":
+        argv += ["--url", "http://[::1"]
+    elif setup == "url_scheme":
+        argv += ["--url", "localhost:8000"]
+    elif setup == "api_key":
+        argv += ["--url", "http://127.0.0.1:8000", "--api-key", "clé"]
     elif setup == "directory":
         (tmp_path / "arrays").mkdir()
         argv[3] = str(tmp_path / "arrays")
@@ -309,6 +349,7 @@ def test_usage_errors_exit_2_with_a_message(
     assert (code, out) == (2, "")
     assert err.startswith("loss-service evaluate: ")
     assert message.format(dir=tmp_path) in err
+    assert "clé" not in err  # an API key is a secret: never quoted back
 
 
 def test_the_evaluations_errors_exit_1(
@@ -330,6 +371,68 @@ def test_the_evaluations_errors_exit_1(
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     code, _, err = evaluate(capsys, *argv, "--url", closed, "--timeout", "2")
     assert code == 1 and f"cannot reach the service at {closed}" in err
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """``python -m http.server``'s handler, without its log lines on standard error."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    """``python -m http.server`` serving ``directory`` on a free port of 127.0.0.1."""
+    handler = functools.partial(QuietFiles, directory=str(directory))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+
+
+def answering(status: int, content_type: str, body: bytes) -> Any:
+    """An ASGI app that answers every request alike (a web page, another API)."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body", False):
+            pass
+        headers = [(b"content-type", content_type.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def test_a_server_that_is_not_the_service_exits_1(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"]]
+    with file_server(tmp_path) as base:
+        code, out, err = evaluate(capsys, *argv, "--url", base)
+        assert (code, out) == (1, "")
+        assert err == (
+            f"loss-service evaluate: the server at {base} did not answer like the loss service "
+            "(POST /v1/evaluations: 501 Unsupported method ('POST'), text/html); expected "
+            "--url to be the loss service's base URL\n"
+        )
+        code, out, err = evaluate(capsys, *argv, "--url", base, "--evaluation", "abc")
+        assert (code, out) == (1, "")
+        assert "(GET /v1/evaluations/abc: 404 File not found, text/html)" in err
+    page = answering(200, "text/html; charset=utf-8", b"<!doctype html><title>Welcome</title>")
+    other_api = answering(200, "application/json", b'{"ok": true}')
+    for app, media_type in ((page, "text/html"), (other_api, "application/json")):
+        with serve_in_thread(app) as base:
+            code, out, err = evaluate(capsys, *argv, "--url", base)
+        assert (code, out) == (1, ""), err
+        assert err == (
+            f"loss-service evaluate: the server at {base} did not answer like the loss service "
+            f"(POST /v1/evaluations: 200 OK, {media_type}); expected --url to be the loss "
+            "service's base URL\n"
+        )
 
 
 def test_the_readable_table(

@@ -1055,6 +1055,73 @@ def test_the_body_limit_as_an_option_and_parts_split_again(tmp_path: Path) -> No
         assert caught.value.status == 413 and "8000 bytes" in caught.value.detail
 
 
+@pytest.mark.parametrize(("rows", "n_parts"), [(300, 0), (1000, 2)])
+def test_a_rerun_in_another_encoding_sends_the_same_parts(
+    tmp_path: Path, rows: int, n_parts: int
+) -> None:
+    """Whether a batch is split, and where, depends on the batch and the body limit, not
+    on the encoding: JSON lists are about four times the binary size here, yet a JSON run
+    and its reruns in the other encodings (the limit learned from a 413, or given) send
+    the same ids with the same rows, so the evaluation counts each row once."""
+    y_true, y_pred, _ = stream_data(rows, seed=7)  # 28 bytes a row in the binary encoding
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=15_000))
+    runs: list[tuple[Encoding, int | None]] = [
+        ("json", None),
+        ("binary", None),
+        ("typed", None),
+        ("auto", None),
+        ("json", 15_000),
+        ("typed", 15_000),
+    ]
+    with serve_in_thread(app) as url:
+        with LossClient(url) as client:
+            evaluation_id = client.evaluation().id
+        sent: list[BatchResult] = []
+        for encoding, limit in runs:
+            with LossClient(url, encoding=encoding, max_body_bytes=limit) as client:
+                sent.append(client.open_evaluation(evaluation_id).add(y_true, y_pred))
+        with LossClient(url) as client:
+            got = client.open_evaluation(evaluation_id).results()
+    whole = sent[0].batch_id
+    expected = [f"{whole}.{k}" for k in range(n_parts)]
+    for (encoding, limit), result in zip(runs, sent, strict=True):
+        where = f"{encoding}, max_body_bytes={limit}"
+        assert result.batch_id == whole, where
+        assert [p.batch_id for p in result.parts] == expected, where
+        assert [p.n_samples for p in result.parts] == [rows // 2] * n_parts, where
+        assert result.n_samples == rows, where
+    assert [r.created for r in sent] == [True] + [False] * (len(runs) - 1)
+    assert (got.n_batches, got.n_samples) == (max(1, n_parts), rows)
+
+
+def test_a_batch_shorter_as_json_than_binary_is_split_by_its_binary_size(
+    tmp_path: Path,
+) -> None:
+    """Multi-hot int64 labels and boolean predictions are shorter as JSON lists than in the
+    binary encoding: under a limit between the two, the JSON run sends the batch in the
+    binary encoding too, so that the service's limit splits both runs alike."""
+    rng = np.random.default_rng(1)
+    y_true = (rng.random((400, 6)) < 0.3).astype(np.int64)  # 48 bytes a row in binary
+    y_pred = rng.random((400, 6)) < 0.5  # 6 bytes a row in binary
+    json_size = len(encode_body({"y_true": y_true, "y_pred": y_pred}, "json")[0])
+    binary_size = len(encode_body({"y_true": y_true, "y_pred": y_pred}, "binary")[0])
+    assert json_size < 20_500 < binary_size
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_500))
+    with serve_in_thread(app) as url:
+        with LossClient(url) as client:
+            evaluation_id = client.evaluation(metrics=["binary_accuracy"]).id
+        sent = []
+        for encoding in ("json", "binary", "json"):
+            with LossClient(url, encoding=encoding) as client:
+                sent.append(client.open_evaluation(evaluation_id).add(y_true, y_pred))
+        with LossClient(url) as client:
+            got = client.open_evaluation(evaluation_id).results()
+    for result in sent:
+        assert [p.batch_id for p in result.parts] == [f"{sent[0].batch_id}.{k}" for k in (0, 1)]
+    assert [r.created for r in sent] == [True, False, False]
+    assert (got.n_batches, got.n_samples) == (2, 400)
+
+
 def test_typed_errors_for_404_409_and_422(stream_url: str) -> None:
     y_true, y_pred, _ = stream_data(20)
     with LossClient(stream_url) as client:
