@@ -218,6 +218,43 @@ def _num(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+#: Values up to this magnitude are drawn and added up as they are; past it, divided by a
+#: power of ten (:func:`_scale`) so that no sum, span or axis limit overflows float64.
+LARGE = 1e100
+
+
+def _scale(*arrays: FloatArray) -> float:
+    """1, or when the largest finite magnitude in ``arrays`` exceeds :data:`LARGE`, the
+    power of ten at or below it: values are then drawn and added up divided by it (about
+    1 at most, so that sums, spans and axis limits stay finite) and written times it."""
+    largest = 0.0
+    for values in arrays:
+        finite = np.abs(values[np.isfinite(values)])
+        if finite.size:
+            largest = max(largest, float(finite.max()))
+    if largest <= LARGE:
+        return 1.0
+    return 10.0 ** math.floor(math.log10(largest))
+
+
+def _num_times(value: float, scale: float, digits: int = 4) -> str:
+    """``value × scale`` written as :func:`_num` does, also past float64's range (a sum
+    of values divided by ``scale``, where the sum itself overflows)."""
+    if scale == 1.0 or not math.isfinite(value):
+        return _num(value, digits)
+    product = value * scale
+    if math.isfinite(product):
+        return _num(product, digits)
+    exponent = math.floor(math.log10(abs(value))) + round(math.log10(scale))
+    mantissa = f"{value / 10.0 ** math.floor(math.log10(abs(value))):.{digits}g}"
+    return f"{mantissa}e+{exponent}"
+
+
+def _times(scale: float) -> str:
+    """The note an axis label gets when its values are drawn divided by ``scale``."""
+    return "" if scale == 1.0 else f" (× {scale:.0e})"
+
+
 def _short(label: str, limit: int = LABEL_CHARS) -> str:
     """``label`` cut to ``limit`` characters with an ellipsis."""
     return label if len(label) <= limit else label[: limit - 1] + "…"
@@ -238,9 +275,10 @@ def _palette(n: int) -> list[tuple[float, float, float, float]]:
 
 
 def _weighted(values: FloatArray) -> bool:
-    """Whether counts are sums of sample weights (not all whole numbers)."""
+    """Whether counts are sums of sample weights (not all whole numbers, or beyond any
+    count of samples: 2**63)."""
     finite = values[np.isfinite(values)]
-    return bool(np.any(finite != np.round(finite)))
+    return bool(np.any(finite != np.round(finite)) or np.any(np.abs(finite) >= 2.0**63))
 
 
 def _count_unit(values: FloatArray) -> str:
@@ -431,10 +469,18 @@ def loss_history(
     ax.grid(True, axis="y")
     x = np.arange(1, len(history) + 1)
     marker = "o" if len(history) <= 60 else None
+    drawn = {
+        name: float(value)
+        for name, value in (overall or {}).items()
+        if name in series and isinstance(value, int | float)
+    }
+    scale = _scale(*series.values(), _floats(list(drawn.values())))
     for (name, values), colour in zip(series.items(), _palette(len(series)), strict=True):
-        ax.plot(x, values, color=colour, linewidth=1.4, marker=marker, markersize=3, label=name)
-        if overall is not None and isinstance(overall.get(name), int | float):
-            ax.axhline(float(overall[name]), color=colour, linewidth=0.9, linestyle="--")
+        ax.plot(
+            x, values / scale, color=colour, linewidth=1.4, marker=marker, markersize=3, label=name
+        )
+        if name in drawn:
+            ax.axhline(drawn[name] / scale, color=colour, linewidth=0.9, linestyle="--")
     handles, labels = ax.get_legend_handles_labels()
     if overall:
         handles.append(ax.plot([], [], color=_GREY, linewidth=0.9, linestyle="--")[0])
@@ -442,7 +488,7 @@ def loss_history(
     ax.set_xlim(0.5, max(len(history), 1) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("batch number (arrival order)")
-    ax.set_ylabel("loss (value over the batch)")
+    ax.set_ylabel(f"loss (value over the batch){_times(scale)}")
     ax.set_title(title)
     left = _EDGE + _LABEL + _tick_width(ax.yaxis) + _TICKS
     _place(figure, ax, left, bottom, width - left - 0.25, 2.9)
@@ -496,8 +542,10 @@ def _matrix(report: Mapping[str, Any]) -> tuple[list[str], FloatArray]:
 
 def _confusion_text(labels: list[str], matrix: FloatArray, multi: bool) -> tuple[str, str]:
     n = len(labels)
+    scale = _scale(matrix)
+    scaled = matrix / scale
     if multi:
-        errors = matrix[:, 1] + matrix[:, 2]
+        errors = scaled[:, 1] + scaled[:, 2]
         worst = int(np.argmax(errors)) if n else 0
         how = "heatmap of" if n <= HEATMAP_MAX_CLASSES else "bars of the labels with most errors:"
         return f"Confusion per label ({n:,} labels)", (
@@ -506,11 +554,12 @@ def _confusion_text(labels: list[str], matrix: FloatArray, multi: bool) -> tuple
             f"{_num(matrix[worst, 1])} false positives and {_num(matrix[worst, 2])} false "
             "negatives."
         )
-    total = float(matrix.sum())
-    share = float(np.trace(matrix)) / total if total else 0.0
-    pairs = _most_confused(matrix, MOST_CONFUSED if n > HEATMAP_MAX_CLASSES else 1)
+    total = float(scaled.sum())
+    share = float(np.trace(scaled)) / total if total else 0.0
+    pairs = _most_confused(scaled, MOST_CONFUSED if n > HEATMAP_MAX_CLASSES else 1)
     most = (
-        f"most confused: {labels[pairs[0][0]]} → {labels[pairs[0][1]]} ({_num(pairs[0][2])})"
+        f"most confused: {labels[pairs[0][0]]} → {labels[pairs[0][1]]} "
+        f"({_num_times(pairs[0][2], scale)})"
         if pairs
         else "no sample misclassified"
     )
@@ -521,9 +570,9 @@ def _confusion_text(labels: list[str], matrix: FloatArray, multi: bool) -> tuple
         title = f"Most confused pairs ({n:,} classes)"
         what = f"Bars of the {len(pairs)} most frequent true → predicted confusions"
     of = (
-        f"of a total sample weight of {_num(total, 6)}"
+        f"of a total sample weight of {_num_times(total, scale, 6)}"
         if _weighted(matrix)
-        else f"of {_num(total)} samples"
+        else f"of {_num_times(total, scale)} samples"
     )
     return title, f"{what}; {share:.1%} {of} on the diagonal; {most}."
 
@@ -571,6 +620,7 @@ def _cell_text(ax: Axes, values: FloatArray, rates: FloatArray, size: float) -> 
 
 def _shares(counts: FloatArray) -> FloatArray:
     """Each row of ``counts`` divided by its sum (rows of zeros stay zero)."""
+    counts = counts / _scale(counts)
     totals = counts.sum(axis=1, keepdims=True)
     shares: FloatArray = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     return shares
@@ -605,7 +655,9 @@ def _heatmap(labels: list[str], matrix: FloatArray) -> Figure:
     return figure
 
 
-def _pair_bars(labels: list[str], matrix: FloatArray) -> Figure:
+def _pair_bars(labels: list[str], counted: FloatArray) -> Figure:
+    scale = _scale(counted)
+    matrix = counted / scale
     pairs = _most_confused(matrix, MOST_CONFUSED)
     size = 7.0 if len(pairs) > 20 else 8.0
     names = [f"{_short(labels[i], 18)} → {_short(labels[j], 18)}" for i, j, _ in pairs]
@@ -624,7 +676,11 @@ def _pair_bars(labels: list[str], matrix: FloatArray) -> Figure:
         for row, (i, _, count) in enumerate(pairs):
             share = count / support[i] if support[i] else 0.0
             ax.text(
-                count, row, f" {_num(count, 3)} ({share:.0%} of true)", va="center", fontsize=7.0
+                count,
+                row,
+                f" {_num_times(count, scale, 3)} ({share:.0%} of true)",
+                va="center",
+                fontsize=7.0,
             )
         ax.set_xlim(0, counts.max() * 1.3)
         width, height = figure.get_size_inches()
@@ -638,7 +694,7 @@ def _pair_bars(labels: list[str], matrix: FloatArray) -> Figure:
             fontsize=7.0,
             color=_GREY,
         )
-    ax.set_xlabel(f"misclassified {_count_unit(matrix)}")
+    ax.set_xlabel(f"misclassified {_count_unit(counted)}{_times(scale)}")
     ax.set_ylabel("true class → predicted class")
     return figure
 
@@ -674,7 +730,9 @@ def _label_heatmap(labels: list[str], counts: FloatArray) -> Figure:
     return figure
 
 
-def _label_error_bars(labels: list[str], counts: FloatArray) -> Figure:
+def _label_error_bars(labels: list[str], counted: FloatArray) -> Figure:
+    scale = _scale(counted)
+    counts = counted / scale
     errors = counts[:, 1] + counts[:, 2]
     order = np.lexsort((np.arange(len(labels)), -errors))[:MOST_CONFUSED]
     order = order[errors[order] > 0]
@@ -696,7 +754,7 @@ def _label_error_bars(labels: list[str], counts: FloatArray) -> Figure:
         ax.legend(loc="lower right")
     else:
         _empty_note(ax, "No label has a false positive or a false negative.")
-    ax.set_xlabel(f"errors ({_count_unit(counts)})")
+    ax.set_xlabel(f"errors ({_count_unit(counted)}){_times(scale)}")
     ax.set_ylabel("label")
     return figure
 
@@ -714,6 +772,7 @@ def _bins(report: Mapping[str, Any]) -> dict[str, FloatArray]:
 def _reliability_text(report: Mapping[str, Any]) -> tuple[str, str]:
     bins = _bins(report)
     filled = bins["count"] > 0
+    scale = _scale(bins["count"])
     title = f"Reliability diagram ({int(report.get('n_bins', filled.size))} bins)"
     gaps = np.where(filled, np.abs(bins["accuracy"] - bins["confidence"]), -1.0)
     worst_text = ""
@@ -726,7 +785,8 @@ def _reliability_text(report: Mapping[str, Any]) -> tuple[str, str]:
         )
     return title, (
         f"Accuracy against confidence for {int(filled.sum())} non-empty bins of "
-        f"{_num(float(bins['count'].sum()), 6)} {_count_unit(bins['count'])}, with the diagonal of "
+        f"{_num_times(float((bins['count'] / scale).sum()), scale, 6)} "
+        f"{_count_unit(bins['count'])}, with the diagonal of "
         f"perfect calibration; ECE {_num(float(report['ece']), 3)}, MCE "
         f"{_num(float(report['mce']), 3)}{worst_text}."
     )
@@ -754,7 +814,8 @@ def reliability(report: Mapping[str, Any]) -> Chart:
     filled = bins["count"] > 0
     accuracy = np.nan_to_num(bins["accuracy"])
     confidence = np.nan_to_num(bins["confidence"])
-    counts = bins["count"]
+    scale = _scale(bins["count"])
+    counts = bins["count"] / scale
 
     figure_width, main, below, gap = 6.4, 3.6, 1.1, 0.25
     bottom = _EDGE + _X_AXIS
@@ -794,10 +855,17 @@ def reliability(report: Mapping[str, Any]) -> Chart:
     low.bar(lower, counts, width=width, align="edge", color=_GREEN, edgecolor="white")
     if counts.size <= 20:
         for x, w, count in zip(lower[filled], width[filled], counts[filled], strict=True):
-            low.text(x + w / 2, count, _num(float(count), 3), ha="center", va="bottom", size=6.5)
+            low.text(
+                x + w / 2,
+                count,
+                _num_times(float(count), scale, 3),
+                ha="center",
+                va="bottom",
+                size=6.5,
+            )
     low.set_ylim(0, max(float(counts.max(initial=0.0)), 1.0) * 1.3)
     low.yaxis.set_major_locator(MaxNLocator(3))
-    low.set_ylabel(f"{_count_unit(counts)}\nper bin")
+    low.set_ylabel(f"{_count_unit(bins['count'])}\nper bin{_times(scale)}")
     low.set_xlabel("confidence (predicted probability)")
 
     left = _EDGE + 2 * _LABEL + max(_tick_width(top.yaxis), _tick_width(low.yaxis)) + _TICKS
@@ -821,7 +889,9 @@ def _counts(
     false_positives: ArrayLike,
     true_negatives: ArrayLike,
     false_negatives: ArrayLike,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float]:
+    """The four arrays as float64, divided by their :func:`_scale` (rates are ratios of
+    them, so they do not change), and that scale."""
     tp, fp, tn, fn = (
         np.asarray(a, dtype=np.float64)
         for a in (true_positives, false_positives, true_negatives, false_negatives)
@@ -832,7 +902,8 @@ def _counts(
             "The confusion counts per threshold must be four arrays of one shape, (T,) or "
             f"(T, labels) with T ≥ 2; received shapes {shapes}."
         )
-    return tp, fp, tn, fn
+    scale = _scale(tp, fp, tn, fn)
+    return tp / scale, fp / scale, tn / scale, fn / scale, scale
 
 
 def _auc_text(auc: float | None) -> str:
@@ -846,8 +917,10 @@ def _curve_texts(
     tn: FloatArray,
     fn: FloatArray,
     auc: float | None,
+    scale: float = 1.0,
 ) -> tuple[str, str]:
-    """A curve's title and description from its counts per threshold."""
+    """A curve's title and description from its counts per threshold (divided by
+    ``scale``, see :func:`_counts`)."""
     positives = float((tp[0] + fn[0]).sum())
     negatives = float((fp[0] + tn[0]).sum())
     labels = f", counts summed over {tp.shape[1]} labels" if tp.ndim == 2 else ""
@@ -859,8 +932,8 @@ def _curve_texts(
         baseline = f" (a share of {positives / total if total else 0.0:.3g} positives)"
     value = "" if auc is None else f"; AUC {_num(float(auc), 4)}"
     return title + _auc_text(auc), (
-        f"{what} over {tp.shape[0]} thresholds{labels}; {_num(positives)} positives and "
-        f"{_num(negatives)} negatives{baseline}{value}."
+        f"{what} over {tp.shape[0]} thresholds{labels}; {_num_times(positives, scale)} "
+        f"positives and {_num_times(negatives, scale)} negatives{baseline}{value}."
     )
 
 
@@ -918,8 +991,10 @@ def roc(
     Raises:
         ValueError: the four arrays differ in shape, or hold fewer than 2 thresholds.
     """
-    tp, fp, tn, fn = _counts(true_positives, false_positives, true_negatives, false_negatives)
-    title, description = _curve_texts("roc", tp, fp, tn, fn, auc)
+    tp, fp, tn, fn, scale = _counts(
+        true_positives, false_positives, true_negatives, false_negatives
+    )
+    title, description = _curve_texts("roc", tp, fp, tn, fn, auc, scale)
     ptp, pfp, ptn, pfn = (_pooled(a) for a in (tp, fp, tn, fn))
     x, y = _rates(pfp, pfp + ptn), _rates(ptp, ptp + pfn)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -956,8 +1031,10 @@ def pr(
     Raises:
         ValueError: the four arrays differ in shape, or hold fewer than 2 thresholds.
     """
-    tp, fp, tn, fn = _counts(true_positives, false_positives, true_negatives, false_negatives)
-    title, description = _curve_texts("pr", tp, fp, tn, fn, auc)
+    tp, fp, tn, fn, scale = _counts(
+        true_positives, false_positives, true_negatives, false_negatives
+    )
+    title, description = _curve_texts("pr", tp, fp, tn, fn, auc, scale)
     ptp, pfp, ptn, pfn = (_pooled(a) for a in (tp, fp, tn, fn))
     recall, precision = _rates(ptp, ptp + pfn), _rates(ptp, ptp + pfp)
     total = ptp[0] + pfp[0] + ptn[0] + pfn[0]
@@ -1256,8 +1333,8 @@ def chart_text(
     if kind == "per_class_f1":
         return _per_class_f1_text(reports["per_class"])
     arrays, auc = _curve_args(part, kind)
-    tp, fp, tn, fn = _counts(*arrays)
-    return _curve_texts("roc" if kind == "roc" else "pr", tp, fp, tn, fn, auc)
+    tp, fp, tn, fn, scale = _counts(*arrays)
+    return _curve_texts("roc" if kind == "roc" else "pr", tp, fp, tn, fn, auc, scale)
 
 
 def build_chart(

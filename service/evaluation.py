@@ -110,6 +110,49 @@ def _finite(value: Any, loc: Loc, what: str) -> None:
         )
 
 
+def _weights_received(batch: Batch) -> str:
+    """What a batch's weights were, for a message about sums that overflow."""
+    weights = batch.sample_weight
+    if weights is None or weights.size == 0:
+        return "received no `sample_weight`: the batch's own values are that large"
+    with np.errstate(over="ignore"):
+        largest = float(np.max(weights))
+        total = float(np.sum(weights, dtype=np.float64))
+    summed = f"summing to {total:.3g}" if math.isfinite(total) else "whose sum overflows float64"
+    return f"received `sample_weight` values up to {largest:.3g}, {summed}"
+
+
+def _sums_fit(
+    stats: Mapping[str, NDArray[Any]], batch: Batch, loc: Loc, what: str, limit: float
+) -> None:
+    """Statistics (the weighted sums a result is computed from) that overflowed, or whose
+    size reaches ``limit``, are refused: a value computed from them would be infinite,
+    NaN or wrong (an overflowed total weight makes a weighted mean 0), never sent.
+
+    Metrics and reports take ``kernels.STATISTIC_LIMIT``, within which their finalizers'
+    own sums stay finite; a loss, computed from a sum and a divisor, takes any finite
+    statistics (``limit`` infinity)."""
+    for name, value in stats.items():
+        size = kernels.statistic_size(value)
+        if size < limit:
+            continue
+        if math.isinf(limit):
+            wrong, expected = "overflows float64 (past 1.8e308)", "are finite in float64"
+        else:
+            reach = f"reaches {size:.3g}" if math.isfinite(size) else "overflows float64"
+            wrong = (
+                f"{reach}, past the {limit:.3g} (2**1000) within which its value is computed "
+                "without float64 overflowing"
+            )
+            expected = f"stay below {limit:.3g}"
+        raise invalid(
+            loc,
+            f"{what} cannot be computed: its weighted sum `{name}` {wrong}. Expected "
+            f"`sample_weight` values whose weighted sums {expected}; "
+            f"{_weights_received(batch)}.",
+        )
+
+
 def total_loss(weights: Mapping[str, float], heads: Mapping[str, Mapping[str, Any]]) -> float:
     """A several-heads ``total_loss``: each head's losses (its response's ``losses``)
     added, times its ``loss_weights`` entry (1 if none), added; refused when it overflows
@@ -157,8 +200,10 @@ def metric(name: str, document: Any, max_elements: int) -> dict[str, Any]:
     params = registry.parse_params(name, spec.params, _params_of(document))
     inputs = _inputs(document, (), max_elements)
     batch = inputs.batch(-1)
-    stats, resolved = registry.metric_stats(name, batch, params)
-    value = registry.metric_value(resolved, stats, params)
+    with _overflow_checked():
+        stats, resolved = registry.metric_stats(name, batch, params)
+        _sums_fit(stats, batch, ("body",), f"The {name} metric", kernels.STATISTIC_LIMIT)
+        value = registry.metric_value(resolved, stats, params)
     _finite(value, ("body",), f"The {name} metric")
     found = diagnostics.for_metric(resolved, batch, params, value, stats)
     return {
@@ -416,13 +461,28 @@ def _per_sample_losses(
     return [e.key for e in kept], values
 
 
+def _overflow_checked() -> np.errstate:
+    """Arithmetic whose overflow (to infinity, or NaN after it) is refused by the checks
+    of its results (:func:`_finite`, :func:`_sums_fit`), not reported as a warning of
+    the process."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 def evaluate_head(
     plan: Plan, inputs: Inputs, resolved: dict[str, list[Entry]] | None = None
 ) -> HeadResult:
     """Compute a plan on one batch: values, diagnoses and statistics.
 
     ``resolved``: the entries fixed by an earlier batch (a streaming evaluation), else
-    those that fit this batch's labels."""
+    those that fit this batch's labels. Statistics that overflow float64, and those of a
+    metric or report past ``kernels.STATISTIC_LIMIT``, are a 422 (:func:`_sums_fit`)."""
+    with _overflow_checked():
+        return _evaluate_head(plan, inputs, resolved)
+
+
+def _evaluate_head(
+    plan: Plan, inputs: Inputs, resolved: dict[str, list[Entry]] | None
+) -> HeadResult:
     batch = inputs.batch(-1)
     entries = resolved or resolve_plan(plan, batch.encoding)
     losses: dict[str, float] = {}
@@ -442,11 +502,14 @@ def evaluate_head(
         )
         _finite(reduced, (*e.loc,), f"The {e.key} loss")
         losses[e.key] = reduced
-        for k, v in kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask).items():
+        loss_stats = kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask)
+        _sums_fit(loss_stats, b, (*e.loc,), f"The {e.key} loss", math.inf)
+        for k, v in loss_stats.items():
             stats[f"loss/{e.key}/{k}"] = v
         found += diagnostics.for_loss(spec, b, e.params)
     for e in entries["metrics"]:
         metric_stats, name = registry.metric_stats(e.name, batch, e.params)
+        _sums_fit(metric_stats, batch, (*e.loc,), f"The {e.key} metric", kernels.STATISTIC_LIMIT)
         value = registry.metric_value(name, metric_stats, e.params)
         _finite(value, (*e.loc,), f"The {e.key} metric")
         metrics[e.key] = value
@@ -460,6 +523,9 @@ def evaluate_head(
         loss_names, per_sample = _per_sample_losses(entries["losses"], batch, inputs)
         for e in entries["reports"]:
             report_stats = registry.report_stats(e.name, batch, e.params, per_sample)
+            _sums_fit(
+                report_stats, batch, (*e.loc,), f"The {e.key} report", kernels.STATISTIC_LIMIT
+            )
             reports[e.key] = registry.report_value(
                 e.name, report_stats, class_names=plan.class_names, loss_names=loss_names
             )

@@ -221,3 +221,55 @@ def test_unknown_losses_are_one_404_naming_each_and_the_known_ones(client: Any) 
     assert "sparse_categorical_crossentropy" in detail
     one = client.post("/v1/evaluate", json={**body, "losses": ["nope"]}).json()["detail"]
     assert one.startswith("Unknown loss 'nope' in `losses`: expected losses among ")
+
+
+HUGE = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.8, 0.2]], "dtype": "float64"}
+
+
+def _refused_for_overflowing_weights(r: Any) -> None:
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    detail = r.json()["detail"]
+    assert "weighted sum `weight` overflows float64" in detail, detail
+    assert "Expected `sample_weight` values whose weighted sums" in detail
+    assert "received `sample_weight` values up to 1e+308, whose sum overflows" in detail
+
+
+def test_weighted_sums_that_overflow_float64_are_a_422_not_a_wrong_number(client: Any) -> None:
+    # Weights 1e308 fit float64, their sum does not: the accuracy Σ w·correct / Σ w would
+    # be 1e308 / inf = 0 where it is 0.5. A 422 saying so.
+    body = {**HUGE, "sample_weight": [1e308, 1e308]}
+    _refused_for_overflowing_weights(client.post("/v1/evaluate", json=body))
+    # Metrics only: the accuracy's sums are refused alike.
+    r = client.post("/v1/evaluate", json={**body, "losses": [], "metrics": ["accuracy"]})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["loc"] == ["metrics", 0]
+    assert "The accuracy metric cannot be computed" in r.json()["detail"]
+
+
+def test_the_report_page_of_weights_whose_sums_overflow_is_a_422(client: Any) -> None:
+    body = {**HUGE, "sample_weight": [1e308, 1e308]}
+    r = client.post("/v1/evaluate", json=body, headers={"Accept": "text/html"})
+    _refused_for_overflowing_weights(r)
+
+
+def test_a_metric_whose_finite_sums_would_overflow_when_added_is_a_422(client: Any) -> None:
+    # tp = fp = 1e308 are finite, tp + fp is not: precision would read 0 where it is 0.5.
+    # Metrics are computed from weighted sums below 2**1000 (≈ 1.07e301), within which
+    # nothing they add up overflows.
+    body = {"y_true": [1, 0], "y_pred": [0.9, 0.8], "dtype": "float64"}
+    weighted = {**body, "sample_weight": [1e308, 1e308]}
+    r = client.post("/v1/metrics/precision", json=weighted)
+    assert r.status_code == 422, r.text
+    assert "The precision metric cannot be computed" in r.json()["detail"]
+    assert "past the 1.07e+301 (2**1000)" in r.json()["detail"]
+    r = client.post(
+        "/v1/evaluate", json={**weighted, "losses": [], "metrics": ["precision", "auc"]}
+    )
+    assert r.status_code == 422, r.text
+    # Within the limit, the same weights' ratios are computed right.
+    within = {**body, "sample_weight": [3e300, 3e300]}
+    assert client.post("/v1/metrics/precision", json=within).json()["value"] == 0.5
+    r = client.post("/v1/evaluate", json={**HUGE, "sample_weight": [3e300, 3e300]})
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"] == {"accuracy": 0.5}

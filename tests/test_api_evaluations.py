@@ -567,3 +567,60 @@ def test_an_evaluation_created_before_the_hash_was_a_setting_keeps_sha256(
             assert other.status_code == 409
         finally:
             store.dispose()
+
+
+_HUGE_BATCH = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.8, 0.2]]}
+
+
+def test_a_float64_batch_whose_weighted_sums_overflow_is_a_422_and_not_stored(api: Any) -> None:
+    # Weights within float64 whose sums are not: the batch's statistics cannot be summed
+    # exactly, nor its values computed. A 422 naming the overflow, never a 500.
+    client = api()
+    for settings in ({"dtype": "float64"}, {**SETTINGS, "dtype": "float64"}):
+        eid = _create(client, settings)
+        body = {**_HUGE_BATCH, "sample_weight": [1e308, 1e308]}
+        r = client.put(f"/v1/evaluations/{eid}/batches/a", json=body)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        detail = r.json()["detail"]
+        assert "cannot be computed" in detail and "overflow" in detail, detail
+        assert "received `sample_weight` values up to 1e+308" in detail, detail
+        got = client.get(f"/v1/evaluations/{eid}").json()
+        assert got["n_batches"] == 0 and got["metrics"] == {}
+
+
+def test_a_batch_that_would_take_the_running_totals_past_the_limit_is_refused(
+    api: Any,
+) -> None:
+    # Each batch alone is within the limit on the running totals (2**1000 ≈ 1.07e301,
+    # within which the results are computed without overflowing); two are not. The
+    # second is a 422 and nothing of it is stored: what is read back stays right.
+    client = api()
+    settings = {"dtype": "float64", "metrics": ["accuracy", "precision", "brier_score"]}
+    eid = _create(client, settings)
+    body = {**_HUGE_BATCH, "sample_weight": [3e300, 3e300]}
+    first = client.put(f"/v1/evaluations/{eid}/batches/a", json=body)
+    assert first.status_code == 201, first.text
+    second = client.put(f"/v1/evaluations/{eid}/batches/b", json=body)
+    assert second.status_code == 422, second.text
+    detail = second.json()["detail"]
+    assert "would take the evaluation's running total" in detail, detail
+    assert "1.07e+301" in detail and "it was not stored" in detail
+    # The accepted batch is still answered as a replay; the refused one was not stored.
+    assert client.put(f"/v1/evaluations/{eid}/batches/a", json=body).status_code == 200
+    got = client.get(f"/v1/evaluations/{eid}").json()
+    assert got["n_batches"] == 1 and got["n_samples"] == 2
+    assert got["metrics"] == first.json()["metrics"]
+    assert got["metrics"]["accuracy"] == 0.5 and got["metrics"]["precision"] == 0.5
+    assert got["losses"] == pytest.approx(first.json()["losses"], rel=1e-12)
+    page = client.get(f"/v1/evaluations/{eid}/batches").json()
+    assert [b["batch_id"] for b in page["batches"]] == ["a"]
+    # Batches each of weights 1e308 (finite) whose totals would overflow float64: every
+    # one is refused, and the evaluation never reads as a wrong number.
+    eid = _create(client, settings)
+    for batch_id in ("x", "y", "z"):
+        one_row = {"y_true": [0], "y_pred": [[0.9, 0.1]], "sample_weight": [1e308]}
+        r = client.put(f"/v1/evaluations/{eid}/batches/{batch_id}", json=one_row)
+        assert r.status_code == 422, r.text
+    got = client.get(f"/v1/evaluations/{eid}").json()
+    assert got["n_batches"] == 0 and got["metrics"] == {}

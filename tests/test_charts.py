@@ -7,6 +7,7 @@ The evaluations are the samples of ``report_samples`` (random data, NumPy arithm
 from __future__ import annotations
 
 import io
+import math
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -433,3 +434,85 @@ def test_renders_from_several_threads_give_identical_bytes() -> None:
         assert result.keys() == serial.keys()
         for key, data in result.items():
             assert data == serial[key], key
+
+
+# --- huge finite values ---------------------------------------------------------------------------
+
+#: A finite count or loss whose sums (and twice it) are past float64's range.
+HUGE = 1.5e308
+
+
+def _renders(chart: Chart) -> None:
+    """Both formats render (a warning, such as an overflow, fails the test)."""
+    _svg_root(charts.render(chart, "svg"))
+    assert charts.render(chart, "png").startswith(PNG_SIGNATURE)
+
+
+def _huge_charts() -> dict[str, Chart]:
+    bins = [
+        {"lower": k / 4, "upper": (k + 1) / 4, "count": HUGE, "confidence": k / 4 + 0.1,
+         "accuracy": 0.5}
+        for k in range(4)
+    ]  # fmt: skip
+    n = charts.HEATMAP_MAX_CLASSES + 10
+    pairs = np.full((n, n), HUGE / 3)
+    np.fill_diagonal(pairs, HUGE)
+    counts = np.array([HUGE, HUGE / 2, HUGE / 8, 0.0])
+    per_label = np.full((4, 3), HUGE)
+    f1 = {"labels": [0, 1, 2], "support": [HUGE, HUGE, 0.0], "f1": [0.5, 0.25, 0.0]}
+    return {
+        "reliability": charts.reliability({"n_bins": 4, "bins": bins, "ece": 0.3, "mce": 0.4}),
+        "loss_history": charts.loss_history(
+            [{"losses": {"l": HUGE}}, {"losses": {"l": -HUGE}}, {"losses": {"l": 1.0}}],
+            overall={"l": HUGE},
+        ),
+        "heatmap": charts.confusion_matrix({"labels": [0, 1], "matrix": [[HUGE, HUGE]] * 2}),
+        "pairs": charts.confusion_matrix({"labels": list(range(n)), "matrix": pairs.tolist()}),
+        "labels": charts.confusion_matrix(
+            {"labels": [0, 1], "matrices": [[[HUGE, HUGE], [HUGE, HUGE]]] * 2}
+        ),
+        "label_bars": charts.confusion_matrix(
+            {"labels": list(range(n)), "matrices": np.full((n, 2, 2), HUGE).tolist()}
+        ),
+        "roc": charts.roc(counts, counts[::-1], counts, counts, auc=0.5),
+        "pr": charts.pr(per_label, per_label, per_label, per_label, auc=0.5),
+        "per_class_f1": charts.per_class_f1(f1),
+    }
+
+
+def test_charts_of_huge_finite_values_render_without_overflowing() -> None:
+    # Counts near float64's largest (sums of huge sample weights) and losses of either
+    # sign: every chart draws them, its sums and axis limits finite.
+    for name, chart in _huge_charts().items():
+        assert "inf" not in chart.description and "nan" not in chart.description, name
+        _renders(chart)
+
+
+def test_charts_of_huge_values_draw_them_scaled_and_say_by_how_much() -> None:
+    made = _huge_charts()
+    # Sums past float64's range are written with their exponent, not as infinity.
+    reliability = made["reliability"]
+    assert "4 non-empty bins of 6e+308 summed sample weight" in reliability.description
+    low = reliability.figure.axes[0]
+    assert [bar.get_height() for bar in low.patches] == pytest.approx([1.5] * 4)
+    assert low.get_ylabel().endswith("(× 1e+308)")
+    assert all(math.isfinite(limit) for limit in low.get_ylim())
+    loss = made["loss_history"].figure.axes[0]
+    np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), [1.5, -1.5, 1e-308])
+    assert loss.get_ylabel() == "loss (value over the batch) (× 1e+308)"
+    assert "between -1.5e+308 and 1.5e+308" in made["loss_history"].description
+    assert "total sample weight of 6e+308" in made["heatmap"].description
+    assert "3e+308 positives and 1.5e+308 negatives" in made["roc"].description
+    # Rates are ratios of the counts: the same as for counts of ordinary size.
+    counts = np.array([8.0, 4.0, 1.0, 0.0])
+    small = charts.roc(counts, counts[::-1], counts, counts).figure.axes[0].get_lines()[-1]
+    roc = made["roc"].figure.axes[0].get_lines()[-1]
+    np.testing.assert_allclose(roc.get_xdata(), small.get_xdata())
+    np.testing.assert_allclose(roc.get_ydata(), small.get_ydata())
+    pairs = made["pairs"].figure.axes[0]
+    assert pairs.get_xlabel() == "misclassified summed sample weight (× 1e+308)"
+    assert all(math.isfinite(limit) for limit in pairs.get_xlim())
+    # Values of ordinary size are drawn as they are, with no note on the axis.
+    ordinary = charts.loss_history([{"losses": {"l": 0.5}}, {"losses": {"l": 1e100}}])
+    assert ordinary.figure.axes[0].get_ylabel() == "loss (value over the batch)"
+    np.testing.assert_array_equal(ordinary.figure.axes[0].get_lines()[0].get_ydata(), [0.5, 1e100])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -112,3 +114,78 @@ def test_count_true_past_the_uint16_span() -> None:
     np.testing.assert_array_equal(count_true(tall, axis=0), tall.sum(axis=0))
     np.testing.assert_array_equal(count_true(tall.T, axis=1), tall.sum(axis=0))
     assert count_true(tall, axis=0).dtype == np.int64
+
+
+#: Finalizer parameters whose arithmetic differs (pooled sums, interpolation, norms).
+_FINALIZE_VARIANTS: dict[str, list[dict[str, object]]] = {
+    "auc": [{}, {"curve": "PR"}, {"curve": "PR", "summation_method": "majoring"}],
+    "f1_score": [{}, {"average": "micro"}, {"average": "macro"}, {"average": "weighted"}],
+    "fbeta_score": [{"beta": 2.0, "average": "weighted"}, {"beta": 0.5, "average": "micro"}],
+    "expected_calibration_error": [{}, {"norm": "l2"}, {"norm": "max"}],
+    "per_class": [{"loss_names": ["l"]}],
+}
+
+
+def _numbers(value: object) -> list[float]:
+    """Every number in a finalizer's value or report (nested lists and dicts)."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _numbers(v)]
+    if isinstance(value, np.ndarray):
+        return [float(v) for v in value.ravel()]
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return [float(value)]
+    return []
+
+
+@pytest.mark.parametrize("family", sorted(BATCHES))
+@pytest.mark.parametrize("name", sorted(MERGEABLE))
+def test_finalizers_take_statistics_up_to_the_limit_without_overflowing(
+    name: str, family: str
+) -> None:
+    # Weighted statistics scaled by a power of two (exactly) until the largest one's size
+    # is just under the limit: every finalizer's intermediate sums stay finite, and the
+    # values that are ratios of the statistics do not change.
+    spec = MERGEABLE[name]
+    y_true, y_pred = BATCHES[family]
+    weights = np.array([1.0, 2.5, 0.5, 3.0])
+    # Per-sample losses (per element for multi-label batches) for the per-class report.
+    shape = y_pred.shape if family == "multi_label" else (4,)
+    losses = [np.arange(1.0, math.prod(shape) + 1).reshape(shape) * 0.3]
+    extra = {"losses": losses} if name == "per_class" else {}
+    stats = {
+        k: v.astype(np.float64) for k, v in spec.stats(y_true, y_pred, weights, **extra).items()
+    }
+    largest = max(kernels.statistic_size(v) for v in stats.values())
+    scale = 2.0 ** math.floor(math.log2(kernels.STATISTIC_LIMIT * 0.999 / largest))
+    scaled = {k: v * scale for k, v in stats.items()}
+    assert max(kernels.statistic_size(v) for v in scaled.values()) < kernels.STATISTIC_LIMIT
+    for params in _FINALIZE_VARIANTS.get(name, [{}]):
+        with np.errstate(over="raise", invalid="raise"):
+            big = spec.finalize(scaled, **params)
+        small = spec.finalize(stats, **params)
+        assert all(math.isfinite(n) for n in _numbers(big)), (params, big)
+        if spec.kind == "metric":
+            np.testing.assert_allclose(np.asarray(big), np.asarray(small), rtol=1e-6)
+
+
+def test_the_size_of_a_statistic_is_the_sum_of_its_magnitudes() -> None:
+    assert kernels.statistic_size(np.array([1.5, -2.5, 0.0])) == 4.0
+    assert kernels.statistic_size(np.array([], dtype=np.float64)) == 0.0
+    assert kernels.statistic_size(np.array(7, dtype=np.int64)) == 7.0
+    # Finite elements whose sum is past float64's range: infinite, without a warning.
+    assert kernels.statistic_size(np.array([1e308, -1e308])) == math.inf
+    assert kernels.STATISTIC_LIMIT == 2.0**1000
+
+
+def test_past_the_limit_a_finalizer_can_overflow_to_a_wrong_number() -> None:
+    # Why statistics past the limit are refused: tp + fp overflows, and precision would
+    # read 0 where it is 0.5.
+    half = np.array([2.0**1023])
+    stats = {"tp": half, "fp": half, "fn": np.zeros(1)}
+    with np.errstate(over="ignore"):
+        assert float(kernels.precision_value(stats)) == 0.0
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        kernels.precision_value(stats)
+    assert kernels.statistic_size(half) > kernels.STATISTIC_LIMIT

@@ -26,6 +26,8 @@ from storage_helpers import (
     database,
 )
 
+from service.errors import InvalidInput
+from service.kernels.stats import STATISTIC_LIMIT
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
 from service.storage.blobs import encode_arrays, encode_totals
 from service.storage.commits import _Written, _WrittenLast
@@ -977,3 +979,82 @@ def test_the_memory_of_written_evaluations_drops_a_state_it_does_not_keep() -> N
     # The least recently written goes first when the budget is passed.
     assert memory.recall(key) is None
     assert memory.recall(("owner", "other")) is kept
+
+
+def _put_total(store: Store, evaluation_id: str, batch_id: str, total: float) -> PutResult:
+    """A batch whose statistics are a weighted sum ``w`` of ``total``, a count, and a
+    per-class vector."""
+    stats = {
+        "w": np.float64(total),
+        "n": np.int64(1),
+        "per_class": np.array([total / 4, total / 4, total / 2]),
+    }
+    return store.put_batch(
+        OWNER, evaluation_id, batch_id, content_hash(batch_id, 0), stats, {"b": batch_id}, 1
+    )
+
+
+def test_a_batch_that_would_take_a_running_total_past_the_limit_is_refused_unstored(
+    store: Store,
+) -> None:
+    limit = STATISTIC_LIMIT  # 2**1000 ≈ 1.07e301
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    assert _put_total(store, evaluation.id, "a", 6e300).outcome is PutOutcome.CREATED
+    # A batch within the limit by itself, but not added to the first: a 422, nothing stored.
+    with pytest.raises(InvalidInput) as refused:
+        _put_total(store, evaluation.id, "b", 6e300)
+    detail = refused.value.detail
+    assert "running total `w` to 1.2e+301" in detail and "it was not stored" in detail
+    assert "adding 6e+300 to a total of 6e+300" in detail and f"{limit:.3g}" in detail
+    # The accepted batch is still answered as a replay; a batch that fits is stored.
+    assert _put_total(store, evaluation.id, "a", 6e300).outcome is PutOutcome.REPLAYED
+    assert _put_total(store, evaluation.id, "c", 4e300).outcome is PutOutcome.CREATED
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 2
+    assert totals.values["w"] == math.fsum([6e300, 4e300]) and int(totals.values["n"]) == 2
+    _exact(store, evaluation.id, 2)
+    # Batches of finite weights whose totals would overflow float64 never get in: the
+    # totals are never read as infinity.
+    huge = store.create_evaluation(OWNER, {}, {})
+    for batch_id in ("x", "y"):
+        with pytest.raises(InvalidInput, match="running total `w` to 1e\\+308"):
+            _put_total(store, huge.id, batch_id, 1e308)
+    totals = store.get_totals(OWNER, huge.id)
+    assert totals is not None and totals.evaluation.n_batches == 0 and totals.values == {}
+
+
+def test_puts_committed_together_are_each_checked_against_the_ones_before(
+    store: Store,
+) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    assert _put_total(store, evaluation.id, "first", 1e300).outcome is PutOutcome.CREATED
+    results: dict[str, PutResult | BaseException] = {}
+
+    def work(batch_id: str) -> None:
+        try:
+            results[batch_id] = _put_total(store, evaluation.id, batch_id, 4e300)
+        except BaseException as error:
+            results[batch_id] = error
+
+    commits = store.commits
+    with commit_running(store):
+        threads = [threading.Thread(target=work, args=(f"g-{n}",)) for n in range(5)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(store._commits._queue) < len(threads):
+            assert time.monotonic() < deadline, "the puts did not queue"
+            time.sleep(0.005)
+    for thread in threads:
+        thread.join()
+    # One commit: 1e300 + 2 × 4e300 fit under 1.07e301, a third does not; the group goes
+    # on past each refused put.
+    assert store.commits - commits == 1
+    created = [r for r in results.values() if isinstance(r, PutResult)]
+    refused = [r for r in results.values() if isinstance(r, InvalidInput)]
+    assert len(created) == 2 and len(refused) == 3, results
+    assert all(r.outcome is PutOutcome.CREATED for r in created)
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 3
+    assert totals.values["w"] == math.fsum([1e300, 4e300, 4e300])
+    _exact(store, evaluation.id, 3)

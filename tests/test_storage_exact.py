@@ -294,3 +294,55 @@ def test_a_scalar_total_held_as_an_integer_is_stored_as_its_limbs(values: list[f
     assert limbs.window()[:2] == (limbs.lo, limbs.limbs.shape[0])
     as_totals = ExactTotals({"x": held})
     assert decode_totals(encode_totals(as_totals)) == ExactTotals({"x": limbs})
+
+
+def _exact_size(parts: list[np.ndarray]) -> int:
+    """``Σ |x|`` over the elements of the parts' exact sum, in units of ``2**BASE``."""
+    sums = [sum(exact.units(float(p[i])) for p in parts) for i in np.ndindex(parts[0].shape)]
+    return sum(map(abs, sums))
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=batches())
+def test_the_magnitude_bound_bounds_the_exact_size(parts: list[np.ndarray]) -> None:
+    summed = total(parts)
+    size = _exact_size(parts)
+    assert summed.magnitude_bound() >= size
+    # At most 2**33 times the number of elements over: tight enough to admit sums far
+    # below a limit without reading them.
+    assert summed.magnitude_bound() <= (max(1, summed.limbs.shape[1]) * max(size, 1)) << 33
+    # A small sum held as integers knows its size exactly.
+    assert FixedSum.from_floats(np.array(-3.5)).magnitude_bound() == exact.units(3.5)
+
+
+def test_headroom_admits_batches_while_each_total_stays_within_its_limit() -> None:
+    limit = 2.0**1000
+    totals = ExactTotals.from_stats({"w": np.float64(5e300), "n": np.int64(3)})
+    room = exact.Headroom(totals, limit)
+    # 5e300 + 4e300 fits; a further 4e300 does not (1.3e301 > 1.07e301); 1e300 still does.
+    assert room.admit(ExactTotals.from_stats({"w": np.float64(4e300)})) is None
+    refused = room.admit(ExactTotals.from_stats({"w": np.float64(4e300), "n": np.int64(1)}))
+    before = math.fsum([5e300, 4e300])
+    assert refused == exact.Overflow("w", math.fsum([5e300, 4e300, 4e300]), before, 4e300)
+    assert room.admit(ExactTotals.from_stats({"w": np.float64(1e300)})) is None
+    # The size adds the magnitudes of a statistic's elements: opposite signs do not cancel.
+    vector = exact.Headroom(ExactTotals(), limit)
+    refused = vector.admit(ExactTotals.from_stats({"v": np.array([6e300, -6e300])}))
+    assert refused is not None and refused.name == "v" and refused.size == 1.2e301
+    # Finite batches whose sum would overflow float64: refused, the size infinite.
+    huge = exact.Headroom(ExactTotals.from_stats({"w": np.float64(1e308)}), math.inf)
+    refused = huge.admit(ExactTotals.from_stats({"w": np.float64(1e308)}))
+    assert refused is not None and refused.size == math.inf and refused.before == 1e308
+    # The totals are never changed; given as a function, they are read once, when needed.
+    assert totals.values()["w"] == 5e300
+    reads: list[int] = []
+
+    def read() -> ExactTotals:
+        reads.append(1)
+        return totals
+
+    lazy = exact.Headroom(read, limit)
+    assert reads == []
+    assert lazy.admit(ExactTotals.from_stats({"w": np.float64(1.0)})) is None
+    assert lazy.admit(ExactTotals.from_stats({"w": np.float64(1.0)})) is None
+    assert reads == [1] and lazy.totals() is totals

@@ -63,11 +63,19 @@ from service.kernels.reduction import (
     loss_stats,
     reduce_loss,
 )
-from service.kernels.stats import Mergeable, Stats, merge_stats, sum_stats
+from service.kernels.stats import (
+    STATISTIC_LIMIT,
+    Mergeable,
+    Stats,
+    merge_stats,
+    statistic_size,
+    sum_stats,
+)
 
 __all__ = [
     "MERGEABLE",
     "REDUCTIONS",
+    "STATISTIC_LIMIT",
     "Mergeable",
     "Reduction",
     "Stats",
@@ -114,6 +122,7 @@ __all__ = [
     "reduce_loss",
     "sigmoid",
     "sparse_categorical_crossentropy",
+    "statistic_size",
     "subset_accuracy",
     "sum_stats",
     "top_k_accuracy",

@@ -21,6 +21,10 @@ rows would give. The keys of a metric's statistics, and their shapes, depend
 only on its parameters and the batch's number of classes and label family,
 never on the batch's rows; :class:`Mergeable` names them.
 
+The finalizers take statistics whose size (``Σ |x|`` over the elements) stays
+below :data:`STATISTIC_LIMIT` (2**1000): within it their values are finite and
+right, past it their sums may overflow. Callers refuse statistics past it.
+
 Labels, in every ``*_stats`` function (the family is read from the shapes,
 never guessed from the values):
 
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 Floats = NDArray[np.floating]
 Indices = NDArray[np.integer]
@@ -253,6 +257,29 @@ def total(weights: NDArray[np.float64] | None, n: int) -> NDArray[Any]:
     if weights is None:
         return np.asarray(n, dtype=np.int64)
     return np.asarray(np.add.reduce(weights, dtype=np.float64))
+
+
+#: The largest size (:func:`statistic_size`) of one statistic that the finalizers take:
+#: 2**1000 ≈ 1.07e301. A finalizer adds at most a handful of statistics' elements or
+#: sums (``tp + fp``, ``2 tp + fp + fn``, ``Σ support``) and multiplies such sums by at
+#: most about 2**11 (the log term of the precision-recall interpolation), so from
+#: statistics within it no intermediate value leaves float64's range (2**1024): the
+#: values are finite and right. Past it, a finalizer's sums may overflow to infinity and
+#: give a wrong number (``tp / (tp + fp)`` as 0) or none.
+STATISTIC_LIMIT = 2.0**1000
+
+
+def statistic_size(values: ArrayLike) -> float:
+    """``Σ |x|`` over a statistic's elements, in float64: ``inf`` when that sum, or an
+    element, is beyond float64's range, NaN when an element is NaN."""
+    array = np.asarray(values).astype(np.float64, copy=False)
+    if array.size == 0:
+        return 0.0
+    with np.errstate(over="ignore"):
+        # Statistics are mostly sums of weights, never negative: no copy of their magnitudes.
+        if array.min() >= 0:
+            return float(np.add.reduce(array, axis=None))
+        return float(np.add.reduce(np.abs(array), axis=None))
 
 
 def divide_no_nan(num: NDArray[Any], den: NDArray[Any]) -> NDArray[np.float64]:

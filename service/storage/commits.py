@@ -7,7 +7,10 @@ next transaction stores all of them (up to ``max_group``), in the order of their
 evaluations' keys (so that processes sharing a database lock rows in one order). One
 commit (one fsync) acknowledges every put in it. No put is answered before the commit
 that stored it; if the transaction fails, each of its puts gets the error (a batch is
-idempotent: its caller sends it again).
+idempotent: its caller sends it again). A new batch that would take one of its
+evaluation's running totals past ``STATISTIC_LIMIT`` (checked against the totals as the
+group's batches before it leave them, see :class:`~service.storage.exact.Headroom`) is
+not stored: its put alone gets the 422, the group goes on.
 
 Each evaluation of a group is written one of two ways (:mod:`service.storage.statements`,
 on the driver's cursor):
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import secrets
 import threading
@@ -39,12 +43,18 @@ from typing import Any, NoReturn, cast
 
 from sqlalchemy import Engine, PoolProxiedConnection
 
+from service.errors import FieldError, InvalidInput
+from service.kernels.stats import STATISTIC_LIMIT
 from service.storage.blobs import decode_totals, encode_totals
-from service.storage.exact import ExactTotals
+from service.storage.exact import ExactTotals, Headroom, Overflow
 from service.storage.rows import PutOutcome, PutResult, batch_row, evaluation_row, owner_key
 from service.storage.statements import CHANGED, INSERT_ROWS, PutStatements
 
 log = logging.getLogger(__name__)
+
+#: What a put comes to: its result, or the 422 of a batch that would take the
+#: evaluation's totals past :data:`STATISTIC_LIMIT` (nothing stored).
+Answer = PutResult | InvalidInput
 
 
 @dataclass(eq=False)
@@ -137,6 +147,21 @@ def _added(
     totals.add_all(created)
     blob = encode_totals(totals)
     return _Written(state, totals, len(blob)), blob
+
+
+def _refusal(overflow: Overflow) -> InvalidInput:
+    """The 422 of a batch that :class:`Headroom` did not admit."""
+    reach = f"to {overflow.size:.3g}" if math.isfinite(overflow.size) else "past float64's range"
+    message = (
+        f"The batch would take the evaluation's running total `{overflow.name}` {reach} "
+        f"(the sum of its elements' magnitudes), past the {STATISTIC_LIMIT:.3g} (2**1000) "
+        "within which the evaluation's results are computed without float64 overflowing; "
+        "it was not stored. Expected batches whose weighted sums (`sample_weight` times "
+        f"the batch's values) keep every running total below {STATISTIC_LIMIT:.3g}; "
+        f"received a batch adding {overflow.added:.3g} to a total of "
+        f"{overflow.before:.3g} from the batches accepted before it."
+    )
+    return InvalidInput(message, [FieldError(("body",), message)])
 
 
 def _evaluation_key(put: Put) -> tuple[str, str]:
@@ -286,9 +311,12 @@ class Committer:
             return
         self.commits += 1
         for put, result in zip(ordered, results, strict=True):
-            put.future.set_result(result)
+            if isinstance(result, InvalidInput):
+                put.future.set_exception(result)
+            else:
+                put.future.set_result(result)
 
-    def _attempt(self, ordered: list[Put]) -> list[PutResult]:
+    def _attempt(self, ordered: list[Put]) -> list[Answer]:
         """The group's transaction, the evaluations this process wrote last written as it
         left them; if one of them had changed since (another process wrote it, or it was
         closed, deleted, rebuilt, or a batch id was stored), nothing is written and the
@@ -309,7 +337,7 @@ class Committer:
         except _Stale:
             return self._transaction(ordered, written=False)
 
-    def _put_alone(self, puts: list[Put], known: _Written) -> list[PutResult] | None:
+    def _put_alone(self, puts: list[Put], known: _Written) -> list[Answer] | None:
         """PostgreSQL: the puts of one evaluation that this process wrote last, as
         :meth:`_put_written` writes them, by one statement run in autocommit (one round
         trip, its commit included). ``None`` when nothing was written: not every put is a
@@ -364,7 +392,7 @@ class Committer:
             raise _BrokenConnection(str(error)) from error
         raise error
 
-    def _transaction(self, ordered: list[Put], *, written: bool) -> list[PutResult]:
+    def _transaction(self, ordered: list[Put], *, written: bool) -> list[Answer]:
         """The group's transaction on the commit thread's connection; after a failure it
         is rolled back and that connection is not used again (a new one starts clean),
         unless an evaluation written as last written had changed (``_Stale``: the
@@ -379,7 +407,7 @@ class Committer:
         try:
             with self._statements.pipeline(connection):
                 self._statements.begin(cursor)
-                results: list[PutResult] = []
+                results: list[Answer] = []
                 for key, each in itertools.groupby(ordered, key=_evaluation_key):
                     puts = list(each)
                     known = self._written.recall(key) if written else None
@@ -424,7 +452,7 @@ class Committer:
 
     def _put_written(
         self, cursor: Any, puts: list[Put], known: _Written
-    ) -> tuple[list[PutResult], _Written] | None:
+    ) -> tuple[list[Answer], _Written] | None:
         """The puts of an evaluation that this process wrote last, as ``known`` holds it,
         written with no lock or read before: new batches inserted, the totals added and
         the row updated by a statement that fails if the row is no longer as written
@@ -445,7 +473,7 @@ class Committer:
 
     def _apply_written(
         self, puts: list[Put], known: _Written
-    ) -> tuple[list[PutResult], list[dict[str, Any]], _Written, dict[str, Any]] | None:
+    ) -> tuple[list[Answer], list[dict[str, Any]], _Written, dict[str, Any]] | None:
         """The puts applied to their evaluation as this process wrote it last: their
         results, the batches' new rows, the evaluation as they leave it, and what they
         change of its row. ``None`` unless each is a new batch (and each id comes once):
@@ -455,8 +483,12 @@ class Committer:
         state = dict(known.state)
         new: list[dict[str, Any]] = []
         created: list[ExactTotals] = []
-        results = [self._put_one(put, state, {}, new, created) for put in puts]
-        if any(result.outcome is not PutOutcome.CREATED for result in results):
+        room = Headroom(known.totals, STATISTIC_LIMIT)
+        results = [self._put_one(put, state, {}, new, created, room) for put in puts]
+        if any(
+            not isinstance(result, PutResult) or result.outcome is not PutOutcome.CREATED
+            for result in results
+        ):
             return None
         # known was taken out of the memory of written evaluations: if its transaction
         # fails, what is added here is forgotten with it.
@@ -465,7 +497,7 @@ class Committer:
 
     def _put_in(
         self, cursor: Any, other: Any, puts: list[Put]
-    ) -> tuple[list[PutResult], _Written | None]:
+    ) -> tuple[list[Answer], _Written | None]:
         """The puts of one evaluation inside the group's transaction (see
         :meth:`Store.put_batch`), each answered as if they had come one after the other: the
         evaluation's row is locked and read once, the batches stored under the group's
@@ -489,11 +521,13 @@ class Committer:
         stored = {known["batch_id"]: known for known in found}
         new: list[dict[str, Any]] = []
         created: list[ExactTotals] = []
-        results = [self._put_one(put, state, stored, new, created) for put in puts]
+        # The totals are decoded only if a batch is new.
+        room = Headroom(lambda: decode_totals(row["totals"]), STATISTIC_LIMIT)
+        results = [self._put_one(put, state, stored, new, created, room) for put in puts]
         if not new:
             return results, None
         sql.insert(cursor, new)
-        left, blob = _added(state, decode_totals(row["totals"]), created)
+        left, blob = _added(state, room.totals(), created)
         sql.update(cursor, row["pk"], {**{k: state[k] for k in CHANGED}, "totals": blob})
         # Written, and open (it took new batches): its next group needs no lock or read.
         return results, left
@@ -505,10 +539,13 @@ class Committer:
         stored: dict[str, dict[str, Any]],
         new: list[dict[str, Any]],
         created: list[ExactTotals],
-    ) -> PutResult:
+        room: Headroom,
+    ) -> Answer:
         """One put against the evaluation as ``state`` holds it and the batches ``stored``
         under the group's ids; a new batch joins ``new`` (its row), ``created`` (its
-        totals) and ``stored``, and updates ``state``."""
+        totals) and ``stored``, and updates ``state``. A new batch that would take a
+        running total past :data:`STATISTIC_LIMIT` (its evaluation's totals plus the
+        group's batches before it, as ``room`` counts them) is refused, not stored."""
         current = evaluation_row(state)
         known = stored.get(put.batch_id)
         if known is not None:
@@ -521,6 +558,9 @@ class Committer:
             return PutResult(PutOutcome.CLOSED, None, current)
         if put.facts is not None and current.facts is not None and current.facts != put.facts:
             return PutResult(PutOutcome.MISMATCH, None, current)
+        overflow = room.admit(put.totals)
+        if overflow is not None:
+            return _refusal(overflow)
         now = self._clock()
         row = {
             "evaluation_pk": state["pk"],

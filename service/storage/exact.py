@@ -46,12 +46,18 @@ A sum beyond the float64 range reads as ``±inf``.
 
 Integer statistics (counts) are added as int64, with a check that refuses to
 wrap around.
+
+Limits: :class:`Headroom` says whether batches may join running totals, each
+float statistic's total keeping its size (``Σ |x|`` over its elements) below a
+limit, checked on a bound of the exact sums (:meth:`FixedSum.magnitude_bound`)
+and read exactly only near the limit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -241,6 +247,15 @@ class FixedSum:
     def copy(self) -> FixedSum:
         return FixedSum(self.shape, self.lo, self.limbs.copy())
 
+    def magnitude_bound(self) -> int:
+        """An upper bound of ``Σ |x|`` over the elements, in units of ``2**BASE`` (exact
+        for a small sum held as integers): every element's magnitude is at most the
+        weight of its window's top bit, ``2**(32 (lo + limbs) - 1)``."""
+        if self._limbs is None and self._exact is not None:
+            return sum(map(abs, self._exact))
+        count, size = self.limbs.shape
+        return 0 if count == 0 else size << (LIMB_BITS * (self.lo + count) - 1)
+
     def add(self, other: FixedSum) -> None:
         """Add another sum of the same shape into this one, exactly."""
         if other.shape != self.shape:
@@ -406,6 +421,13 @@ class FixedSum:
         return floats
 
 
+def units(x: float) -> int:
+    """A finite float64 as the exact integer number of ``2**BASE`` it is."""
+    if not math.isfinite(x):
+        raise ValueError(_NOT_FINITE)
+    return _units(x)
+
+
 def add_counts(total: IntArray, counts: IntArray) -> IntArray:
     """``total + counts`` as int64, refusing to wrap around."""
     result = total + counts
@@ -518,3 +540,82 @@ class ExactTotals:
         ) and all(np.array_equal(self.counts[n], other.counts[n]) for n in self.counts)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A batch refused by :class:`Headroom`: the statistic it would take past the limit,
+    the size that total would have, the size of the total without the batch, and the
+    size of the batch's own part (sizes: ``Σ |x|`` over the elements, read as float64;
+    ``inf`` past its range)."""
+
+    name: str
+    size: float
+    before: float
+    added: float
+
+
+class Headroom:
+    """Which batches' totals may be added to running totals: every float statistic's
+    total must keep its size (``Σ |x|`` over its elements, the elements read as float64)
+    below ``limit``, so that what is computed from the totals stays within float64.
+
+    ``totals`` (the running totals, or a function that reads them once, when first
+    needed) is never changed. :meth:`admit` takes batches one after the other, each
+    against the totals plus the batches admitted before it. Most batches are admitted on
+    a bound (``FixedSum.magnitude_bound``, a few integer operations per statistic);
+    only when the bound reaches the limit are the exact sums read as floats.
+    Counts (integer statistics) are not limited here: :func:`add_counts` refuses to
+    wrap around.
+    """
+
+    def __init__(self, totals: ExactTotals | Callable[[], ExactTotals], limit: float) -> None:
+        self._totals = totals
+        self.limit = limit
+        # An infinite limit asks for sizes within float64's range.
+        self._limit_units = units(min(limit, float(np.finfo(np.float64).max)))
+        self._bounds: dict[str, int] = {}
+        self._admitted: dict[str, list[FixedSum]] = {}
+
+    def totals(self) -> ExactTotals:
+        """The running totals (read once, if given as a function)."""
+        if not isinstance(self._totals, ExactTotals):
+            self._totals = self._totals()
+        return self._totals
+
+    def _bound(self, name: str) -> int:
+        bound = self._bounds.get(name)
+        if bound is None:
+            total = self.totals().sums.get(name)
+            bound = self._bounds[name] = 0 if total is None else total.magnitude_bound()
+        return bound
+
+    def _size(self, name: str, part: FixedSum | None, shape: tuple[int, ...]) -> float:
+        """The size of the statistic's total with the batches admitted so far (and
+        ``part``), from the exact sums."""
+        total = self.totals().sums.get(name)
+        merged = FixedSum.zeros(shape) if total is None else total.copy()
+        merged.add_all([*self._admitted.get(name, []), *([] if part is None else [part])])
+        return _size(merged.to_floats())
+
+    def admit(self, batch: ExactTotals) -> Overflow | None:
+        """``None``, and the batch counted in, when the totals with every batch admitted
+        so far and this one keep each statistic's size below the limit; else what the
+        first statistic past it would be (the batch is then not counted)."""
+        bounds = {name: part.magnitude_bound() for name, part in batch.sums.items()}
+        for name, part in batch.sums.items():
+            if self._bound(name) + bounds[name] < self._limit_units:
+                continue
+            size = self._size(name, part, part.shape)
+            if not size < self.limit:
+                before = self._size(name, None, part.shape)
+                return Overflow(name, size, before, _size(part.to_floats()))
+        for name, part in batch.sums.items():
+            self._bounds[name] = self._bound(name) + bounds[name]
+            self._admitted.setdefault(name, []).append(part)
+        return None
+
+
+def _size(values: FloatArray) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.add.reduce(np.abs(values), axis=None))

@@ -366,6 +366,12 @@ class Store:
           batch stores them, atomically with itself; a later batch whose facts
           differ is not stored: ``MISMATCH``, with the stored facts in
           ``result.evaluation.facts``. ``None`` checks nothing.
+        * A new batch that would take a float statistic's running total to a size
+          (``Σ |x|`` over its elements) of ``STATISTIC_LIMIT`` (2**1000, see
+          :mod:`service.kernels.stats`) or more is not stored: this raises
+          :class:`~service.errors.InvalidInput` (a 422) saying which total, so that
+          the evaluation's results stay finite and right. The check is made in the
+          transaction that would store it, against the totals it would be added to.
 
         ``stats`` maps names to arrays: float arrays are summed exactly, integer
         and boolean ones as int64 counts (see :mod:`service.storage.exact`);
