@@ -162,6 +162,23 @@ MAX_LOC_CHARS = 100
 MAX_FIELD_ERRORS = 50
 
 
+def json_kind(value: Any) -> str:
+    """The JSON type of a parsed value: object, array, string, number, boolean or null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
 def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """``text``, cut to ``limit`` characters with a note of how much was left out."""
     if len(text) <= limit:

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from service import diagnostics, kernels, registry
 from service.arrays import to_array
 from service.encodings import Batch, Encoding, prepare
-from service.errors import FieldError, Loc, NotFound, ServiceError, invalid
+from service.errors import FieldError, Loc, NotFound, ServiceError, invalid, json_kind
 from service.wire import ARRAY_FIELDS
 
 COMMON_NAMES = tuple(p.name for p in registry.COMMON)
@@ -321,6 +321,18 @@ class Plan:
     loc: Loc
 
 
+def _class_names_problem(names: Any) -> str | None:
+    """What is wrong with a ``class_names`` value, in a few words (``None``: nothing)."""
+    if not isinstance(names, list):
+        return f"a JSON {json_kind(names)}"
+    if not names:
+        return "an empty list"
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            return f"a JSON {json_kind(name)} at index {index} ({str(name)[:40]})"
+    return None
+
+
 def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
     """Check an evaluate document's settings (all but the arrays, or all but nothing when
     ``arrays`` is false: a streaming evaluation's settings have no arrays)."""
@@ -343,14 +355,12 @@ def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
         "The request", registry.COMMON, {k: document[k] for k in COMMON_NAMES if k in document}, loc
     )
     class_names = document.get("class_names")
-    if class_names is not None and (
-        not isinstance(class_names, list)
-        or not all(isinstance(n, str) for n in class_names)
-        or not class_names
-    ):
+    problem = None if class_names is None else _class_names_problem(class_names)
+    if problem is not None:
         raise invalid(
             (*loc, "class_names"),
-            "`class_names` must be a non-empty list of strings, one per class.",
+            f"`class_names` must be a non-empty list of strings, one per class; received "
+            f"{problem}.",
         )
     losses = metrics = None
     if document.get("losses") is not None:

@@ -35,7 +35,15 @@ import xxhash
 from numpy.typing import NDArray
 
 from service import diagnostics, kernels, registry
-from service.errors import Conflict, FieldError, InvalidInput, Loc, ServiceError, invalid
+from service.errors import (
+    Conflict,
+    FieldError,
+    InvalidInput,
+    Loc,
+    ServiceError,
+    invalid,
+    json_kind,
+)
 from service.evaluation import (
     FAMILY,
     SETTING_FIELDS,
@@ -81,23 +89,30 @@ LABEL_HASH = "compute-dtype"
 def _metadata(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
-    if (
-        not isinstance(raw, dict)
-        or len(raw) > MAX_METADATA_KEYS
-        or not all(
-            isinstance(k, str)
-            and isinstance(v, str)
-            and len(k) <= MAX_METADATA_CHARS
-            and len(v) <= MAX_METADATA_CHARS
-            for k, v in raw.items()
-        )
-    ):
+    problem = _metadata_problem(raw)
+    if problem is not None:
         raise invalid(
             ("metadata",),
             f"`metadata` must be a flat object of strings: at most {MAX_METADATA_KEYS} keys, "
-            f"keys and values of at most {MAX_METADATA_CHARS} characters.",
+            f"keys and values of at most {MAX_METADATA_CHARS} characters; received {problem}.",
         )
     return dict(raw)
+
+
+def _metadata_problem(raw: Any) -> str | None:
+    """What is wrong with a ``metadata`` value, in a few words (``None``: nothing)."""
+    if not isinstance(raw, dict):
+        return f"a JSON {json_kind(raw)}"
+    if len(raw) > MAX_METADATA_KEYS:
+        return f"an object of {len(raw)} keys"
+    for key, value in raw.items():
+        if len(key) > MAX_METADATA_CHARS:
+            return f"a key of {len(key)} characters ({key[:20]!r}…)"
+        if not isinstance(value, str):
+            return f"key {key[:40]!r} holding a JSON {json_kind(value)}"
+        if len(value) > MAX_METADATA_CHARS:
+            return f"key {key[:40]!r} holding {len(value)} characters"
+    return None
 
 
 def parse_settings(

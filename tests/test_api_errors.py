@@ -351,3 +351,31 @@ def test_a_batch_id_over_its_length_says_what_was_received(make_client: Any, tmp
     assert response.status_code == 422
     assert "at most 128 characters; received 'bbbb" in response.json()["detail"]
     assert "(129 characters)" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "received"),
+    [
+        ({"metadata": {"run": {"seed": 1}}}, "received key 'run' holding a JSON object"),
+        ({"metadata": ["run"]}, "received a JSON array"),
+        ({"metadata": {f"k{i}": "v" for i in range(65)}}, "received an object of 65 keys"),
+        ({"metadata": {"k": "v" * 1025}}, "received key 'k' holding 1025 characters"),
+        ({"class_names": [1, 2]}, "received a JSON number at index 0 (1)"),
+        ({"class_names": []}, "received an empty list"),
+        ({"class_names": "cat,dog"}, "received a JSON string"),
+    ],
+)
+def test_evaluation_settings_say_what_was_received(
+    make_client: Any, tmp_path: Any, body: dict[str, Any], received: str
+) -> None:
+    client = make_client(data_dir=tmp_path)
+    response = client.post("/v1/evaluations", json=body)
+    assert response.status_code == 422
+    assert received in response.json()["detail"]
+
+
+def test_class_names_of_an_evaluate_request_say_what_was_received(client: Any) -> None:
+    body = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.2, 0.8]], "class_names": ["a", None]}
+    response = client.post("/v1/evaluate", json=body)
+    assert response.status_code == 422
+    assert "received a JSON null at index 1" in response.json()["detail"]
