@@ -625,11 +625,16 @@ def _unlike_the_service(url: str, response: httpx.Response) -> EvaluationError:
     """The error for an answer that is not the service's (an HTML page, another API)."""
     media_type = response.headers.get("content-type", "").partition(";")[0].strip()
     request = response.request
+    expected = (
+        # A proxy's or gateway's error page: the URL may well be right.
+        "a proxy's error page: the service behind it may be down or unreachable"
+        if response.status_code in (502, 503, 504)
+        else "expected --url to be the loss service's base URL"
+    )
     return EvaluationError(
         f"the server at {url} did not answer like the loss service ({request.method} "
         f"{request.url.path}: {response.status_code} {response.reason_phrase}, "
-        f"{media_type or 'no content type'}); expected --url to be the loss service's "
-        "base URL"
+        f"{media_type or 'no content type'}); {expected}"
     )
 
 
@@ -642,7 +647,6 @@ def evaluate_remotely(
     """The service's ``GET /v1/evaluations/{id}`` after streaming the batches, and the
     URL of its report page."""
     import httpx
-    import orjson
 
     from service.client import LossClient, LossServiceError
 
@@ -682,8 +686,9 @@ def evaluate_remotely(
         if answers and not json_answer():
             raise _unlike_the_service(args.url, answers[-1]) from None
         raise EvaluationError(f"the service answered {error}") from None
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        # A success whose body is not JSON, or JSON that is not the service's document.
+    except (ValueError, KeyError, TypeError):
+        # A success whose body is not JSON (orjson's error is a ValueError), or JSON that
+        # is not the service's document (a field of another type: a date that is not one).
         if not answers or not answers[-1].is_success:
             raise
         raise _unlike_the_service(args.url, answers[-1]) from None

@@ -121,7 +121,7 @@ def _slash_hint(request: Request) -> str:
     if not path.endswith("/") or path == "/":
         return ""
     scope = {**request.scope, "path": request.scope["path"].rstrip("/")}
-    if any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes):
+    if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
         return f" (it is served without the trailing slash: {path.rstrip('/')})"
     return ""
 
@@ -141,6 +141,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             error = NotFound.at(
                 ("path",), f"No route {path}{_slash_hint(request)}: see /docs for the API's paths."
             )
+        elif exc.status_code == 405 and (hint := _slash_hint(request)):
+            # A path with a trailing slash that a route takes whole (a batch id is the rest
+            # of its path) but whose method is served without the slash: the 404 of it.
+            error = NotFound.at(("path",), f"No route {path}{hint}: see /docs for the API's paths.")
+            exc.headers = None
         elif exc.status_code == 405:
             allowed = _allowed_methods(request)
             exc.headers = {**(exc.headers or {}), "Allow": allowed}

@@ -23,6 +23,8 @@ LogFormat = Literal["json", "console"]
 #: What an API key may hold: the visible ASCII characters of a Bearer token (no spaces).
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 _ORIGIN = re.compile(r"https?://[^\s/]+")
+#: The longest evaluation TTL: a thousand years (the sweep subtracts it from today's date).
+_MAX_TTL = timedelta(days=365_000)
 _SECONDS = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -153,10 +155,10 @@ class Settings(BaseSettings):
     @field_validator("evaluation_ttl")
     @classmethod
     def _positive(cls, ttl: timedelta) -> timedelta:
-        if ttl <= timedelta(0):
+        if not timedelta(0) < ttl <= _MAX_TTL:
             raise ValueError(
-                f"the evaluation TTL is a positive duration (seconds, or ISO 8601 like "
-                f"P7D); received {ttl.total_seconds():g} seconds"
+                f"the evaluation TTL is a positive duration of at most {_MAX_TTL.days} days "
+                f"(seconds, or ISO 8601 like P7D); received {ttl.total_seconds():g} seconds"
             )
         return ttl
 

@@ -297,11 +297,21 @@ def test_a_trailing_slash_is_a_404_that_names_the_path_never_a_redirect(
         ("DELETE", f"/v1/evaluations/{evaluation}/"),
         ("GET", "/v1/evaluations/"),
         ("POST", "/v1/losses/categorical_crossentropy/"),
+        ("GET", f"/v1/evaluations/{evaluation}/batches/"),
+        ("HEAD", f"/v1/evaluations/{evaluation}/batches/"),
     ):
         response = client.request(method, path, follow_redirects=False)
         assert response.status_code == 404, (method, path, response.status_code)
-        assert "without the trailing slash" in response.json()["detail"]
+        assert "allow" not in response.headers
+        if method != "HEAD":
+            served = path.rstrip("/")
+            assert f"without the trailing slash: {served})" in response.json()["detail"]
     assert client.get(f"/v1/evaluations/{evaluation}").status_code == 200  # not deleted
+    # No hint where the path without the slash does not serve the method either.
+    for method, path in (("DELETE", "/v1/losses/"), ("PUT", f"/v1/evaluations/{evaluation}/")):
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert "trailing slash" not in response.json()["detail"]
 
 
 @pytest.mark.parametrize(

@@ -424,15 +424,30 @@ def test_a_server_that_is_not_the_service_exits_1(
         assert "(GET /v1/evaluations/abc: 404 File not found, text/html)" in err
     page = answering(200, "text/html; charset=utf-8", b"<!doctype html><title>Welcome</title>")
     other_api = answering(200, "application/json", b'{"ok": true}')
-    for app, media_type in ((page, "text/html"), (other_api, "application/json")):
+    # JSON of the service's shape whose fields hold other types.
+    created = b'{"id": "e1", "status": "open", "created_at": "yesterday", "updated_at": "now",'
+    odd_fields = answering(201, "application/json", created + b' "n_batches": "zero"}')
+    for app, media_type in (
+        (page, "text/html"),
+        (other_api, "application/json"),
+        (odd_fields, "application/json"),
+    ):
         with serve_in_thread(app) as base:
             code, out, err = evaluate(capsys, *argv, "--url", base)
         assert (code, out) == (1, ""), err
         assert err == (
             f"loss-service evaluate: the server at {base} did not answer like the loss service "
-            f"(POST /v1/evaluations: 200 OK, {media_type}); expected --url to be the loss "
-            "service's base URL\n"
+            f"(POST /v1/evaluations: {'201 Created' if app is odd_fields else '200 OK'}, "
+            f"{media_type}); expected --url to be the loss service's base URL\n"
         )
+    gateway = answering(502, "text/html", b"<html><h1>502 Bad Gateway</h1></html>")
+    with serve_in_thread(gateway) as base:
+        code, out, err = evaluate(capsys, *argv, "--url", base)
+    assert (code, out) == (1, ""), err
+    assert err.endswith(
+        "(POST /v1/evaluations: 502 Bad Gateway, text/html); a proxy's error page: the "
+        "service behind it may be down or unreachable\n"
+    )
 
 
 def test_the_readable_table(

@@ -135,6 +135,7 @@ def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         ("LOSS_SERVICE_EVALUATION_TTL", "0"),
         ("LOSS_SERVICE_EVALUATION_TTL", "-60"),
         ("LOSS_SERVICE_EVALUATION_TTL", "a week"),
+        ("LOSS_SERVICE_EVALUATION_TTL", "1e11"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
