@@ -286,14 +286,10 @@ async def _httpx_load(
 
 
 def run_httpx(
-    url: str | Callable[[], str],
-    body: bytes,
-    connections: int,
-    seconds: float,
-    method: str = "POST",
-    expect: int = 200,
+    url: str | Callable[[], str], body: bytes, connections: int, seconds: float, **how: Any
 ) -> Load:
-    return asyncio.run(_httpx_load(url, body, connections, seconds, method, expect))
+    """:func:`_httpx_load` run to its end (``how``: its ``method`` and ``expect``)."""
+    return asyncio.run(_httpx_load(url, body, connections, seconds, **how))
 
 
 # ---- the run -----------------------------------------------------------------------------

@@ -485,13 +485,18 @@ def _queued_puts(
         threading.Thread(target=work, args=(*call, f"{n}:{call[1]}"))
         for n, call in enumerate(calls)
     ]
+    _start_queued(store, threads)
+    return threads, results
+
+
+def _start_queued(store: Store, threads: list[threading.Thread]) -> None:
+    """Start ``threads`` (one put each) and return once every put waits in the queue."""
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 30
-    while len(store._commits._queue) < len(calls):
+    while len(store._commits._queue) < len(threads):
         assert time.monotonic() < deadline, "the puts did not queue"
         time.sleep(0.005)
-    return threads, results
 
 
 def test_puts_waiting_together_are_committed_together(store: Store) -> None:
@@ -1039,12 +1044,7 @@ def test_puts_committed_together_are_each_checked_against_the_ones_before(
     commits = store.commits
     with commit_running(store):
         threads = [threading.Thread(target=work, args=(f"g-{n}",)) for n in range(5)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while len(store._commits._queue) < len(threads):
-            assert time.monotonic() < deadline, "the puts did not queue"
-            time.sleep(0.005)
+        _start_queued(store, threads)
     for thread in threads:
         thread.join()
     # One commit: 1e300 + 2 × 4e300 fit under 1.07e301, a third does not; the group goes
