@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import zipfile
 import zlib
@@ -594,8 +593,6 @@ def evaluate_locally(
     }
 
 
-#: What an API key (a Bearer token) may hold: visible ASCII characters, as the service's.
-_TOKEN = re.compile(r"[\x21-\x7e]+")
 #: The media types of the service's answers (its results, and its problem documents).
 _JSON_TYPES = frozenset({"application/json", "application/problem+json"})
 
@@ -603,6 +600,8 @@ _JSON_TYPES = frozenset({"application/json", "application/problem+json"})
 def check_service_options(url: str, api_key: str | None) -> None:
     """``--url`` and ``--api-key`` as they can be sent: a usage error otherwise."""
     import httpx
+
+    from service.settings import TOKEN
 
     example = "expected the service's base URL, such as http://127.0.0.1:8000"
     try:
@@ -613,7 +612,7 @@ def check_service_options(url: str, api_key: str | None) -> None:
         raise UsageError(f"--url {url!r}: not an http:// or https:// URL with a host; {example}")
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         raise UsageError(f"--url {url!r}: port {parsed.port} is not 1 to 65535; {example}")
-    if api_key is not None and _TOKEN.fullmatch(api_key) is None:
+    if api_key is not None and TOKEN.fullmatch(api_key) is None:
         # The key itself is not quoted back: it is a secret.
         raise UsageError(
             "--api-key: empty, or holds characters a Bearer token cannot (spaces, control or "

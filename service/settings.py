@@ -21,7 +21,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LogFormat = Literal["json", "console"]
 
 #: What an API key may hold: the visible ASCII characters of a Bearer token (no spaces).
-_TOKEN = re.compile(r"[\x21-\x7e]+")
+TOKEN = re.compile(r"[\x21-\x7e]+")
 _ORIGIN = re.compile(r"https?://[^\s/]+")
 #: The longest evaluation TTL: a thousand years (the sweep subtracts it from today's date).
 _MAX_TTL = timedelta(days=365_000)
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
         for index, key in enumerate(keys):
-            if _TOKEN.fullmatch(key.get_secret_value()) is None:
+            if TOKEN.fullmatch(key.get_secret_value()) is None:
                 # The key itself is never quoted back: it is a secret.
                 raise ValueError(
                     f"API key #{index + 1} is empty or holds characters a Bearer token "

@@ -63,6 +63,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from service.kernels.stats import statistic_size
+
 LIMB_BITS = 32
 #: Weight of limb 0 is ``2**BASE``: a multiple of 32 below ``2**-1126``, the lowest
 #: mantissa bit of the smallest subnormal as ``np.frexp`` splits it (0.5 × 2**-1073).
@@ -596,7 +598,7 @@ class Headroom:
         total = self.totals().sums.get(name)
         merged = FixedSum.zeros(shape) if total is None else total.copy()
         merged.add_all([*self._admitted.get(name, []), *([] if part is None else [part])])
-        return _size(merged.to_floats())
+        return statistic_size(merged.to_floats())
 
     def admit(self, batch: ExactTotals) -> Overflow | None:
         """``None``, and the batch counted in, when the totals with every batch admitted
@@ -609,13 +611,8 @@ class Headroom:
             size = self._size(name, part, part.shape)
             if not size < self.limit:
                 before = self._size(name, None, part.shape)
-                return Overflow(name, size, before, _size(part.to_floats()))
+                return Overflow(name, size, before, statistic_size(part.to_floats()))
         for name, part in batch.sums.items():
             self._bounds[name] = self._bound(name) + bounds[name]
             self._admitted.setdefault(name, []).append(part)
         return None
-
-
-def _size(values: FloatArray) -> float:
-    with np.errstate(over="ignore"):
-        return float(np.add.reduce(np.abs(values), axis=None))
