@@ -29,12 +29,13 @@ from storage_helpers import (
 from service.errors import InvalidInput
 from service.kernels.stats import STATISTIC_LIMIT
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
+from service.storage import statements as statements_module
 from service.storage.blobs import encode_arrays, encode_totals
 from service.storage.commits import _Written, _WrittenLast
 from service.storage.exact import ExactTotals
 from service.storage.rows import encode_cursor
 from service.storage.schema import batches, evaluations
-from service.storage.statements import PutStatements
+from service.storage.statements import PREPARED_KEY, PutStatements
 
 OWNER = "owner-hash"
 
@@ -727,6 +728,92 @@ def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
             assert store._commits._connection.driver_connection.info.backend_pid != backend
             totals = store.get_totals(OWNER, evaluation.id)
             assert totals is not None and totals.evaluation.n_batches == 2
+        finally:
+            store.dispose()
+
+
+def test_a_batch_stored_alone_reads_back_as_one_stored_after_a_read(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first put is stored after a read; the next ones (the evaluation written last)
+    # alone: on PostgreSQL by libpq, with the parameters in its wire formats.
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    alone = _alone(monkeypatch)
+    answer = {"losses": {"z": 0.1, "a": 1e-300}, "warnings": [{"code": "é ✓"}], "n": 2**62}
+    stats = batch_stats("x")
+    stored = []
+    for batch_id in ("read", "alone-1", "alone-2"):
+        clock.advance(microseconds=123457)
+        result = store.put_batch(
+            OWNER, evaluation.id, batch_id, bytes(range(32)), stats, answer, 7, warnings=["w"]
+        )
+        assert result.outcome is PutOutcome.CREATED
+        stored.append(clock.now)
+    assert alone == ([1, 1] if store.engine.dialect.name == "postgresql" else [])
+    page = store.list_batches(OWNER, evaluation.id, with_stats=True)
+    assert page is not None and [b.batch_id for b in page.items] == ["read", "alone-1", "alone-2"]
+    for batch, when in zip(page.items, stored, strict=True):
+        assert batch.received_at == when and batch.content_hash == bytes(range(32))
+        assert batch.n_samples == 7 and batch.answer == answer
+        assert list(batch.answer["losses"]) == ["z", "a"]
+        assert batch.stats is not None
+        assert all(bits(batch.stats[k]) == bits(v) for k, v in stats.items())
+    row = store.get_evaluation(OWNER, evaluation.id)
+    assert row is not None and row.updated_at == stored[-1]
+    assert row.warnings == {"w": 3} and row.n_samples == 21
+    _exact(store, evaluation.id, 3)
+
+
+def test_a_put_alone_whose_prepared_statement_went_prepares_it_again(tmp_path: Path) -> None:
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir)
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            for batch_id in ("a", "b"):
+                assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+            connection = store._commits._connection
+            assert connection is not None and connection.info[PREPARED_KEY]
+            # As psycopg does when one of its plans goes stale.
+            connection.driver_connection.execute("DEALLOCATE ALL")
+            connection.commit()
+            assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
+            assert store._commits._connection is connection  # no failure: the same one
+            _exact(store, evaluation.id, 3)
+        finally:
+            store.dispose()
+
+
+def test_a_connection_keeps_a_bounded_number_of_put_statements_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements_module, "PREPARED_MAX", 2)
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir)
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            alone = _alone(monkeypatch)
+            assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
+            # Statements of 1, 2 and 3 batches, then of 1 with the warnings changed.
+            for size in (1, 2, 3):
+                with commit_running(store):
+                    threads, results = _queued_puts(
+                        store, [(evaluation.id, f"{size}-{n}", 0) for n in range(size)]
+                    )
+                for thread in threads:
+                    thread.join()
+                assert all(r.outcome is PutOutcome.CREATED for r in results.values())
+            assert put(store, evaluation.id, "w", warnings=["w"]).outcome is PutOutcome.CREATED
+            assert alone == [1, 2, 3, 1]
+            connection = store._commits._connection
+            assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
+            names = connection.driver_connection.execute(
+                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'loss_service_put_%'"
+            ).fetchall()
+            connection.commit()
+            assert sorted(n for (n,) in names) == sorted(
+                n.decode() for n in connection.info[PREPARED_KEY]
+            )
+            _exact(store, evaluation.id, 8)
         finally:
             store.dispose()
 

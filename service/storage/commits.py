@@ -20,9 +20,9 @@ on the driver's cursor):
 * as written last: when this committer wrote the evaluation last and keeps it as it left
   it (:class:`_WrittenLast`), the row is updated by a statement that fails unless the
   row is still as written, and the new batches inserted; on PostgreSQL both are one
-  statement, run alone in autocommit (one round trip). If the row changed (another
-  process wrote it, it was closed, rebuilt or deleted) or a batch id is stored, nothing
-  is written and the group is stored after a read.
+  statement, run with no transaction open, so that it commits alone (one round trip).
+  If the row changed (another process wrote it, it was closed, rebuilt or deleted) or a
+  batch id is stored, nothing is written and the group is stored after a read.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ class Committer:
 
     def _put_alone(self, puts: list[Put], known: _Written) -> list[Answer] | None:
         """PostgreSQL: the puts of one evaluation that this process wrote last, as
-        :meth:`_put_written` writes them, by one statement run in autocommit (one round
+        :meth:`_put_written` writes them, by one statement that commits alone (one round
         trip, its commit included). ``None`` when nothing was written: not every put is a
         new batch, the row changed or is gone, a batch id is stored (then the group is
         stored after a read). Up to ``INSERT_ROWS`` puts (more go the other way)."""
@@ -350,26 +350,14 @@ class Committer:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
-        driver: Any = connection.driver_connection
-        cursor = connection.cursor()
-        failure: Exception | None = None
         try:
-            # Autocommit can only be set between transactions (a pool's ping may have
-            # opened one); a rollback with none open sends nothing.
+            # The statement commits alone when no transaction is open (a pool's ping may
+            # have opened one; a rollback with none open sends nothing).
             connection.rollback()
-            driver.autocommit = True
-            stored = self._statements.put_alone(cursor, left.state["pk"], known.state, changes, new)
-        except Exception as error:
-            failure = error
-        finally:
-            with contextlib.suppress(Exception):
-                cursor.close()
-        try:
-            driver.autocommit = False
-        except Exception as error:
-            # A connection left in autocommit must never run a group's transaction.
-            self._lost(connection, failure or error)
-        if failure is not None:
+            stored = self._statements.put_alone(
+                connection, left.state["pk"], known.state, changes, new
+            )
+        except Exception as failure:
             integrity = self._integrity_error
             if integrity is not None and isinstance(failure, integrity):
                 return None  # the statement failed whole: nothing was written

@@ -8,16 +8,28 @@ the same statements are written once per dialect and run on the driver's cursor,
 value converted by SQLAlchemy's own processor for its column type (the ones Core would
 apply), so that what they store reads back through Core exactly as if Core had written
 it, and the other methods of the store go on using Core.
+
+On PostgreSQL the statement that stores an evaluation's puts alone (see
+:meth:`PutStatements.put_alone`) goes one level lower still: it is prepared once per
+connection and run through libpq (psycopg's ``pgconn``), its parameters turned into
+PostgreSQL's wire formats here, from the values those processors give. psycopg's own
+path (adapting each parameter, its prepared-statement cache, results) cost ~0.1 ms of
+interpreter time per put, as much as the rest of the statement's preparation; libpq
+waits for the commit with the interpreter lock released.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Dialect
+from sqlalchemy import JSON, BigInteger, Column, Dialect, Integer, LargeBinary, String
 
 from service.storage.schema import batches, evaluations
 
@@ -40,6 +52,91 @@ def _result(dialect: Dialect, columns: Iterable[Column[Any]]) -> list[Processor]
 
 def _convert(processors: Sequence[Processor], values: Sequence[Any]) -> list[Any]:
     return [v if p is None else p(v) for p, v in zip(processors, values, strict=True)]
+
+
+#: How many statements of puts alone each connection keeps prepared, and a store keeps
+#: built (one per set of changed columns and number of batches: a handful in practice);
+#: past it the least recently used goes.
+PREPARED_MAX = 32
+#: The key of a connection's prepared statements in its pool record's ``info``.
+PREPARED_KEY = "loss_service_prepared"
+#: PostgreSQL's result status of a command that returns no rows, and its error code for a
+#: prepared statement the connection does not have (one deallocated behind our back).
+_COMMAND_OK = 1
+_NO_SUCH_STATEMENT = "26000"
+#: libpq's transaction status of a connection with no transaction open.
+_IDLE = 0
+#: libpq's field code of an error's SQLSTATE (PG_DIAG_SQLSTATE, "C").
+_SQLSTATE_FIELD = ord("C")
+
+#: A parameter in PostgreSQL's wire format: its type's oid, 0 (text) or 1 (binary), and
+#: how a value (as SQLAlchemy's bind processor of its column gives it) becomes its bytes.
+Wire = tuple[int, int, Callable[[Any], bytes]]
+
+
+def _int8(value: int) -> bytes:
+    return b"%d" % value
+
+
+def _timestamptz(value: datetime) -> bytes:
+    # UTCDateTime's processor gives an aware UTC datetime; ISO 8601 text keeps its
+    # microseconds, as psycopg's own dumper does.
+    return value.isoformat().encode()
+
+
+def _bytea(value: Any) -> bytes:
+    # SQLAlchemy's LargeBinary processor wraps the bytes in psycopg's Binary.
+    return bytes(getattr(value, "obj", value))
+
+
+def _json_text(value: Any) -> bytes:
+    # SQLAlchemy's JSON processor wraps the document in psycopg's Json, with the engine's
+    # serializer (None: the standard library's, as psycopg's dumper then uses).
+    dumps = value.dumps or json.dumps
+    text = dumps(value.obj)
+    return text.encode() if isinstance(text, str) else bytes(text)
+
+
+def _wire(column: Column[Any]) -> Wire:
+    """How a value of ``column`` goes over the wire to PostgreSQL."""
+    kind = column.type
+    if hasattr(kind, "impl"):  # a TypeDecorator: UTCDateTime
+        return 1184, 0, _timestamptz
+    if isinstance(kind, (BigInteger, Integer)):
+        return 20, 0, _int8
+    if isinstance(kind, LargeBinary):
+        return 17, 1, _bytea
+    if isinstance(kind, JSON):
+        return 114, 0, _json_text
+    if isinstance(kind, String):
+        return 1043, 0, str.encode
+    raise TypeError(f"no wire format for column {column.key} of type {kind!r}")
+
+
+def _numbered(statement: str) -> str:
+    """``statement`` with libpq's numbered parameters ($1, $2...) for the driver's %s."""
+    parts = statement.split("%s")
+    return "".join(
+        part if n == len(parts) else f"{part}${n}" for n, part in enumerate(parts, start=1)
+    )
+
+
+class _Raw:
+    """A put-alone statement as libpq runs it: its text, the types, formats and encoders
+    of its parameters, and its name once prepared on a connection."""
+
+    __slots__ = ("encoders", "formats", "name", "sql", "types")
+
+    def __init__(self, sql: str, columns: Sequence[Column[Any]], name: bytes) -> None:
+        wires = [_wire(column) for column in columns]
+        self.sql = _numbered(sql).encode()
+        self.types = [oid for oid, _, _ in wires]
+        self.formats = [form for _, form, _ in wires]
+        self.encoders = [encode for _, _, encode in wires]
+        self.name = name
+
+    def values(self, params: Sequence[Any]) -> list[bytes]:
+        return [encode(v) for encode, v in zip(self.encoders, params, strict=True)]
 
 
 class PutStatements:
@@ -96,9 +193,9 @@ class PutStatements:
         self._read_evaluation = _result(dialect, self.evaluation_columns)
         self._read_batch = _result(dialect, self.batch_columns)
         self._write_batch = _bind(dialect, self._insert_columns)
-        #: On PostgreSQL that update and the insert of the batches are one statement,
-        #: which run alone (autocommit) is a transaction of one round trip: the batches are
-        #: inserted from the updated row, so none is if the row is gone.
+        #: On PostgreSQL that update and the insert of the batches are one statement, which
+        #: run with no transaction open is a transaction of one round trip: the batches
+        #: are inserted from the updated row, so none is if the row is gone.
         self.alone = not self.sqlite
         self._alone_row = (
             "SELECT "
@@ -113,6 +210,10 @@ class PutStatements:
             for c, p in zip(self._insert_columns, self._write_batch, strict=True)
             if c.key != "evaluation_pk"
         ]
+        # The put-alone statements built, by changed columns and number of batches, the
+        # most recently used last; and the numbers of their names.
+        self._raws: OrderedDict[tuple[tuple[str, ...], int], _Raw] = OrderedDict()
+        self._names = itertools.count()
 
     def begin(self, cursor: Any) -> None:
         """Open the transaction: on SQLite, with the write lock taken up front (PostgreSQL's
@@ -213,24 +314,87 @@ class PutStatements:
 
     def put_alone(
         self,
-        cursor: Any,
+        connection: Any,
         evaluation_pk: int,
         written: Mapping[str, Any],
         changes: Mapping[str, Any],
         rows: Sequence[Mapping[str, Any]],
     ) -> int:
         """PostgreSQL: :meth:`update_written` and :meth:`insert` of ``rows`` (up to
-        ``INSERT_ROWS``) as one statement, for a connection in autocommit: one round trip
+        ``INSERT_ROWS``) as one statement, run with no transaction open on ``connection``
+        (a connection of the engine's pool), so that it commits alone: one round trip
         stores them. How many batches it inserted: none when the row is gone; it fails
-        (``IntegrityError``, nothing written) when the row changed or a batch id is
-        stored."""
+        (the driver's ``IntegrityError``, nothing written) when the row changed or a
+        batch id is stored."""
         assert self.alone and 0 < len(rows) <= INSERT_ROWS
         update, params = self._written(evaluation_pk, written, changes)
         for row in rows:
             params += _convert(self._write_alone, [row[key] for key in self._alone_columns])
-        statement = (
-            f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
-            + " UNION ALL ".join([self._alone_row] * len(rows))
-        )
-        cursor.execute(statement, params)
-        return int(cursor.rowcount)
+        keys = tuple(key for key in self._changed if key in changes)
+        raw = self._raw_statement(keys, len(rows), update)
+        driver = connection.driver_connection
+        pgconn = driver.pgconn
+        if pgconn.transaction_status != _IDLE:
+            # Inside a transaction the statement would not commit on its own.
+            raise RuntimeError("a put alone runs with no transaction open on its connection")
+        values = raw.values(params)
+        # The names prepared on this connection, the most recently used last.
+        prepared: OrderedDict[bytes, None] = connection.info.setdefault(PREPARED_KEY, OrderedDict())
+        result = None
+        if raw.name in prepared:
+            prepared.move_to_end(raw.name)
+            result = pgconn.exec_prepared(raw.name, values, raw.formats)
+            if result.status != _COMMAND_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
+                # Deallocated meanwhile (psycopg deallocates its own statements, with
+                # DEALLOCATE ALL, when a plan goes stale): prepared again below.
+                prepared.clear()
+                result = None
+        if result is None:
+            while len(prepared) >= PREPARED_MAX:
+                oldest, _ = prepared.popitem(last=False)
+                pgconn.exec_(b'DEALLOCATE "' + oldest + b'"')
+            made = pgconn.prepare(raw.name, raw.sql, raw.types)
+            if made.status != _COMMAND_OK:
+                raise _error(driver, made)
+            prepared[raw.name] = None
+            result = pgconn.exec_prepared(raw.name, values, raw.formats)
+        if result.status != _COMMAND_OK:
+            raise _error(driver, result)
+        return int(result.command_tuples)
+
+    def _raw_statement(self, keys: tuple[str, ...], n_rows: int, update: str) -> _Raw:
+        """The put-alone statement of ``n_rows`` batches updating the columns ``keys``."""
+        raw = self._raws.get((keys, n_rows))
+        if raw is not None:
+            self._raws.move_to_end((keys, n_rows))
+        else:
+            statement = (
+                f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
+                + " UNION ALL ".join([self._alone_row] * n_rows)
+            )
+            columns = [
+                *(evaluations.c[key] for key in ("n_batches", "updated_at", *keys)),
+                evaluations.c.pk,
+                *[batches.c[key] for key in self._alone_columns] * n_rows,
+            ]
+            # A new name each time: one built again after it went may differ from the
+            # statement prepared under its old name on a connection.
+            name = f"loss_service_put_{next(self._names)}".encode()
+            raw = self._raws[keys, n_rows] = _Raw(statement, columns, name)
+            while len(self._raws) > PREPARED_MAX:
+                self._raws.popitem(last=False)
+        return raw
+
+
+def _sqlstate(result: Any) -> str | None:
+    code = result.error_field(_SQLSTATE_FIELD)
+    return None if code is None else bytes(code).decode()
+
+
+def _error(driver: Any, result: Any) -> Exception:
+    """psycopg's exception for a failed result, as its own ``execute`` would raise it
+    (``IntegrityError`` for a constraint; a lost connection leaves the driver
+    ``broken``)."""
+    import psycopg.errors
+
+    return psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
