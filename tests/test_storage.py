@@ -29,7 +29,6 @@ from storage_helpers import (
 from service.errors import InvalidInput
 from service.kernels.stats import STATISTIC_LIMIT
 from service.storage import InvalidCursor, PutOutcome, PutResult, Store
-from service.storage import statements as statements_module
 from service.storage.blobs import encode_arrays, encode_totals
 from service.storage.commits import _Written, _WrittenLast
 from service.storage.exact import ExactTotals
@@ -783,27 +782,27 @@ def test_a_put_alone_whose_prepared_statement_went_prepares_it_again(tmp_path: P
             store.dispose()
 
 
-def test_a_connection_keeps_a_bounded_number_of_put_statements_prepared(
+def test_a_connection_prepares_the_statement_of_one_put_and_sends_groups_unnamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(statements_module, "PREPARED_MAX", 2)
     with database("postgresql", tmp_path) as db:
         store = Store.open(db.url, db.data_dir)
         try:
             evaluation = store.create_evaluation(OWNER, {}, {})
             alone = _alone(monkeypatch)
             assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
-            # Statements of 1, 2 and 3 batches, then of 1 with the warnings changed.
-            for size in (1, 2, 3):
+            # Statements of 1, 2, 3 and 1 batches, then of 1 with the warnings changed.
+            for size in (1, 2, 3, 1):
                 with commit_running(store):
                     threads, results = _queued_puts(
-                        store, [(evaluation.id, f"{size}-{n}", 0) for n in range(size)]
+                        store, [(evaluation.id, f"{size}-{n}-{len(alone)}", 0) for n in range(size)]
                     )
                 for thread in threads:
                     thread.join()
                 assert all(r.outcome is PutOutcome.CREATED for r in results.values())
             assert put(store, evaluation.id, "w", warnings=["w"]).outcome is PutOutcome.CREATED
-            assert alone == [1, 2, 3, 1]
+            assert alone == [1, 2, 3, 1, 1]
+            # One prepared statement per set of changed columns, whatever the groups.
             connection = store._commits._connection
             assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
             names = connection.driver_connection.execute(
@@ -813,7 +812,7 @@ def test_a_connection_keeps_a_bounded_number_of_put_statements_prepared(
             assert sorted(n for (n,) in names) == sorted(
                 n.decode() for n in connection.info[PREPARED_KEY]
             )
-            _exact(store, evaluation.id, 8)
+            _exact(store, evaluation.id, 9)
         finally:
             store.dispose()
 

@@ -10,18 +10,18 @@ apply), so that what they store reads back through Core exactly as if Core had w
 it, and the other methods of the store go on using Core.
 
 On PostgreSQL the statement that stores an evaluation's puts alone (see
-:meth:`PutStatements.put_alone`) goes one level lower still: it is prepared once per
-connection and run through libpq (psycopg's ``pgconn``), its parameters turned into
-PostgreSQL's wire formats here, from the values those processors give. psycopg's own
-path (adapting each parameter, its prepared-statement cache, results) cost ~0.1 ms of
-interpreter time per put, as much as the rest of the statement's preparation; libpq
-waits for the commit with the interpreter lock released.
+:meth:`PutStatements.put_alone`) goes one level lower still: it runs through libpq
+(psycopg's ``pgconn``; for one batch, prepared once per connection), its parameters
+turned into PostgreSQL's wire formats here, from the values those processors give.
+psycopg's own path (adapting each parameter, its prepared-statement cache, results) cost
+~0.05–0.1 ms of interpreter time per put, as much as the rest of the statement's
+preparation; libpq waits for the commit with the interpreter lock released.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,11 +54,11 @@ def _convert(processors: Sequence[Processor], values: Sequence[Any]) -> list[Any
     return [v if p is None else p(v) for p, v in zip(processors, values, strict=True)]
 
 
-#: How many statements of puts alone each connection keeps prepared, and a store keeps
-#: built (one per set of changed columns and number of batches: a handful in practice);
-#: past it the least recently used goes.
-PREPARED_MAX = 32
-#: The key of a connection's prepared statements in its pool record's ``info``.
+#: Put-alone statements a store keeps built (one per set of changed columns and number
+#: of batches), the least recently used going first.
+STATEMENTS_KEPT = 64
+#: The key of the names of a connection's prepared statements in its pool record's
+#: ``info``.
 PREPARED_KEY = "loss_service_prepared"
 #: PostgreSQL's result status of a command that returns no rows, and its error code for a
 #: prepared statement the connection does not have (one deallocated behind our back).
@@ -123,11 +123,12 @@ def _numbered(statement: str) -> str:
 
 class _Raw:
     """A put-alone statement as libpq runs it: its text, the types, formats and encoders
-    of its parameters, and its name once prepared on a connection."""
+    of its parameters, and the name it is prepared under on a connection (``None``: sent
+    unnamed)."""
 
     __slots__ = ("encoders", "formats", "name", "sql", "types")
 
-    def __init__(self, sql: str, columns: Sequence[Column[Any]], name: bytes) -> None:
+    def __init__(self, sql: str, columns: Sequence[Column[Any]], name: bytes | None) -> None:
         wires = [_wire(column) for column in columns]
         self.sql = _numbered(sql).encode()
         self.types = [oid for oid, _, _ in wires]
@@ -211,9 +212,8 @@ class PutStatements:
             if c.key != "evaluation_pk"
         ]
         # The put-alone statements built, by changed columns and number of batches, the
-        # most recently used last; and the numbers of their names.
+        # most recently used last.
         self._raws: OrderedDict[tuple[tuple[str, ...], int], _Raw] = OrderedDict()
-        self._names = itertools.count()
 
     def begin(self, cursor: Any) -> None:
         """Open the transaction: on SQLite, with the write lock taken up front (PostgreSQL's
@@ -338,51 +338,62 @@ class PutStatements:
             # Inside a transaction the statement would not commit on its own.
             raise RuntimeError("a put alone runs with no transaction open on its connection")
         values = raw.values(params)
-        # The names prepared on this connection, the most recently used last.
-        prepared: OrderedDict[bytes, None] = connection.info.setdefault(PREPARED_KEY, OrderedDict())
-        result = None
-        if raw.name in prepared:
-            prepared.move_to_end(raw.name)
-            result = pgconn.exec_prepared(raw.name, values, raw.formats)
-            if result.status != _COMMAND_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
-                # Deallocated meanwhile (psycopg deallocates its own statements, with
-                # DEALLOCATE ALL, when a plan goes stale): prepared again below.
-                prepared.clear()
-                result = None
-        if result is None:
-            while len(prepared) >= PREPARED_MAX:
-                oldest, _ = prepared.popitem(last=False)
-                pgconn.exec_(b'DEALLOCATE "' + oldest + b'"')
-            made = pgconn.prepare(raw.name, raw.sql, raw.types)
-            if made.status != _COMMAND_OK:
-                raise _error(driver, made)
-            prepared[raw.name] = None
-            result = pgconn.exec_prepared(raw.name, values, raw.formats)
+        if raw.name is None:
+            # A group: its statement, sent unnamed, is parsed and run in one round trip.
+            result = pgconn.exec_params(raw.sql, values, raw.types, raw.formats)
+        else:
+            result = self._exec_prepared(connection, raw, values)
         if result.status != _COMMAND_OK:
             raise _error(driver, result)
         return int(result.command_tuples)
 
+    def _exec_prepared(self, connection: Any, raw: _Raw, values: list[bytes]) -> Any:
+        """``raw`` run as the connection's prepared statement, prepared first if it is not
+        (one name per statement: a connection holds one per set of changed columns)."""
+        pgconn = connection.driver_connection.pgconn
+        assert raw.name is not None
+        prepared: set[bytes] = connection.info.setdefault(PREPARED_KEY, set())
+        if raw.name in prepared:
+            result = pgconn.exec_prepared(raw.name, values, raw.formats)
+            if result.status == _COMMAND_OK or _sqlstate(result) != _NO_SUCH_STATEMENT:
+                return result
+            # Deallocated meanwhile (psycopg deallocates its own statements, with
+            # DEALLOCATE ALL, when a plan goes stale): prepared again.
+            prepared.clear()
+        made = pgconn.prepare(raw.name, raw.sql, raw.types)
+        if made.status != _COMMAND_OK:
+            raise _error(connection.driver_connection, made)
+        prepared.add(raw.name)
+        return pgconn.exec_prepared(raw.name, values, raw.formats)
+
     def _raw_statement(self, keys: tuple[str, ...], n_rows: int, update: str) -> _Raw:
-        """The put-alone statement of ``n_rows`` batches updating the columns ``keys``."""
+        """The put-alone statement of ``n_rows`` batches updating the columns ``keys``:
+        prepared on each connection for one batch (a put that came alone, whose latency
+        counts), sent unnamed for more (a group, whose parse is shared by its puts, and
+        whose sizes vary: prepared, they would pile up on the connection)."""
         raw = self._raws.get((keys, n_rows))
         if raw is not None:
             self._raws.move_to_end((keys, n_rows))
-        else:
-            statement = (
-                f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
-                + " UNION ALL ".join([self._alone_row] * n_rows)
+            return raw
+        statement = (
+            f"WITH written AS ({update} RETURNING pk) {self._alone_insert}"
+            + " UNION ALL ".join([self._alone_row] * n_rows)
+        )
+        columns = [
+            *(evaluations.c[key] for key in ("n_batches", "updated_at", *keys)),
+            evaluations.c.pk,
+            *[batches.c[key] for key in self._alone_columns] * n_rows,
+        ]
+        # Named after its text: built again, it takes the name it had.
+        name = None
+        if n_rows == 1:
+            name = (
+                b"loss_service_put_"
+                + hashlib.blake2b(statement.encode(), digest_size=8).hexdigest().encode()
             )
-            columns = [
-                *(evaluations.c[key] for key in ("n_batches", "updated_at", *keys)),
-                evaluations.c.pk,
-                *[batches.c[key] for key in self._alone_columns] * n_rows,
-            ]
-            # A new name each time: one built again after it went may differ from the
-            # statement prepared under its old name on a connection.
-            name = f"loss_service_put_{next(self._names)}".encode()
-            raw = self._raws[keys, n_rows] = _Raw(statement, columns, name)
-            while len(self._raws) > PREPARED_MAX:
-                self._raws.popitem(last=False)
+        raw = self._raws[keys, n_rows] = _Raw(statement, columns, name)
+        while len(self._raws) > STATEMENTS_KEPT:
+            self._raws.popitem(last=False)
         return raw
 
 
