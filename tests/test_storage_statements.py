@@ -112,3 +112,66 @@ def test_rows_written_by_core_are_read_by_the_driver_alike(store: Store) -> None
     finally:
         connection.close()
     assert stored == [{k: v for k, v in _batch(pk, 1, "x").items() if k != "stats"}]
+
+
+@pytest.fixture
+def pg_store(tmp_path: Path) -> Iterator[Store]:
+    with database("postgresql", tmp_path) as db:
+        opened = Store.open(db.url, db.data_dir)
+        try:
+            yield opened
+        finally:
+            opened.dispose()
+
+
+def test_a_put_alone_through_libpq_stores_what_core_reads_back(pg_store: Store) -> None:
+    import psycopg
+
+    evaluation = pg_store.create_evaluation("owner", {}, {})
+    sql = PutStatements(pg_store.engine.dialect)
+    with pg_store.engine.connect() as core:
+        first = core.execute(select(evaluations).where(evaluations.c.id == evaluation.id)).one()
+    pk = first.pk
+    later = WHEN.replace(microsecond=654321)
+    connection = pg_store.engine.raw_connection()
+    try:
+        # One batch (a prepared statement), with the warnings and facts changed.
+        changes = {
+            "n_batches": 1,
+            "n_samples": 7,
+            "updated_at": WHEN,
+            "warnings": {"w": 1},
+            "facts": {"heads": {"": {"n_classes": 3, "classes": ["é", "✓"]}}},
+            "totals": b"\x00totals\xff",
+        }
+        written = {"n_batches": 0, "updated_at": first.updated_at}
+        assert sql.put_alone(connection, pk, written, changes, [_batch(pk, 1, "a")]) == 1
+        # Two batches (sent unnamed), counts, time and totals only.
+        changes = {"n_batches": 3, "n_samples": 21, "updated_at": later, "totals": b"t2"}
+        rows = [_batch(pk, 2, "b"), _batch(pk, 3, "c")]
+        written = {"n_batches": 1, "updated_at": WHEN}
+        assert sql.put_alone(connection, pk, written, changes, rows) == 2
+        # Not as written any more (another process wrote it): nothing written.
+        with pytest.raises(psycopg.IntegrityError):
+            sql.put_alone(connection, pk, written, changes, [_batch(pk, 4, "d")])
+        # A batch id already stored: nothing written either.
+        written = {"n_batches": 3, "updated_at": later}
+        stale = {**changes, "n_batches": 4}
+        with pytest.raises(psycopg.IntegrityError):
+            sql.put_alone(connection, pk, written, stale, [_batch(pk, 4, "a")])
+        # The row gone: nothing inserted.
+        assert sql.put_alone(connection, pk + 1, written, stale, [_batch(pk + 1, 4, "d")]) == 0
+        # Each statement committed alone: nothing left open on the connection.
+        assert connection.driver_connection.pgconn.transaction_status == 0
+    finally:
+        connection.close()
+    with pg_store.engine.connect() as core:
+        read = [
+            dict(r._mapping) for r in core.execute(select(batches).order_by(batches.c.seq)).all()
+        ]
+        after = core.execute(select(evaluations).where(evaluations.c.pk == pk)).one()
+    assert read == [_batch(pk, 1, "a"), _batch(pk, 2, "b"), _batch(pk, 3, "c")]
+    assert list(read[0]["answer"]) == ["z", "a", "é"]
+    assert (after.n_batches, after.n_samples, after.updated_at) == (3, 21, later)
+    assert after.warnings == {"w": 1} and after.totals == b"t2"
+    assert after.facts == {"heads": {"": {"n_classes": 3, "classes": ["é", "✓"]}}}
