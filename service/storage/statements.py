@@ -342,29 +342,10 @@ class PutStatements:
             # A group: its statement, sent unnamed, is parsed and run in one round trip.
             result = pgconn.exec_params(raw.sql, values, raw.types, raw.formats)
         else:
-            result = self._exec_prepared(connection, raw, values)
+            result = _run_prepared(connection, raw, values)
         if result.status != _COMMAND_OK:
             raise _error(driver, result)
         return int(result.command_tuples)
-
-    def _exec_prepared(self, connection: Any, raw: _Raw, values: list[bytes]) -> Any:
-        """``raw`` run as the connection's prepared statement, prepared first if it is not
-        (one name per statement: a connection holds one per set of changed columns)."""
-        pgconn = connection.driver_connection.pgconn
-        assert raw.name is not None
-        prepared: set[bytes] = connection.info.setdefault(PREPARED_KEY, set())
-        if raw.name in prepared:
-            result = pgconn.exec_prepared(raw.name, values, raw.formats)
-            if result.status == _COMMAND_OK or _sqlstate(result) != _NO_SUCH_STATEMENT:
-                return result
-            # Deallocated meanwhile (psycopg deallocates its own statements, with
-            # DEALLOCATE ALL, when a plan goes stale): prepared again.
-            prepared.clear()
-        made = pgconn.prepare(raw.name, raw.sql, raw.types)
-        if made.status != _COMMAND_OK:
-            raise _error(connection.driver_connection, made)
-        prepared.add(raw.name)
-        return pgconn.exec_prepared(raw.name, values, raw.formats)
 
     def _raw_statement(self, keys: tuple[str, ...], n_rows: int, update: str) -> _Raw:
         """The put-alone statement of ``n_rows`` batches updating the columns ``keys``:
@@ -395,6 +376,26 @@ class PutStatements:
         while len(self._raws) > STATEMENTS_KEPT:
             self._raws.popitem(last=False)
         return raw
+
+
+def _run_prepared(connection: Any, raw: _Raw, values: list[bytes]) -> Any:
+    """``raw`` run as the connection's prepared statement, prepared first if it is not
+    (one name per statement: a connection holds one per set of changed columns)."""
+    pgconn = connection.driver_connection.pgconn
+    assert raw.name is not None
+    prepared: set[bytes] = connection.info.setdefault(PREPARED_KEY, set())
+    if raw.name in prepared:
+        result = pgconn.exec_prepared(raw.name, values, raw.formats)
+        if result.status == _COMMAND_OK or _sqlstate(result) != _NO_SUCH_STATEMENT:
+            return result
+        # Deallocated meanwhile (psycopg deallocates its own statements, with
+        # DEALLOCATE ALL, when a plan goes stale): prepared again.
+        prepared.clear()
+    made = pgconn.prepare(raw.name, raw.sql, raw.types)
+    if made.status != _COMMAND_OK:
+        raise _error(connection.driver_connection, made)
+    prepared.add(raw.name)
+    return pgconn.exec_prepared(raw.name, values, raw.formats)
 
 
 def _sqlstate(result: Any) -> str | None:
