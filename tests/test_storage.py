@@ -4,6 +4,7 @@ closed evaluations, ownership, pagination, expiry, and reads that do not grow wi
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, text, update
 from storage_helpers import (
     BACKENDS,
     PG_URL,
@@ -722,11 +723,19 @@ def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
             backend = store._commits._connection.driver_connection.info.backend_pid
             with psycopg.connect(PG_URL, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-            # The commit thread's connection is gone: the next put is committed on a new one.
+            # The commit thread's connection is gone: the next put is committed on a new one
+            # (its statement prepared there).
             assert put(store, evaluation.id, "after").outcome is PutOutcome.CREATED
             assert store._commits._connection.driver_connection.info.backend_pid != backend
+            # Gone again, now that its statement is prepared: the prepared run fails, the
+            # put is committed on a third connection, which prepares it anew.
+            backend = store._commits._connection.driver_connection.info.backend_pid
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            assert put(store, evaluation.id, "again").outcome is PutOutcome.CREATED
+            assert store._commits._connection.driver_connection.info.backend_pid != backend
             totals = store.get_totals(OWNER, evaluation.id)
-            assert totals is not None and totals.evaluation.n_batches == 2
+            assert totals is not None and totals.evaluation.n_batches == 3
         finally:
             store.dispose()
 
@@ -778,6 +787,91 @@ def test_a_put_alone_whose_prepared_statement_went_prepares_it_again(tmp_path: P
             assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
             assert store._commits._connection is connection  # no failure: the same one
             _exact(store, evaluation.id, 3)
+        finally:
+            store.dispose()
+
+
+def test_a_put_alone_statement_deallocated_alone_is_prepared_again_the_others_kept(
+    tmp_path: Path,
+) -> None:
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir)
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            # Two statements prepared: one for a put that changes the warning counts.
+            for batch_id, codes in (("a", ()), ("b", ()), ("w", ("w",))):
+                outcome = put(store, evaluation.id, batch_id, warnings=codes).outcome
+                assert outcome is PutOutcome.CREATED
+            connection = store._commits._connection
+            assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
+            driver = connection.driver_connection
+            (plain,) = [
+                name
+                for (name, text) in driver.execute(
+                    "SELECT name, statement FROM pg_prepared_statements "
+                    "WHERE name LIKE 'loss_service_put_%'"
+                ).fetchall()
+                if "warnings" not in text
+            ]
+            driver.execute(f'DEALLOCATE "{plain}"')
+            connection.commit()
+            assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
+            assert put(store, evaluation.id, "x", warnings=["w"]).outcome is PutOutcome.CREATED
+            assert store._commits._connection is connection  # no failure: the same one
+            _exact(store, evaluation.id, 5)
+        finally:
+            store.dispose()
+
+
+def test_a_connection_that_prepares_nothing_sends_every_put_alone_unnamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg's prepare_threshold=None: what a pooler that moves sessions needs.
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir, connect_args={"prepare_threshold": None})
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            alone = _alone(monkeypatch)
+            for batch_id in ("a", "b", "c"):
+                assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+            assert alone == [1, 1]
+            connection = store._commits._connection
+            assert connection is not None and not connection.info.get(PREPARED_KEY)
+            prepared = connection.driver_connection.execute(
+                "SELECT count(*) FROM pg_prepared_statements"
+            ).fetchone()
+            connection.commit()
+            assert prepared == (0,)
+            _exact(store, evaluation.id, 3)
+        finally:
+            store.dispose()
+
+
+def test_a_put_alone_writes_json_with_the_engines_serializer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unescaped(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir, json_serializer=unescaped)
+        try:
+            evaluation = store.create_evaluation(OWNER, {}, {})
+            alone = _alone(monkeypatch)
+            for batch_id in ("read", "alone"):
+                result = store.put_batch(
+                    OWNER, evaluation.id, batch_id, b"h", {}, {"é": [1, 2]}, 1, warnings=["é"]
+                )
+                assert result.outcome is PutOutcome.CREATED
+            assert alone == [1]
+            with store.engine.connect() as connection:
+                texts = connection.execute(
+                    text("SELECT answer::text FROM batches ORDER BY seq")
+                ).all()
+                warnings = connection.execute(text("SELECT warnings::text FROM evaluations"))
+            # Stored as Core stores it (after a read) and as the serializer writes it.
+            assert [t for (t,) in texts] == ['{"é":[1,2]}', '{"é":[1,2]}']
+            assert warnings.scalar_one() == '{"é":2}'
         finally:
             store.dispose()
 

@@ -175,3 +175,23 @@ def test_a_put_alone_through_libpq_stores_what_core_reads_back(pg_store: Store) 
     assert (after.n_batches, after.n_samples, after.updated_at) == (3, 21, later)
     assert after.warnings == {"w": 1} and after.totals == b"t2"
     assert after.facts == {"heads": {"": {"n_classes": 3, "classes": ["é", "✓"]}}}
+
+
+def test_wire_formats_refuse_values_and_types_they_would_store_wrong() -> None:
+    import json
+
+    from sqlalchemy import Column, Integer, TypeDecorator
+
+    from service.storage.statements import _int8, _wire
+
+    class Other(TypeDecorator[int]):
+        impl = Integer
+        cache_ok = True
+
+    assert _int8(-(2**63)) == b"-9223372036854775808"
+    with pytest.raises(TypeError):
+        _int8(2.9)  # type: ignore[arg-type]  # a float is not truncated into a count
+    # A type decorator other than UTCDateTime is not taken for a timestamp.
+    with pytest.raises(TypeError, match="no wire format"):
+        _wire(Column("x", Other()), json.dumps)
+    assert _wire(evaluations.c.updated_at, json.dumps)[0] == 1184

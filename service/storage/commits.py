@@ -351,8 +351,8 @@ class Committer:
             self._connection = self.engine.raw_connection()
         connection = self._connection
         try:
-            # The statement commits alone when no transaction is open (a pool's ping may
-            # have opened one; a rollback with none open sends nothing).
+            # The statement commits alone when no transaction is open: a rollback makes
+            # sure (it sends nothing when none is).
             connection.rollback()
             stored = self._statements.put_alone(
                 connection, left.state["pk"], known.state, changes, new

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -31,7 +32,7 @@ from typing import Any, cast
 
 from sqlalchemy import JSON, BigInteger, Column, Dialect, Integer, LargeBinary, String
 
-from service.storage.schema import batches, evaluations
+from service.storage.schema import UTCDateTime, batches, evaluations
 
 Processor = Callable[[Any], Any] | None
 
@@ -60,10 +61,12 @@ STATEMENTS_KEPT = 64
 #: The key of the names of a connection's prepared statements in its pool record's
 #: ``info``.
 PREPARED_KEY = "loss_service_prepared"
-#: PostgreSQL's result status of a command that returns no rows, and its error code for a
-#: prepared statement the connection does not have (one deallocated behind our back).
+#: PostgreSQL's result status of a command that returns no rows, and its error codes for a
+#: prepared statement the connection does not have (one deallocated behind our back), and
+#: for one it has already.
 _COMMAND_OK = 1
 _NO_SUCH_STATEMENT = "26000"
+_ALREADY_PREPARED = "42P05"
 #: libpq's transaction status of a connection with no transaction open.
 _IDLE = 0
 #: libpq's field code of an error's SQLSTATE (PG_DIAG_SQLSTATE, "C").
@@ -75,7 +78,8 @@ Wire = tuple[int, int, Callable[[Any], bytes]]
 
 
 def _int8(value: int) -> bytes:
-    return b"%d" % value
+    # operator.index refuses a float rather than truncating it.
+    return b"%d" % operator.index(value)
 
 
 def _timestamptz(value: datetime) -> bytes:
@@ -89,25 +93,29 @@ def _bytea(value: Any) -> bytes:
     return bytes(getattr(value, "obj", value))
 
 
-def _json_text(value: Any) -> bytes:
-    # SQLAlchemy's JSON processor wraps the document in psycopg's Json, with the engine's
-    # serializer (None: the standard library's, as psycopg's dumper then uses).
-    dumps = value.dumps or json.dumps
-    text = dumps(value.obj)
-    return text.encode() if isinstance(text, str) else bytes(text)
+def _json_text(dumps: Callable[[Any], Any]) -> Callable[[Any], bytes]:
+    """JSON as text, by ``dumps``: the engine's serializer (``json_serializer``), which
+    psycopg's dumper uses for the document that SQLAlchemy's JSON processor wraps in its
+    Json (whose own ``dumps`` is then None)."""
+
+    def encode(value: Any) -> bytes:
+        text = (value.dumps or dumps)(value.obj)
+        return text.encode() if isinstance(text, str) else bytes(text)
+
+    return encode
 
 
-def _wire(column: Column[Any]) -> Wire:
+def _wire(column: Column[Any], json_dumps: Callable[[Any], Any]) -> Wire:
     """How a value of ``column`` goes over the wire to PostgreSQL."""
     kind = column.type
-    if hasattr(kind, "impl"):  # a TypeDecorator: UTCDateTime
+    if isinstance(kind, UTCDateTime):
         return 1184, 0, _timestamptz
     if isinstance(kind, (BigInteger, Integer)):
         return 20, 0, _int8
     if isinstance(kind, LargeBinary):
         return 17, 1, _bytea
     if isinstance(kind, JSON):
-        return 114, 0, _json_text
+        return 114, 0, _json_text(json_dumps)
     if isinstance(kind, String):
         return 1043, 0, str.encode
     raise TypeError(f"no wire format for column {column.key} of type {kind!r}")
@@ -128,8 +136,14 @@ class _Raw:
 
     __slots__ = ("encoders", "formats", "name", "sql", "types")
 
-    def __init__(self, sql: str, columns: Sequence[Column[Any]], name: bytes | None) -> None:
-        wires = [_wire(column) for column in columns]
+    def __init__(
+        self,
+        sql: str,
+        columns: Sequence[Column[Any]],
+        name: bytes | None,
+        json_dumps: Callable[[Any], Any],
+    ) -> None:
+        wires = [_wire(column, json_dumps) for column in columns]
         self.sql = _numbered(sql).encode()
         self.types = [oid for oid, _, _ in wires]
         self.formats = [form for _, form, _ in wires]
@@ -214,6 +228,9 @@ class PutStatements:
         # The put-alone statements built, by changed columns and number of batches, the
         # most recently used last.
         self._raws: OrderedDict[tuple[tuple[str, ...], int], _Raw] = OrderedDict()
+        self._json_dumps: Callable[[Any], Any] = (
+            getattr(dialect, "_json_serializer", None) or json.dumps
+        )
 
     def begin(self, cursor: Any) -> None:
         """Open the transaction: on SQLite, with the write lock taken up front (PostgreSQL's
@@ -338,8 +355,10 @@ class PutStatements:
             # Inside a transaction the statement would not commit on its own.
             raise RuntimeError("a put alone runs with no transaction open on its connection")
         values = raw.values(params)
-        if raw.name is None:
-            # A group: its statement, sent unnamed, is parsed and run in one round trip.
+        if raw.name is None or driver.prepare_threshold is None:
+            # A group: its statement, sent unnamed, is parsed and run in one round trip. So
+            # is every statement on a connection told to prepare none (psycopg's
+            # prepare_threshold=None, for a pooler that moves sessions between servers).
             result = pgconn.exec_params(raw.sql, values, raw.types, raw.formats)
         else:
             result = _run_prepared(connection, raw, values)
@@ -372,7 +391,7 @@ class PutStatements:
                 b"loss_service_put_"
                 + hashlib.blake2b(statement.encode(), digest_size=8).hexdigest().encode()
             )
-        raw = self._raws[keys, n_rows] = _Raw(statement, columns, name)
+        raw = self._raws[keys, n_rows] = _Raw(statement, columns, name, self._json_dumps)
         while len(self._raws) > STATEMENTS_KEPT:
             self._raws.popitem(last=False)
         return raw
@@ -388,11 +407,12 @@ def _run_prepared(connection: Any, raw: _Raw, values: list[bytes]) -> Any:
         result = pgconn.exec_prepared(raw.name, values, raw.formats)
         if result.status == _COMMAND_OK or _sqlstate(result) != _NO_SUCH_STATEMENT:
             return result
-        # Deallocated meanwhile (psycopg deallocates its own statements, with
-        # DEALLOCATE ALL, when a plan goes stale): prepared again.
-        prepared.clear()
+        # Deallocated meanwhile (psycopg deallocates its own statements with DEALLOCATE
+        # ALL after a rollback, or when a plan goes stale): prepared again.
+        prepared.discard(raw.name)
     made = pgconn.prepare(raw.name, raw.sql, raw.types)
-    if made.status != _COMMAND_OK:
+    # Already prepared (by this service: the name is the text's) is as good as prepared.
+    if made.status != _COMMAND_OK and _sqlstate(made) != _ALREADY_PREPARED:
         raise _error(connection.driver_connection, made)
     prepared.add(raw.name)
     return pgconn.exec_prepared(raw.name, values, raw.formats)
@@ -404,9 +424,10 @@ def _sqlstate(result: Any) -> str | None:
 
 
 def _error(driver: Any, result: Any) -> Exception:
-    """psycopg's exception for a failed result, as its own ``execute`` would raise it
-    (``IntegrityError`` for a constraint; a lost connection leaves the driver
-    ``broken``)."""
+    """psycopg's exception for a failed result by its SQLSTATE (``IntegrityError`` for a
+    constraint). A lost connection's result has none (a plain ``DatabaseError``, where
+    psycopg's ``execute`` raises an ``OperationalError``): the driver is then ``broken``,
+    which is what the committer looks at."""
     import psycopg.errors
 
     return psycopg.errors.error_from_result(result, encoding=driver.info.encoding)
