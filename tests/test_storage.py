@@ -709,35 +709,53 @@ def test_a_group_larger_than_one_insert_is_inserted_in_parts(
     assert [b.seq for b in page.items] == list(range(1, 8))
 
 
+@contextlib.contextmanager
+def _postgres_store(tmp_path: Path, **options: Any) -> Iterator[Store]:
+    """A store on a fresh PostgreSQL schema (``options`` go to :meth:`Store.open`)."""
+    with database("postgresql", tmp_path) as db:
+        store = Store.open(db.url, db.data_dir, **options)
+        try:
+            yield store
+        finally:
+            store.dispose()
+
+
+def _prepared_puts(store: Store) -> list[tuple[str, str]]:
+    """The put statements prepared on the store's commit connection: name and text."""
+    connection = store._commits._connection
+    assert connection is not None
+    rows = connection.driver_connection.execute(
+        "SELECT name, statement FROM pg_prepared_statements WHERE name LIKE 'loss_service_put_%'"
+    ).fetchall()
+    connection.commit()
+    return [(name, statement) for name, statement in rows]
+
+
 def test_a_lost_postgresql_connection_is_replaced_and_the_group_committed(
     tmp_path: Path,
 ) -> None:
     import psycopg
 
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir)
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            assert put(store, evaluation.id, "before").outcome is PutOutcome.CREATED
-            assert store._commits._connection is not None
-            backend = store._commits._connection.driver_connection.info.backend_pid
-            with psycopg.connect(PG_URL, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-            # The commit thread's connection is gone: the next put is committed on a new one
-            # (its statement prepared there).
-            assert put(store, evaluation.id, "after").outcome is PutOutcome.CREATED
-            assert store._commits._connection.driver_connection.info.backend_pid != backend
-            # Gone again, now that its statement is prepared: the prepared run fails, the
-            # put is committed on a third connection, which prepares it anew.
-            backend = store._commits._connection.driver_connection.info.backend_pid
-            with psycopg.connect(PG_URL, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
-            assert put(store, evaluation.id, "again").outcome is PutOutcome.CREATED
-            assert store._commits._connection.driver_connection.info.backend_pid != backend
-            totals = store.get_totals(OWNER, evaluation.id)
-            assert totals is not None and totals.evaluation.n_batches == 3
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        assert put(store, evaluation.id, "before").outcome is PutOutcome.CREATED
+        assert store._commits._connection is not None
+        backend = store._commits._connection.driver_connection.info.backend_pid
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        # The commit thread's connection is gone: the next put is committed on a new one
+        # (its statement prepared there).
+        assert put(store, evaluation.id, "after").outcome is PutOutcome.CREATED
+        assert store._commits._connection.driver_connection.info.backend_pid != backend
+        # Gone again, now that its statement is prepared: the prepared run fails, the
+        # put is committed on a third connection, which prepares it anew.
+        backend = store._commits._connection.driver_connection.info.backend_pid
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        assert put(store, evaluation.id, "again").outcome is PutOutcome.CREATED
+        assert store._commits._connection.driver_connection.info.backend_pid != backend
+        totals = store.get_totals(OWNER, evaluation.id)
+        assert totals is not None and totals.evaluation.n_batches == 3
 
 
 def test_a_batch_stored_alone_reads_back_as_one_stored_after_a_read(
@@ -773,78 +791,54 @@ def test_a_batch_stored_alone_reads_back_as_one_stored_after_a_read(
 
 
 def test_a_put_alone_whose_prepared_statement_went_prepares_it_again(tmp_path: Path) -> None:
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir)
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            for batch_id in ("a", "b"):
-                assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
-            connection = store._commits._connection
-            assert connection is not None and connection.info[PREPARED_KEY]
-            # As psycopg does when one of its plans goes stale.
-            connection.driver_connection.execute("DEALLOCATE ALL")
-            connection.commit()
-            assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
-            assert store._commits._connection is connection  # no failure: the same one
-            _exact(store, evaluation.id, 3)
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        for batch_id in ("a", "b"):
+            assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+        connection = store._commits._connection
+        assert connection is not None and connection.info[PREPARED_KEY]
+        # As psycopg does when one of its plans goes stale.
+        connection.driver_connection.execute("DEALLOCATE ALL")
+        connection.commit()
+        assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
+        assert store._commits._connection is connection  # no failure: the same one
+        _exact(store, evaluation.id, 3)
 
 
 def test_a_put_alone_statement_deallocated_alone_is_prepared_again_the_others_kept(
     tmp_path: Path,
 ) -> None:
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir)
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            # Two statements prepared: one for a put that changes the warning counts.
-            for batch_id, codes in (("a", ()), ("b", ()), ("w", ("w",))):
-                outcome = put(store, evaluation.id, batch_id, warnings=codes).outcome
-                assert outcome is PutOutcome.CREATED
-            connection = store._commits._connection
-            assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
-            driver = connection.driver_connection
-            (plain,) = [
-                name
-                for (name, text) in driver.execute(
-                    "SELECT name, statement FROM pg_prepared_statements "
-                    "WHERE name LIKE 'loss_service_put_%'"
-                ).fetchall()
-                if "warnings" not in text
-            ]
-            driver.execute(f'DEALLOCATE "{plain}"')
-            connection.commit()
-            assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
-            assert put(store, evaluation.id, "x", warnings=["w"]).outcome is PutOutcome.CREATED
-            assert store._commits._connection is connection  # no failure: the same one
-            _exact(store, evaluation.id, 5)
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        # Two statements prepared: one for a put that changes the warning counts.
+        for batch_id, codes in (("a", ()), ("b", ()), ("w", ("w",))):
+            outcome = put(store, evaluation.id, batch_id, warnings=codes).outcome
+            assert outcome is PutOutcome.CREATED
+        connection = store._commits._connection
+        assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
+        (plain,) = [name for name, sql in _prepared_puts(store) if "warnings" not in sql]
+        connection.driver_connection.execute(f'DEALLOCATE "{plain}"')
+        connection.commit()
+        assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
+        assert put(store, evaluation.id, "x", warnings=["w"]).outcome is PutOutcome.CREATED
+        assert store._commits._connection is connection  # no failure: the same one
+        _exact(store, evaluation.id, 5)
 
 
 def test_a_connection_that_prepares_nothing_sends_every_put_alone_unnamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # psycopg's prepare_threshold=None: what a pooler that moves sessions needs.
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir, connect_args={"prepare_threshold": None})
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            alone = _alone(monkeypatch)
-            for batch_id in ("a", "b", "c"):
-                assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
-            assert alone == [1, 1]
-            connection = store._commits._connection
-            assert connection is not None and not connection.info.get(PREPARED_KEY)
-            prepared = connection.driver_connection.execute(
-                "SELECT count(*) FROM pg_prepared_statements"
-            ).fetchone()
-            connection.commit()
-            assert prepared == (0,)
-            _exact(store, evaluation.id, 3)
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path, connect_args={"prepare_threshold": None}) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        alone = _alone(monkeypatch)
+        for batch_id in ("a", "b", "c"):
+            assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+        assert alone == [1, 1]
+        connection = store._commits._connection
+        assert connection is not None and not connection.info.get(PREPARED_KEY)
+        assert _prepared_puts(store) == []
+        _exact(store, evaluation.id, 3)
 
 
 def test_a_put_alone_writes_json_with_the_engines_serializer(
@@ -853,62 +847,48 @@ def test_a_put_alone_writes_json_with_the_engines_serializer(
     def unescaped(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir, json_serializer=unescaped)
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            alone = _alone(monkeypatch)
-            for batch_id in ("read", "alone"):
-                result = store.put_batch(
-                    OWNER, evaluation.id, batch_id, b"h", {}, {"é": [1, 2]}, 1, warnings=["é"]
-                )
-                assert result.outcome is PutOutcome.CREATED
-            assert alone == [1]
-            with store.engine.connect() as connection:
-                texts = connection.execute(
-                    text("SELECT answer::text FROM batches ORDER BY seq")
-                ).all()
-                warnings = connection.execute(text("SELECT warnings::text FROM evaluations"))
-            # Stored as Core stores it (after a read) and as the serializer writes it.
-            assert [t for (t,) in texts] == ['{"é":[1,2]}', '{"é":[1,2]}']
-            assert warnings.scalar_one() == '{"é":2}'
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path, json_serializer=unescaped) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        alone = _alone(monkeypatch)
+        for batch_id in ("read", "alone"):
+            result = store.put_batch(
+                OWNER, evaluation.id, batch_id, b"h", {}, {"é": [1, 2]}, 1, warnings=["é"]
+            )
+            assert result.outcome is PutOutcome.CREATED
+        assert alone == [1]
+        with store.engine.connect() as connection:
+            texts = connection.execute(text("SELECT answer::text FROM batches ORDER BY seq")).all()
+            warnings = connection.execute(text("SELECT warnings::text FROM evaluations"))
+        # Stored as Core stores it (after a read) and as the serializer writes it.
+        assert [t for (t,) in texts] == ['{"é":[1,2]}', '{"é":[1,2]}']
+        assert warnings.scalar_one() == '{"é":2}'
 
 
 def test_a_connection_prepares_the_statement_of_one_put_and_sends_groups_unnamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with database("postgresql", tmp_path) as db:
-        store = Store.open(db.url, db.data_dir)
-        try:
-            evaluation = store.create_evaluation(OWNER, {}, {})
-            alone = _alone(monkeypatch)
-            assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
-            # Statements of 1, 2, 3 and 1 batches, then of 1 with the warnings changed.
-            for size in (1, 2, 3, 1):
-                with commit_running(store):
-                    threads, results = _queued_puts(
-                        store, [(evaluation.id, f"{size}-{n}-{len(alone)}", 0) for n in range(size)]
-                    )
-                for thread in threads:
-                    thread.join()
-                assert all(r.outcome is PutOutcome.CREATED for r in results.values())
-            assert put(store, evaluation.id, "w", warnings=["w"]).outcome is PutOutcome.CREATED
-            assert alone == [1, 2, 3, 1, 1]
-            # One prepared statement per set of changed columns, whatever the groups.
-            connection = store._commits._connection
-            assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
-            names = connection.driver_connection.execute(
-                "SELECT name FROM pg_prepared_statements WHERE name LIKE 'loss_service_put_%'"
-            ).fetchall()
-            connection.commit()
-            assert sorted(n for (n,) in names) == sorted(
-                n.decode() for n in connection.info[PREPARED_KEY]
-            )
-            _exact(store, evaluation.id, 9)
-        finally:
-            store.dispose()
+    with _postgres_store(tmp_path) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        alone = _alone(monkeypatch)
+        assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
+        # Statements of 1, 2, 3 and 1 batches, then of 1 with the warnings changed.
+        for size in (1, 2, 3, 1):
+            with commit_running(store):
+                threads, results = _queued_puts(
+                    store, [(evaluation.id, f"{size}-{n}-{len(alone)}", 0) for n in range(size)]
+                )
+            for thread in threads:
+                thread.join()
+            assert all(r.outcome is PutOutcome.CREATED for r in results.values())
+        assert put(store, evaluation.id, "w", warnings=["w"]).outcome is PutOutcome.CREATED
+        assert alone == [1, 2, 3, 1, 1]
+        # One prepared statement per set of changed columns, whatever the groups.
+        connection = store._commits._connection
+        assert connection is not None and len(connection.info[PREPARED_KEY]) == 2
+        assert sorted(name for name, _ in _prepared_puts(store)) == sorted(
+            n.decode() for n in connection.info[PREPARED_KEY]
+        )
+        _exact(store, evaluation.id, 9)
 
 
 def test_a_commit_thread_that_died_is_started_again(store: Store) -> None:
