@@ -1326,14 +1326,12 @@ class _BodyLimit:
         """Whether a body of ``size`` bytes is within the known limit."""
         return self.limit is None or size <= self.limit
 
-    def before(self, body: dict[str, Any], call: _Call[Any]) -> list[dict[str, Any]] | None:
-        """The parts to send instead of a batch (about to be sent as ``call``) whose binary
-        size is over the known limit."""
-        if self.limit is None:
+    def before(self, body: dict[str, Any], size: int) -> list[dict[str, Any]] | None:
+        """The parts to send instead of a batch whose binary size, ``size``, is over the
+        known limit."""
+        if self.fits(size):
             return None
-        size = _binary_size_of(body, call)
-        if size <= self.limit:
-            return None
+        assert self.limit is not None
         return _split(body, max(2, -(-size // self.limit)))
 
     def after(
@@ -1376,10 +1374,11 @@ def _batch_put(
     that whether the service takes the batch whole depends on its binary size alone."""
     _check_batch_id(batch_id)
     call = stream.put(evaluation_id, batch_id, body, encoding)
-    parts = body_limit.before(body, call)
+    binary = _binary_size_of(body, call)
+    parts = body_limit.before(body, binary)
     if parts is None and call.encoding != "binary":
         size = len(call.content or b"")
-        if not body_limit.fits(size) or size < _binary_size(body):
+        if not body_limit.fits(size) or size < binary:
             call = stream.put(evaluation_id, batch_id, body, "binary")
     return call, parts
 

@@ -137,13 +137,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         path = request.url.path
         error: ServiceError
-        if exc.status_code == 404:
-            error = NotFound.at(
-                ("path",), f"No route {path}{_slash_hint(request)}: see /docs for the API's paths."
-            )
-        elif exc.status_code == 405 and (hint := _slash_hint(request)):
-            # A path with a trailing slash that a route takes whole (a batch id is the rest
-            # of its path) but whose method is served without the slash: the 404 of it.
+        hint = _slash_hint(request) if exc.status_code in (404, 405) else ""
+        if exc.status_code == 404 or hint:
+            # A 405 with a hint: a path with a trailing slash that a route takes whole (a
+            # batch id is the rest of its path) but whose method is served without the
+            # slash is the 404 of it.
             error = NotFound.at(("path",), f"No route {path}{hint}: see /docs for the API's paths.")
             exc.headers = None
         elif exc.status_code == 405:

@@ -51,7 +51,7 @@ from numpy.typing import NDArray
 
 from service import __version__, registry
 from service.arrays import nesting_depth, parse_json
-from service.errors import Loc, MalformedRequest, NotFound, PayloadTooLarge, invalid
+from service.errors import Loc, MalformedRequest, NotFound, PayloadTooLarge, invalid, json_kind
 from service.json_body import GENERAL_PARSE_FACTOR
 from service.wire import MAX_DIMS
 
@@ -184,11 +184,8 @@ def _where(loc: Loc) -> str:
 
 
 def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {"str": "a string", "dict": "an object", "list": "an array", "bool": "a boolean"}.get(
-        type(value).__name__, "a number"
-    )
+    kind = json_kind(value)
+    return kind if kind == "null" else ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def _object(value: Any, loc: Loc, keys: tuple[str, ...], what: str) -> dict[str, Any]:
