@@ -825,6 +825,28 @@ def test_a_put_alone_statement_deallocated_alone_is_prepared_again_the_others_ke
         _exact(store, evaluation.id, 5)
 
 
+def test_a_put_alone_rolls_back_a_transaction_left_open_on_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _postgres_store(tmp_path) as store:
+        evaluation = store.create_evaluation(OWNER, {}, {})
+        alone = _alone(monkeypatch)
+        for batch_id in ("a", "b"):
+            assert put(store, evaluation.id, batch_id).outcome is PutOutcome.CREATED
+        connection = store._commits._connection
+        assert connection is not None
+        # A transaction left open (as a failure between two statements would leave it):
+        # inside it the statement would not commit on its own.
+        connection.driver_connection.execute("SELECT 1")
+        assert connection.driver_connection.pgconn.transaction_status != 0
+        assert put(store, evaluation.id, "c").outcome is PutOutcome.CREATED
+        assert alone == [1, 1]
+        assert connection.driver_connection.pgconn.transaction_status == 0
+        assert store._commits._connection is connection  # no failure: the same one
+        # Committed: another connection reads it.
+        _exact(store, evaluation.id, 3)
+
+
 def test_a_connection_that_prepares_nothing_sends_every_put_alone_unnamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -366,6 +366,12 @@ class PutStatements:
             raise _error(driver, result)
         return int(result.command_tuples)
 
+    @staticmethod
+    def in_transaction(connection: Any) -> bool:
+        """PostgreSQL: whether a transaction is open on ``connection`` (a connection of the
+        engine's pool), as libpq tells, with no round trip."""
+        return bool(connection.driver_connection.pgconn.transaction_status != _IDLE)
+
     def _raw_statement(self, keys: tuple[str, ...], n_rows: int, update: str) -> _Raw:
         """The put-alone statement of ``n_rows`` batches updating the columns ``keys``:
         prepared on each connection for one batch (a put that came alone, whose latency
