@@ -1240,3 +1240,34 @@ def test_puts_committed_together_are_each_checked_against_the_ones_before(
     assert totals is not None and totals.evaluation.n_batches == 3
     assert totals.values["w"] == math.fsum([1e300, 4e300, 4e300])
     _exact(store, evaluation.id, 3)
+
+
+def test_a_batch_answer_is_serialized_once_and_stored_as_json_dumps_writes_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.storage.engine as engine_module
+
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    answer = {"losses": {"é": 0.25}, "n": 2**70 + 1, "pair": (1, 2)}
+    assert put(store, evaluation.id, "first").outcome is PutOutcome.CREATED
+    serialized: list[Any] = []
+    real = engine_module.json.dumps
+
+    def counted(value: Any, **options: Any) -> str:
+        serialized.append(value)
+        return real(value, **options)
+
+    monkeypatch.setattr(engine_module.json, "dumps", counted)
+    result = store.put_batch(OWNER, evaluation.id, "second", b"h", {}, answer, 1)
+    monkeypatch.undo()
+    assert result.outcome is PutOutcome.CREATED and result.batch is not None
+    # Its text was made once, when the put was checked: the statement wrote that text.
+    assert serialized == []
+    assert result.batch.answer == {"losses": {"é": 0.25}, "n": 2**70 + 1, "pair": [1, 2]}
+    with store.engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT answer FROM batches WHERE batch_id = 'second'")
+        ).scalar_one()
+    assert (json.loads(stored) if isinstance(stored, str) else stored) == result.batch.answer
+    page = store.list_batches(OWNER, evaluation.id)
+    assert page is not None and page.items[-1].answer == result.batch.answer

@@ -29,6 +29,7 @@ plain (deferred) ``BEGIN`` and a WAL snapshot, and take no lock.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -80,6 +81,25 @@ def database_url(url: str | None, data_dir: Path) -> URL:
     )
 
 
+class JsonObject(dict[str, Any]):
+    """A JSON object as the database gives it back (lists for tuples, string keys), with
+    the text that stores it (``json.dumps``'s, the engine's serializer unless another is
+    given): written by :func:`dumps` without serializing it again. Made by the store;
+    not to be changed (its text would no longer say it)."""
+
+    __slots__ = ("text",)
+
+    text: str
+
+
+def dumps(value: Any) -> str:
+    """The store's engines' JSON serializer: ``json.dumps``, or a :class:`JsonObject`'s
+    own text."""
+    if type(value) is JsonObject:
+        return value.text
+    return json.dumps(value)
+
+
 def make_engine(
     url: str | None,
     data_dir: Path,
@@ -89,10 +109,12 @@ def make_engine(
 ) -> Engine:
     """An engine for ``url`` (see :func:`database_url`), set up as this module says.
 
-    ``options`` go to :func:`sqlalchemy.create_engine` (``pool_size``, ``echo``...).
+    ``options`` go to :func:`sqlalchemy.create_engine` (``pool_size``, ``echo``...);
+    JSON is written by :func:`dumps` unless ``json_serializer`` says otherwise.
     Create engines in the process that uses them (after a fork, not before).
     """
     target = database_url(url, data_dir)
+    options.setdefault("json_serializer", dumps)
     if target.get_backend_name() == "sqlite":
         engine = create_engine(target, connect_args={"timeout": busy_timeout}, **options)
         _set_up_sqlite(engine, busy_timeout)

@@ -46,7 +46,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
 from service.storage.commits import Committer, Put
-from service.storage.engine import DEFAULT_BUSY_TIMEOUT, make_engine, writer
+from service.storage.engine import DEFAULT_BUSY_TIMEOUT, JsonObject, make_engine, writer
 from service.storage.exact import ExactTotals
 from service.storage.migrate import upgrade
 from service.storage.rows import (
@@ -525,13 +525,21 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"a page holds 1–{MAX_LIMIT} items; received limit={limit}")
 
 
-def _json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """A JSON object as the database gives it back (lists for tuples, string keys)."""
+#: ``json.dumps``'s own settings (the text is what it writes), NaN and infinity refused.
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
+def _json(value: Mapping[str, Any], what: str) -> JsonObject:
+    """A JSON object as the database gives it back (lists for tuples, string keys), with
+    its text (see :class:`~service.storage.engine.JsonObject`)."""
     try:
-        loaded = json.loads(json.dumps(dict(value), allow_nan=False))
+        text = _ENCODER.encode(dict(value))
     except ValueError as error:
         raise ValueError(f"the {what} is stored as JSON, which has no NaN or infinity") from error
     except TypeError as error:
         raise TypeError(f"the {what} is stored as JSON: {error}") from error
-    assert isinstance(loaded, dict)
-    return loaded
+    # Read back as the database's rows are (json.loads: orjson would read an integer
+    # beyond 64 bits as a float).
+    document = JsonObject(json.loads(text))
+    document.text = text
+    return document
