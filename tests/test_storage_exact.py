@@ -197,6 +197,34 @@ def test_a_scalar_sum_has_the_limbs_of_a_one_element_sum(x: float, y: float) -> 
     assert FixedSum.from_floats(np.float32(y)).to_floats()[()] == y
 
 
+@settings(max_examples=200, deadline=None)
+@given(x=element, dtype=st.sampled_from([np.float64, np.float32, np.float16]))
+def test_a_scalar_statistic_is_taken_and_stored_as_a_one_element_array_is(
+    x: float, dtype: type[np.floating]
+) -> None:
+    # Scalars (most statistics of a batch) take a shorter path: the same sums, the same
+    # bytes as the arrays' path (reshaped to a scalar) gives.
+    with np.errstate(over="ignore"):
+        value = np.asarray(x, dtype=dtype)
+    if not np.isfinite(value):
+        with pytest.raises(ValueError, match="finite"):
+            ExactTotals.from_stats({"s": value})
+        return
+    taken = ExactTotals.from_stats({"s": value, "v": np.array([1.5])})
+    single = FixedSum.from_floats(value.reshape(1))
+    assert taken.sums["s"].shape == ()
+    assert taken.sums["s"].window() == single.window()
+    assert taken.sums["s"].to_floats()[()] == float(value)
+    blob = encode_arrays({"s": value, "v": np.array([1.5])})
+    one = encode_arrays({"s": value.reshape(1), "v": np.array([1.5])})
+    # The same entries but for the dimensions of "s": none, where the array has one.
+    dims = struct.pack("<BQ", 1, 1)
+    assert one.replace(dims, b"\x00", 1) == blob
+    decoded = decode_arrays(blob)
+    assert decoded["s"].shape == () and decoded["s"].dtype == np.float64
+    assert decoded["s"].tobytes() == np.float64(value).tobytes()
+
+
 def test_float32_and_float16_statistics_widen_exactly() -> None:
     value = np.float32(0.1)
     result = total([np.array([value], dtype=np.float32), np.array([np.float16(0.1)])])

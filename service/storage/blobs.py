@@ -33,6 +33,7 @@ from service.storage.exact import ExactTotals, FixedSum
 MAGIC = b"LSX\x01"
 COUNTS, FLOATS, EXACT = 1, 2, 3
 _COUNT = struct.Struct("<I")
+_FLOAT = struct.Struct("<d")
 _NAME = struct.Struct("<H")
 _KIND = struct.Struct("<BB")
 _DIM = struct.Struct("<Q")
@@ -65,6 +66,10 @@ def encode_arrays(stats: Mapping[str, ArrayLike]) -> bytes:
     parts = [MAGIC, _COUNT.pack(len(stats))]
     for name, value in stats.items():
         array = np.asarray(value)
+        if array.ndim == 0 and array.dtype.kind == "f":
+            # Most statistics of a batch: a float scalar.
+            parts += [_entry_header(name, FLOATS, ()), _FLOAT.pack(float(array))]
+            continue
         if array.dtype.kind == "f":
             kind, data = FLOATS, np.ascontiguousarray(array, dtype="<f8")
         elif array.dtype.kind in "iub":

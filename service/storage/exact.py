@@ -55,6 +55,7 @@ and read exactly only near the limit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -173,8 +174,10 @@ class FixedSum:
             value = self._exact[0]
             if not value:
                 return 0, 0, b""
-            lo, count = _window([value])
+            # _window of one value.
+            lo = ((value & -value).bit_length() - 1) >> 5
             shifted = value >> (LIMB_BITS * lo)
+            count = ((shifted if shifted > 0 else ~shifted).bit_length() + LIMB_BITS) // LIMB_BITS
             bits = LIMB_BITS * count
             return lo, count, (shifted & ((1 << bits) - 1)).to_bytes(bits // 8, "little")
         limbs = self.limbs
@@ -467,7 +470,13 @@ class ExactTotals:
         totals = cls()
         for name, value in stats.items():
             array = np.asarray(value)
-            if array.dtype.kind == "f":
+            if array.ndim == 0 and array.dtype.kind == "f":
+                # Most statistics of a batch: a float scalar (see FixedSum.from_floats).
+                scalar = float(array)
+                if not math.isfinite(scalar):
+                    raise ValueError(_NOT_FINITE)
+                totals.sums[name] = FixedSum._of_ints((), [_units(scalar)])
+            elif array.dtype.kind == "f":
                 totals.sums[name] = FixedSum.from_floats(array)
             elif array.dtype.kind in "iub":
                 if array.dtype.kind == "u" and array.size and int(array.max()) > 2**63 - 1:
@@ -513,7 +522,8 @@ class ExactTotals:
         for other in others:
             for name, total in other.sums.items():
                 sums.setdefault(name, []).append(total)
-            self.add(ExactTotals({}, other.counts))
+            if other.counts:
+                self.add(ExactTotals({}, other.counts))
         for name, parts in sums.items():
             if name in self.counts:
                 raise ValueError(f"statistic {name!r} was counts and is now a float sum")
@@ -557,6 +567,15 @@ class Overflow:
     added: float
 
 
+@functools.lru_cache(maxsize=8)
+def _limit_units(limit: float) -> int:
+    # An infinite limit asks for sizes within float64's range.
+    return units(min(limit, _FLOAT_MAX))
+
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
 class Headroom:
     """Which batches' totals may be added to running totals: every float statistic's
     total must keep its size (``Σ |x|`` over its elements, the elements read as float64)
@@ -574,8 +593,7 @@ class Headroom:
     def __init__(self, totals: ExactTotals | Callable[[], ExactTotals], limit: float) -> None:
         self._totals = totals
         self.limit = limit
-        # An infinite limit asks for sizes within float64's range.
-        self._limit_units = units(min(limit, float(np.finfo(np.float64).max)))
+        self._limit_units = _limit_units(limit)
         self._bounds: dict[str, int] = {}
         self._admitted: dict[str, list[FixedSum]] = {}
 
