@@ -47,7 +47,14 @@ from service.errors import FieldError, InvalidInput
 from service.kernels.stats import STATISTIC_LIMIT
 from service.storage.blobs import decode_totals, encode_totals
 from service.storage.exact import ExactTotals, Headroom, Overflow
-from service.storage.rows import PutOutcome, PutResult, batch_row, evaluation_row, owner_key
+from service.storage.rows import (
+    BatchRow,
+    PutOutcome,
+    PutResult,
+    batch_row,
+    evaluation_row,
+    owner_key,
+)
 from service.storage.statements import CHANGED, INSERT_ROWS, PutStatements
 
 log = logging.getLogger(__name__)
@@ -536,25 +543,26 @@ class Committer:
         totals) and ``stored``, and updates ``state``. A new batch that would take a
         running total past :data:`STATISTIC_LIMIT` (its evaluation's totals plus the
         group's batches before it, as ``room`` counts them) is refused, not stored."""
-        current = evaluation_row(state)
         known = stored.get(put.batch_id)
         if known is not None:
             # A batch it accepted is answered as first stored, closed evaluation or not.
             batch = batch_row({**known, "stats": None})
             same = secrets.compare_digest(batch.content_hash, put.content_hash)
             outcome = PutOutcome.REPLAYED if same else PutOutcome.CONFLICT
-            return PutResult(outcome, batch, current)
-        if current.status == "closed":
-            return PutResult(PutOutcome.CLOSED, None, current)
-        if put.facts is not None and current.facts is not None and current.facts != put.facts:
-            return PutResult(PutOutcome.MISMATCH, None, current)
+            return PutResult(outcome, batch, evaluation_row(state))
+        if state["status"] == "closed":
+            return PutResult(PutOutcome.CLOSED, None, evaluation_row(state))
+        facts = state["facts"]
+        if put.facts is not None and facts is not None and facts != put.facts:
+            return PutResult(PutOutcome.MISMATCH, None, evaluation_row(state))
         overflow = room.admit(put.totals)
         if overflow is not None:
             return _refusal(overflow)
         now = self._clock()
+        seq = int(state["n_batches"]) + 1
         row = {
             "evaluation_pk": state["pk"],
-            "seq": current.n_batches + 1,
+            "seq": seq,
             "batch_id": put.batch_id,
             "content_hash": put.content_hash,
             "n_samples": put.n_samples,
@@ -565,16 +573,15 @@ class Committer:
         new.append(row)
         created.append(put.totals)
         stored[put.batch_id] = row
-        counts = dict(current.warnings)
+        counts = {str(code): int(count) for code, count in state["warnings"].items()}
         for code in put.codes:
             counts[code] = counts.get(code, 0) + 1
         state.update(
-            n_batches=current.n_batches + 1,
-            n_samples=current.n_samples + put.n_samples,
+            n_batches=seq,
+            n_samples=int(state["n_samples"]) + put.n_samples,
             updated_at=now,
             warnings=counts,
-            facts=current.facts if current.facts is not None else put.facts,
+            facts=facts if facts is not None else put.facts,
         )
-        return PutResult(
-            PutOutcome.CREATED, batch_row({**row, "stats": None}), evaluation_row(state)
-        )
+        batch = BatchRow(put.batch_id, seq, put.content_hash, int(put.n_samples), now, put.answer)
+        return PutResult(PutOutcome.CREATED, batch, evaluation_row(state))
