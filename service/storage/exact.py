@@ -567,13 +567,14 @@ class Overflow:
     added: float
 
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
 @functools.lru_cache(maxsize=8)
 def _limit_units(limit: float) -> int:
-    # An infinite limit asks for sizes within float64's range.
+    """A limit on sizes in units of ``2**BASE``, computed once per limit (an infinite
+    limit asks for sizes within float64's range)."""
     return units(min(limit, _FLOAT_MAX))
-
-
-_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 class Headroom:
