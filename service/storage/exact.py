@@ -174,10 +174,8 @@ class FixedSum:
             value = self._exact[0]
             if not value:
                 return 0, 0, b""
-            # _window of one value.
-            lo = ((value & -value).bit_length() - 1) >> 5
+            lo, count = _window([value])
             shifted = value >> (LIMB_BITS * lo)
-            count = ((shifted if shifted > 0 else ~shifted).bit_length() + LIMB_BITS) // LIMB_BITS
             bits = LIMB_BITS * count
             return lo, count, (shifted & ((1 << bits) - 1)).to_bytes(bits // 8, "little")
         limbs = self.limbs
@@ -470,13 +468,7 @@ class ExactTotals:
         totals = cls()
         for name, value in stats.items():
             array = np.asarray(value)
-            if array.ndim == 0 and array.dtype.kind == "f":
-                # Most statistics of a batch: a float scalar (see FixedSum.from_floats).
-                scalar = float(array)
-                if not math.isfinite(scalar):
-                    raise ValueError(_NOT_FINITE)
-                totals.sums[name] = FixedSum._of_ints((), [_units(scalar)])
-            elif array.dtype.kind == "f":
+            if array.dtype.kind == "f":
                 totals.sums[name] = FixedSum.from_floats(array)
             elif array.dtype.kind in "iub":
                 if array.dtype.kind == "u" and array.size and int(array.max()) > 2**63 - 1:

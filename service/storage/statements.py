@@ -351,7 +351,7 @@ class PutStatements:
         raw = self._raw_statement(keys, len(rows), update)
         driver = connection.driver_connection
         pgconn = driver.pgconn
-        if pgconn.transaction_status != _IDLE:
+        if self.in_transaction(connection):
             # Inside a transaction the statement would not commit on its own.
             raise RuntimeError("a put alone runs with no transaction open on its connection")
         values = raw.values(params)
