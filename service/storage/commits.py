@@ -573,7 +573,7 @@ class Committer:
         new.append(row)
         created.append(put.totals)
         stored[put.batch_id] = row
-        counts = {str(code): int(count) for code, count in state["warnings"].items()}
+        counts = dict(state["warnings"])
         for code in put.codes:
             counts[code] = counts.get(code, 0) + 1
         state.update(
