@@ -400,7 +400,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
-    tune_allocator(settings.malloc_mmap_threshold)
+    tune_allocator(settings.malloc_mmap_threshold, settings.malloc_trim_threshold)
     registry.set_max_confusion_classes(settings.max_confusion_classes)
     for module in (losses, metrics, evaluate, evaluations, reports, health, oip):
         app.include_router(module.router)

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     #: Allocations of this many bytes or more get memory mappings of their own, given back
     #: to the system when freed (glibc ``M_MMAP_THRESHOLD``); 0 keeps glibc's default.
     malloc_mmap_threshold: int = Field(default=1024 * 1024, ge=0)
+    #: Free memory at the top of an allocator heap kept for the next request, bytes, with
+    #: ``malloc_mmap_threshold`` set (glibc ``M_TRIM_THRESHOLD``; fixing one threshold
+    #: fixes both, and glibc's fixed default is 128 KiB). Below what a request's smaller
+    #: buffers take, each request maps that memory again and has its pages faulted in
+    #: anew. 0 keeps glibc's default.
+    malloc_trim_threshold: int = Field(default=8 * 1024 * 1024, ge=0)
 
     # ---- Small requests: where their work runs ----
     #: Requests whose arrays hold at most this many elements (counted once per loss, metric

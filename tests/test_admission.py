@@ -268,3 +268,66 @@ def test_concurrent_requests_leave_the_budget_empty(make_client: Callable[..., S
         for thread in threads:
             thread.join()
     assert app.state.budget.used == 0
+
+
+_HEAP_TOP = """
+import ctypes
+from service.main import create_app
+from service.settings import Settings
+
+create_app(Settings())
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+libc.mallinfo2.restype = MallInfo2
+# A request's worth of buffers under the mmap threshold (1 MiB), on the main heap's top.
+libc.malloc.argtypes = (ctypes.c_size_t,)
+blocks = [libc.malloc(768 * 1024) for _ in range(4)]
+grown = libc.mallinfo2().arena
+for block in reversed(blocks):
+    libc.free(block)
+print(grown - libc.mallinfo2().arena)
+"""
+
+
+def _given_back_after_a_request(env: dict[str, str]) -> int:
+    """Bytes the main heap gave back to the system when a process that created the app
+    (with ``env``'s settings) freed 3 MiB of blocks under the mmap threshold."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _HEAP_TOP],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.skipif(admission.glibc_call("mallinfo2") is None, reason="glibc 2.33+ only")
+def test_the_heap_keeps_a_requests_memory_for_the_next_one() -> None:
+    """With the mmap threshold fixed, glibc's trim threshold stays at 128 KiB: a heap
+    would hand back what each request freed and map it again for the next one. The
+    setting keeps up to ``malloc_trim_threshold`` bytes at the top; 0 leaves glibc's."""
+    assert _given_back_after_a_request({}) == 0
+    given_back = _given_back_after_a_request({"LOSS_SERVICE_MALLOC_TRIM_THRESHOLD": "0"})
+    assert given_back >= 2 * MiB
+    kept_one = _given_back_after_a_request({"LOSS_SERVICE_MALLOC_TRIM_THRESHOLD": str(MiB)})
+    assert kept_one >= 1 * MiB  # 3 MiB freed, over the 1 MiB kept
+
+
+def test_tune_allocator_leaves_glibc_alone_without_an_mmap_threshold() -> None:
+    assert admission.tune_allocator(0, 8 * MiB) is False
