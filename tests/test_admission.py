@@ -4,7 +4,10 @@ really allocates, and the refusals it gives (503 before the body, 413 per reques
 from __future__ import annotations
 
 import base64
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -272,13 +275,9 @@ def test_concurrent_requests_leave_the_budget_empty(make_client: Callable[..., S
 
 _HEAP_TOP = """
 import ctypes
+from service.admission import glibc_call
 from service.main import create_app
 from service.settings import Settings
-
-create_app(Settings())
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = (ctypes.c_void_p,)
 
 
 class MallInfo2(ctypes.Structure):
@@ -287,24 +286,23 @@ class MallInfo2(ctypes.Structure):
         "uordblks", "fordblks", "keepcost")]
 
 
-libc.mallinfo2.restype = MallInfo2
+create_app(Settings())
+malloc, free, mallinfo2 = glibc_call("malloc"), glibc_call("free"), glibc_call("mallinfo2")
+malloc.restype, malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+free.argtypes = (ctypes.c_void_p,)
+mallinfo2.restype = MallInfo2
 # A request's worth of buffers under the mmap threshold (1 MiB), on the main heap's top.
-libc.malloc.argtypes = (ctypes.c_size_t,)
-blocks = [libc.malloc(768 * 1024) for _ in range(4)]
-grown = libc.mallinfo2().arena
+blocks = [malloc(768 * 1024) for _ in range(4)]
+grown = mallinfo2().arena
 for block in reversed(blocks):
-    libc.free(block)
-print(grown - libc.mallinfo2().arena)
+    free(block)
+print(grown - mallinfo2().arena)
 """
 
 
 def _given_back_after_a_request(env: dict[str, str]) -> int:
     """Bytes the main heap gave back to the system when a process that created the app
     (with ``env``'s settings) freed 3 MiB of blocks under the mmap threshold."""
-    import os
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
     done = subprocess.run(
         [sys.executable, "-c", _HEAP_TOP],
