@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, diagnostics, registry
-from service.admission import MemoryBudget, tune_allocator
+from service.admission import MemoryBudget, freeze_startup_objects, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.error_responses import document_errors
 from service.api.openapi_body import add_request_models
@@ -388,6 +390,16 @@ class _App(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """A worker's start (the server's lifespan ``startup``, once the app is built): with
+    setting ``gc_freeze``, what it built is left out of the garbage collector's full
+    passes from here on (see :func:`~service.admission.freeze_startup_objects`)."""
+    if app.state.settings.gc_freeze:
+        log.debug("%d objects left out of the collector's passes", freeze_startup_objects())
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     app = _App(
@@ -397,6 +409,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     #: buffers take, each request maps that memory again and has its pages faulted in
     #: anew. 0 keeps glibc's default.
     malloc_trim_threshold: int = Field(default=8 * 1024 * 1024, ge=0)
+    #: Once started, each worker leaves the objects it built while starting (modules, the
+    #: app, its routes and schemas) out of the cyclic garbage collector's full passes
+    #: (``gc.freeze``), which otherwise go over the whole heap and pause every request
+    #: for ~100 ms each; false: leave the collector as Python sets it.
+    gc_freeze: bool = True
 
     # ---- Small requests: where their work runs ----
     #: Requests whose arrays hold at most this many elements (counted once per loss, metric
