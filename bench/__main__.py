@@ -1,5 +1,6 @@
-"""``python -m bench [--quick] [--only kernels|endpoints|throughput|streaming|pictures]``: run
-the benchmarks and print their tables (see bench/README.md)."""
+"""``python -m bench [--quick] [--only PART]``: run the benchmarks and print their tables
+(see bench/README.md); ``PART``: kernels, endpoints, throughput, streaming, collector or
+pictures."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from bench import header, machine
 
-PARTS = ("kernels", "endpoints", "throughput", "streaming", "pictures")
+PARTS = ("kernels", "endpoints", "throughput", "streaming", "collector", "pictures")
 
 
 def _runner(name: str) -> Callable[[bool], str]:

@@ -60,9 +60,14 @@ def rss(pid: int) -> int:
 
 
 @contextmanager
-def service(url: str | None, data_dir: Path) -> Iterator[tuple[str, int]]:
+def service(
+    url: str | None, data_dir: Path, settings: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """``loss-service serve`` (one worker) on ``data_dir`` (or PostgreSQL at ``url``), with
+    the defaults but ``settings`` (environment variables); its URL and process id."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
+    env.update(settings or {})
     env["LOSS_SERVICE_DATA_DIR"] = str(data_dir)
     if url:
         env["LOSS_SERVICE_DATABASE_URL"] = url
