@@ -301,19 +301,25 @@ print(grown - mallinfo2().arena)
 """
 
 
-def _given_back_after_a_request(env: dict[str, str]) -> int:
-    """Bytes the main heap gave back to the system when a process that created the app
-    (with ``env``'s settings) freed 3 MiB of blocks under the mmap threshold."""
+def _printed_by(script: str, env: dict[str, str]) -> list[str]:
+    """The words ``script`` prints, run in a process of its own with the service's
+    settings at their defaults but ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
     done = subprocess.run(
-        [sys.executable, "-c", _HEAP_TOP],
+        [sys.executable, "-c", script],
         env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return int(done.stdout.split()[-1])
+    return done.stdout.split()
+
+
+def _given_back_after_a_request(env: dict[str, str]) -> int:
+    """Bytes the main heap gave back to the system when a process that created the app
+    (with ``env``'s settings) freed 3 MiB of blocks under the mmap threshold."""
+    return int(_printed_by(_HEAP_TOP, env)[-1])
 
 
 @pytest.mark.skipif(admission.glibc_call("mallinfo2") is None, reason="glibc 2.33+ only")
@@ -352,16 +358,7 @@ asyncio.run(start())
 def _after_start(env: dict[str, str]) -> tuple[int, int]:
     """In a process that built the app and ran its start (its lifespan): the objects the
     garbage collector leaves aside, and those its full passes still go over."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
-    done = subprocess.run(
-        [sys.executable, "-c", _STARTED],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    frozen, tracked = done.stdout.split()
+    frozen, tracked = _printed_by(_STARTED, env)[-2:]
     return int(frozen), int(tracked)
 
 
