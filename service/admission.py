@@ -15,6 +15,10 @@ moment); a request whose own estimate is over the per-request limit is refused w
 413 that says what to send instead (no retry would help). The budget counts bytes
 the service promised, not the process's RSS: the two differ by the interpreter, the
 libraries and allocator slack, which ``make hostile`` measures.
+
+How a worker's memory is kept is set here too: glibc's allocator thresholds
+(:func:`tune_allocator`, :func:`give_back_memory`) and the garbage collector's view of
+what the worker built at start (:func:`freeze_startup_objects`).
 """
 
 from __future__ import annotations
