@@ -35,6 +35,7 @@ import xxhash
 from numpy.typing import NDArray
 
 from service import diagnostics, kernels, registry
+from service.encodings import Batch
 from service.errors import (
     Conflict,
     FieldError,
@@ -48,6 +49,7 @@ from service.evaluation import (
     FAMILY,
     SETTING_FIELDS,
     Entry,
+    Inputs,
     Plan,
     check_heads,
     evaluate_head,
@@ -143,6 +145,13 @@ def parse_settings(
         outputs, weights = check_heads({k: v for k, v in document.items() if k != "metadata"})
         heads = {}
         for head, settings in outputs.items():
+            if not head or "/" in head:
+                raise invalid(
+                    ("outputs", head),
+                    "An evaluation's head names are non-empty and hold no `/` (a head's "
+                    "name leads the names of its running totals and the paths of its "
+                    f"charts), received {head!r}.",
+                )
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
         return {
@@ -245,6 +254,32 @@ def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[di
     return out
 
 
+#: Label encodings that hold others' batches: a multi-label evaluation's batch whose rows
+#: hold one positive each, a soft one's whose rows are one-hot or multi-hot (see
+#: :func:`service.encodings.prepare`'s stated encodings).
+_HOLDING = frozenset({"multi_hot", "soft"})
+
+
+def _read(inputs: Inputs, stored: Mapping[str, Any] | None) -> tuple[Inputs, Batch]:
+    """A head's batch, validated. Once the first batch fixed its labels as multi-hot or
+    soft (none stated at creation), a later batch that such labels hold is read as such,
+    as one evaluate over all the batches reads it; one they do not hold is read as
+    detected, and told apart by :func:`_differs`."""
+    fixed = None if stored is None else stored["label_encoding"]
+    if inputs.common["label_encoding"] is None and fixed in _HOLDING:
+        held = Inputs(
+            inputs.y_true,
+            inputs.y_pred,
+            inputs.sample_weight,
+            {**inputs.common, "label_encoding": fixed},
+        )
+        try:
+            return held, held.batch(-1)
+        except InvalidInput:
+            pass
+    return inputs, inputs.batch(-1)
+
+
 def _differs(head: str, stored: Mapping[str, Any], found: Mapping[str, Any]) -> str | None:
     where = "" if head == SINGLE else f"head {head!r}: "
     if stored["family"] != found["family"]:
@@ -309,15 +344,14 @@ def evaluate_batch(
     differences: list[str] = []
     for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
         plan = plans[head]
+        stored = None if facts is None else facts["heads"][head]
         try:
-            inputs = inputs_of(head_document, loc, max_elements, plan.common)
-            batch = inputs.batch(-1)
+            inputs, batch = _read(inputs_of(head_document, loc, max_elements, plan.common), stored)
             found = {
                 "family": FAMILY[batch.encoding],
                 "n_classes": batch.n_classes,
                 "label_encoding": batch.encoding,
             }
-            stored = None if facts is None else facts["heads"][head]
             if stored is not None:
                 difference = _differs(head, stored, found)
                 if difference is not None:
@@ -354,6 +388,13 @@ def evaluate_batch(
     if differences:
         message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
         raise InvalidInput(message, [FieldError(("y_true",), message)])
+    sizes = {head: response["n_samples"] for head, response in responses.items()}
+    if len(set(sizes.values())) > 1:
+        message = (
+            "The heads of a batch are a model's outputs for the same samples, so they hold "
+            f"as many samples each; received {sizes}."
+        )
+        raise InvalidInput(message, [FieldError(("outputs",), message)])
     n_samples = next(iter(responses.values()))["n_samples"]
     if set(responses) == {SINGLE}:
         answer = {

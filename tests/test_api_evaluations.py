@@ -379,6 +379,20 @@ def test_several_heads_with_loss_weights(api: Any) -> None:
         f"/v1/evaluations/{eid}/batches/h9", json={"outputs": {"kind": _batch(slice(0, 2))}}
     )
     assert missing.status_code == 422 and "missing ['tags']" in missing.json()["detail"]
+    tags = {"y_true": tags_true[:3].tolist(), "y_pred": tags_pred[:3].tolist()}
+    uneven = {"outputs": {"kind": _batch(slice(0, 2)), "tags": tags}}
+    r = client.put(f"/v1/evaluations/{eid}/batches/h8", json=uneven)
+    assert r.status_code == 422 and "as many samples each" in r.json()["detail"], r.text
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 2
+
+
+def test_a_head_name_that_would_share_running_totals_is_refused(api: Any) -> None:
+    client = api()
+    for head in ("", "h/loss"):
+        r = client.post("/v1/evaluations", json={"outputs": {"h": {}, head: {}}})
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["loc"] == ["outputs", head]
+        assert "hold no `/`" in r.json()["detail"]
 
 
 def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:

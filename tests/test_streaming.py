@@ -287,3 +287,73 @@ def test_a_content_hash_this_version_does_not_know_is_a_conflict() -> None:
         streaming.evaluate_batch(
             {**config, "content_hash": "xxh4"}, _data(1, 10, 3, multi=False), None, LIMIT
         )
+
+
+@pytest.mark.parametrize("head", ["", "a/b", "h/loss"])
+def test_head_names_are_non_empty_and_hold_no_slash(head: str) -> None:
+    """A head's name leads the names of its running totals: ``h`` with an entry
+    ``loss/cce`` and ``h/loss`` with ``cce`` would share one total; ``""`` is the single
+    head's place."""
+    with pytest.raises(Exception, match="non-empty and hold no `/`") as refused:
+        streaming.parse_settings({"outputs": {"h": {}, head: {}}})
+    assert refused.value.errors[0].loc == ("outputs", head)  # type: ignore[attr-defined]
+
+
+def test_the_heads_of_a_batch_hold_as_many_samples_each() -> None:
+    config, _ = streaming.parse_settings({"outputs": {"a": {}, "b": {}}})
+    batch = {
+        "outputs": {
+            "a": {"y_true": [1], "y_pred": [[0.3, 0.7]]},
+            "b": {"y_true": [0, 1, 1], "y_pred": [[0.6, 0.4], [0.2, 0.8], [0.1, 0.9]]},
+        }
+    }
+    with pytest.raises(Exception, match=r"as many samples each; received \{'a': 1, 'b': 3\}"):
+        streaming.evaluate_batch(config, batch, None, LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "encoding"),
+    [
+        ([[1, 1, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1]], "multi_hot"),
+        ([[0.5, 0.5, 0.0], [0.1, 0.2, 0.7]], [[1, 0, 0], [0, 0, 1]], "soft"),
+        ([[0.5, 0.5, 0.0], [0.1, 0.2, 0.7]], [[1, 1, 0], [0, 0, 1]], "soft"),
+    ],
+)
+def test_later_batches_are_read_as_the_first_fixed_multi_hot_or_soft_labels(
+    first: list[list[float]], later: list[list[float]], encoding: str
+) -> None:
+    """A multi-label evaluation's batch whose rows hold one positive each is multi-hot
+    still, as one evaluate over every batch reads it; so are one-hot or multi-hot rows in
+    a soft evaluation."""
+    config, _ = streaming.parse_settings({})
+    pred = [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]
+    one = streaming.evaluate_batch(config, {"y_true": first, "y_pred": pred}, None, LIMIT)
+    assert one.facts["heads"][""]["label_encoding"] == encoding
+    two = streaming.evaluate_batch(config, {"y_true": later, "y_pred": pred}, one.facts, LIMIT)
+    totals = ExactTotals.from_stats(one.stats)
+    totals.add(ExactTotals.from_stats(two.stats))
+    streamed = streaming.results(config, one.facts, totals.values(), {})
+    whole = evaluation.evaluate({"y_true": first + later, "y_pred": pred + pred}, LIMIT)
+    assert whole["label_encoding"] == encoding
+    _close(streamed["losses"], whole["losses"])
+    _close(streamed["metrics"], whole["metrics"])
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "message"),
+    [
+        ([0, 2], [[1, 1, 0], [0, 0, 1]], r"multi_hot \(multi_label\), but the evaluation's are"),
+        ([[1, 1, 0], [0, 0, 1]], [0, 2], r"sparse \(single_label\), but the evaluation's are"),
+        ([[0.5, 0.5, 0], [0, 0, 1]], [0, 2], r"sparse \(single_label\), but the evaluation's are"),
+    ],
+)
+def test_batches_of_another_label_family_are_refused_saying_what_differs(
+    first: list[Any], later: list[Any], message: str
+) -> None:
+    """Only what the first batch's labels hold is read as they are: a single-label
+    evaluation refuses multi-hot rows, a multi-hot or soft one integer labels."""
+    config, _ = streaming.parse_settings({})
+    pred = [[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]
+    one = streaming.evaluate_batch(config, {"y_true": first, "y_pred": pred}, None, LIMIT)
+    with pytest.raises(Exception, match=message):
+        streaming.evaluate_batch(config, {"y_true": later, "y_pred": pred}, one.facts, LIMIT)
