@@ -399,8 +399,12 @@ def prepare(
 # ---- checks that take a parameter of the loss or metric (see registry.check_fits) ----------
 
 
-def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
-    """Sparse labels must be class indices in ``[0, C)`` (or ``ignore_class``)."""
+def check_label_range(
+    batch: Batch, ignore_class: int | None = None, name: str | None = None
+) -> None:
+    """Sparse labels must be class indices in ``[0, C)`` (or ``ignore_class``); ``name``:
+    the loss, metric or report that reads them, named in the refusal (a loss's
+    ``ignore_class`` does not reach the metrics of the same request)."""
     labels = batch.labels
     if labels is None or batch.encoding != "sparse":
         return
@@ -419,11 +423,12 @@ def check_label_range(batch: Batch, ignore_class: int | None = None) -> None:
         i = int(np.argmax(bad))
         where = np.unravel_index(i, batch.sample_shape)
         allowed = "" if ignore_class is None else f" or ignore_class={ignore_class}"
+        reader = "" if name is None else f" as {name} reads them"
         raise invalid(
             ("y_true", *(int(j) for j in where)),
-            f"`y_true` has {int(bad.sum())} label(s) outside the classes of `y_pred`: expected "
-            f"integers in [0, {batch.n_classes - 1}]{allowed}, received {int(labels[i])} at "
-            f"index {_at(tuple(int(j) for j in where))}.",
+            f"`y_true` has {int(bad.sum())} label(s) outside the classes of `y_pred`{reader}: "
+            f"expected integers in [0, {batch.n_classes - 1}]{allowed}, received "
+            f"{int(labels[i])} at index {_at(tuple(int(j) for j in where))}.",
         )
 
 

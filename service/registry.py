@@ -678,7 +678,7 @@ def check_fits(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> None:
         use = f": use {instead}{_OR.get(enc, '')}" if instead else ""
         raise invalid((field,), f"{spec.name} needs {spec.needs}, but {_RECEIVED[enc]}{use}.")
     _check_params_fit(spec, batch, params)
-    check_label_range(batch, params.get("ignore_class"))
+    check_label_range(batch, params.get("ignore_class"), spec.name)
     if spec.probabilities is not None and not params["from_logits"]:
         check_probabilities(batch, binary=spec.probabilities == "unit_interval", loss=spec.name)
 

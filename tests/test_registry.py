@@ -483,6 +483,9 @@ def test_integer_labels_are_checked_against_the_classes_with_ignore_class() -> N
         with pytest.raises(InvalidInput, match="received 3 at index") as info:
             registry.check_fits(spec, b, spec_params(spec))
         assert info.value.errors[0].loc == ("y_true", 1)
+        # Which of the request's losses, metrics and reports refused them: a loss's
+        # ignore_class does not reach the others.
+        assert f"as {name} reads them" in info.value.errors[0].msg
     loss = registry.LOSSES["sparse_categorical_crossentropy"]
     registry.check_fits(loss, b, spec_params(loss, ignore_class=3))
 
