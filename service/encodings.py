@@ -177,6 +177,14 @@ def _normalize_axis(axis: int, ndim: int) -> int:
 
 
 def _shape_error(y_true: NDArray[Any], y_pred: NDArray[Any], ax: int) -> InvalidInput:
+    if y_pred.ndim == 1:
+        # One prediction a sample (binary), not one sample's class scores.
+        return invalid(
+            ("y_true",),
+            f"`y_true` does not match `y_pred`: a 1-D `y_pred` holds one binary prediction "
+            f"a sample, so expected shape {_shape(y_pred.shape)} (a 0/1 target a sample), "
+            f"received {_shape(y_true.shape)}.",
+        )
     without = y_pred.shape[:ax] + y_pred.shape[ax + 1 :]
     return invalid(
         ("y_true",),

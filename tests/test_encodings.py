@@ -272,6 +272,17 @@ def test_shape_mismatch(y_true_shape: tuple[int, ...], y_pred_shape: tuple[int, 
     )
 
 
+def test_a_1d_prediction_is_one_binary_prediction_a_sample_in_a_shape_mismatch() -> None:
+    """Not one sample's class scores: no 'integer class indices' of shape ()."""
+    error = fails(
+        lambda: batch(np.zeros(3), np.full(2, 0.5)),
+        "a 1-D `y_pred` holds one binary prediction a sample",
+        "expected shape (2,)",
+        "received (3,)",
+    )
+    assert "integer class indices" not in str(error)
+
+
 @pytest.mark.parametrize("axis", [2, -3, 7])
 def test_axis_out_of_range(axis: int) -> None:
     fails(
