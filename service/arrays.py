@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import binascii
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -327,8 +327,11 @@ def to_array(value: Any, loc: Loc, max_elements: int) -> NDArray[Any]:
     )
 
 
-def _descriptors(node: Any, loc: Loc) -> Iterator[tuple[dict[str, Any], Loc]]:
-    """Typed-array descriptors with ``binary_data_size`` in document order.
+def _descriptors(
+    node: Any, loc: Loc, found: Callable[[dict[str, Any]], bool] = lambda node: False
+) -> Iterator[tuple[dict[str, Any], Loc]]:
+    """Typed-array descriptors with ``binary_data_size`` in document order (or, with
+    ``found``, the objects it accepts, among those that have no ``binary_data_size``).
 
     Only objects, and lists whose first item is an object, are walked (lists of
     numbers are never visited item by item), with a stack rather than recursion: a
@@ -338,7 +341,7 @@ def _descriptors(node: Any, loc: Loc) -> Iterator[tuple[dict[str, Any], Loc]]:
     while stack:
         node, loc = stack.pop()
         if isinstance(node, dict):
-            if "binary_data_size" in node:
+            if "binary_data_size" in node or found(node):
                 yield node, loc
                 continue
             children = [(child, (*loc, key)) for key, child in node.items()]
@@ -347,6 +350,11 @@ def _descriptors(node: Any, loc: Loc) -> Iterator[tuple[dict[str, Any], Loc]]:
         else:
             continue
         stack.extend(reversed(children))
+
+
+def _unsized(node: dict[str, Any]) -> bool:
+    """A typed array described without its bytes: ``dtype`` and ``shape``, no ``data``."""
+    return "dtype" in node and "shape" in node and "data" not in node
 
 
 def parse_binary(data: bytes | bytearray, header_length: int, max_elements: int) -> Any:
@@ -384,6 +392,21 @@ def parse_binary(data: bytes | bytearray, header_length: int, max_elements: int)
         offset += size
         _replace(header, loc, arr)
     if offset != len(tensors):
+        # A tensor described without its size is the likeliest cause: name it.
+        unsized = [
+            loc
+            for _, loc in _descriptors(header, (), _unsized)
+            if loc  # not the header
+        ]
+        if unsized:
+            where = _where(unsized[0])
+            raise MalformedRequest.at(
+                unsized[0],
+                f"{where} has no `binary_data_size` (nor `data`): in a binary request each "
+                "tensor is described by {dtype, shape, binary_data_size}, its bytes after "
+                f"the JSON header; the body has {len(tensors) - offset} bytes of tensor data "
+                "that no descriptor claims.",
+            )
         raise MalformedRequest.at(
             ("body",),
             f"The binary body has {len(tensors) - offset} bytes after the last tensor: the "

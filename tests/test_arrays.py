@@ -209,6 +209,28 @@ def test_binary_header_that_lies_about_sizes_is_rejected() -> None:
         parse_binary(lying + y.tobytes(), len(lying), LIMIT)
 
 
+@pytest.mark.parametrize("settings", [{}, {"dtype": "float64"}])
+def test_a_tensor_described_without_its_size_is_named(settings: dict[str, object]) -> None:
+    """Its bytes would otherwise be only 'bytes after the last tensor'."""
+    labels = np.array([0, 1, 1], np.int64)
+    header = orjson.dumps(
+        {
+            **settings,
+            "outputs": {
+                "a": {
+                    "y_true": {"dtype": "int64", "shape": [3], "binary_data_size": 24},
+                    "y_pred": {"dtype": "float32", "shape": [3]},
+                }
+            },
+        }
+    )
+    body = header + labels.tobytes() + np.zeros(3, np.float32).tobytes()
+    with pytest.raises(MalformedRequest, match="has no `binary_data_size`") as refused:
+        parse_binary(body, len(header), LIMIT)
+    assert refused.value.errors[0].loc == ("outputs", "a", "y_pred")
+    assert "12 bytes of tensor data that no descriptor claims" in refused.value.detail
+
+
 FAST_PATH_BODIES = [
     b'{"y_true": [1, 2], "y_pred": [[0.1, 0.9, 0.0], [0.2, 0.3, 0.5]], "from_logits": false}',
     b'{"y_true": [[[1]], [[0]]], "y_pred": [[[0.5]], [[0.25]]], "losses": ["a", {"name": "b"}]}',
