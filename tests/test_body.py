@@ -208,6 +208,22 @@ def test_binary_with_bad_header_length_is_400(client: Client, value: str, words:
     assert "non-negative integer" in document["detail"] or "greater" in document["detail"]
 
 
+def test_binary_with_two_different_header_lengths_is_400(client: Client) -> None:
+    """Which one splits the body is anybody's guess; identical copies are one value."""
+    headers = [
+        ("content-type", "application/octet-stream"),
+        ("inference-header-content-length", "5"),
+        ("inference-header-content-length", "7"),
+    ]
+    document = problem_of(client.post("/compute", content=b"0123456789", headers=headers), 400)
+    assert "sent 2 times with different values" in document["detail"]
+    assert "'5, 7'" in document["detail"]
+    assert document["errors"][0]["loc"] == ["header", "inference-header-content-length"]
+    same = [*headers[:2], ("inference-header-content-length", " 5")]
+    response = client.post("/compute", content=b"0123456789", headers=same)
+    assert response.status_code == 200 and response.json()["header_length"] == 5, response.text
+
+
 # -- 413 -----------------------------------------------------------------------------------
 
 

@@ -136,7 +136,8 @@ def _content_type(request: Request) -> Literal["json", "binary"]:
 def _header_length(request: Request) -> int:
     """The declared JSON-header length of a binary request (checked against the
     body once it has been read)."""
-    raw = request.headers.get(HEADER_LENGTH_HEADER)
+    sent = request.headers.getlist(HEADER_LENGTH_HEADER)
+    raw = sent[0] if sent else None
     expected = (
         f"expected {HEADER_LENGTH_HEADER}: <bytes>, the byte length of the JSON header "
         f"that starts an {BINARY_MEDIA_TYPE} body, a non-negative integer"
@@ -144,6 +145,14 @@ def _header_length(request: Request) -> int:
     if raw is None:
         raise errors.MalformedRequest.at(
             _HEADER_LENGTH_LOC, f"{HEADER_LENGTH_HEADER} is missing; {expected}"
+        )
+    if len({value.strip() for value in sent}) > 1:
+        # Which one splits the body is anybody's guess (as for Content-Length: identical
+        # copies are one value).
+        raise errors.MalformedRequest.at(
+            _HEADER_LENGTH_LOC,
+            f"{HEADER_LENGTH_HEADER} is sent {len(sent)} times with different values; "
+            f"{expected}, once; received {_shown(', '.join(sent))}",
         )
     text = raw.strip()
     if _INTEGER.fullmatch(text) is None:
