@@ -1547,15 +1547,22 @@ class _EvaluationHandle:
 
     def batch_id_of(self, body: Mapping[str, Any]) -> str:
         """The id a batch is sent under when none is given: ``<batch_prefix>`` then 32 hex
-        digits of its content's SHA-256, and ``-<n>`` for the n-th batch of the same
-        content this handle sends (n ≥ 2). So a rerun of the same job sends the same ids
+        digits of its content's SHA-256, and ``-<n>`` when it is the n-th batch of the same
+        content this handle sends (n ≥ 2; a batch counts once accepted: one whose sending
+        failed goes again under the same id). So a rerun of the same job sends the same ids
         (the service counts each batch once), batches that are equal by chance are each
         counted, and workers sending disjoint data never share an id (a ``batch_prefix``
         per worker keeps even equal batches apart)."""
-        digest = content_digest(body)
-        seen = self._seen[digest] = self._seen.get(digest, 0) + 1
+        return self._next_id(content_digest(body))
+
+    def _next_id(self, digest: str) -> str:
+        seen = self._seen.get(digest, 0) + 1
         suffix = "" if seen == 1 else f"-{seen}"
         return f"{self.batch_prefix}{digest}{suffix}"
+
+    def _accepted(self, digest: str) -> None:
+        """A batch of content ``digest`` was accepted under :meth:`_next_id`'s id."""
+        self._seen[digest] = self._seen.get(digest, 0) + 1
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, url={self.url!r})"
@@ -1938,7 +1945,7 @@ class Evaluation(_EvaluationHandle):
         """Send one batch (``outputs``: ``{head: {"y_true", "y_pred", "sample_weight"?}}``
         for an evaluation with heads), under ``batch_id`` or its content id."""
         body = _batch_body(y_true, y_pred, sample_weight, outputs)
-        return self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+        return self._put_new(body) if batch_id is None else self._put(batch_id, body)
 
     def add_all(self, batches: Iterable[Any]) -> list[BatchResult]:
         """Send each batch of ``batches``, in order: ``(y_true, y_pred)``, ``(y_true,
@@ -1954,9 +1961,7 @@ class Evaluation(_EvaluationHandle):
                 batch.get("sample_weight"),
                 batch.get("outputs"),
             )
-            results.append(
-                self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
-            )
+            results.append(self._put_new(body) if batch_id is None else self._put(batch_id, body))
         return results
 
     def feed(
@@ -1978,11 +1983,18 @@ class Evaluation(_EvaluationHandle):
         results = []
         for lo in range(0, rows, batch_size):
             body = _rows_slice(arrays, lo, min(rows, lo + batch_size))
-            result = self._put(self.batch_id_of(body), body)
+            result = self._put_new(body)
             results.append(result)
             if on_batch is not None:
                 on_batch(result)
         return results
+
+    def _put_new(self, body: dict[str, Any]) -> BatchResult:
+        """Send a batch under its content id (see :meth:`batch_id_of`)."""
+        digest = content_digest(body)
+        result = self._put(self._next_id(digest), body)
+        self._accepted(digest)
+        return result
 
     def _put(
         self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None
@@ -2060,7 +2072,7 @@ class AsyncEvaluation(_EvaluationHandle):
     ) -> BatchResult:
         """Send one batch; see :meth:`Evaluation.add`."""
         body = _batch_body(y_true, y_pred, sample_weight, outputs)
-        return await self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+        return await (self._put_new(body) if batch_id is None else self._put(batch_id, body))
 
     async def add_all(self, batches: Iterable[Any] | AsyncIterable[Any]) -> list[BatchResult]:
         """Send each batch, in order; see :meth:`Evaluation.add_all`."""
@@ -2076,7 +2088,7 @@ class AsyncEvaluation(_EvaluationHandle):
                 batch.get("outputs"),
             )
             results.append(
-                await self._put(self.batch_id_of(body) if batch_id is None else batch_id, body)
+                await (self._put_new(body) if batch_id is None else self._put(batch_id, body))
             )
 
         if isinstance(batches, AsyncIterable):
@@ -2103,11 +2115,18 @@ class AsyncEvaluation(_EvaluationHandle):
         results = []
         for lo in range(0, rows, batch_size):
             body = _rows_slice(arrays, lo, min(rows, lo + batch_size))
-            result = await self._put(self.batch_id_of(body), body)
+            result = await self._put_new(body)
             results.append(result)
             if on_batch is not None:
                 on_batch(result)
         return results
+
+    async def _put_new(self, body: dict[str, Any]) -> BatchResult:
+        """Send a batch under its content id (see :meth:`Evaluation.batch_id_of`)."""
+        digest = content_digest(body)
+        result = await self._put(self._next_id(digest), body)
+        self._accepted(digest)
+        return result
 
     async def _put(
         self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None

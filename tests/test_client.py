@@ -931,6 +931,25 @@ def test_a_stored_batch_whose_answer_was_lost_is_counted_once(tmp_path: Path) ->
     assert [m for m, _ in front.seen].count("PUT") == 2
 
 
+def test_a_batch_sent_again_after_its_sending_failed_keeps_its_id(tmp_path: Path) -> None:
+    """A batch counts towards ``-<n>`` once accepted: sent again on the same handle after
+    every attempt failed (its answers lost, the batch stored), it is the same batch."""
+    front = Interpose(create_app(Settings(data_dir=tmp_path)), status=502, forward=True, times=2)
+    y_true, y_pred, _ = stream_data(30)
+    policy = RetryPolicy(attempts=2, backoff=0.01)
+    with serve_in_thread(front) as url, LossClient(url, retry=policy) as client:
+        evaluation = client.evaluation()
+        first_id = evaluation.batch_id_of({"y_true": y_true, "y_pred": y_pred})
+        with pytest.raises(LossServiceError):
+            evaluation.add(y_true, y_pred)
+        again = evaluation.add(y_true, y_pred)
+        assert (again.batch_id, again.created) == (first_id, False)
+        got = evaluation.results()
+        assert (got.n_batches, got.n_samples) == (1, 30)
+        # Accepted now: the same content again is the job's second such batch.
+        assert evaluation.add(y_true, y_pred).batch_id == f"{again.batch_id}-2"
+
+
 def test_retries_are_bounded_and_creation_is_not_retried_after_a_500(tmp_path: Path) -> None:
     front = Interpose(create_app(Settings(data_dir=tmp_path)), status=503, times=100)
     y_true, y_pred, _ = stream_data(10)
