@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import zipfile
 import zlib
@@ -869,8 +870,15 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
-    if args.json:
-        sys.stdout.write(json.dumps(response, indent=2) + "\n")
-    else:
-        print_table(response, sys.stdout, report_url)
+    try:
+        if args.json:
+            sys.stdout.write(json.dumps(response, indent=2) + "\n")
+        else:
+            print_table(response, sys.stdout, report_url)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say, and nothing at exit
+        # either (Python would flush stdout again and complain).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0

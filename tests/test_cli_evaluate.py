@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from service import cli
 from service.client import LossClient
 from service.main import create_app
 from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 N, C = 523, 4
 RNG = np.random.default_rng(21)
@@ -480,6 +483,21 @@ def test_the_readable_table(
     assert f"calibration: ECE {ece:.6f}" in out
     code, out, _ = evaluate(capsys, *argv, "--url", url)
     assert code == 0 and "report: " + url + "/v1/evaluations/" in out
+
+
+def test_a_reader_that_goes_away_ends_it_quietly(files: dict[str, str]) -> None:
+    """``loss-service evaluate ... | head -1``: exit 1, no traceback."""
+    command = [sys.executable, "-m", "service.cli", "evaluate", "--quiet"]
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--report", "per_class"]
+    process = subprocess.Popen(
+        [*command, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # gone before the first line
+    with process.stderr:
+        err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert err == ""
 
 
 def test_a_progress_bar_on_a_terminal_only(
