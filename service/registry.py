@@ -529,7 +529,9 @@ METRICS: dict[str, MetricSpec] = {
         ),
         MetricSpec(
             "accuracy",
-            (THRESHOLD, METRIC_FROM_LOGITS, K),
+            # What the metrics it resolves to take (none of them takes `k`: that is the
+            # top-k accuracies').
+            (THRESHOLD, METRIC_FROM_LOGITS),
             "Resolved from the labels: sparse → sparse_categorical_accuracy, one-hot or "
             "soft → categorical_accuracy, binary → binary_accuracy, multi-hot → "
             "subset_accuracy.",

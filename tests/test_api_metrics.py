@@ -30,6 +30,17 @@ def test_accuracy_is_resolved_from_the_labels(client: Any, y_true: Any, resolved
     assert r.json()["resolved_as"] == resolved
 
 
+def test_accuracy_takes_no_k(client: Any) -> None:
+    """None of the metrics it resolves to ranks the top k: a `k` would be ignored and the
+    top-1 value answered (0.75 here, where top-2 is 1.0)."""
+    y_pred = [[0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]
+    body = {"y_true": [1, 0, 0, 2], "y_pred": y_pred, "k": 2}
+    r = client.post("/v1/metrics/accuracy", json=body)
+    assert r.status_code == 422 and "accuracy does not take `k`" in r.json()["detail"], r.text
+    r = client.post("/v1/metrics/sparse_top_k_categorical_accuracy", json=body)
+    assert r.json()["value"] == 1.0
+
+
 def test_binary_labels_resolve_to_binary_accuracy(client: Any) -> None:
     r = client.post("/v1/metrics/accuracy", json={"y_true": [0, 1, 1], "y_pred": [0.2, 0.9, 0.4]})
     assert r.json()["resolved_as"] == "binary_accuracy"
