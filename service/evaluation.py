@@ -153,6 +153,18 @@ def _sums_fit(
         )
 
 
+def check_head_sizes(heads: Mapping[str, Mapping[str, Any]]) -> None:
+    """The heads of one batch (each head's response) hold as many samples each: they are
+    a model's outputs for the same samples (Keras refuses such data too)."""
+    sizes = {head: response["n_samples"] for head, response in heads.items()}
+    if len(set(sizes.values())) > 1:
+        raise invalid(
+            ("outputs",),
+            "The heads of a batch are a model's outputs for the same samples, so they hold "
+            f"as many samples each; received {sizes}.",
+        )
+
+
 def total_loss(weights: Mapping[str, float], heads: Mapping[str, Mapping[str, Any]]) -> float:
     """A several-heads ``total_loss``: each head's losses (its response's ``losses``)
     added, times its ``loss_weights`` entry (1 if none), added; refused when it overflows
@@ -616,4 +628,5 @@ def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
         head: _evaluate_one(head_document, ("outputs", head), max_elements)
         for head, head_document in outputs.items()
     }
+    check_head_sizes(results)
     return {"outputs": results, "total_loss": total_loss(weights, results)}

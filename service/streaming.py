@@ -51,6 +51,7 @@ from service.evaluation import (
     Entry,
     Inputs,
     Plan,
+    check_head_sizes,
     check_heads,
     evaluate_head,
     inputs_of,
@@ -388,13 +389,7 @@ def evaluate_batch(
     if differences:
         message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
         raise InvalidInput(message, [FieldError(("y_true",), message)])
-    sizes = {head: response["n_samples"] for head, response in responses.items()}
-    if len(set(sizes.values())) > 1:
-        message = (
-            "The heads of a batch are a model's outputs for the same samples, so they hold "
-            f"as many samples each; received {sizes}."
-        )
-        raise InvalidInput(message, [FieldError(("outputs",), message)])
+    check_head_sizes(responses)
     n_samples = next(iter(responses.values()))["n_samples"]
     if set(responses) == {SINGLE}:
         answer = {

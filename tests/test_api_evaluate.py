@@ -111,6 +111,18 @@ def test_several_heads_and_total_loss(client: Any) -> None:
     assert body["total_loss"] == pytest.approx(0.5 * CCE + bce, rel=1e-5)
 
 
+def test_heads_of_different_sizes_are_refused(client: Any) -> None:
+    """One model's outputs for the same samples (as a streaming batch's heads must be)."""
+    heads = {
+        "a": {"y_true": [1], "y_pred": [[0.3, 0.7]]},
+        "b": {"y_true": [0, 1, 1], "y_pred": [[0.6, 0.4], [0.2, 0.8], [0.1, 0.9]]},
+    }
+    r = client.post("/v1/evaluate", json={"outputs": heads})
+    assert r.status_code == 422, r.text
+    assert "received {'a': 1, 'b': 3}" in r.json()["detail"]
+    assert r.json()["errors"][0]["loc"] == ["outputs"]
+
+
 def test_head_errors_point_into_the_head(client: Any) -> None:
     r = client.post(
         "/v1/evaluate",
