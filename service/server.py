@@ -46,6 +46,7 @@ from uvicorn.server import ServerState
 from service.errors import (
     PROBLEM_CONTENT_TYPE,
     HeadersTooLarge,
+    MalformedRequest,
     RequestTimeout,
     ServiceError,
     ServiceUnavailable,
@@ -206,14 +207,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
+        except httptools.HttpParserCallbackError as error:
             if self._refusal is not None:
                 self._refuse(self._refusal, "headers", linger=True)
                 return
-            self._invalid()
+            self._invalid(error)
             return
-        except httptools.HttpParserError:
-            self._invalid()
+        except httptools.HttpParserError as error:
+            self._invalid(error)
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -224,10 +225,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_bytes > self._limits.max_header_bytes:
             self._refuse(self._too_large("bytes"), "headers", linger=True)
 
-    def _invalid(self) -> None:
-        msg = "Invalid HTTP request received."
-        self.logger.warning(msg)
-        self.send_400_response(msg)
+    def _invalid(self, error: Exception) -> None:
+        """A request that is not HTTP/1.1 as the parser reads it (a bad chunk size or
+        Content-Length, a control character in a header...): a problem+json 400, as
+        every other error, and the connection closed (where the next request would
+        start is unknown)."""
+        self.logger.warning("Invalid HTTP request received: %s", error)
+        self._refuse(
+            MalformedRequest.at(
+                ("request",),
+                f"The request is not valid HTTP/1.1 ({error}); expected a request line, "
+                "headers and a body as RFC 9112 frames them.",
+            ),
+            "invalid",
+        )
 
     # ---- parser callbacks --------------------------------------------------------------
 

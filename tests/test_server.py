@@ -109,6 +109,27 @@ def test_a_connection_that_sends_nothing_is_closed(address: tuple[str, int]) -> 
         assert time.monotonic() - start < 3
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/evaluate HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    ],
+    ids=["chunk-size", "content-length", "nul-in-header"],
+)
+def test_a_request_that_is_not_http_gets_a_problem_json_400(
+    address: tuple[str, int], request_bytes: bytes
+) -> None:
+    with connect(address) as sock:
+        sock.sendall(request_bytes)
+        status, body, head = status_and_body(read_all(sock))
+    assert status == 400
+    assert b"content-type: application/problem+json" in head
+    assert "not valid HTTP/1.1" in str(body["detail"])
+    assert body["errors"] == [{"loc": ["request"], "msg": body["detail"]}]
+
+
 def test_too_many_headers_get_a_431(address: tuple[str, int]) -> None:
     headers = b"".join(b"X-%d: y\r\n" % i for i in range(LIMITS.max_header_count + 1))
     with connect(address) as sock:

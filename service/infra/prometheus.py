@@ -119,7 +119,8 @@ WARNINGS = Counter(
 CONNECTIONS_REFUSED = Counter(
     "loss_service_connections_refused",
     "Connections answered and closed by the server's guard, by reason (connections over "
-    "the cap, header limits, header timeout, idle connections that sent nothing).",
+    "the cap, header limits, header timeout, idle connections that sent nothing, requests "
+    "that are not HTTP).",
     ["reason"],
 )
 
