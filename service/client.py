@@ -1023,9 +1023,38 @@ def _batch_result(body: Any, created: bool | None) -> BatchResult:
     )
 
 
-def _joined(batch_id: str, parts: list[BatchResult]) -> BatchResult:
-    """The result of a batch sent as ``parts``."""
-    last = parts[-1]
+def _label_rank(part: Mapping[str, Any]) -> int:
+    """How much a part's labels say of their family, summed over its heads: 2 for soft
+    targets (a value other than 0 and 1), 1 for multi-hot ones (a row with several ones),
+    0 otherwise (integer labels, one-hot rows, binary targets)."""
+    rank = 0
+    for fields in _arrays_of(part):
+        y_true, y_pred = fields.get("y_true"), fields.get("y_pred")
+        if not (isinstance(y_true, np.ndarray) and isinstance(y_pred, np.ndarray)):
+            continue
+        if y_true.shape != y_pred.shape or y_true.ndim < 2 or y_true.shape[-1] < 2:
+            continue
+        if np.any((y_true != 0) & (y_true != 1)):
+            rank += 2
+        elif np.any(np.count_nonzero(y_true, axis=-1) > 1):
+            rank += 1
+    return rank
+
+
+def _sending_order(parts: list[dict[str, Any]]) -> list[int]:
+    """The order a split batch's parts go in: the one whose labels say most of their
+    family first (soft rows, else a multi-hot row), then the others in order. An
+    evaluation's first batch fixes its label family from the labels it holds: a batch
+    whose first part happened to hold only one-hot rows would fix one-hot, and its
+    multi-hot parts after be refused. The order changes nothing else: the parts' ids are
+    their indices, and the evaluation's results do not depend on the order of batches."""
+    ranks = [_label_rank(part) for part in parts]
+    return sorted(range(len(parts)), key=lambda k: -ranks[k])
+
+
+def _joined(batch_id: str, parts: list[BatchResult], last: BatchResult) -> BatchResult:
+    """The result of a batch sent as ``parts`` (in index order), ``last`` the part sent
+    last (its counts are the evaluation's after the batch)."""
     return BatchResult(
         batch_id=batch_id,
         n_samples=sum(p.n_samples for p in parts),
@@ -2016,10 +2045,11 @@ class Evaluation(_EvaluationHandle):
                     return self._put(batch_id, body, then)
                 parts = then
         inherited = _encoding_of(call)
-        return _joined(
-            batch_id,
-            [self._put(_part_id(batch_id, k), p, inherited) for k, p in enumerate(parts)],
-        )
+        order = _sending_order(parts)
+        sent: dict[int, BatchResult] = {}
+        for k in order:
+            sent[k] = self._put(_part_id(batch_id, k), parts[k], inherited)
+        return _joined(batch_id, [sent[k] for k in range(len(parts))], sent[order[-1]])
 
     def results(self) -> EvaluationResults:
         """``GET /v1/evaluations/{id}``: the evaluate response over every batch so far."""
@@ -2148,10 +2178,11 @@ class AsyncEvaluation(_EvaluationHandle):
                     return await self._put(batch_id, body, then)
                 parts = then
         inherited = _encoding_of(call)
-        return _joined(
-            batch_id,
-            [await self._put(_part_id(batch_id, k), p, inherited) for k, p in enumerate(parts)],
-        )
+        order = _sending_order(parts)
+        sent: dict[int, BatchResult] = {}
+        for k in order:
+            sent[k] = await self._put(_part_id(batch_id, k), parts[k], inherited)
+        return _joined(batch_id, [sent[k] for k in range(len(parts))], sent[order[-1]])
 
     async def results(self) -> EvaluationResults:
         """``GET /v1/evaluations/{id}``: the evaluate response over every batch so far."""

@@ -1046,6 +1046,31 @@ def test_a_batch_over_the_body_limit_is_split_into_parts(
     assert_same_as_evaluate(got, sync_client.evaluate(y_true, y_pred, weights, **STREAM_SETTINGS))
 
 
+def test_a_split_first_batch_fixes_the_family_its_whole_labels_have(
+    tmp_path: Path, sync_client: LossClient
+) -> None:
+    """The evaluation's first batch, multi-hot, split where its first rows hold one
+    positive each: the part sent first is one with a multi-hot row, so the evaluation is
+    multi-hot and every part fits it (sent first in order, the first part would have
+    fixed one-hot, and the parts with several positives been refused)."""
+    rng = np.random.default_rng(3)
+    y_true = np.zeros((600, 10), np.float32)
+    y_true[np.arange(600), rng.integers(0, 10, 600)] = 1
+    y_true[400:, 0] = 1  # the last rows hold two positives (or one, in class 0)
+    y_pred = rng.random((600, 10)).astype(np.float32)
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_000))
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        evaluation = client.evaluation(losses=["binary_crossentropy"])
+        result = evaluation.add(y_true, y_pred, batch_id="big")
+        assert len(result.parts) > 2 and result.n_samples == 600
+        assert [p.batch_id for p in result.parts] == [f"big.{k}" for k in range(len(result.parts))]
+        assert result.evaluation_batches == len(result.parts)
+        got = evaluation.results()
+    once = sync_client.evaluate(y_true, y_pred, losses=["binary_crossentropy"])
+    assert once.label_encoding == "multi_hot"
+    assert_same_as_evaluate(got, once)
+
+
 def test_the_body_limit_as_an_option_and_parts_split_again(tmp_path: Path) -> None:
     """With ``max_body_bytes`` given, nothing over it is sent; a part the service still
     refuses is split again under ids derived from its own, and the limit the 413 names
