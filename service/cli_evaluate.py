@@ -660,6 +660,15 @@ def evaluate_remotely(
         media_type = answers[-1].headers.get("content-type", "").partition(";")[0]
         return media_type.strip().lower() in _JSON_TYPES
 
+    total = int(arrays["y_true"].shape[0])
+    sent = [0, 0]  # batches and rows accepted
+    evaluation_id: list[str] = []
+
+    def accepted(rows: int) -> None:
+        sent[0] += 1
+        sent[1] += rows
+        on_rows(rows)
+
     try:
         # Binary batches: the service computes on the very values read here (JSON lists
         # would carry float32 values as their shortest decimals), as the local mode does.
@@ -674,18 +683,29 @@ def evaluate_remotely(
                 evaluation = client.open_evaluation(args.evaluation)
             else:
                 evaluation = client.evaluation(metadata=dict(args.metadata) or None, **head)
+            evaluation_id.append(evaluation.id)
             evaluation.feed(
                 arrays["y_true"],
                 arrays["y_pred"],
                 arrays.get("sample_weight"),
                 batch_size=args.batch_size,
-                on_batch=lambda r: on_rows(r.n_samples),
+                on_batch=lambda r: accepted(r.n_samples),
             )
             return evaluation.results().document, evaluation.report_url
     except LossServiceError as error:
         if answers and not json_answer():
             raise _unlike_the_service(args.url, answers[-1]) from None
-        raise EvaluationError(f"the service answered {error}") from None
+        message = f"the service answered {error}"
+        if evaluation_id:
+            last = min(sent[1] + args.batch_size, total) - 1
+            message += (
+                f" (batch {sent[0] + 1}, rows {sent[1]} to {last})"
+                + "".join(f" {note}" for note in getattr(error, "__notes__", ()))
+                + f" Evaluation {evaluation_id[0]} holds the {sent[0]} batch(es) accepted "
+                f"before it: once the data is corrected, --evaluation {evaluation_id[0]} "
+                "sends every batch again, and those count once."
+            )
+        raise EvaluationError(message) from None
     except (ValueError, KeyError, TypeError):
         # A success whose body is not JSON (orjson's error is a ValueError), or JSON that
         # is not the service's document (a field of another type: a date that is not one).

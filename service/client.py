@@ -1052,6 +1052,28 @@ def _sending_order(parts: list[dict[str, Any]]) -> list[int]:
     return sorted(range(len(parts)), key=lambda k: -ranks[k])
 
 
+def _part_refused(
+    error: LossServiceError,
+    batch_id: str,
+    parts: list[dict[str, Any]],
+    k: int,
+    stored: Mapping[int, BatchResult],
+) -> None:
+    """Say in ``error`` (a note) which part of a split batch it was, its rows in the
+    batch, and which parts the evaluation holds already."""
+    starts = [0]
+    for part in parts:
+        starts.append(starts[-1] + (_rows(part) or 0))
+    kept = ", ".join(repr(stored[j].batch_id) for j in sorted(stored)) or "none"
+    error.add_note(
+        f"Part {_part_id(batch_id, k)!r} of batch {batch_id!r}, split over the body limit: "
+        f"rows {starts[k]} to {starts[k + 1] - 1} of the batch (an index in the answer "
+        f"counts from the part's first row). Parts already stored: {kept}; send the "
+        f"batch again, corrected, with batch_id={batch_id!r}, and those are replays, "
+        "counted once."
+    )
+
+
 def _joined(batch_id: str, parts: list[BatchResult], last: BatchResult) -> BatchResult:
     """The result of a batch sent as ``parts`` (in index order), ``last`` the part sent
     last (its counts are the evaluation's after the batch)."""
@@ -2048,7 +2070,11 @@ class Evaluation(_EvaluationHandle):
         order = _sending_order(parts)
         sent: dict[int, BatchResult] = {}
         for k in order:
-            sent[k] = self._put(_part_id(batch_id, k), parts[k], inherited)
+            try:
+                sent[k] = self._put(_part_id(batch_id, k), parts[k], inherited)
+            except LossServiceError as error:
+                _part_refused(error, batch_id, parts, k, sent)
+                raise
         return _joined(batch_id, [sent[k] for k in range(len(parts))], sent[order[-1]])
 
     def results(self) -> EvaluationResults:
@@ -2181,7 +2207,11 @@ class AsyncEvaluation(_EvaluationHandle):
         order = _sending_order(parts)
         sent: dict[int, BatchResult] = {}
         for k in order:
-            sent[k] = await self._put(_part_id(batch_id, k), parts[k], inherited)
+            try:
+                sent[k] = await self._put(_part_id(batch_id, k), parts[k], inherited)
+            except LossServiceError as error:
+                _part_refused(error, batch_id, parts, k, sent)
+                raise
         return _joined(batch_id, [sent[k] for k in range(len(parts))], sent[order[-1]])
 
     async def results(self) -> EvaluationResults:

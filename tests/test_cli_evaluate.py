@@ -355,6 +355,38 @@ def test_usage_errors_exit_2_with_a_message(
     assert "clé" not in err  # an API key is a secret: never quoted back
 
 
+def test_a_batch_refused_by_the_service_is_named_with_its_rows_and_the_evaluation(
+    url: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the local mode names it; and the evaluation holding the batches before it, which
+    a rerun with --evaluation completes."""
+    broken = tmp_path / "nan.npy"
+    y_pred = Y_PRED.copy()
+    y_pred[250, 1] = np.nan
+    np.save(broken, y_pred)
+    argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
+    code, _, err = evaluate(capsys, *argv, "--url", url)
+    assert code == 1 and "the service answered 422" in err
+    assert "(batch 3, rows 200 to 299)" in err
+    evaluation = err.split(" Evaluation ")[1].split()[0]
+    assert "holds the 2 batch(es) accepted before it" in err
+    code, out, err = evaluate(
+        capsys,
+        *argv[:2],
+        "--y-pred",
+        files["y_pred"],
+        "--batch-size",
+        "100",
+        "--url",
+        url,
+        "--evaluation",
+        evaluation,
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["n_samples"] == N and json.loads(out)["n_batches"] == 6
+
+
 def test_the_evaluations_errors_exit_1(
     url: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1046,6 +1046,25 @@ def test_a_batch_over_the_body_limit_is_split_into_parts(
     assert_same_as_evaluate(got, sync_client.evaluate(y_true, y_pred, weights, **STREAM_SETTINGS))
 
 
+def test_a_refused_part_says_its_rows_and_the_parts_stored(tmp_path: Path) -> None:
+    y_true, y_pred, weights = stream_data(3000, seed=5)
+    y_pred = y_pred.copy()
+    y_pred[900, 0] = np.nan
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_000))
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        evaluation = client.evaluation(**STREAM_SETTINGS)
+        with pytest.raises(InvalidInputError) as refused:
+            evaluation.add(y_true, y_pred, weights, batch_id="big")
+        assert "index [300, 0]" in refused.value.detail  # within the part
+        (note,) = refused.value.__notes__
+        assert "Part 'big.1' of batch 'big'" in note and "rows 600 to 1199" in note
+        assert "Parts already stored: 'big.0'" in note
+        # Sent again, corrected, under its id: the stored part is a replay.
+        fixed = evaluation.add(*stream_data(3000, seed=5), batch_id="big")
+        assert [p.created for p in fixed.parts] == [False, True, True, True, True]
+        assert evaluation.results().n_samples == 3000
+
+
 def test_a_split_first_batch_fixes_the_family_its_whole_labels_have(
     tmp_path: Path, sync_client: LossClient
 ) -> None:
