@@ -489,7 +489,13 @@ INVALID: list[tuple[str, bytes, type[errors.ServiceError], str]] = [
         "FP16 overflow",
         request([BASIC[0], tensor("y_pred", [1e5] * 6, [2, 3], "FP16")]),
         errors.InvalidInput,
-        "too large for FP16",
+        "too large for FP16 (they would be infinite); expected a wider datatype: FP32 or FP64",
+    ),
+    (
+        "FP32 overflow",
+        request([BASIC[0], tensor("y_pred", [1e39] * 6, [2, 3], "FP32")]),
+        errors.InvalidInput,
+        "too large for FP32 (they would be infinite); expected a wider datatype: FP64.",
     ),
     (
         "shared memory",
