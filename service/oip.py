@@ -336,11 +336,11 @@ def _from_json(
     with np.errstate(over="ignore"):  # a number too large for FP16 is refused below
         array = values.astype(dtype).reshape(shape)
     if dtype.kind == "f" and not np.all(np.isfinite(array)):
-        wider = {"FP16": "FP32 or FP64", "FP32": "FP64"}.get(datatype)
+        floats = {"FP16": "FP32 or FP64", "FP32": "FP64"}.get(datatype)
         raise invalid(
             loc,
             f"{_where(loc)} holds numbers too large for {datatype} (they would be infinite); "
-            + (f"expected a wider datatype: {wider}." if wider else "expected finite numbers."),
+            + (f"expected a wider datatype: {floats}." if floats else "expected finite numbers."),
         )
     return array
 
