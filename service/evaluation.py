@@ -98,15 +98,19 @@ def _summary(batch: Batch) -> dict[str, Any]:
     }
 
 
-def _finite(value: Any, loc: Loc, what: str) -> None:
+def _finite(value: Any, loc: Loc, what: str, batch: Batch) -> None:
     """A result that overflowed (weights or values near their dtype's maximum) is refused,
     never sent as ``null``."""
     if not np.all(np.isfinite(value)):
+        smaller = (
+            "`y_pred` values"
+            if batch.sample_weight is None
+            else "`sample_weight` or `y_pred` values"
+        )
         raise invalid(
             loc,
             f"{what} is not finite: the batch's values or weights are too large for the "
-            "computation's dtype. Expected smaller `sample_weight` values, or "
-            '`dtype: "float64"`.',
+            f'computation\'s dtype. Expected smaller {smaller}, or `dtype: "float64"`.',
         )
 
 
@@ -194,7 +198,7 @@ def loss(name: str, document: Any, max_elements: int) -> dict[str, Any]:
     inputs = _inputs(document, (), max_elements)
     batch = inputs.batch(params["axis"])
     value = registry.compute_loss(spec, batch, params)
-    _finite(value, ("body",), f"The {name} loss")
+    _finite(value, ("body",), f"The {name} loss", batch)
     found = diagnostics.for_loss(spec, batch, params)
     return {
         "loss": _loss_value(value),
@@ -216,7 +220,7 @@ def metric(name: str, document: Any, max_elements: int) -> dict[str, Any]:
         stats, resolved = registry.metric_stats(name, batch, params)
         _sums_fit(stats, batch, ("body",), f"The {name} metric", kernels.STATISTIC_LIMIT)
         value = registry.metric_value(resolved, stats, params)
-    _finite(value, ("body",), f"The {name} metric")
+    _finite(value, ("body",), f"The {name} metric", batch)
     found = diagnostics.for_metric(resolved, batch, params, value, stats)
     return {
         "value": value,
@@ -522,7 +526,7 @@ def _evaluate_head(
                 values, sample_weight=b.sample_weight, mask=mask, reduction=e.params["reduction"]
             )
         )
-        _finite(reduced, (*e.loc,), f"The {e.key} loss")
+        _finite(reduced, (*e.loc,), f"The {e.key} loss", b)
         losses[e.key] = reduced
         loss_stats = kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask)
         _sums_fit(loss_stats, b, (*e.loc,), f"The {e.key} loss", math.inf)
@@ -533,7 +537,7 @@ def _evaluate_head(
         metric_stats, name = registry.metric_stats(e.name, batch, e.params)
         _sums_fit(metric_stats, batch, (*e.loc,), f"The {e.key} metric", kernels.STATISTIC_LIMIT)
         value = registry.metric_value(name, metric_stats, e.params)
-        _finite(value, (*e.loc,), f"The {e.key} metric")
+        _finite(value, (*e.loc,), f"The {e.key} metric", batch)
         metrics[e.key] = value
         if e.name == "accuracy":
             resolved_names[e.key] = name

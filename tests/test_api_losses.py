@@ -143,6 +143,19 @@ def test_warnings_for_renormalized_and_double_softmax(client: Any) -> None:
     assert [w["code"] for w in r.json()["warnings"]] == ["predictions_look_like_probabilities"]
 
 
+def test_a_loss_that_overflows_names_what_to_make_smaller(client: Any) -> None:
+    """The values alone when no weights were sent; weights too when they were."""
+    logits = [[-1e38, 1e38], [1e38, -1e38]]
+    body = {"y_true": [0, 1], "y_pred": logits, "from_logits": True}
+    r = client.post("/v1/losses/sparse_categorical_crossentropy", json=body)
+    assert r.status_code == 422, r.text
+    assert "Expected smaller `y_pred` values, or" in r.json()["detail"]
+    r = client.post(
+        "/v1/losses/sparse_categorical_crossentropy", json={**body, "sample_weight": [1, 1]}
+    )
+    assert "Expected smaller `sample_weight` or `y_pred` values" in r.json()["detail"]
+
+
 def test_unknown_loss_is_404_listing_the_known_ones(client: Any) -> None:
     body = problem(client.post("/v1/losses/hinge", json={"y_true": [1], "y_pred": [[1]]}), 404)
     assert "categorical_crossentropy" in body["detail"]
