@@ -93,6 +93,9 @@ STYLE: dict[str, Any] = {
     "svg.hashsalt": "loss-service-charts",
     # Text stays text: smaller files, selectable and readable by assistive tools.
     "svg.fonttype": "none",
+    # Names are the caller's text: a `$` in a class or head name is a dollar sign, not
+    # the start of a formula (mathtext would redraw "$5 and $6", or fail on "$$").
+    "text.parse_math": False,
     # DejaVu Sans ships with Matplotlib, so layout is the same on every host.
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans"],

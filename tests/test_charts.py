@@ -406,6 +406,17 @@ def test_class_names_are_text_in_the_svg_even_markup_and_scripts() -> None:
     assert png.startswith(PNG_SIGNATURE)
 
 
+def test_dollar_signs_in_names_are_text_not_formulas() -> None:
+    """Matplotlib reads text between `$` signs as a formula: "$$" failed to parse (a 500),
+    "$5 and $6" was drawn as an italic formula."""
+    names = ["$$", "price $5 and $6", "\\"]
+    report = {"labels": names, "support": [3, 2, 1], "f1": [0.5, 0.25, 1.0]}
+    texts = _svg_texts(_svg_root(charts.render(charts.per_class_f1(report), "svg")))
+    for name in names:
+        assert name in texts
+    assert charts.render(charts.per_class_f1(report), "png").startswith(PNG_SIGNATURE)
+
+
 # --- determinism and threads ---------------------------------------------------------------------
 
 
