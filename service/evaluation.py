@@ -12,6 +12,7 @@ are checked first (cheap), then the arrays are decoded and the batch validated
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,6 +338,10 @@ class Plan:
     loc: Loc
 
 
+#: Control characters (C0, DEL, C1): not printable, and most not allowed in XML.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _class_names_problem(names: Any) -> str | None:
     """What is wrong with a ``class_names`` value, in a few words (``None``: nothing)."""
     if not isinstance(names, list):
@@ -346,6 +351,13 @@ def _class_names_problem(names: Any) -> str | None:
     for index, name in enumerate(names):
         if not isinstance(name, str):
             return f"a JSON {json_kind(name)} at index {index} ({str(name)[:40]})"
+        control = CONTROL.search(name)
+        if control is not None:
+            # They label charts and pages: a NUL or an escape breaks an SVG's XML.
+            return (
+                f"a name holding the control character U+{ord(control.group()):04X} at "
+                f"index {index} ({name[:40]!r}); expected printable text"
+            )
     return None
 
 

@@ -373,6 +373,15 @@ def test_a_batch_id_over_its_length_says_what_was_received(make_client: Any, tmp
         ({"class_names": [1, 2]}, "received a JSON number at index 0 (1)"),
         ({"class_names": []}, "received an empty list"),
         ({"class_names": "cat,dog"}, "received a JSON string"),
+        # Names label charts: a NUL would make an SVG ill-formed XML.
+        (
+            {"class_names": ["cat", "d\u0000g"]},
+            "received a name holding the control character U+0000 at index 1 ('d\\x00g')",
+        ),
+        (
+            {"outputs": {"a\u001bb": {}}},
+            "hold no `/` and no control character",
+        ),
     ],
 )
 def test_evaluation_settings_say_what_was_received(
