@@ -3,7 +3,9 @@ the one-batch page, and the page in a real headless Chromium with no other host.
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,23 @@ def test_the_report_page_lists_and_links_every_chart(client: SyncClient) -> None
         assert f"/v1/evaluations/{eid}/charts/{name}.svg" in r.text
         assert f"/v1/evaluations/{eid}/charts/{name}.png" in r.text
     assert "class 5" in r.text and "demo" in r.text
+
+
+def test_chart_links_of_heads_with_url_characters_reach_their_charts(client: SyncClient) -> None:
+    heads = ["q?x", "h#1", "p%41", "a b"]
+    settings = {"outputs": {head: {"reports": ["per_class"]} for head in heads}}
+    eid = client.post("/v1/evaluations", json=settings).json()["id"]
+    batch = {"y_true": [0, 1, 1], "y_pred": [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]}
+    r = client.put(
+        f"/v1/evaluations/{eid}/batches/b", json={"outputs": dict.fromkeys(heads, batch)}
+    )
+    assert r.status_code == 201, r.text
+    page = client.get(f"/v1/evaluations/{eid}/report").text
+    links = re.findall(r'src="(/v1/evaluations/[^"]+\.svg)"', page)
+    assert len(links) >= len(heads)
+    for link in links:
+        chart = client.get(html.unescape(link))
+        assert chart.status_code == 200, (link, chart.text)
 
 
 @pytest.mark.parametrize("name", CHARTS)

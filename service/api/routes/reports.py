@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
@@ -93,7 +94,10 @@ def _page(
     else:
         refs = report_page.chart_refs(
             evaluation,
-            lambda name, fmt: f"/v1/evaluations/{evaluation_id}/charts/{name}.{fmt}",
+            # A chart's name holds its head's: `?`, `#` or `%` there would cut the link.
+            lambda name, fmt: (
+                f"/v1/evaluations/{evaluation_id}/charts/{quote(name, safe='')}.{fmt}"
+            ),
             history,
         )
     return report_page.render_report(evaluation, refs)
