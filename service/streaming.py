@@ -256,6 +256,11 @@ def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[di
     return out
 
 
+class Mismatch(InvalidInput):
+    """A batch whose labels' family or classes differ from those its evaluation's first
+    batch fixed (a 422 like any invalid input; told apart for the batch counters)."""
+
+
 #: Label encodings that hold others' batches: a multi-label evaluation's batch whose rows
 #: hold one positive each, a soft one's whose rows are one-hot or multi-hot (see
 #: :func:`service.encodings.prepare`'s stated encodings).
@@ -389,7 +394,7 @@ def evaluate_batch(
         codes += [w["code"] for w in response["warnings"]]
     if differences:
         message = "The batch does not fit the evaluation: " + "; ".join(differences) + "."
-        raise InvalidInput(message, [FieldError(("y_true",), message)])
+        raise Mismatch(message, [FieldError(("y_true",), message)])
     check_head_sizes(responses)
     n_samples = next(iter(responses.values()))["n_samples"]
     if set(responses) == {SINGLE}:

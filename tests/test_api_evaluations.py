@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
@@ -638,3 +639,28 @@ def test_a_batch_that_would_take_the_running_totals_past_the_limit_is_refused(
         assert r.status_code == 422, r.text
     got = client.get(f"/v1/evaluations/{eid}").json()
     assert got["n_batches"] == 0 and got["metrics"] == {}
+
+
+def _batches_counted(outcome: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "loss_service_evaluation_batches_total", {"outcome": outcome}
+    )
+    return sample or 0.0
+
+
+def test_batches_to_no_evaluation_or_that_do_not_fit_are_counted(api: Any) -> None:
+    """Both are answered before the store sees the batch (404, 422): counted there."""
+    client = api()
+    eid = _create(client)
+    assert (
+        client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4))).status_code == 201
+    )
+    before = {o: _batches_counted(o) for o in ("not_found", "mismatch", "created")}
+    gone = client.put("/v1/evaluations/" + "0" * 32 + "/batches/a", json=_batch(slice(0, 4)))
+    assert gone.status_code == 404
+    other = {"y_true": [[1, 1, 0]], "y_pred": [[0.5, 0.4, 0.1]]}  # multi-hot: another family
+    r = client.put(f"/v1/evaluations/{eid}/batches/b", json=other)
+    assert r.status_code == 422 and "does not fit the evaluation" in r.json()["detail"], r.text
+    assert _batches_counted("not_found") == before["not_found"] + 1
+    assert _batches_counted("mismatch") == before["mismatch"] + 1
+    assert _batches_counted("created") == before["created"]

@@ -46,7 +46,7 @@ from service.errors import (
 from service.settings import Settings
 from service.storage import EvaluationRow, PutOutcome, PutResult, Setup, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
-from service.streaming import evaluate_batch, parse_settings, results
+from service.streaming import Mismatch, evaluate_batch, parse_settings, results
 from service.wire import JSON_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             store.get_setup, owner, evaluation_id
         )
         if setup is None:
+            BATCHES.labels(PutOutcome.NOT_FOUND.value).inc()
             raise _not_found(evaluation_id)
     except BaseException:
         # compute() releases the body from here on.
@@ -344,7 +345,15 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     # A first batch is evaluated in the thread pool, which may wait for its commit: it
     # holds a pool thread that long, and its body's memory reservation, so that a second
     # evaluation of it stays within the memory budget (only until the facts are fixed).
-    result = await completion(await compute(raw, settings, evaluate_and_submit, inline=not first))
+    try:
+        result = await completion(
+            await compute(raw, settings, evaluate_and_submit, inline=not first)
+        )
+    except Mismatch:
+        # Told by the batch's evaluation against the fixed facts (the store tells the
+        # others, and a batch that raced the first one: PutOutcome.MISMATCH below).
+        BATCHES.labels(PutOutcome.MISMATCH.value).inc()
+        raise
     BATCHES.labels(result.outcome.value).inc()
     return _put_answer(result, evaluation_id, batch_id)
 
