@@ -164,6 +164,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._limits = self.limits or _settings_limits()
         self._in_head = True
         self._head_bytes = 0
+        self._head_parsed = 0
         self._header_count = 0
         self._header_timer: TimerHandle | None = None
         self._refusal: ServiceError | None = None
@@ -246,12 +247,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._header_count = 0
+        self._head_parsed = 0
+
+    def _parsed(self, size: int) -> None:
+        """Count ``size`` bytes of the head as parsed (a head that arrived in one read is
+        never counted by ``data_received`` before it is complete)."""
+        self._head_parsed += size
+        if self._head_parsed > self._limits.max_header_bytes:
+            self._head_bytes = max(self._head_bytes, self._head_parsed)
+            self._refusal = self._too_large("bytes")
+            raise _Refused
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed(len(url))
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self._limits.max_header_count:
             self._refusal = self._too_large("count")
             raise _Refused
+        self._parsed(len(name) + len(value) + 4)  # "name: value\r\n"
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

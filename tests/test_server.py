@@ -148,6 +148,26 @@ def test_headers_over_the_byte_limit_get_a_431(address: tuple[str, int]) -> None
     assert "LOSS_SERVICE_MAX_HEADER_BYTES" in str(body["detail"])
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n",
+        b"GET /healthz?q=" + b"a" * 3000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=["header", "url"],
+)
+def test_a_whole_head_over_the_byte_limit_in_one_read_gets_a_431(
+    address: tuple[str, int], head: bytes
+) -> None:
+    """Complete in one read, it is parsed before the bytes read are counted: counted as
+    the parser reads the request line and each header."""
+    with connect(address) as sock:
+        sock.sendall(head)
+        status, body, _ = status_and_body(read_all(sock))
+    assert status == 431
+    assert "LOSS_SERVICE_MAX_HEADER_BYTES" in str(body["detail"])
+
+
 def test_headers_just_under_the_limits_are_accepted(address: tuple[str, int]) -> None:
     headers = b"".join(b"X-%d: y\r\n" % i for i in range(LIMITS.max_header_count - 2))
     with connect(address) as sock:
