@@ -147,6 +147,7 @@ def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncCli
         ("application/json;q=0.5, text/html", True),
         ("text/html, application/json", True),
         ("text/html;q=bad", False),
+        ("TEXT/HTML", True),  # media types are case-insensitive
     ]:
         answer = client.post("/v1/evaluate", json=body, headers={"accept": accept})
         assert answer.status_code == 200

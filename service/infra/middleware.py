@@ -66,7 +66,7 @@ def _wants_html(scope: Scope) -> bool:
     """Whether the request asks for HTML: the direct path answers JSON only, so such a
     request goes through the application's routes (evaluate's report page)."""
     for name, value in scope.get("headers", ()):
-        if name == b"accept" and b"text/html" in value:
+        if name == b"accept" and b"text/html" in value.lower():  # media types: any case
             return True
     return False
 
