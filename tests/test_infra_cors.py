@@ -84,3 +84,23 @@ def test_a_page_may_send_head_where_it_may_send_get() -> None:
     )
     assert head.status_code == 200 and head.content == b""
     assert head.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_a_refused_preflight_is_a_problem_json_400_saying_what_was_refused() -> None:
+    settings = Settings(cors_origins=[ORIGIN])
+    for headers, field, fragment in [
+        ({**PREFLIGHT, "Origin": "https://evil.example"}, "origin", "origin"),
+        (
+            {**PREFLIGHT, "Access-Control-Request-Method": "PATCH"},
+            "access-control-request-method",
+            "method",
+        ),
+    ]:
+        response = call(settings, "OPTIONS", URL, headers=headers)
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/problem+json"
+        document = response.json()
+        assert f"The CORS preflight is refused ({fragment}" in document["detail"]
+        assert "LOSS_SERVICE_CORS_ORIGINS" in document["detail"]
+        assert document["errors"][0]["loc"] == ["header", field]
+        assert "access-control-allow-methods" in response.headers  # its CORS headers kept

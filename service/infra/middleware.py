@@ -31,11 +31,15 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Final
 
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import errors
 from service.infra import auth, logs, prometheus, requestid
 from service.infra.templates import RouteTemplates, route_path
+from service.problems import problem_response
 
 _HEADER: Final = requestid.HEADER.lower().encode("latin-1")
 
@@ -100,6 +104,36 @@ DirectHandler = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[bo
 _ROUTE_KEY: Final = "loss_service.route"
 
 
+class _CORS(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as problem+json (Starlette's
+    own is text/plain), its CORS headers kept."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode()  # "Disallowed CORS origin, method"
+        failures = refused.removeprefix("Disallowed CORS ")
+        origin = request_headers.get("origin", "")
+        method = request_headers.get("access-control-request-method", "")
+        first = failures.split(",")[0].strip()
+        field = {"method": "access-control-request-method"}.get(first, first)
+        if first == "headers":
+            field = "access-control-request-headers"
+        error = errors.MalformedRequest.at(
+            ("header", field),
+            f"The CORS preflight is refused ({failures}): received Origin {origin!r} asking "
+            f"for {method!r}; expected an origin of the setting LOSS_SERVICE_CORS_ORIGINS, "
+            f"one of the methods {', '.join(CORS_METHODS)} and headers among "
+            f"{', '.join(CORS_HEADERS)}.",
+        )
+        answer = problem_response(error)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                answer.headers[name] = value
+        return answer
+
+
 class Operations:
     """Pure ASGI middleware: request id, CORS, API keys, metrics and access log; and the
     direct path of the routes named in ``direct``, by method and path template."""
@@ -120,7 +154,7 @@ class Operations:
         if self._keys is not None:
             inner = partial(self._guarded, inner)
         if cors_origins:
-            inner = CORSMiddleware(
+            inner = _CORS(
                 inner,
                 allow_origins=cors_origins,
                 allow_methods=list(CORS_METHODS),
