@@ -909,8 +909,12 @@ def _counts(
     return tp / scale, fp / scale, tn / scale, fn / scale, scale
 
 
-def _auc_text(auc: float | None) -> str:
-    return "" if auc is None else f" — AUC {_num(float(auc), 4)}"
+def _auc_text(auc: float | None, labels: bool = False) -> str:
+    """The AUC in a curve's title; a multi-label AUC (``labels``) is the mean of the
+    labels' AUCs, not the area under the pooled curve drawn."""
+    if auc is None:
+        return ""
+    return f" — AUC {_num(float(auc), 4)}" + (" (mean over labels)" if labels else "")
 
 
 def _curve_texts(
@@ -934,7 +938,9 @@ def _curve_texts(
         total = positives + negatives
         baseline = f" (a share of {positives / total if total else 0.0:.3g} positives)"
     value = "" if auc is None else f"; AUC {_num(float(auc), 4)}"
-    return title + _auc_text(auc), (
+    if auc is not None and tp.ndim == 2:
+        value += " (the mean of the labels' AUCs, not the area under the pooled curve)"
+    return title + _auc_text(auc, tp.ndim == 2), (
         f"{what} over {tp.shape[0]} thresholds{labels}; {_num_times(positives, scale)} "
         f"positives and {_num_times(negatives, scale)} negatives{baseline}{value}."
     )
@@ -1006,7 +1012,11 @@ def roc(
     _per_label(ax, _rates(fp, fp + tn), _rates(tp, tp + fn), labels)
     ax.fill_between(x[keep], y[keep], color=_BLUE, alpha=0.12, linewidth=0)
     ax.plot(
-        x[keep], y[keep], color=_BLUE, linewidth=1.8, label="all labels" if tp.ndim == 2 else "ROC"
+        x[keep],
+        y[keep],
+        color=_BLUE,
+        linewidth=1.8,
+        label="all labels pooled" if tp.ndim == 2 else "ROC",
     )
     ax.legend(loc="lower right")
     ax.set_xlabel("false positive rate (fraction of negatives)")
@@ -1049,7 +1059,7 @@ def pr(
     ax.fill_between(recall[keep], precision[keep], color=_BLUE, alpha=0.12, linewidth=0)
     ax.plot(
         recall[keep], precision[keep], color=_BLUE, linewidth=1.8,
-        label="all labels" if tp.ndim == 2 else "precision–recall",
+        label="all labels pooled" if tp.ndim == 2 else "precision–recall",
     )  # fmt: skip
     ax.legend(loc="lower left")
     ax.set_xlabel("recall (fraction of positives found)")

@@ -344,10 +344,14 @@ def test_multi_label_curves_pool_the_labels_and_draw_each() -> None:
     chart = charts.build_chart(evaluation, "attributes.roc", history)
     ax = chart.figure.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["chance", *head["reports"]["per_class"]["labels"], "all labels"]
+    assert labels == ["chance", *head["reports"]["per_class"]["labels"], "all labels pooled"]
     tp, _, _, fn = (a.sum(axis=1) for a in _counts(head["curves"]["auc"]))
     np.testing.assert_allclose(ax.get_lines()[-1].get_ydata(), tp / (tp + fn))
     assert "counts summed over 6 labels" in chart.description
+    # The title's AUC is Keras' multi-label one, the mean of the labels' AUCs: not the
+    # area under the pooled curve drawn, which the title and description say.
+    assert chart.title.endswith("(mean over labels)")
+    assert "not the area under the pooled curve" in chart.description
 
 
 def test_curves_need_four_arrays_of_one_shape() -> None:
