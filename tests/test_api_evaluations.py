@@ -664,3 +664,16 @@ def test_batches_to_no_evaluation_or_that_do_not_fit_are_counted(api: Any) -> No
     assert _batches_counted("not_found") == before["not_found"] + 1
     assert _batches_counted("mismatch") == before["mismatch"] + 1
     assert _batches_counted("created") == before["created"]
+
+
+def test_a_stored_batchs_warnings_are_counted_once(api: Any) -> None:
+    client = api()
+    eid = _create(client)
+    code = "probabilities_renormalized"
+    before = REGISTRY.get_sample_value("loss_service_warnings_total", {"code": code}) or 0.0
+    body = {"y_true": [0, 1], "y_pred": [[0.5, 0.2], [0.3, 0.3]]}  # rows do not sum to 1
+    first = client.put(f"/v1/evaluations/{eid}/batches/w", json=body)
+    assert first.status_code == 201 and code in {w["code"] for w in first.json()["warnings"]}
+    assert client.put(f"/v1/evaluations/{eid}/batches/w", json=body).status_code == 200
+    after = REGISTRY.get_sample_value("loss_service_warnings_total", {"code": code})
+    assert after == before + 1

@@ -113,7 +113,8 @@ COMPUTATIONS = Counter(
 )
 WARNINGS = Counter(
     "loss_service_warnings",
-    "Diagnoses (warnings) returned in responses, by warning code.",
+    "Diagnoses (warnings) returned in responses (a streaming batch's once, when it is "
+    "stored), by warning code.",
     ["code"],
 )
 CONNECTIONS_REFUSED = Counter(

@@ -43,6 +43,7 @@ from service.errors import (
     UnsupportedMediaType,
     invalid,
 )
+from service.infra.prometheus import record_warnings
 from service.settings import Settings
 from service.storage import EvaluationRow, PutOutcome, PutResult, Setup, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
@@ -392,6 +393,10 @@ def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
         **result.answer,
         "evaluation": {"n_batches": evaluation.n_batches, "n_samples": evaluation.n_samples},
     }
+    if outcome is PutOutcome.CREATED:
+        # Counted once a batch (its answer's warnings hold every head's): a replay's are
+        # those of a batch already counted.
+        record_warnings(w["code"] for w in answer["warnings"])
     return json_response(answer, 201 if outcome is PutOutcome.CREATED else 200)
 
 
