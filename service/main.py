@@ -17,7 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, diagnostics, registry
@@ -105,6 +105,11 @@ def _allowed_methods(request: Request) -> str:
     the first matching route's, though one path may have several routes); ``HEAD``
     wherever ``GET`` is (the operations middleware serves it as a ``GET``)."""
     routes = request.app.router.routes
+    for route in routes:
+        # Static files (the docs' assets): GET and HEAD, whatever the file.
+        static = isinstance(route, Mount) and isinstance(route.app, StaticFiles)
+        if static and request.url.path.startswith(route.path + "/"):
+            return "GET, HEAD"
     allowed = with_head(
         method
         for method in _METHODS

@@ -144,6 +144,13 @@ def test_missing_asset_is_a_problem_404(client: Any) -> None:
     assert response.headers["content-type"] == "application/problem+json"
 
 
+def test_an_asset_takes_get_and_head_only_and_a_405_says_so(client: Any) -> None:
+    response = client.post("/static/docs/swagger-ui.css")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+    assert response.json()["detail"].endswith("expected GET, HEAD.")
+
+
 # --- a real browser ---------------------------------------------------------------------------
 
 
