@@ -137,6 +137,12 @@ async def evaluation_report(request: Request, evaluation_id: EvaluationId) -> Re
     return _html(await anyio.to_thread.run_sync(build))
 
 
+#: The chart's format (checked in the route, whose 422 says what was received).
+ChartFormat = Annotated[
+    str, Path(description="`svg` or `png`.", json_schema_extra={"enum": ["svg", "png"]})
+]
+
+
 @router.get(
     "/{evaluation_id}/charts/{chart}.{fmt}",
     operation_id="evaluation_chart",
@@ -150,7 +156,7 @@ async def evaluation_report(request: Request, evaluation_id: EvaluationId) -> Re
     },
 )
 async def evaluation_chart(
-    request: Request, evaluation_id: EvaluationId, chart: ChartName, fmt: str
+    request: Request, evaluation_id: EvaluationId, chart: ChartName, fmt: ChartFormat
 ) -> Response:
     """One chart of the evaluation, as SVG or PNG."""
     if fmt not in _MEDIA:
