@@ -152,3 +152,8 @@ def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncCli
         answer = client.post("/v1/evaluate", json=body, headers={"accept": accept})
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/html") is page, accept
+    # The page takes evaluate's fields, as the JSON answer does: not an evaluation's.
+    refused = client.post(
+        "/v1/evaluate", json={**body, "metadata": {"a": "b"}}, headers={"accept": "text/html"}
+    )
+    assert refused.status_code == 422 and "`metadata` belongs to" in refused.json()["detail"]

@@ -210,6 +210,13 @@ async def batch_page(request: Request) -> Response:
             if not isinstance(document, dict):
                 raise invalid(("body",), "The request body must be a JSON object.")
             arrays, options = _split(document)
+            if "metadata" in options:
+                # An evaluation's field, not evaluate's: refused as the JSON answer is.
+                raise invalid(
+                    ("metadata",),
+                    "`metadata` belongs to streaming evaluations (POST /v1/evaluations), "
+                    "not to POST /v1/evaluate: expected evaluate's fields only.",
+                )
             config, _ = parse_settings(options)
             outcome = evaluate_batch(config, arrays, None, settings.max_elements)
             evaluation = results(config, outcome.facts, outcome.stats, {})
