@@ -1584,7 +1584,7 @@ class _EvaluationHandle:
         self.summary = summary
         self.batch_prefix = _check_prefix(batch_prefix)
         self._base_url = base_url.rstrip("/")
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, set[int]] = {}
 
     @property
     def url(self) -> str:
@@ -1598,22 +1598,26 @@ class _EvaluationHandle:
 
     def batch_id_of(self, body: Mapping[str, Any]) -> str:
         """The id a batch is sent under when none is given: ``<batch_prefix>`` then 32 hex
-        digits of its content's SHA-256, and ``-<n>`` when it is the n-th batch of the same
-        content this handle sends (n ≥ 2; a batch counts once accepted: one whose sending
-        failed goes again under the same id). So a rerun of the same job sends the same ids
+        digits of its content's SHA-256, and ``-<n>`` for the n-th batch of the same
+        content this handle sends (n ≥ 2). So a rerun of the same job sends the same ids
         (the service counts each batch once), batches that are equal by chance are each
         counted, and workers sending disjoint data never share an id (a ``batch_prefix``
-        per worker keeps even equal batches apart)."""
-        return self._next_id(content_digest(body))
+        per worker keeps even equal batches apart). Each call takes the next number; a
+        batch whose sending failed gives its number back, so that sent again it goes under
+        the same id."""
+        return self._take_id(content_digest(body))[1]
 
-    def _next_id(self, digest: str) -> str:
-        seen = self._seen.get(digest, 0) + 1
-        suffix = "" if seen == 1 else f"-{seen}"
-        return f"{self.batch_prefix}{digest}{suffix}"
+    def _take_id(self, digest: str) -> tuple[int, str]:
+        """The lowest number not taken for ``digest`` (taken now), and its id."""
+        taken = self._seen.setdefault(digest, set())
+        n = next(k for k in range(1, len(taken) + 2) if k not in taken)
+        taken.add(n)
+        suffix = "" if n == 1 else f"-{n}"
+        return n, f"{self.batch_prefix}{digest}{suffix}"
 
-    def _accepted(self, digest: str) -> None:
-        """A batch of content ``digest`` was accepted under :meth:`_next_id`'s id."""
-        self._seen[digest] = self._seen.get(digest, 0) + 1
+    def _give_back(self, digest: str, n: int) -> None:
+        """Number ``n`` of ``digest`` is free again (its batch was not sent)."""
+        self._seen[digest].discard(n)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, url={self.url!r})"
@@ -2043,9 +2047,12 @@ class Evaluation(_EvaluationHandle):
     def _put_new(self, body: dict[str, Any]) -> BatchResult:
         """Send a batch under its content id (see :meth:`batch_id_of`)."""
         digest = content_digest(body)
-        result = self._put(self._next_id(digest), body)
-        self._accepted(digest)
-        return result
+        n, batch_id = self._take_id(digest)
+        try:
+            return self._put(batch_id, body)
+        except BaseException:
+            self._give_back(digest, n)
+            raise
 
     def _put(
         self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None
@@ -2180,9 +2187,12 @@ class AsyncEvaluation(_EvaluationHandle):
     async def _put_new(self, body: dict[str, Any]) -> BatchResult:
         """Send a batch under its content id (see :meth:`Evaluation.batch_id_of`)."""
         digest = content_digest(body)
-        result = await self._put(self._next_id(digest), body)
-        self._accepted(digest)
-        return result
+        n, batch_id = self._take_id(digest)
+        try:
+            return await self._put(batch_id, body)
+        except BaseException:
+            self._give_back(digest, n)
+            raise
 
     async def _put(
         self, batch_id: str, body: dict[str, Any], encoding: Encoding | None = None

@@ -939,7 +939,7 @@ def test_a_batch_sent_again_after_its_sending_failed_keeps_its_id(tmp_path: Path
     policy = RetryPolicy(attempts=2, backoff=0.01)
     with serve_in_thread(front) as url, LossClient(url, retry=policy) as client:
         evaluation = client.evaluation()
-        first_id = evaluation.batch_id_of({"y_true": y_true, "y_pred": y_pred})
+        first_id = content_digest({"y_true": y_true, "y_pred": y_pred})
         with pytest.raises(LossServiceError):
             evaluation.add(y_true, y_pred)
         again = evaluation.add(y_true, y_pred)
@@ -948,6 +948,23 @@ def test_a_batch_sent_again_after_its_sending_failed_keeps_its_id(tmp_path: Path
         assert (got.n_batches, got.n_samples) == (1, 30)
         # Accepted now: the same content again is the job's second such batch.
         assert evaluation.add(y_true, y_pred).batch_id == f"{again.batch_id}-2"
+
+
+def test_equal_batches_sent_at_once_each_count(tmp_path: Path) -> None:
+    """Each takes its number when it is sent, not when it is accepted."""
+    y_true, y_pred, _ = stream_data(10)
+
+    async def go() -> tuple[list[str], int]:
+        app = create_app(Settings(data_dir=tmp_path))
+        transport = httpx.ASGITransport(app=app)
+        async with AsyncLossClient("http://testserver", transport=transport) as client:
+            evaluation = await client.evaluation()
+            sent = await asyncio.gather(*(evaluation.add(y_true, y_pred) for _ in range(3)))
+            return [r.batch_id for r in sent], (await evaluation.results()).n_batches
+
+    ids, n_batches = run(go())
+    digest = content_digest({"y_true": y_true, "y_pred": y_pred})
+    assert sorted(ids) == [digest, f"{digest}-2", f"{digest}-3"] and n_batches == 3
 
 
 def test_retries_are_bounded_and_creation_is_not_retried_after_a_500(tmp_path: Path) -> None:
