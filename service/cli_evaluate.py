@@ -691,6 +691,7 @@ def evaluate_remotely(
                 batch_size=args.batch_size,
                 on_batch=lambda r: accepted(r.n_samples),
             )
+            evaluation_id.clear()  # every batch in: an error now is not a batch's
             return evaluation.results().document, evaluation.report_url
     except LossServiceError as error:
         if answers and not json_answer():
@@ -698,13 +699,23 @@ def evaluate_remotely(
         message = f"the service answered {error}"
         if evaluation_id:
             last = min(sent[1] + args.batch_size, total) - 1
-            message += (
-                f" (batch {sent[0] + 1}, rows {sent[1]} to {last})"
-                + "".join(f" {note}" for note in getattr(error, "__notes__", ()))
-                + f" Evaluation {evaluation_id[0]} holds the {sent[0]} batch(es) accepted "
-                f"before it: once the data is corrected, --evaluation {evaluation_id[0]} "
-                "sends every batch again, and those count once."
-            )
+            parts = getattr(error, "__notes__", ())
+            message += f" (batch {sent[0] + 1}, rows {sent[1]} to {last})."
+            if parts:
+                # Parts of the refused batch are stored under its content's id: the
+                # corrected batch has another, and a rerun into it would count them again.
+                message += (
+                    " The batch was split over the service's body limit and part of it is "
+                    f"stored in evaluation {evaluation_id[0]}, with the {sent[0]} batch(es) "
+                    "before it: once the data is corrected, run again into a new "
+                    "evaluation (without --evaluation)."
+                )
+            else:
+                message += (
+                    f" Evaluation {evaluation_id[0]} holds the {sent[0]} batch(es) accepted "
+                    f"before it: once the data is corrected, --evaluation {evaluation_id[0]} "
+                    "sends every batch again, and those count once."
+                )
         raise EvaluationError(message) from None
     except (ValueError, KeyError, TypeError):
         # A success whose body is not JSON (orjson's error is a ValueError), or JSON that

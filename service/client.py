@@ -1068,9 +1068,9 @@ def _part_refused(
     error.add_note(
         f"Part {_part_id(batch_id, k)!r} of batch {batch_id!r}, split over the body limit: "
         f"rows {starts[k]} to {starts[k + 1] - 1} of the batch (an index in the answer "
-        f"counts from the part's first row). Parts already stored: {kept}; send the "
-        f"batch again, corrected, with batch_id={batch_id!r}, and those are replays, "
-        "counted once."
+        f"counts from the part's first row). Parts already stored: {kept}; sent again, "
+        f"corrected, with add(..., batch_id={batch_id!r}), those are replays, counted once "
+        "(under another id they would count again)."
     )
 
 

@@ -387,6 +387,55 @@ def test_a_batch_refused_by_the_service_is_named_with_its_rows_and_the_evaluatio
     assert json.loads(out)["n_samples"] == N and json.loads(out)["n_batches"] == 6
 
 
+def test_a_split_batch_refused_in_part_asks_for_a_new_evaluation(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its stored parts are under the refused batch's id: a rerun of the corrected data
+    into the same evaluation would count their rows again."""
+    broken = tmp_path / "nan.npy"
+    y_pred = Y_PRED.copy()
+    y_pred[450, 1] = np.nan  # the second half of the last batch
+    np.save(broken, y_pred)
+    app = create_app(Settings(data_dir=tmp_path / "data", max_body_bytes=1500))
+    argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
+    with serve_in_thread(app) as small:
+        code, _, err = evaluate(capsys, *argv, "--url", small)
+    assert code == 1 and "(batch 5, rows 400 to 499)" in err
+    assert "part of it is stored in evaluation" in err
+    assert "run again into a new evaluation (without --evaluation)" in err
+    assert "--evaluation " not in err.split("part of it is stored")[1].replace(
+        "(without --evaluation)", ""
+    )
+
+
+class _ResultsGone:
+    """The service, except that reading an evaluation's results answers 404."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "GET" and path.count("/") == 3:
+            body = json.dumps({"title": "Not found", "status": 404, "detail": "gone"}).encode()
+            headers = [(b"content-type", b"application/problem+json")]
+            await send({"type": "http.response.start", "status": 404, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def test_an_error_after_every_batch_is_in_names_no_batch(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = _ResultsGone(create_app(Settings(data_dir=tmp_path / "data")))
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--batch-size", "100"]
+    with serve_in_thread(app) as url:
+        code, _, err = evaluate(capsys, *argv, "--url", url)
+    assert code == 1 and "the service answered 404" in err and "gone" in err
+    assert "batch" not in err
+
+
 def test_the_evaluations_errors_exit_1(
     url: str, files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
