@@ -614,6 +614,14 @@ def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     outputs = _require_object(document["outputs"], ("outputs",), "`outputs`")
     if not outputs:
         raise invalid(("outputs",), "`outputs` is empty: expected at least one head.")
+    for head in outputs:
+        if not head or "/" in head or CONTROL.search(head):
+            raise invalid(
+                ("outputs", head),
+                "Head names are non-empty and hold no `/` and no control character (a "
+                "head's name leads the names of its statistics, the paths of its charts "
+                f"and their titles), received {head!r}.",
+            )
     raw_weights = document.get("loss_weights")
     weights = (
         {}

@@ -46,7 +46,6 @@ from service.errors import (
     json_kind,
 )
 from service.evaluation import (
-    CONTROL,
     FAMILY,
     SETTING_FIELDS,
     Entry,
@@ -147,13 +146,6 @@ def parse_settings(
         outputs, weights = check_heads({k: v for k, v in document.items() if k != "metadata"})
         heads = {}
         for head, settings in outputs.items():
-            if not head or "/" in head or CONTROL.search(head):
-                raise invalid(
-                    ("outputs", head),
-                    "An evaluation's head names are non-empty and hold no `/` and no "
-                    "control character (a head's name leads the names of its running "
-                    f"totals, the paths of its charts and their titles), received {head!r}.",
-                )
             parse_plan(settings, ("outputs", head), arrays=False)
             heads[head] = settings
         return {

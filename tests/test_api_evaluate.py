@@ -123,6 +123,19 @@ def test_heads_of_different_sizes_are_refused(client: Any) -> None:
     assert r.json()["errors"][0]["loc"] == ["outputs"]
 
 
+@pytest.mark.parametrize("head", ["", "a/b", "x\u0001"])
+def test_head_names_are_non_empty_without_slash_or_control_characters(
+    client: Any, head: str
+) -> None:
+    """As for a streaming evaluation and evaluate's page: the JSON answer and the page
+    of one body agree."""
+    body = {"outputs": {head: {"y_true": [1], "y_pred": [[0.3, 0.7]]}}}
+    for accept in ("application/json", "text/html"):
+        r = client.post("/v1/evaluate", json=body, headers={"accept": accept})
+        assert r.status_code == 422, (accept, r.text[:200])
+        assert r.json()["errors"][0]["loc"] == ["outputs", head]
+
+
 def test_head_errors_point_into_the_head(client: Any) -> None:
     r = client.post(
         "/v1/evaluate",
