@@ -342,8 +342,9 @@ class Plan:
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
-def _class_names_problem(names: Any) -> str | None:
-    """What is wrong with a ``class_names`` value, in a few words (``None``: nothing)."""
+def _class_names_problem(names: Any, stored: bool = False) -> str | None:
+    """What is wrong with a ``class_names`` value, in a few words (``None``: nothing);
+    ``stored``: names stored before control characters were refused pass."""
     if not isinstance(names, list):
         return f"a JSON {json_kind(names)}"
     if not names:
@@ -351,7 +352,7 @@ def _class_names_problem(names: Any) -> str | None:
     for index, name in enumerate(names):
         if not isinstance(name, str):
             return f"a JSON {json_kind(name)} at index {index} ({str(name)[:40]})"
-        control = CONTROL.search(name)
+        control = None if stored else CONTROL.search(name)
         if control is not None:
             # They label charts and pages: a NUL or an escape breaks an SVG's XML.
             return (
@@ -361,9 +362,11 @@ def _class_names_problem(names: Any) -> str | None:
     return None
 
 
-def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
+def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True, stored: bool = False) -> Plan:
     """Check an evaluate document's settings (all but the arrays, or all but nothing when
-    ``arrays`` is false: a streaming evaluation's settings have no arrays)."""
+    ``arrays`` is false: a streaming evaluation's settings have no arrays). ``stored``:
+    an evaluation's settings as stored, accepted when it was created, read again under
+    the rules they were created under where those have since grown stricter."""
     document = _require_object(document, loc, "An evaluate body")
     allowed = EVALUATE_FIELDS if arrays else SETTING_FIELDS
     unknown = sorted(set(document) - allowed)
@@ -383,7 +386,7 @@ def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True) -> Plan:
         "The request", registry.COMMON, {k: document[k] for k in COMMON_NAMES if k in document}, loc
     )
     class_names = document.get("class_names")
-    problem = None if class_names is None else _class_names_problem(class_names)
+    problem = None if class_names is None else _class_names_problem(class_names, stored)
     if problem is not None:
         raise invalid(
             (*loc, "class_names"),

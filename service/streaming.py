@@ -173,9 +173,31 @@ def parse_settings(
 
 def _plans(config: Mapping[str, Any]) -> dict[str, Plan]:
     return {
-        head: parse_plan(settings, () if head == SINGLE else ("outputs", head), arrays=False)
+        head: parse_plan(
+            _as_created(settings),
+            () if head == SINGLE else ("outputs", head),
+            arrays=False,
+            stored=True,
+        )
         for head, settings in config["outputs"].items()
     }
+
+
+def _as_created(settings: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A head's stored settings without what later versions refuse but which meant
+    nothing then: `accuracy` took a `k` (and ignored it) before it was refused."""
+    metrics = settings.get("metrics")
+    if not isinstance(metrics, list) or not any(
+        isinstance(m, dict) and m.get("name") == "accuracy" and "k" in m for m in metrics
+    ):
+        return settings
+    kept = [
+        {k: v for k, v in m.items() if k != "k"}
+        if isinstance(m, dict) and m.get("name") == "accuracy"
+        else m
+        for m in metrics
+    ]
+    return {**settings, "metrics": kept}
 
 
 # ---- one batch ---------------------------------------------------------------------------

@@ -357,3 +357,18 @@ def test_batches_of_another_label_family_are_refused_saying_what_differs(
     one = streaming.evaluate_batch(config, {"y_true": first, "y_pred": pred}, None, LIMIT)
     with pytest.raises(Exception, match=message):
         streaming.evaluate_batch(config, {"y_true": later, "y_pred": pred}, one.facts, LIMIT)
+
+
+def test_settings_stored_under_earlier_rules_are_read_as_they_were_accepted() -> None:
+    """An evaluation created when `accuracy` took a `k` (and ignored it), or class names
+    could hold control characters, goes on taking batches and answering results."""
+    config, _ = streaming.parse_settings({})
+    config["outputs"][""] = {
+        "metrics": [{"name": "accuracy", "k": 3}, "auc"],
+        "class_names": ["a\x00", "b"],
+    }
+    batch = {"y_true": [0, 1, 1], "y_pred": [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]}
+    outcome = streaming.evaluate_batch(config, batch, None, LIMIT)
+    got = streaming.results(config, outcome.facts, outcome.stats, {})
+    once = evaluation.evaluate({**batch, "metrics": ["accuracy", "auc"]}, LIMIT)
+    _close(got["metrics"], once["metrics"])
