@@ -104,3 +104,11 @@ def test_a_refused_preflight_is_a_problem_json_400_saying_what_was_refused() -> 
         assert "LOSS_SERVICE_CORS_ORIGINS" in document["detail"]
         assert document["errors"][0]["loc"] == ["header", field]
         assert "access-control-allow-methods" in response.headers  # its CORS headers kept
+    private = {**PREFLIGHT, "Access-Control-Request-Private-Network": "true"}
+    response = call(settings, "OPTIONS", URL, headers=private)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["loc"] == [
+        "header",
+        "access-control-request-private-network",
+    ]
+    assert "a private-network request is not allowed" in response.json()["detail"]

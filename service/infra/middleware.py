@@ -104,6 +104,15 @@ DirectHandler = Callable[[Scope, Receive, Send, Mapping[str, str]], Awaitable[bo
 _ROUTE_KEY: Final = "loss_service.route"
 
 
+#: The request header behind each of Starlette's preflight refusals.
+_PREFLIGHT_FIELDS: Final = {
+    "origin": "origin",
+    "method": "access-control-request-method",
+    "headers": "access-control-request-headers",
+    "private-network": "access-control-request-private-network",
+}
+
+
 class _CORS(CORSMiddleware):
     """Starlette's CORS, with a refused preflight answered as problem+json (Starlette's
     own is text/plain), its CORS headers kept."""
@@ -117,15 +126,16 @@ class _CORS(CORSMiddleware):
         origin = request_headers.get("origin", "")
         method = request_headers.get("access-control-request-method", "")
         first = failures.split(",")[0].strip()
-        field = {"method": "access-control-request-method"}.get(first, first)
-        if first == "headers":
-            field = "access-control-request-headers"
+        field = _PREFLIGHT_FIELDS.get(first, "origin")
+        private = (
+            "; a private-network request is not allowed" if "private-network" in failures else ""
+        )
         error = errors.MalformedRequest.at(
             ("header", field),
             f"The CORS preflight is refused ({failures}): received Origin {origin!r} asking "
             f"for {method!r}; expected an origin of the setting LOSS_SERVICE_CORS_ORIGINS, "
             f"one of the methods {', '.join(CORS_METHODS)} and headers among "
-            f"{', '.join(CORS_HEADERS)}.",
+            f"{', '.join(CORS_HEADERS)}{private}.",
         )
         answer = problem_response(error)
         for name, value in response.headers.items():
