@@ -677,3 +677,22 @@ def test_a_stored_batchs_warnings_are_counted_once(api: Any) -> None:
     assert client.put(f"/v1/evaluations/{eid}/batches/w", json=body).status_code == 200
     after = REGISTRY.get_sample_value("loss_service_warnings_total", {"code": code})
     assert after == before + 1
+
+
+def test_an_id_holding_a_nul_is_no_evaluation(api: Any) -> None:
+    """No id the service makes holds one (PostgreSQL's text cannot): a 404 on every route
+    that names an evaluation, on both stores."""
+    client = api()
+    base = "/v1/evaluations/a%00b"
+    for method, path, body in [
+        ("GET", base, None),
+        ("GET", f"{base}/batches", None),
+        ("PUT", f"{base}/batches/x", _batch(slice(0, 4))),
+        ("POST", f"{base}/close", None),
+        ("DELETE", base, None),
+        ("GET", f"{base}/report", None),
+        ("GET", f"{base}/charts/loss_history.svg", None),
+    ]:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["errors"][0]["loc"] == ["path", "id"]

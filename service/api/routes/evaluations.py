@@ -121,11 +121,14 @@ def _expiry_due(request: Request) -> bool:
     return True
 
 
-async def _swept(request: Request) -> Store:
+async def _swept(request: Request, evaluation_id: str | None = None) -> Store:
     """The worker's store, after deleting the evaluations past their time to live when
     this worker's sweep is due (every half time to live, at most every 10 minutes): any
     request about evaluations may sweep, so a worker that only takes batches and reads
-    results expires them too."""
+    results expires them too. ``evaluation_id``: the one the request names; an id no
+    evaluation can have (holding a NUL, which PostgreSQL's text cannot) is a 404 here."""
+    if evaluation_id is not None and "\x00" in evaluation_id:
+        raise _not_found(evaluation_id)
     store = _store(request)
     if _expiry_due(request):
         ttl = request.app.state.settings.evaluation_ttl
@@ -291,7 +294,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     ``POST /v1/evaluate`` does; one of an evaluation's first batches in the thread pool),
     then wait for the store's commit of it."""
     _batch_id(batch_id)
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     settings: Settings = request.app.state.settings
     raw = await read_body(request)
@@ -408,7 +411,7 @@ def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
 )
 async def get_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """The evaluation: its counts, and the evaluate response over every batch so far."""
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     return json_response(await anyio.to_thread.run_sync(_results, store, owner, evaluation_id))
 
@@ -434,7 +437,7 @@ async def list_batches(
     request: Request, evaluation_id: EvaluationId, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
     """Each batch's id, samples, arrival time and own values, in arrival order."""
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     try:
         page = await anyio.to_thread.run_sync(
@@ -459,7 +462,7 @@ async def list_batches(
 )
 async def close_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """No more batches: a new one is then a 409 (a replay of an accepted one still 200)."""
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     row = await anyio.to_thread.run_sync(lambda: store.close_evaluation(owner, evaluation_id))
     if row is None:
@@ -476,7 +479,7 @@ async def close_evaluation(request: Request, evaluation_id: EvaluationId) -> Res
 )
 async def delete_evaluation(request: Request, evaluation_id: EvaluationId) -> Response:
     """Delete the evaluation and its batches."""
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     deleted = await anyio.to_thread.run_sync(lambda: store.delete_evaluation(owner, evaluation_id))
     if not deleted:

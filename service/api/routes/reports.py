@@ -125,7 +125,7 @@ def _html(page: str) -> Response:
 )
 async def evaluation_report(request: Request, evaluation_id: EvaluationId) -> Response:
     """The evaluation's report page: values, warnings, per-class table and charts."""
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
     settings: Settings = request.app.state.settings
     embedded = bool(settings.api_keys)
@@ -162,7 +162,7 @@ async def evaluation_chart(
     if fmt not in _MEDIA:
         raise invalid(("path", "fmt"), f"Charts are `.svg` or `.png`; received {fmt[:20]!r}.")
     kind: Literal["svg", "png"] = "svg" if fmt == "svg" else "png"
-    store = await _swept(request)
+    store = await _swept(request, evaluation_id)
     owner = _owner(request)
 
     def draw() -> bytes:
