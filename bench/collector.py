@@ -16,72 +16,40 @@ round (requests per second, p50 and p99 ms) and the shipped worker's over the ot
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-import httpx
-
 from bench import ratio, table
-from bench.streaming import put_script, service, use_wrk
-from bench.throughput import Load, request_body, run_httpx, run_wrk, wrk_script
+from bench.streaming import service, small_throughput, use_wrk
+from bench.throughput import Load, median_round
 
 #: The two workers: the setting's environment of each.
 WORKERS = {"frozen": {}, "not frozen": {"LOSS_SERVICE_GC_FREEZE": "false"}}
 REQUESTS = ("evaluate", "PUT")
 
 
-def _median(loads: list[Load]) -> Load:
-    """The round with the median rate (the lower middle one of an even count)."""
-    ordered = sorted(loads, key=lambda load: load.requests_per_s)
-    return ordered[(len(ordered) - 1) // 2]
-
-
 def run(quick: bool = False) -> str:
     seconds, rounds = (3.0, 1) if quick else (5.0, 4)
-    body = request_body()
     loads: dict[tuple[str, str], list[Load]] = {
         (worker, request): [] for worker in WORKERS for request in REQUESTS
     }
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        bases: dict[str, str] = {}
-        for i, (worker, settings) in enumerate(WORKERS.items()):
-            bases[worker] = stack.enter_context(service(None, tmp / f"data{i}", settings))[0]
-        runs = itertools.count()
-
-        def load(worker: str, request: str, duration: float) -> Load:
-            base = bases[worker]
-            if request == "evaluate":
-                if use_wrk():
-                    return run_wrk(f"{base}/v1/evaluate", wrk_script(body, tmp), 32, duration)
-                return run_httpx(f"{base}/v1/evaluate", body, 32, duration)
-            # Each run's batches go to an evaluation of its own (wrk's ids start again).
-            with httpx.Client(base_url=base, timeout=60) as client:
-                eid = client.post("/v1/evaluations", json={}).json()["id"]
-            if use_wrk():
-                directory = tmp / f"run{next(runs)}"
-                directory.mkdir()
-                script = put_script(eid, body, directory)
-                return run_wrk(f"{base}/v1/evaluations", script, 32, duration)
-            numbers = itertools.count()
-            return run_httpx(
-                lambda: f"{base}/v1/evaluations/{eid}/batches/b{next(numbers)}",
-                body,
-                32,
-                duration,
-                method="PUT",
-                expect=201,
-            )
-
-        for worker, request in loads:  # warm-up
-            load(worker, request, 1.0)
+        bases = {
+            worker: stack.enter_context(service(None, tmp / f"data{i}", settings))[0]
+            for i, (worker, settings) in enumerate(WORKERS.items())
+        }
+        for base in bases.values():  # warm-up
+            small_throughput(base, 1.0)
         for _ in range(rounds):
-            for worker, request in loads:
-                loads[(worker, request)].append(load(worker, request, seconds))
-    median = {key: _median(runs) for key, runs in loads.items()}
+            for worker, base in bases.items():
+                # Evaluate, then PUT (into an evaluation of its own each time).
+                put, post, _ = small_throughput(base, seconds)
+                loads[(worker, "evaluate")].append(post)
+                loads[(worker, "PUT")].append(put)
+    median = {key: median_round(runs) for key, runs in loads.items()}
     rows = []
     for (worker, request), m in median.items():
         rows.append(

@@ -312,7 +312,7 @@ def _access_lines(log: Path) -> int:
         return sum(1 for line in lines if b'"logger":"service.access"' in line)
 
 
-def _median(loads: list[Load]) -> Load:
+def median_round(loads: list[Load]) -> Load:
     """The round with the median rate (the lower middle one of an even count)."""
     ordered = sorted(loads, key=lambda load: load.requests_per_s)
     return ordered[(len(ordered) - 1) // 2]
@@ -378,7 +378,7 @@ def run(quick: bool = False) -> str:
             for name in names:
                 loads[name].append(load(name, seconds))
         access_lines = sum(_access_lines(logs[name]) for name in ("ours", "ours-w2"))
-    median = {name: _median(loads[name]) for name in names}
+    median = {name: median_round(loads[name]) for name in names}
     rate = {name: median[name].requests_per_s for name in names}
     rows = []
     for name in names:

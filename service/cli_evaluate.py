@@ -661,13 +661,14 @@ def evaluate_remotely(
         return media_type.strip().lower() in _JSON_TYPES
 
     total = int(arrays["y_true"].shape[0])
-    sent = [0, 0]  # batches and rows accepted
-    evaluation_id: list[str] = []
+    batches = rows = 0  # accepted so far
+    feeding: str | None = None  # the evaluation's id while its batches are sent
 
-    def accepted(rows: int) -> None:
-        sent[0] += 1
-        sent[1] += rows
-        on_rows(rows)
+    def accepted(n: int) -> None:
+        nonlocal batches, rows
+        batches += 1
+        rows += n
+        on_rows(n)
 
     try:
         # Binary batches: the service computes on the very values read here (JSON lists
@@ -683,7 +684,7 @@ def evaluate_remotely(
                 evaluation = client.open_evaluation(args.evaluation)
             else:
                 evaluation = client.evaluation(metadata=dict(args.metadata) or None, **head)
-            evaluation_id.append(evaluation.id)
+            feeding = evaluation.id
             evaluation.feed(
                 arrays["y_true"],
                 arrays["y_pred"],
@@ -691,29 +692,29 @@ def evaluate_remotely(
                 batch_size=args.batch_size,
                 on_batch=lambda r: accepted(r.n_samples),
             )
-            evaluation_id.clear()  # every batch in: an error now is not a batch's
+            feeding = None  # every batch in: an error now is not a batch's
             return evaluation.results().document, evaluation.report_url
     except LossServiceError as error:
         if answers and not json_answer():
             raise _unlike_the_service(args.url, answers[-1]) from None
         message = f"the service answered {error}"
-        if evaluation_id:
-            last = min(sent[1] + args.batch_size, total) - 1
+        if feeding is not None:
+            last = min(rows + args.batch_size, total) - 1
             parts = getattr(error, "__notes__", ())
-            message += f" (batch {sent[0] + 1}, rows {sent[1]} to {last})."
+            message += f" (batch {batches + 1}, rows {rows} to {last})."
             if parts:
                 # Parts of the refused batch are stored under its content's id: the
                 # corrected batch has another, and a rerun into it would count them again.
                 message += (
                     " The batch was split over the service's body limit and part of it is "
-                    f"stored in evaluation {evaluation_id[0]}, with the {sent[0]} batch(es) "
+                    f"stored in evaluation {feeding}, with the {batches} batch(es) "
                     "before it: once the data is corrected, run again into a new "
                     "evaluation (without --evaluation)."
                 )
             else:
                 message += (
-                    f" Evaluation {evaluation_id[0]} holds the {sent[0]} batch(es) accepted "
-                    f"before it: once the data is corrected, --evaluation {evaluation_id[0]} "
+                    f" Evaluation {feeding} holds the {batches} batch(es) accepted "
+                    f"before it: once the data is corrected, --evaluation {feeding} "
                     "sends every batch again, and those count once."
                 )
         raise EvaluationError(message) from None

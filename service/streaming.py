@@ -187,9 +187,7 @@ def _as_created(settings: Mapping[str, Any]) -> Mapping[str, Any]:
     """A head's stored settings without what later versions refuse but which meant
     nothing then: `accuracy` took a `k` (and ignored it) before it was refused."""
     metrics = settings.get("metrics")
-    if not isinstance(metrics, list) or not any(
-        isinstance(m, dict) and m.get("name") == "accuracy" and "k" in m for m in metrics
-    ):
+    if not isinstance(metrics, list):
         return settings
     kept = [
         {k: v for k, v in m.items() if k != "k"}
