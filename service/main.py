@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import fastapi_offline
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -47,11 +48,13 @@ from service.errors import (
     MethodNotAllowed,
     NotFound,
     ServiceError,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from service.infra import requestid
 from service.infra.middleware import with_head
 from service.settings import Settings
+from service.storage import UNAVAILABLE, unavailable
 
 log = logging.getLogger("service")
 
@@ -185,7 +188,28 @@ def _install_error_handlers(app: FastAPI) -> None:
             request.url.path,
         )
 
+    async def store_error(request: Request, exc: Exception) -> Response:
+        if not unavailable(exc):
+            return await unexpected(request, exc)
+        # The database's state, not the request's: the same request may succeed later.
+        log.warning(
+            "the evaluation store is unavailable on %s %s: %s",
+            request.method,
+            request.url.path,
+            exc,
+        )
+        error = ServiceUnavailable.at(
+            ("database",),
+            f"The evaluation store is unavailable ({type(exc).__name__}; logged): the "
+            "database could not be reached or could not serve the request now. Expected: "
+            "send the request again after the time in Retry-After (a batch sent again "
+            "under its id is counted once).",
+        )
+        return problem_response(error, request.url.path)
+
     app.add_exception_handler(ServiceError, service_error)
+    for unavailable_error in UNAVAILABLE:
+        app.add_exception_handler(unavailable_error, store_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)
@@ -397,12 +421,30 @@ class _App(FastAPI):
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """A worker's start (the server's lifespan ``startup``, once the app is built): with
-    setting ``gc_freeze``, what it built is left out of the garbage collector's full
-    passes from here on (see :func:`~service.admission.freeze_startup_objects`)."""
+    """A worker's start (the server's lifespan ``startup``, once the app is built): the
+    evaluation store is opened and its schema migrated (a database that cannot be reached
+    now is logged, and opened by the first request about evaluations after it can: 503
+    until then; any other failure stops the start); then, with setting ``gc_freeze``,
+    what the worker built is left out of the garbage collector's full passes from here
+    on (see :func:`~service.admission.freeze_startup_objects`). At its end, the store is
+    disposed of."""
+    try:
+        await anyio.to_thread.run_sync(evaluations.open_store, app.state)
+    except Exception as error:
+        if not unavailable(error):
+            raise
+        log.error(
+            "the evaluation store could not be opened at start (%s): requests about "
+            "evaluations answer 503 until the database can be reached",
+            error,
+        )
     if app.state.settings.gc_freeze:
         log.debug("%d objects left out of the collector's passes", freeze_startup_objects())
     yield
+    # The worker's end: puts still queued are committed, the connections given back.
+    store = getattr(app.state, "store", None)
+    if store is not None:
+        await anyio.to_thread.run_sync(store.dispose)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.storage.engine import parse_database_url
+
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 LogFormat = Literal["json", "console"]
 
@@ -184,6 +186,15 @@ class Settings(BaseSettings):
                     f"(http or https, no path); received {origin!r}"
                 )
         return cleaned
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and url.get_secret_value():
+            # Refused here, at start, not at the first request about evaluations (its
+            # message never shows the password).
+            parse_database_url(url.get_secret_value())
+        return url
 
     @field_validator("api_keys")
     @classmethod

@@ -13,6 +13,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -355,19 +356,22 @@ asyncio.run(start())
 """
 
 
-def _after_start(env: dict[str, str]) -> tuple[int, int]:
-    """In a process that built the app and ran its start (its lifespan): the objects the
-    garbage collector leaves aside, and those its full passes still go over."""
-    frozen, tracked = _printed_by(_STARTED, env)[-2:]
+def _after_start(env: dict[str, str], data_dir: Path) -> tuple[int, int]:
+    """In a process that built the app and ran its start (its lifespan, which opens the
+    store in ``data_dir``): the objects the garbage collector leaves aside, and those its
+    full passes still go over."""
+    frozen, tracked = _printed_by(_STARTED, {"LOSS_SERVICE_DATA_DIR": str(data_dir), **env})[-2:]
     return int(frozen), int(tracked)
 
 
-def test_a_started_worker_leaves_what_it_built_out_of_the_collectors_passes() -> None:
+def test_a_started_worker_leaves_what_it_built_out_of_the_collectors_passes(
+    tmp_path: Path,
+) -> None:
     """A full pass of the collector over a worker's whole heap pauses every request
     (~100 ms measured); once started, it goes over what was made since, a small part."""
-    frozen, tracked = _after_start({})
+    frozen, tracked = _after_start({}, tmp_path)
     assert frozen > 10 * tracked
-    assert _after_start({"LOSS_SERVICE_GC_FREEZE": "false"})[0] == 0
+    assert _after_start({"LOSS_SERVICE_GC_FREEZE": "false"}, tmp_path)[0] == 0
 
 
 def test_freeze_startup_objects_leaves_the_heap_aside_until_unfrozen() -> None:

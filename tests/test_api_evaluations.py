@@ -3,6 +3,7 @@ contract, idempotent batches, isolation by API key, every encoding, several head
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import sqlite3
@@ -18,6 +19,8 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
+from service.main import create_app
+from service.settings import Settings
 from service.storage import Store
 from service.storage.schema import evaluations
 from tests.conftest import SyncClient
@@ -439,6 +442,88 @@ def test_a_sweep_that_fails_does_not_fail_the_request(
         answer = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4)))
     assert answer.status_code == 201, answer.text
     assert "sweep of expired evaluations failed" in caplog.text
+
+
+#: A PostgreSQL URL nothing listens at (port 1: connections are refused at once).
+UNREACHABLE = "postgresql://postgres@127.0.0.1:1/test"
+
+
+def test_a_database_that_cannot_be_reached_is_a_503_with_retry_after(
+    make_client: Callable[..., SyncClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a 500: the request was fine and may succeed later (the client retries it)."""
+    client = make_client(database_url=UNREACHABLE, data_dir=tmp_path)
+    with caplog.at_level("WARNING"):
+        answers = [
+            client.post("/v1/evaluations", json={}),
+            client.get("/v1/evaluations"),
+            client.put("/v1/evaluations/abc/batches/a", json=_batch(slice(0, 4))),
+            client.get("/v1/evaluations/abc"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["retry-after"] == "1"
+        detail = answer.json()["detail"]
+        assert detail.startswith("The evaluation store is unavailable (OperationalError")
+        assert "send the request again after the time in Retry-After" in detail
+    assert "the evaluation store is unavailable on POST /v1/evaluations" in caplog.text
+    # Still up for what needs no database.
+    assert client.post("/v1/evaluate", json=_batch(slice(0, 4))).status_code == 200
+
+
+def _started(settings: Settings) -> Any:
+    """The app's state once its lifespan's start ran (and its end after)."""
+    app = create_app(settings)
+
+    async def start() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(start())
+    return app.state
+
+
+def test_a_worker_opens_the_store_and_migrates_it_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = _started(Settings(data_dir=tmp_path, gc_freeze=False))
+    assert (tmp_path / "evaluations.sqlite3").is_file()
+    # Disposed of at the worker's end: it takes no more batches.
+    with pytest.raises(RuntimeError, match="the store is disposed"):
+        state.store.put_batch(None, "e", "b", b"h", {}, {}, 0)
+    # A database that cannot be reached now does not stop the start: logged, and opened
+    # by the first request about evaluations after it can be (503 until then).
+    with caplog.at_level("ERROR"):
+        state = _started(Settings(database_url=UNREACHABLE, data_dir=tmp_path, gc_freeze=False))
+    assert getattr(state, "store", None) is None
+    assert "the evaluation store could not be opened at start" in caplog.text
+
+    # Any other failure (a migration's, say) stops it.
+    def failing(*args: Any, **kwargs: Any) -> Store:
+        raise RuntimeError("a migration failed")
+
+    monkeypatch.setattr(Store, "open", failing)
+    with pytest.raises(RuntimeError, match="a migration failed"):
+        _started(Settings(data_dir=tmp_path / "other", gc_freeze=False))
+
+
+def test_a_statement_error_of_the_store_stays_a_500(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the database's state is a 503: an error of a statement itself (sqlite3 raises
+    its OperationalError for "no such table" too) is the service's failure."""
+
+    def broken(self: Store, *args: Any, **kwargs: Any) -> Any:
+        cause = sqlite3.OperationalError("no such table: evaluations")
+        cause.sqlite_errorcode = 1  # type: ignore[attr-defined]
+        raise OperationalError("SELECT ...", {}, cause)
+
+    monkeypatch.setattr(Store, "list_evaluations", broken)
+    client = api(raise_app_exceptions=False)
+    answer = client.get("/v1/evaluations")
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["title"] == "Internal error"
 
 
 def _puts(client: SyncClient) -> list[tuple[int, str, str | None]]:

@@ -136,6 +136,8 @@ def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         ("LOSS_SERVICE_EVALUATION_TTL", "-60"),
         ("LOSS_SERVICE_EVALUATION_TTL", "a week"),
         ("LOSS_SERVICE_EVALUATION_TTL", "1e11"),
+        ("LOSS_SERVICE_DATABASE_URL", "sqlite://"),
+        ("LOSS_SERVICE_DATABASE_URL", "redis://127.0.0.1:6379"),
     ],
 )
 def test_invalid_values(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -176,3 +178,18 @@ def test_keyword_arguments_still_work() -> None:
     assert s.max_body_bytes == 100
     assert [k.get_secret_value() for k in s.api_keys] == ["k1"]
     assert s.cors_origins == ["http://x.test"]
+
+
+def test_a_database_url_the_store_cannot_take_is_refused_at_start_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not at the first request about evaluations (a 500 there): at start, saying what a
+    URL must be."""
+    monkeypatch.setenv("LOSS_SERVICE_DATABASE_URL", "mysql://user:hunter2@db.example/evals")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    (error,) = caught.value.errors()
+    assert "uses 'mysql'; expected sqlite:///<path> or postgresql://" in error["msg"]
+    assert "hunter2" not in error["msg"]
+    monkeypatch.setenv("LOSS_SERVICE_DATABASE_URL", "postgresql://u:pw@db.example/evals")
+    assert Settings().database_url is not None

@@ -42,7 +42,7 @@ from service.admission import ArrayInfo, give_back_memory, working_bytes
 from service.api.body import RawBody, read_body
 from service.api.responses import computed_response
 from service.arrays import parse_binary
-from service.errors import PayloadTooLarge, ServiceError
+from service.errors import PayloadTooLarge
 from service.json_body import parse_json_body
 from service.settings import Settings
 from service.wire import ARRAY_FIELDS, DTYPES
@@ -279,8 +279,9 @@ async def respond(request: Request, operation: Operation) -> Response:
 # ---- the direct path ---------------------------------------------------------------------
 
 
-def _handler(app: Any, error: ServiceError) -> Callable[[Request, Exception], Any] | None:
-    """The application's handler of ``error`` (by its class, most specific first)."""
+def _handler(app: Any, error: Exception) -> Callable[[Request, Exception], Any] | None:
+    """The application's handler of ``error`` (by its class, most specific first; none for
+    a class that only ``Exception``'s handler takes: that of a failure of the service)."""
     handlers: Mapping[Any, Any] = getattr(app, "exception_handlers", {})
     for cls in type(error).__mro__:
         if cls is Exception:
@@ -300,7 +301,7 @@ async def answer(
     request = Request(scope, receive, send)
     try:
         response = await respond(request)
-    except ServiceError as error:
+    except Exception as error:
         handler = _handler(scope.get("app"), error)
         if handler is None:
             raise

@@ -26,7 +26,13 @@ Modules, one concept each:
   ``python -m service.storage.benchmark``: what exact totals and puts cost.
 """
 
-from service.storage.engine import database_url, make_engine
+from service.storage.engine import (
+    UNAVAILABLE,
+    database_url,
+    make_engine,
+    parse_database_url,
+    unavailable,
+)
 from service.storage.exact import ExactTotals, FixedSum
 from service.storage.migrate import current_revision, head_revision, upgrade
 from service.storage.rows import (
@@ -43,6 +49,7 @@ from service.storage.rows import (
 from service.storage.store import Store, new_id
 
 __all__ = [
+    "UNAVAILABLE",
     "BatchRow",
     "EvaluationRow",
     "ExactTotals",
@@ -60,5 +67,7 @@ __all__ = [
     "head_revision",
     "make_engine",
     "new_id",
+    "parse_database_url",
+    "unavailable",
     "upgrade",
 ]

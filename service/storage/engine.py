@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import ArgumentError
 
 #: The SQLite file's name inside the service's data directory.
@@ -45,16 +47,46 @@ WRITE_OPTION = "loss_service_write"
 #: Seconds an SQLite connection waits for another process's write lock.
 DEFAULT_BUSY_TIMEOUT = 30.0
 
+#: The errors that may say the database cannot serve a request now (see
+#: :func:`unavailable`), by their classes.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+#: SQLite's primary result codes of a database that cannot serve now (busy or locked past
+#: the busy timeout, out of memory, read-only, I/O error, disk full, file not openable,
+#: lock protocol): the same statement may succeed later. sqlite3 raises its
+#: ``OperationalError`` for a statement's own errors too (no such table, a syntax error).
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 
-def database_url(url: str | None, data_dir: Path) -> URL:
-    """The URL to connect to: ``url`` (with psycopg 3 for PostgreSQL) or the default file.
 
-    Raises ``ValueError`` for a URL that is not ``sqlite:///<file>`` or
-    ``postgresql://...``; its message never shows the password.
-    """
-    if not url:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return URL.create("sqlite+pysqlite", database=str(data_dir / DEFAULT_FILE))
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot serve now, rather than that a statement
+    is wrong: PostgreSQL unreachable, refusing connections or gone mid-statement, the
+    pool out of connections, SQLite's file unreadable, its disk full or a lock held past
+    the busy timeout (DB-API's ``OperationalError`` and ``InterfaceError``, a connection
+    already closed). The same request may succeed later: a batch sent again under its id
+    is counted once."""
+    if isinstance(error, sa_exc.TimeoutError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or (
+            error.orig is not None and error.orig is not error and unavailable(error.orig)
+        )
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+    return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def parse_database_url(url: str) -> URL:
+    """``url`` as the store connects to it (psycopg 3 for PostgreSQL), with nothing made on
+    disk. Raises ``ValueError`` for a URL that is not ``sqlite:///<file>`` or
+    ``postgresql://...``; its message never shows the password."""
     try:
         parsed = make_url(url)
     except ArgumentError as error:
@@ -73,12 +105,27 @@ def database_url(url: str | None, data_dir: Path) -> URL:
                 f"the database URL {shown!r} is an in-memory SQLite database, which would "
                 "lose every evaluation on restart; expected sqlite:///<path to a file>"
             )
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return parsed.set(drivername="sqlite+pysqlite")
     raise ValueError(
         f"the database URL {shown!r} uses {scheme!r}; expected sqlite:///<path> or "
         "postgresql://user@host:port/database"
     )
+
+
+def database_url(url: str | None, data_dir: Path) -> URL:
+    """The URL to connect to: ``url`` (see :func:`parse_database_url`) or the default
+    file; an SQLite file's directory is created.
+
+    Raises ``ValueError`` for a URL that is not ``sqlite:///<file>`` or
+    ``postgresql://...``; its message never shows the password.
+    """
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return URL.create("sqlite+pysqlite", database=str(data_dir / DEFAULT_FILE))
+    parsed = parse_database_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        Path(parsed.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return parsed
 
 
 class JsonObject(dict[str, Any]):

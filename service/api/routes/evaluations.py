@@ -87,9 +87,10 @@ Cursor = Annotated[str | None, Query(description="The `next` of the previous pag
 _store_lock = threading.Lock()
 
 
-def _store(request: Request) -> Store:
-    """The worker's store, opened (and its schema migrated) on first use."""
-    state = request.app.state
+def open_store(state: Any) -> Store:
+    """The worker's store (``state``: the app's), opened and its schema migrated on first
+    use: at the worker's start, or by the first request about evaluations after a start
+    that could not reach the database."""
     store: Store | None = getattr(state, "store", None)
     if store is None:
         with _store_lock:
@@ -106,6 +107,10 @@ def _store(request: Request) -> Store:
                 )
                 state.store = store
     return store
+
+
+def _store(request: Request) -> Store:
+    return open_store(request.app.state)
 
 
 def _expiry_due(request: Request) -> bool:
