@@ -68,6 +68,7 @@ import email.utils
 import hashlib
 import random
 import re
+import threading
 import time
 from collections.abc import (
     AsyncIterable,
@@ -692,7 +693,10 @@ def _body(
 
 
 def _name(name: str) -> str:
-    return quote(name, safe="")
+    """``name`` as one path segment: percent-encoded, ``.`` and ``..`` too (ids the
+    service takes), which a URL would otherwise read as "this" and "the parent"."""
+    quoted = quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 @dataclass(frozen=True)
@@ -1585,6 +1589,8 @@ class _EvaluationHandle:
         self.batch_prefix = _check_prefix(batch_prefix)
         self._base_url = base_url.rstrip("/")
         self._seen: dict[str, set[int]] = {}
+        # Threads sharing the handle take and give back numbers one at a time.
+        self._ids_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -1609,15 +1615,17 @@ class _EvaluationHandle:
 
     def _take_id(self, digest: str) -> tuple[int, str]:
         """The lowest number not taken for ``digest`` (taken now), and its id."""
-        taken = self._seen.setdefault(digest, set())
-        n = next(k for k in range(1, len(taken) + 2) if k not in taken)
-        taken.add(n)
+        with self._ids_lock:
+            taken = self._seen.setdefault(digest, set())
+            n = next(k for k in range(1, len(taken) + 2) if k not in taken)
+            taken.add(n)
         suffix = "" if n == 1 else f"-{n}"
         return n, f"{self.batch_prefix}{digest}{suffix}"
 
     def _give_back(self, digest: str, n: int) -> None:
         """Number ``n`` of ``digest`` is free again (its batch was not sent)."""
-        self._seen[digest].discard(n)
+        with self._ids_lock:
+            self._seen[digest].discard(n)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, url={self.url!r})"

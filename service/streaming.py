@@ -224,6 +224,12 @@ def _entries_from_facts(facts: Mapping[str, Any]) -> dict[str, list[Entry]]:
     }
 
 
+def _head_names(outputs: Any) -> str:
+    if isinstance(outputs, dict):
+        return str(sorted(outputs))
+    return f"(not an object: {outputs!r:.40})"
+
+
 def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[dict[str, Any], Loc]]:
     """The arrays of each head of a batch document, its heads checked against the settings."""
     if not isinstance(document, dict):
@@ -231,6 +237,14 @@ def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[di
     heads = set(config["outputs"])
     if heads == {SINGLE}:
         unknown = sorted(set(document) - set(ARRAY_FIELDS))
+        if "outputs" in unknown:
+            raise invalid(
+                ("outputs",),
+                "This evaluation was created without `outputs`: it has one head, and a "
+                'batch is {"y_true", "y_pred", "sample_weight"?}; received a batch of '
+                f"heads {_head_names(document['outputs'])}. Expected: send the head's arrays "
+                "as the batch, or create an evaluation with `outputs` for several heads.",
+            )
         if unknown:
             raise invalid(
                 (unknown[0],),

@@ -319,6 +319,14 @@ def test_a_batch_that_does_not_fit_says_what_differs(api: Any) -> None:
     # A one-hot batch is of the same family as the first (integer labels): it fits.
     one_hot = {"y_true": np.eye(C)[Y_TRUE[4:8]].tolist(), "y_pred": Y_PRED[4:8].tolist()}
     assert client.put(f"/v1/evaluations/{eid}/batches/d", json=one_hot).status_code == 201
+    # Heads sent to an evaluation of one head: said so, not called a setting.
+    r = client.put(f"/v1/evaluations/{eid}/batches/e", json={"outputs": {"a": fewer}})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["loc"] == ["outputs"]
+    assert r.json()["detail"].startswith(
+        "This evaluation was created without `outputs`: it has one head, and a batch is "
+    )
+    assert "received a batch of heads ['a']" in r.json()["detail"]
 
 
 def test_bad_requests(api: Any) -> None:

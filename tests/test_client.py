@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from itertools import pairwise
@@ -57,6 +58,7 @@ from service.client import (
     RetryPolicy,
     ServiceUnavailableError,
     ServiceWarning,
+    _EvaluationHandle,
     _retry_after,
     build_request,
     content_digest,
@@ -860,6 +862,36 @@ def test_batch_ids_are_content_ids_counted_per_occurrence(stream_url: str) -> No
     # ids it sent before): the digest of these arrays as every version made it.
     body = {"y_true": y_true, "y_pred": y_pred}
     assert content_digest(body) == "1c106b4a4bad2a797d923eda10b2f27f"
+
+
+def test_dot_ids_are_sent_as_one_path_segment(stream_url: str) -> None:
+    """``.`` and ``..`` are batch ids the service takes: sent as they are, a URL would read
+    them as "this" and "the parent" (a PUT to the batches, or to the evaluation)."""
+    y_true, y_pred = np.array([0, 1]), np.array([[0.8, 0.2], [0.3, 0.7]], np.float32)
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation()
+        one = evaluation.add(y_true, y_pred, batch_id=".")
+        two = evaluation.add(y_true[::-1], y_pred, batch_id="..")
+        assert (one.batch_id, one.created, two.batch_id, two.created) == (".", True, "..", True)
+        assert [b.batch_id for b in evaluation.batches()] == [".", ".."]
+        with pytest.raises(NotFoundError):
+            client.open_evaluation(".")
+
+
+def test_threads_sharing_a_handle_never_share_a_batch_id() -> None:
+    """Each add takes its occurrence number under a lock: equal batches added at once from
+    several threads are each counted (one id each)."""
+    now = datetime.now(UTC)
+    summary = EvaluationSummary("e", "open", now, now, 0, 0, {}, {})
+    handle = _EvaluationHandle("http://x", summary, "")
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(lambda _: handle._take_id("d")[1], range(800)))
+    finally:
+        sys.setswitchinterval(previous)
+    assert len(set(ids)) == 800
 
 
 class Interpose:
