@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import __version__, diagnostics, registry
+from service import __version__, diagnostics, kernels, registry
 from service.admission import MemoryBudget, freeze_startup_objects, tune_allocator
 from service.api.drain import DrainRequestBody
 from service.api.error_responses import document_errors
@@ -462,6 +462,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
     tune_allocator(settings.malloc_mmap_threshold, settings.malloc_trim_threshold)
     registry.set_max_confusion_classes(settings.max_confusion_classes)
+    kernels.set_kernel_threads(settings.kernel_threads)
     for module in (losses, metrics, evaluate, evaluations, reports, health, oip):
         app.include_router(module.router)
     _install_error_handlers(app)

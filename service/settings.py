@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     #: for ~100 ms each; false: leave the collector as Python sets it.
     gc_freeze: bool = True
 
+    #: Threads that compute one big batch (a loss or metric over at least
+    #: ``PARALLEL_MIN_ELEMENTS`` elements is split into blocks of rows); none: every core.
+    kernel_threads: int | None = Field(default=None, ge=1)
+
     # ---- Small requests: where their work runs ----
     #: Requests whose arrays hold at most this many elements (counted once per loss, metric
     #: or report named) and whose body is at most 16 bytes per such element are decoded

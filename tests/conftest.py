@@ -27,7 +27,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service import registry
+from service import kernels, registry
 from service.main import create_app
 from service.settings import Settings
 
@@ -131,6 +131,8 @@ def make_client() -> Iterator[Callable[..., SyncClient]]:
     for made in clients:
         made.close()
     registry.set_max_confusion_classes(confusion_limit)
+    # And the kernels' thread count (None: their own default).
+    kernels.set_kernel_threads(None)
 
 
 @pytest.fixture

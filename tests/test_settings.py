@@ -9,7 +9,9 @@ from datetime import timedelta
 import pytest
 from pydantic import ValidationError
 
-from service import streaming
+from service import kernels, streaming
+from service.kernels import _blocks
+from service.main import create_app
 from service.settings import Settings
 
 MiB = 1024 * 1024
@@ -137,6 +139,8 @@ def test_bad_cors_origin(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
         ("LOSS_SERVICE_EVALUATION_TTL", "a week"),
         ("LOSS_SERVICE_EVALUATION_TTL", "1e11"),
         ("LOSS_SERVICE_DATABASE_URL", "sqlite://"),
+        ("LOSS_SERVICE_KERNEL_THREADS", "0"),
+        ("loss_service_kernel_threads", "abc"),
         ("LOSS_SERVICE_DATABASE_URL", "redis://127.0.0.1:6379"),
     ],
 )
@@ -193,3 +197,21 @@ def test_a_database_url_the_store_cannot_take_is_refused_at_start_without_its_pa
     assert "hunter2" not in error["msg"]
     monkeypatch.setenv("LOSS_SERVICE_DATABASE_URL", "postgresql://u:pw@db.example/evals")
     assert Settings().database_url is not None
+
+
+def test_kernel_threads_is_a_setting_the_app_hands_to_the_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any case, checked at start (exit code 2 from ``serve``), and what big batches run on
+    in the app's process; none: as the kernels' own default (every core)."""
+    monkeypatch.setenv("loss_service_kernel_threads", "3")
+    assert Settings().kernel_threads == 3
+    try:
+        create_app(Settings(gc_freeze=False))
+        assert _blocks.threads() == 3
+        monkeypatch.delenv("loss_service_kernel_threads")
+        monkeypatch.delenv("LOSS_SERVICE_KERNEL_THREADS", raising=False)
+        create_app(Settings(gc_freeze=False))
+        assert _blocks.threads() == (os.cpu_count() or 1)
+    finally:
+        kernels.set_kernel_threads(None)

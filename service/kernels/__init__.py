@@ -4,6 +4,7 @@ Callers (the registry) validate inputs once and move the class axis last;
 these functions trust their inputs.
 """
 
+from service.kernels._blocks import set_threads as set_kernel_threads
 from service.kernels.accuracy import (
     binary_accuracy,
     categorical_accuracy,
@@ -120,6 +121,7 @@ __all__ = [
     "recall",
     "recall_value",
     "reduce_loss",
+    "set_kernel_threads",
     "sigmoid",
     "sparse_categorical_crossentropy",
     "statistic_size",

@@ -70,10 +70,22 @@ def row_blocks(n_rows: int, n_cols: int, parts: int = 1) -> Iterator[slice]:
             yield slice(start, stop)
 
 
-#: The setting that overrides the kernel thread count (read each time big batches run).
+#: The environment variable that sets the kernel thread count where no count was given by
+#: :func:`set_threads` (read each time big batches run: the benchmarks change it).
 THREADS_ENV = "LOSS_SERVICE_KERNEL_THREADS"
-#: The last value of the setting read by :func:`threads`, and the count it gave.
+#: The last value of the environment variable read by :func:`threads`, and its count.
 _threads_seen: tuple[str | None, int] = (None, 0)
+#: The count given by :func:`set_threads` (the service's setting ``kernel_threads``).
+_threads_set: int | None = None
+
+
+def set_threads(n: int | None) -> None:
+    """Use ``n`` threads for big batches (``None``: as :data:`THREADS_ENV` says, else every
+    core). The service sets it from its setting ``kernel_threads``."""
+    global _threads_set
+    if n is not None and n < 1:
+        raise ValueError(f"kernels run on at least one thread; received {n}")
+    _threads_set = n
 
 
 @lru_cache(maxsize=1)
@@ -84,12 +96,15 @@ def _cores() -> int:
 
 
 def threads() -> int:
-    """Threads used for big batches (``LOSS_SERVICE_KERNEL_THREADS``, default: all cores).
+    """Threads used for big batches: as :func:`set_threads` set, else
+    ``LOSS_SERVICE_KERNEL_THREADS``, else all cores.
 
     The setting is read on each call (so that a change takes effect), the count computed
     again only when it changed.
     """
     global _threads_seen
+    if _threads_set is not None:
+        return _threads_set
     configured = os.environ.get(THREADS_ENV, "")
     seen, n = _threads_seen
     if configured != seen:
