@@ -13,6 +13,8 @@ with a message that gives the figures behind it. The codes:
     ``from_logits`` is true, but the predictions already are probabilities.
 ``probabilities_renormalized``
     ``from_logits`` is false and rows do not sum to 1, so they were renormalized.
+``labels_without_positive``
+    rows of ``y_true`` that hold no one, sent to a categorical loss or an argmax metric.
 ``class_without_support``
     classes with no true sample: their precision, recall and F1 are reported as 0.
 ``auc_undefined``
@@ -49,6 +51,8 @@ CODES: dict[str, str] = {
     "already a probability distribution (a softmax or sigmoid applied twice).",
     "probabilities_renormalized": "`from_logits` is false and rows of `y_pred` do not sum to 1, "
     "so the categorical loss renormalized them.",
+    "labels_without_positive": "Rows of `y_true` hold no 1 (every target 0): a categorical "
+    "loss gives each a loss of 0, an argmax metric reads each as class 0.",
     "class_without_support": "Some classes have no true sample in the batch: their "
     "precision, recall and F1 are reported as 0 and pull macro averages down.",
     "auc_undefined": "AUC was asked of labels with a single class (no positives or no "
@@ -79,19 +83,36 @@ def _looks_like_probabilities(batch: Batch, categorical: bool) -> bool:
     return bool(np.all(np.abs(batch.row_sums() - 1) <= SUM_TOLERANCE))
 
 
+def _positives(batch: Batch) -> tuple[int, int, int]:
+    """Of a multi-hot batch's rows: how many hold several ones, how many none, and all."""
+    ones = batch.dense.sum(axis=-1) if batch.dense is not None else np.zeros(0)
+    return int(np.count_nonzero(ones >= 2)), int(np.count_nonzero(ones == 0)), int(ones.size)
+
+
 def for_loss(spec: LossSpec, batch: Batch, params: Mapping[str, Any]) -> list[Diagnosis]:
     found = []
     categorical = spec.family != "binary"
     if batch.encoding == "multi_hot" and spec.family == "categorical":
-        ones = batch.dense.sum(axis=1) if batch.dense is not None else np.zeros(1)
-        found.append(
-            Diagnosis(
-                "multi_hot_labels_with_categorical_loss",
-                f"`y_true` is multi-hot (rows hold {int(ones.min())} to {int(ones.max())} ones), "
-                f"but {spec.name} treats each row as one distribution over the classes. For "
-                "multi-label targets use binary_crossentropy with sigmoid outputs.",
+        several, empty, rows = _positives(batch)
+        if several:
+            found.append(
+                Diagnosis(
+                    "multi_hot_labels_with_categorical_loss",
+                    f"`y_true` is multi-hot ({several} of {rows} rows hold several ones), but "
+                    f"{spec.name} treats each row as one distribution over the classes. For "
+                    "multi-label targets use binary_crossentropy with sigmoid outputs.",
+                )
             )
-        )
+        if empty:
+            found.append(
+                Diagnosis(
+                    "labels_without_positive",
+                    f"{empty} of {rows} rows of `y_true` hold no 1 (every target 0): "
+                    f"{spec.name} gives each of them a loss of 0, which lowers the mean. "
+                    "Expected one 1 a row (or integer labels); for targets that may have no "
+                    "positive, binary_crossentropy with sigmoid outputs.",
+                )
+            )
     if params.get("from_logits"):
         if _looks_like_probabilities(batch, categorical):
             what = (
@@ -235,12 +256,25 @@ def for_metric(
             )
         ]
     if resolved in ("categorical_accuracy", "top_k_categorical_accuracy"):
-        return [
-            Diagnosis(
-                "multi_hot_labels_with_argmax_metric",
-                f"{resolved} takes the argmax of each multi-hot row of `y_true`, i.e. only its "
-                "first positive label, so it measures nothing meaningful for multi-label "
-                "targets: use subset_accuracy.",
+        several, empty, rows = _positives(batch)
+        found = []
+        if several:
+            found.append(
+                Diagnosis(
+                    "multi_hot_labels_with_argmax_metric",
+                    f"{resolved} takes the argmax of each multi-hot row of `y_true`, i.e. only "
+                    "its first positive label, so it measures nothing meaningful for "
+                    "multi-label targets: use subset_accuracy.",
+                )
             )
-        ]
+        if empty:
+            found.append(
+                Diagnosis(
+                    "labels_without_positive",
+                    f"{empty} of {rows} rows of `y_true` hold no 1 (every target 0): {resolved} "
+                    "takes the argmax of each, class 0, as its label. Expected one 1 a row (or "
+                    "integer labels).",
+                )
+            )
+        return found
     return []

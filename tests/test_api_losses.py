@@ -143,6 +143,32 @@ def test_warnings_for_renormalized_and_double_softmax(client: Any) -> None:
     assert [w["code"] for w in r.json()["warnings"]] == ["predictions_look_like_probabilities"]
 
 
+def test_rows_without_a_positive_are_not_called_multi_hot(client: Any) -> None:
+    """An all-zero row sent to a categorical loss (a loss of 0 for it) is its own
+    diagnosis; several ones in a row the multi-hot one, each counting its rows."""
+    y_pred = [[0.2, 0.3, 0.5], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]
+    r = client.post(
+        "/v1/losses/categorical_crossentropy",
+        json={"y_true": [[0, 0, 0], [0, 1, 0], [0, 0, 1]], "y_pred": y_pred},
+    )
+    (warning,) = r.json()["warnings"]
+    assert warning["code"] == "labels_without_positive"
+    assert warning["message"].startswith("1 of 3 rows of `y_true` hold no 1 (every target 0)")
+    r = client.post(
+        "/v1/losses/categorical_crossentropy",
+        json={"y_true": [[1, 1, 0], [0, 0, 0], [0, 1, 1]], "y_pred": y_pred},
+    )
+    codes = {w["code"]: w["message"] for w in r.json()["warnings"]}
+    assert set(codes) == {"multi_hot_labels_with_categorical_loss", "labels_without_positive"}
+    assert "(2 of 3 rows hold several ones)" in codes["multi_hot_labels_with_categorical_loss"]
+    r = client.post(
+        "/v1/metrics/categorical_accuracy",
+        json={"y_true": [[0, 0, 0], [0, 1, 0], [0, 0, 1]], "y_pred": y_pred},
+    )
+    assert [w["code"] for w in r.json()["warnings"]] == ["labels_without_positive"]
+    assert "takes the argmax of each, class 0" in r.json()["warnings"][0]["message"]
+
+
 def test_a_loss_that_overflows_names_what_to_make_smaller(client: Any) -> None:
     """The values alone when no weights were sent; weights too when they were."""
     logits = [[-1e38, 1e38], [1e38, -1e38]]
