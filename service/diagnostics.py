@@ -159,7 +159,12 @@ def _without_support(support: NDArray[Any], what: str) -> list[Diagnosis]:
     ]
 
 
-def _auc_undefined(stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any]) -> list[Diagnosis]:
+def _auc_undefined(
+    stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any], weighted: bool
+) -> list[Diagnosis]:
+    """``weighted``: the counts are of ``sample_weight`` (an element of weight 0 is not
+    counted: labels may hold both classes and the weighted counts one only)."""
+    weight = " of nonzero weight" if weighted else ""
     positives = np.asarray(stats["tp"])[0] + np.asarray(stats["fn"])[0]
     negatives = np.asarray(stats["fp"])[0] + np.asarray(stats["tn"])[0]
     if params.get("multi_label"):
@@ -170,8 +175,8 @@ def _auc_undefined(stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any])
             Diagnosis(
                 "auc_undefined",
                 f"{empty.size} of {np.atleast_1d(positives).size} label columns have no "
-                f"positive (column {int(empty[0])} first): their AUC is undefined and counts "
-                "as 0 in the mean over columns.",
+                f"positive{weight} (column {int(empty[0])} first): their AUC is undefined and "
+                "counts as 0 in the mean over columns.",
             )
         ]
     if float(positives) > 0 and float(negatives) > 0:
@@ -180,8 +185,9 @@ def _auc_undefined(stats: Mapping[str, NDArray[Any]], params: Mapping[str, Any])
     return [
         Diagnosis(
             "auc_undefined",
-            f"The labels hold no {which} element, so the ROC and PR curves are undefined and "
-            "auc is reported as 0: AUC needs both classes in the data.",
+            f"The labels hold no {which} element{weight}, so the ROC and PR curves are undefined "
+            "and auc is reported as 0: AUC needs both classes in the data"
+            + (" (`sample_weight` counts each element as its weight)." if weighted else "."),
         )
     ]
 
@@ -225,7 +231,7 @@ def for_metric(
         if resolved in _SUPPORT_METRICS and params.get("average") in (None, "macro"):
             return _without_support(stats["support"], resolved)
         if resolved == "auc":
-            return _auc_undefined(stats, params)
+            return _auc_undefined(stats, params, batch.sample_weight is not None)
         if resolved in _CALIBRATION:
             return _scores_not_probabilities(batch, params, resolved)
     if batch.encoding != "multi_hot" or batch.dense is None:

@@ -119,3 +119,25 @@ def test_binary_accuracy_that_overstates_nothing_is_not_diagnosed(client: Any) -
     evaluated = client.post("/v1/evaluate", json=body).json()
     assert evaluated["metrics"] == {"binary_accuracy": 1.0, "accuracy": 1.0}
     assert evaluated["warnings"] == []
+
+
+def test_auc_of_one_class_is_diagnosed_saying_why(client: Any) -> None:
+    """No negatives; positives that all weigh 0 (the labels hold both classes, the
+    weighted counts one); a multi-label column without positives."""
+    r = client.post("/v1/metrics/auc", json={"y_true": [1, 1], "y_pred": [0.2, 0.3]})
+    (warning,) = r.json()["warnings"]
+    assert warning["code"] == "auc_undefined" and r.json()["value"] == 0.0
+    assert warning["message"].startswith("The labels hold no negative element, so the ROC")
+    r = client.post(
+        "/v1/metrics/auc",
+        json={"y_true": [1, 0], "y_pred": [0.8, 0.3], "sample_weight": [0, 1]},
+    )
+    (warning,) = r.json()["warnings"]
+    assert warning["message"].startswith("The labels hold no positive element of nonzero weight")
+    assert "(`sample_weight` counts each element as its weight)" in warning["message"]
+    r = client.post(
+        "/v1/metrics/auc",
+        json={"y_true": [[1, 0], [0, 0]], "y_pred": [[0.8, 0.3], [0.1, 0.6]], "multi_label": True},
+    )
+    (warning,) = r.json()["warnings"]
+    assert warning["message"].startswith("1 of 2 label columns have no positive (column 1 first)")
