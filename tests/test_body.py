@@ -4,6 +4,7 @@ sending can read (``service.api.drain``), in-process and through a real uvicorn.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -167,6 +168,24 @@ def test_json_in_another_charset_is_415(client: Client) -> None:
     headers = {"content-type": "application/json; charset=latin-1"}
     document = problem_of(client.post("/compute", content=b"{}", headers=headers), 415)
     assert "charset" in document["detail"] and "UTF-8" in document["detail"]
+
+
+def test_an_encoded_body_is_415_naming_its_content_encoding(client: Client) -> None:
+    """A gzip body was read as JSON text ("not valid UTF-8"): the encoding is what is
+    wrong (RFC 9110: 415 for a content coding the server does not take)."""
+    body = gzip.compress(b'{"y_true": [1], "y_pred": [0.5]}')
+    headers = {**JSON, "content-encoding": "gzip"}
+    document = problem_of(client.post("/compute", content=body, headers=headers), 415)
+    assert document["detail"].startswith(
+        "the request body is sent with Content-Encoding 'gzip', which the service does not "
+        "decode; expected the body as it is"
+    )
+    assert document["errors"][0]["loc"] == ["header", "content-encoding"]
+    for same in ("identity", "Identity", ""):
+        response = client.post(
+            "/compute", content=b"{}", headers={**JSON, "content-encoding": same}
+        )
+        assert response.status_code == 200, response.text
 
 
 # -- 400 -----------------------------------------------------------------------------------

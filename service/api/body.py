@@ -389,10 +389,19 @@ async def read_body_as(request: Request, content_type: Literal["json", "binary"]
     """The request's body read as ``content_type``, which the caller decided: for the
     endpoints whose clients say what their body is otherwise than with ``Content-Type``
     (the Open Inference Protocol's). The same intake as :func:`read_body`, which calls it
-    once the ``Content-Type`` is checked: a ``"binary"`` body needs
+    once the ``Content-Type`` is checked: a body sent with a ``Content-Encoding`` (gzip,
+    say) is a 415; a ``"binary"`` body needs
     ``Inference-Header-Content-Length`` (400), and the size limit, stall timeout and
     memory reservation are the same.
     """
+    coding = request.headers.get("content-encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        raise errors.UnsupportedMediaType.at(
+            ("header", "content-encoding"),
+            f"the request body is sent with Content-Encoding {_shown(coding)}, which the "
+            "service does not decode; expected the body as it is (no Content-Encoding, or "
+            "identity)",
+        )
     header_length = _header_length(request) if content_type == "binary" else None
 
     settings = _settings(request)
