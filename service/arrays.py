@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import binascii
 import math
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -40,6 +41,10 @@ BLOCKWISE_MIN_BYTES: Final = 1 << 20
 DECODE_BLOCK_BYTES: Final = 96 * 1024
 
 
+#: A JSON number's text.
+_NUMBER: Final = re.compile(rb"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
 def _where(loc: Loc) -> str:
     return "`" + ".".join(str(p) for p in loc) + "`"
 
@@ -53,6 +58,16 @@ def parse_json(data: bytes | bytearray | memoryview) -> Any:
         with memoryview(data) as view:
             return orjson.loads(view)
     except orjson.JSONDecodeError as exc:
+        if exc.msg.startswith("number is infinity"):
+            # Valid JSON (a number has no range there), but no float64: a value error.
+            number = _NUMBER.match(bytes(data[exc.pos : exc.pos + 40]))
+            shown = f"{number.group().decode()}, " if number else ""
+            raise InvalidInput.at(
+                ("body",),
+                f"The request body holds a number beyond float64's range ({shown}at "
+                f"character {exc.pos}): expected finite numbers, at most "
+                f"{np.finfo(np.float64).max:.4g} in magnitude.",
+            ) from None
         raise MalformedRequest.at(
             ("body",),
             f"The request body is not valid JSON: {exc}. Expected a JSON object (NaN and "
