@@ -1029,8 +1029,8 @@ def _batch_result(body: Any, created: bool | None) -> BatchResult:
 
 def _label_rank(part: Mapping[str, Any]) -> int:
     """How much a part's labels say of their family, summed over its heads: 2 for soft
-    targets (a value other than 0 and 1), 1 for multi-hot ones (a row with several ones),
-    0 otherwise (integer labels, one-hot rows, binary targets)."""
+    targets (a value other than 0 and 1), 1 for multi-hot ones (a row with several ones,
+    or none), 0 otherwise (integer labels, one-hot rows, binary targets)."""
     rank = 0
     for fields in _arrays_of(part):
         y_true, y_pred = fields.get("y_true"), fields.get("y_pred")
@@ -1040,7 +1040,7 @@ def _label_rank(part: Mapping[str, Any]) -> int:
             continue
         if np.any((y_true != 0) & (y_true != 1)):
             rank += 2
-        elif np.any(np.count_nonzero(y_true, axis=-1) > 1):
+        elif np.any(np.count_nonzero(y_true, axis=-1) != 1):
             rank += 1
     return rank
 
@@ -1069,6 +1069,16 @@ def _part_refused(
     for part in parts:
         starts.append(starts[-1] + (_rows(part) or 0))
     kept = ", ".join(repr(stored[j].batch_id) for j in sorted(stored)) or "none"
+    if stored and len(_arrays_of(parts[k])) > 1 and "fixed by its first batch" in str(error):
+        # The part sent first had the most general labels summed over the heads, not for
+        # each head: one head's soft or multi-hot rows were in another part.
+        error.add_note(
+            "The parts sent before it may have fixed the evaluation's label families: each "
+            "head's most general labels (soft, then multi-hot rows) are not all in one "
+            "part. State each head's label_encoding when creating the evaluation "
+            "(outputs={head: {'label_encoding': ...}}), or send a first batch under the "
+            "body limit."
+        )
     error.add_note(
         f"Part {_part_id(batch_id, k)!r} of batch {batch_id!r}, split over the body limit: "
         f"rows {starts[k]} to {starts[k + 1] - 1} of the batch (an index in the answer "

@@ -1139,6 +1139,64 @@ def test_a_split_first_batch_fixes_the_family_its_whole_labels_have(
     assert_same_as_evaluate(got, once)
 
 
+def test_a_split_first_batch_with_rows_without_a_positive_is_multi_hot(
+    tmp_path: Path, sync_client: LossClient
+) -> None:
+    """A row with no positive makes labels multi-hot, as a row with several does: the
+    part holding it goes first (sent in order, the first part, one-hot, would have fixed
+    one-hot and the last been refused)."""
+    rng = np.random.default_rng(8)
+    y_true = np.eye(6, dtype=np.float32)[rng.integers(0, 6, 600)]
+    y_true[-3:] = 0
+    y_pred = rng.random((600, 6)).astype(np.float32)
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_000))
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        evaluation = client.evaluation(losses=["binary_crossentropy"])
+        result = evaluation.add(y_true, y_pred, batch_id="big")
+        assert len(result.parts) >= 2  # the rows without a positive in the last
+        got = evaluation.results()
+    once = sync_client.evaluate(y_true, y_pred, losses=["binary_crossentropy"])
+    assert once.label_encoding == "multi_hot"
+    assert_same_as_evaluate(got, once)
+
+
+def test_a_split_first_batch_whose_heads_disagree_on_the_part_to_send_first(
+    tmp_path: Path,
+) -> None:
+    """Head a's soft rows in the first part, head b's multi-hot rows in the last: no part
+    fixes both families. The refusal says so and how to state them; stated at creation,
+    the same batch is taken."""
+    rng = np.random.default_rng(4)
+    n = 1200
+    soft = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    soft[:5] = [0.2, 0.5, 0.3]
+    multi = np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    multi[-5:] = [1, 1, 0]
+    outputs = {
+        "a": {"y_true": soft, "y_pred": rng.dirichlet([1, 1, 1], n).astype(np.float32)},
+        "b": {"y_true": multi, "y_pred": rng.random((n, 3)).astype(np.float32)},
+    }
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_000))
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        evaluation = client.evaluation(outputs={"a": {}, "b": {}})
+        with pytest.raises(InvalidInputError) as refused:
+            evaluation.add(outputs=outputs, batch_id="big")
+        notes = "\n".join(refused.value.__notes__)
+        assert "each head's most general labels (soft, then multi-hot rows) are not all" in notes
+        assert "outputs={head: {'label_encoding': ...}}" in notes
+        stated = client.evaluation(
+            outputs={"a": {"label_encoding": "soft"}, "b": {"label_encoding": "multi_hot"}}
+        )
+        result = stated.add(outputs=outputs, batch_id="big")
+        assert len(result.parts) > 2 and result.n_samples == n
+        heads = stated.results().result
+        assert isinstance(heads, HeadsResult)
+        assert (heads.outputs["a"].label_encoding, heads.outputs["b"].label_encoding) == (
+            "soft",
+            "multi_hot",
+        )
+
+
 def test_the_body_limit_as_an_option_and_parts_split_again(tmp_path: Path) -> None:
     """With ``max_body_bytes`` given, nothing over it is sent; a part the service still
     refuses is split again under ids derived from its own, and the limit the 413 names
