@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import zipfile
 import zlib
@@ -702,7 +703,16 @@ def evaluate_remotely(
             last = min(rows + args.batch_size, total) - 1
             parts = getattr(error, "__notes__", ())
             message += f" (batch {batches + 1}, rows {rows} to {last})."
-            if parts:
+            family = re.search(r"the batch's labels are (\w+)", str(error))
+            if family is not None and "fixed by its first batch" in str(error):
+                # The evaluation's label family is fixed: no corrected rerun into it fits.
+                message += (
+                    f" Evaluation {feeding}'s label family was fixed by its first batch, "
+                    "which this batch's labels are not of: run again into a new evaluation "
+                    f"(without --evaluation), stating --label-encoding {family.group(1)} "
+                    "if that is the labels' encoding."
+                )
+            elif parts:
                 # Parts of the refused batch are stored under its content's id: the
                 # corrected batch has another, and a rerun into it would count them again.
                 message += (

@@ -387,6 +387,26 @@ def test_a_batch_refused_by_the_service_is_named_with_its_rows_and_the_evaluatio
     assert json.loads(out)["n_samples"] == N and json.loads(out)["n_batches"] == 6
 
 
+def test_a_batch_of_another_label_family_asks_for_a_new_evaluation_stating_it(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Multi-label labels whose first batch holds one positive a row fix one-hot: the
+    evaluation can never take the later multi-hot batch, so no rerun into it is advised;
+    the encoding to state is named."""
+    rng = np.random.default_rng(2)
+    y_true = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 200)]
+    y_true[150:, 0] = 1
+    np.save(tmp_path / "multi.npy", y_true)
+    np.save(tmp_path / "scores.npy", rng.random((200, 4)).astype(np.float32))
+    argv = ["--y-true", str(tmp_path / "multi.npy"), "--y-pred", str(tmp_path / "scores.npy")]
+    code, _, err = evaluate(capsys, *argv, "--batch-size", "100", "--url", url)
+    assert code == 1 and "(batch 2, rows 100 to 199)" in err
+    assert "label family was fixed by its first batch" in err
+    assert "run again into a new evaluation (without --evaluation), stating " in err
+    assert "--label-encoding multi_hot" in err
+    assert "sends every batch again" not in err
+
+
 def test_a_split_batch_refused_in_part_asks_for_a_new_evaluation(
     files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
