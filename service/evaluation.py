@@ -264,8 +264,11 @@ class Entry:
         return {"key": self.key, "name": self.name, "params": self.params}
 
 
-def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[Entry]:
-    """The entries as named, parameters not yet checked; every unknown name at once."""
+def _entries(
+    raw: Any, loc: Loc, kind: str, known: Mapping[str, Any], stored: bool = False
+) -> list[Entry]:
+    """The entries as named, parameters not yet checked; every unknown name at once.
+    ``stored``: `as` names stored before their rules grew stricter pass."""
     if not isinstance(raw, list):
         raise invalid(
             loc, f'`{loc[-1]}` must be a list of {kind} names or {{"name": ...}} objects.'
@@ -284,6 +287,14 @@ def _entries(raw: Any, loc: Loc, kind: str, known: Mapping[str, Any]) -> list[En
             if not isinstance(alias, str) or not alias:
                 raise invalid(
                     (*here, "as"), f"`as` must be a non-empty string, received {alias!r}."
+                )
+            problem = None if stored or "as" not in item else name_problem(alias)
+            if problem is not None:
+                raise invalid(
+                    (*here, "as"),
+                    f"`as` names a result, its statistics and charts: expected 1–{NAME_MAX} "
+                    f"characters with no `/` and no control character; received a name "
+                    f"{problem} ({alias[:40]!r}).",
                 )
             key = alias
         else:
@@ -338,8 +349,28 @@ class Plan:
     loc: Loc
 
 
-#: Control characters (C0, DEL, C1): not printable, and most not allowed in XML.
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Characters a name may not hold: control characters (C0, DEL, C1: not printable, most
+#: not allowed in XML) and the noncharacters U+FFFE and U+FFFF (not allowed in XML). Names
+#: label charts (SVG) and pages.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
+#: The longest head name or `as` name: it leads the names of stored statistics and the
+#: paths of charts.
+NAME_MAX = 128
+
+
+def name_problem(name: str) -> str | None:
+    """What keeps ``name`` (a head's, or an entry's `as`) from naming statistics, charts
+    and page sections, in a few words; ``None``: nothing."""
+    if not name:
+        return "empty"
+    if len(name) > NAME_MAX:
+        return f"{len(name)} characters long, over {NAME_MAX}"
+    if "/" in name:
+        return "holding a `/`"
+    control = CONTROL.search(name)
+    if control is not None:
+        return f"holding U+{ord(control.group()):04X}, a control character or noncharacter"
+    return None
 
 
 def _class_names_problem(names: Any, stored: bool = False) -> str | None:
@@ -356,8 +387,8 @@ def _class_names_problem(names: Any, stored: bool = False) -> str | None:
         if control is not None:
             # They label charts and pages: a NUL or an escape breaks an SVG's XML.
             return (
-                f"a name holding the control character U+{ord(control.group()):04X} at "
-                f"index {index} ({name[:40]!r}); expected printable text"
+                f"a name holding U+{ord(control.group()):04X} (a control character or "
+                f"noncharacter) at index {index} ({name[:40]!r}); expected printable text"
             )
     return None
 
@@ -396,7 +427,7 @@ def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True, stored: boo
     losses = metrics = None
     if document.get("losses") is not None:
         losses = []
-        for e in _entries(document["losses"], (*loc, "losses"), "loss", registry.LOSSES):
+        for e in _entries(document["losses"], (*loc, "losses"), "loss", registry.LOSSES, stored):
             spec = registry.LOSSES[e.name]
             params = registry.parse_params(
                 e.name, spec.params, _with_logits(e, from_logits, True), e.loc
@@ -411,7 +442,9 @@ def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True, stored: boo
             losses.append(Entry(e.key, e.name, params, e.loc))
     if document.get("metrics") is not None:
         metrics = []
-        for e in _entries(document["metrics"], (*loc, "metrics"), "metric", registry.METRICS):
+        for e in _entries(
+            document["metrics"], (*loc, "metrics"), "metric", registry.METRICS, stored
+        ):
             spec_m = registry.METRICS[e.name]
             takes = _takes_logits(spec_m.params)
             params = registry.parse_params(
@@ -420,7 +453,9 @@ def parse_plan(document: Any, loc: Loc = (), *, arrays: bool = True, stored: boo
             metrics.append(Entry(e.key, e.name, params, e.loc))
     reports = []
     if document.get("reports") is not None:
-        for e in _entries(document["reports"], (*loc, "reports"), "report", registry.REPORTS):
+        for e in _entries(
+            document["reports"], (*loc, "reports"), "report", registry.REPORTS, stored
+        ):
             spec_r = registry.REPORTS[e.name]
             params = registry.parse_params(
                 e.name, spec_r.params, _with_logits(e, from_logits, True), e.loc
@@ -618,12 +653,13 @@ def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     if not outputs:
         raise invalid(("outputs",), "`outputs` is empty: expected at least one head.")
     for head in outputs:
-        if not head or "/" in head or CONTROL.search(head):
+        problem = name_problem(head)
+        if problem is not None:
             raise invalid(
-                ("outputs", head),
-                "Head names are non-empty and hold no `/` and no control character (a "
-                "head's name leads the names of its statistics, the paths of its charts "
-                f"and their titles), received {head!r}.",
+                ("outputs", head[:NAME_MAX]),
+                f"Head names are 1–{NAME_MAX} characters with no `/` and no control "
+                "character (a head's name leads the names of its statistics, the paths of "
+                f"its charts and their titles); received a name {problem} ({head[:40]!r}).",
             )
     raw_weights = document.get("loss_weights")
     weights = (

@@ -376,11 +376,38 @@ def test_a_batch_id_over_its_length_says_what_was_received(make_client: Any, tmp
         # Names label charts: a NUL would make an SVG ill-formed XML.
         (
             {"class_names": ["cat", "d\u0000g"]},
-            "received a name holding the control character U+0000 at index 1 ('d\\x00g')",
+            "received a name holding U+0000 (a control character or noncharacter) at index 1 "
+            "('d\\x00g')",
+        ),
+        # U+FFFE is no XML character either.
+        (
+            {"class_names": ["cat", "\ufffe"]},
+            "received a name holding U+FFFE (a control character or noncharacter) at index 1",
         ),
         (
             {"outputs": {"a\u001bb": {}}},
-            "hold no `/` and no control character",
+            "received a name holding U+001B, a control character or noncharacter ('a\\x1bb')",
+        ),
+        (
+            {"outputs": {"h\uffff": {}}},
+            "received a name holding U+FFFF, a control character or noncharacter",
+        ),
+        # A long name would make every batch's statistics too long to store (a 500).
+        (
+            {"outputs": {"Y" * 129: {}}},
+            "Head names are 1–128 characters with no `/` and no control character",
+        ),
+        (
+            {"metrics": [{"name": "accuracy", "as": "m" * 129}]},
+            "received a name 129 characters long, over 128 ('mmmm",
+        ),
+        (
+            {"losses": [{"name": "binary_crossentropy", "as": "a\u0001b"}]},
+            "`as` names a result, its statistics and charts: expected 1–128 characters",
+        ),
+        (
+            {"reports": [{"name": "per_class", "as": "x/y"}]},
+            "received a name holding a `/` ('x/y')",
         ),
     ],
 )

@@ -404,7 +404,7 @@ def test_a_head_name_that_would_share_running_totals_is_refused(api: Any) -> Non
         r = client.post("/v1/evaluations", json={"outputs": {"h": {}, head: {}}})
         assert r.status_code == 422, r.text
         assert r.json()["errors"][0]["loc"] == ["outputs", head]
-        assert "hold no `/`" in r.json()["detail"]
+        assert "with no `/` and no control character" in r.json()["detail"]
 
 
 def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:

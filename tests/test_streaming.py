@@ -294,7 +294,7 @@ def test_head_names_are_non_empty_and_hold_no_slash(head: str) -> None:
     """A head's name leads the names of its running totals: ``h`` with an entry
     ``loss/cce`` and ``h/loss`` with ``cce`` would share one total; ``""`` is the single
     head's place."""
-    with pytest.raises(Exception, match="non-empty and hold no `/`") as refused:
+    with pytest.raises(Exception, match="1–128 characters with no `/`") as refused:
         streaming.parse_settings({"outputs": {"h": {}, head: {}}})
     assert refused.value.errors[0].loc == ("outputs", head)  # type: ignore[attr-defined]
 
