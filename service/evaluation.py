@@ -681,6 +681,18 @@ def check_heads(document: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return outputs, weights
 
 
+def check_evaluate_settings(document: Any) -> None:
+    """Refuse what :func:`evaluate` refuses of a document's settings (its fields, heads and
+    names), in its words, without computing anything: for the report page of one batch."""
+    document = _require_object(document, (), "The request body")
+    if "outputs" not in document:
+        parse_plan(document)
+        return
+    outputs, _ = check_heads(document)
+    for head, head_document in outputs.items():
+        parse_plan(head_document, ("outputs", head))
+
+
 def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
     """``POST /v1/evaluate``: one batch, or several heads under ``outputs``."""
     document = _require_object(document, (), "The request body")

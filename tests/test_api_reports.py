@@ -152,8 +152,12 @@ def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncCli
         answer = client.post("/v1/evaluate", json=body, headers={"accept": accept})
         assert answer.status_code == 200
         assert answer.headers["content-type"].startswith("text/html") is page, accept
-    # The page takes evaluate's fields, as the JSON answer does: not an evaluation's.
-    refused = client.post(
-        "/v1/evaluate", json={**body, "metadata": {"a": "b"}}, headers={"accept": "text/html"}
-    )
-    assert refused.status_code == 422 and "`metadata` belongs to" in refused.json()["detail"]
+    # The page takes what the JSON answer takes, and refuses the rest in its words: not an
+    # evaluation's fields, not a head that is no object (it was dropped from the page).
+    heads = {"outputs": {"a": _batches(1)[0], "b": 5}}
+    for refused_body in [{**body, "metadata": {"a": "b"}}, {**body, "bogus": 1}, heads]:
+        as_json = client.post("/v1/evaluate", json=refused_body)
+        as_page = client.post("/v1/evaluate", json=refused_body, headers={"accept": "text/html"})
+        assert as_json.status_code == as_page.status_code == 422, as_page.text[:300]
+        assert as_page.json()["detail"] == as_json.json()["detail"]
+        assert as_page.json()["errors"] == as_json.json()["errors"]

@@ -27,6 +27,7 @@ from service.api.compute import admit, decode
 from service.api.error_responses import ERROR_RESPONSES
 from service.api.routes.evaluations import EvaluationId, _not_found, _owner, _summary, _swept
 from service.errors import NotFound, invalid
+from service.evaluation import check_evaluate_settings
 from service.settings import Settings
 from service.storage import Store
 from service.streaming import (
@@ -209,14 +210,9 @@ async def batch_page(request: Request) -> Response:
             admit(raw, document, settings)
             if not isinstance(document, dict):
                 raise invalid(("body",), "The request body must be a JSON object.")
+            # Refused as the JSON answer refuses it (fields, heads, names), in its words.
+            check_evaluate_settings(document)
             arrays, options = _split(document)
-            if "metadata" in options:
-                # An evaluation's field, not evaluate's: refused as the JSON answer is.
-                raise invalid(
-                    ("metadata",),
-                    "`metadata` belongs to streaming evaluations (POST /v1/evaluations), "
-                    "not to POST /v1/evaluate: expected evaluate's fields only.",
-                )
             config, _ = parse_settings(options)
             outcome = evaluate_batch(config, arrays, None, settings.max_elements)
             evaluation = results(config, outcome.facts, outcome.stats, {})
