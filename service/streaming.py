@@ -566,14 +566,34 @@ def curves(
     return out
 
 
-def with_curves(response: dict[str, Any], found: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """``response`` (from :func:`results`) with each head's ``curves`` beside its
-    ``reports``, as the charts read them."""
+def _by_kind(part: dict[str, Any], head_facts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A head's answer with its reports under their kinds (``per_class``...), the first of
+    each kind, whatever `as` named them: what the page and the charts look up."""
+    reports = part.get("reports")
+    if not reports or head_facts is None:
+        return part
+    kinds = {e["key"]: e["name"] for e in head_facts["entries"]["reports"]}
+    by_kind: dict[str, Any] = {}
+    for key, value in reports.items():
+        by_kind.setdefault(kinds.get(key, key), value)
+    return {**part, "reports": by_kind}
+
+
+def for_pictures(
+    response: dict[str, Any],
+    found: Mapping[str, dict[str, Any]],
+    facts: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``response`` (from :func:`results`) as the page and the charts read it: each head's
+    ``curves`` beside its ``reports``, its reports under their kinds (see
+    :func:`_by_kind`; ``facts``: the evaluation's, ``None`` before its first batch)."""
+    heads = {} if facts is None else facts["heads"]
     out = dict(response)
     if "outputs" in out and isinstance(out["outputs"], dict):
         out["outputs"] = {
-            head: {**part, "curves": found.get(head, {})} for head, part in out["outputs"].items()
+            head: {**_by_kind(part, heads.get(head)), "curves": found.get(head, {})}
+            for head, part in out["outputs"].items()
         }
     else:
-        out["curves"] = found.get(SINGLE, {})
+        out = {**_by_kind(out, heads.get(SINGLE)), "curves": found.get(SINGLE, {})}
     return out

@@ -161,3 +161,32 @@ def test_evaluate_with_accept_html_answers_the_page_of_one_batch(client: SyncCli
         assert as_json.status_code == as_page.status_code == 422, as_page.text[:300]
         assert as_page.json()["detail"] == as_json.json()["detail"]
         assert as_page.json()["errors"] == as_json.json()["errors"]
+
+
+def test_reports_named_with_as_are_drawn_and_tabled(client: SyncClient) -> None:
+    """The page and the charts look reports up by their kind: renamed with `as`, they
+    were missing from both (the JSON answer keeps the names)."""
+    reports = [
+        {"name": "per_class", "as": "pc"},
+        {"name": "calibration", "as": "cal"},
+        {"name": "confusion_matrix", "as": "cm"},
+    ]
+    batch = _batches(1)[0]
+    page = client.post(
+        "/v1/evaluate", json={**batch, "reports": reports}, headers={"accept": "text/html"}
+    )
+    plain = client.post(
+        "/v1/evaluate",
+        json={**batch, "reports": [r["name"] for r in reports]},
+        headers={"accept": "text/html"},
+    )
+    assert page.status_code == plain.status_code == 200
+    charts_in = page.text.count("data:image/svg+xml;base64,")
+    assert charts_in == plain.text.count("data:image/svg+xml;base64,") >= 3
+    assert page.text.count("<table") == plain.text.count("<table") >= 2
+    created = client.post("/v1/evaluations", json={"reports": reports}).json()["id"]
+    assert client.put(f"/v1/evaluations/{created}/batches/a", json=batch).status_code == 201
+    assert set(client.get(f"/v1/evaluations/{created}").json()["reports"]) == {"pc", "cal", "cm"}
+    for chart in ("confusion_matrix", "reliability", "per_class_f1"):
+        drawn = client.get(f"/v1/evaluations/{created}/charts/{chart}.svg")
+        assert drawn.status_code == 200, (chart, drawn.text[:200])

@@ -33,9 +33,9 @@ from service.storage import Store
 from service.streaming import (
     curves,
     evaluate_batch,
+    for_pictures,
     parse_settings,
     results,
-    with_curves,
 )
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
@@ -69,7 +69,7 @@ def _evaluation_and_history(
         **_summary(row),
         **results(row.config, row.facts, totals.values, row.warnings),
     }
-    evaluation = with_curves(evaluation, curves(row.config, row.facts, totals.values))
+    evaluation = for_pictures(evaluation, curves(row.config, row.facts, totals.values), row.facts)
     history: list[Mapping[str, Any]] = []
     cursor = None
     while True:
@@ -218,7 +218,9 @@ async def batch_page(request: Request) -> Response:
             evaluation = results(config, outcome.facts, outcome.stats, {})
             evaluation["n_samples"] = outcome.n_samples
             evaluation["warnings"] = outcome.answer["warnings"]
-            evaluation = with_curves(evaluation, curves(config, outcome.facts, outcome.stats))
+            evaluation = for_pictures(
+                evaluation, curves(config, outcome.facts, outcome.stats), outcome.facts
+            )
             return _page(evaluation, [], embedded=True)
 
         return _html(await anyio.to_thread.run_sync(build))
