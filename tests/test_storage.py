@@ -4,6 +4,7 @@ closed evaluations, ownership, pagination, expiry, and reads that do not grow wi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import threading
@@ -1143,6 +1144,40 @@ def test_a_group_of_several_evaluations_written_last_is_counted_once(
         assert alone == [] and sorted(set(reads)) == sorted([first.id, second.id])
     _exact(store, first.id, 2)
     _exact(store, second.id, 2)
+
+
+def test_groups_of_several_evaluations_under_load_store_every_batch(store: Store) -> None:
+    """Several evaluations fed at once by threads whose puts the commit thread groups. On
+    PostgreSQL a group's statements are pipelined: the next evaluation's lock, read on
+    the cursor that had sent this one's update, was answered with the update's result
+    when that arrived meanwhile ("the last operation didn't produce records": every put
+    of the group failed, a 500). Statistics as large as an AUC's make it likely."""
+    rng = np.random.default_rng(12)
+    evaluations = [store.create_evaluation(OWNER, {}, {}) for _ in range(4)]
+    n_puts = 250
+    failures: list[BaseException] = []
+
+    def feed(evaluation_id: str) -> None:
+        futures = []
+        for k in range(n_puts):
+            stats = {"tp": rng.random(200), "fp": rng.random(200), "n": np.int64(3)}
+            digest = hashlib.sha256(f"{evaluation_id}{k}".encode()).digest()
+            futures.append(store.submit_batch(OWNER, evaluation_id, f"b{k}", digest, stats, {}, 3))
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=feed, args=(e.id,)) for e in evaluations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert store.commits < 4 * n_puts  # some groups held several puts
+    for evaluation in evaluations:
+        _exact(store, evaluation.id, n_puts)
 
 
 def test_the_memory_of_written_evaluations_drops_a_state_it_does_not_keep() -> None:

@@ -398,18 +398,28 @@ class Committer:
         if self._connection is None:
             self._connection = self.engine.raw_connection()
         connection = self._connection
-        cursor, other = connection.cursor(), connection.cursor()
+        cursors: list[Any] = []
+
+        def fresh() -> Any:
+            cursors.append(connection.cursor())
+            return cursors[-1]
+
         leaving: dict[tuple[str, str], _Written | None] = {}
         as_written = False
         try:
             with self._statements.pipeline(connection):
-                self._statements.begin(cursor)
+                self._statements.begin(fresh())
                 results: list[Answer] = []
                 for key, each in itertools.groupby(ordered, key=_evaluation_key):
                     puts = list(each)
                     known = self._written.recall(key) if written else None
                     leaving[key] = None
                     as_written = as_written or known is not None
+                    # Cursors of its own for each evaluation: in PostgreSQL's pipeline mode
+                    # a cursor's results arrive in the order its statements were sent, and
+                    # the lock of the next evaluation, read on the cursor that sent this
+                    # one's update, could be answered with that update's result.
+                    cursor, other = fresh(), fresh()
                     fast = None if known is None else self._put_written(cursor, puts, known)
                     done, left = fast if fast is not None else self._put_in(cursor, other, puts)
                     results += done
@@ -428,7 +438,7 @@ class Committer:
                     raise _Stale() from error
             self._lost(connection, error)
         finally:
-            for each_cursor in (cursor, other):
+            for each_cursor in cursors:
                 with contextlib.suppress(Exception):
                     each_cursor.close()
         for key, left in leaving.items():
