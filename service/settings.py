@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     #: Where evaluations are kept: ``postgresql://...`` for several processes or hosts;
     #: none: an SQLite file in ``data_dir``.
     database_url: SecretStr | None = None
+    #: Seconds a request waits for the database before it is answered 503: another
+    #: process's write lock on SQLite; on PostgreSQL, a connection (made, or of the pool)
+    #: and the network (data not acknowledged, a peer gone silent).
+    database_timeout: float = Field(default=15.0, gt=0, le=3600)
     #: The directory of the default SQLite database (created if missing).
     data_dir: Path = Path("data")
     #: Evaluations not updated for this long are deleted (seconds, or ISO 8601: ``P30D``).

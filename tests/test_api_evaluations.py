@@ -7,11 +7,13 @@ import asyncio
 import base64
 import hashlib
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -514,6 +516,68 @@ def test_a_worker_opens_the_store_and_migrates_it_at_start(
     monkeypatch.setattr(Store, "open", failing)
     with pytest.raises(RuntimeError, match="a migration failed"):
         _started(Settings(data_dir=tmp_path / "other", gc_freeze=False))
+
+
+def test_a_store_opened_by_a_request_is_opened_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose start could not open the store opens it at the first request about
+    evaluations (connecting, migrating: seconds, with a database slow to answer): in the
+    thread pool, so that /healthz is served meanwhile. Here the opening waits until
+    /healthz has been answered: on the event loop it would wait in vain."""
+    healthz_answered = threading.Event()
+    real_open = Store.open
+    waited: list[bool] = []
+
+    def slow_open(*args: Any, **kwargs: Any) -> Store:
+        waited.append(healthz_answered.wait(timeout=3))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Store, "open", slow_open)
+    app = create_app(Settings(data_dir=tmp_path, gc_freeze=False))
+
+    async def recording(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+        if scope.get("path") == "/healthz":
+            healthz_answered.set()
+
+    async def both() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=recording)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def health_soon() -> httpx.Response:
+                await asyncio.sleep(0.2)
+                return await client.get("/healthz")
+
+            return list(await asyncio.gather(client.get("/v1/evaluations"), health_soon()))
+
+    listed, health = asyncio.run(both())
+    assert listed.status_code == health.status_code == 200
+    assert waited == [True]
+    app.state.store.dispose()
+
+
+def test_an_sqlite_lock_held_past_the_database_timeout_is_a_503(
+    make_client: Callable[..., SyncClient], tmp_path: Path
+) -> None:
+    """Another process holding the write lock: the request waits database_timeout, then
+    gets a 503 (before the client's own timeout gives up on it)."""
+    client = make_client(data_dir=tmp_path, database_timeout=0.3)
+    eid = _create(client)
+    holder = sqlite3.connect(tmp_path / "evaluations.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        answer = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4)))
+        waited = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["retry-after"] == "1"
+    assert waited < 10  # the 30 s of SQLite's default, or the old fixed busy timeout
+    again = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 4)))
+    assert again.status_code == 201, again.text
 
 
 def test_a_statement_error_of_the_store_stays_a_500(

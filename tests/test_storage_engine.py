@@ -69,6 +69,27 @@ def test_other_urls_are_refused_without_showing_the_password(
     assert "hunter2" not in str(caught.value)
 
 
+def test_postgresql_connections_bound_their_waits_on_the_network(tmp_path: Path) -> None:
+    """Connecting, data the network does not acknowledge and a silent peer end within about
+    the timeout (then a 503), instead of hanging on a lost network."""
+    with database("postgresql", tmp_path) as db:
+        engine = make_engine(db.url, db.data_dir, busy_timeout=12)
+        try:
+            with engine.connect() as connection:
+                parameters = connection.connection.driver_connection.info.get_parameters()
+        finally:
+            engine.dispose()
+        assert engine.pool.timeout() == 12
+    assert {k: parameters[k] for k in parameters if k.startswith(("connect", "tcp", "keep"))} == {
+        "connect_timeout": "12",
+        "tcp_user_timeout": "12000",
+        "keepalives": "1",
+        "keepalives_idle": "4",
+        "keepalives_interval": "2",
+        "keepalives_count": "2",
+    }
+
+
 def test_sqlite_connections_are_durable_and_wait_for_the_lock(tmp_path: Path) -> None:
     engine = make_engine(None, tmp_path, busy_timeout=12.5)
     try:

@@ -30,6 +30,7 @@ plain (deferred) ``BEGIN`` and a WAL snapshot, and take no lock.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -155,6 +156,9 @@ def make_engine(
     **options: Any,
 ) -> Engine:
     """An engine for ``url`` (see :func:`database_url`), set up as this module says.
+    ``busy_timeout``: seconds a statement waits for SQLite's write lock; on PostgreSQL,
+    for a connection (of the pool, or made), and for the network (see
+    :func:`_libpq_timeouts`).
 
     ``options`` go to :func:`sqlalchemy.create_engine` (``pool_size``, ``echo``...);
     JSON is written by :func:`dumps` unless ``json_serializer`` says otherwise.
@@ -167,7 +171,28 @@ def make_engine(
         _set_up_sqlite(engine, busy_timeout)
         return engine
     options.setdefault("pool_pre_ping", True)
-    return create_engine(target, **options)
+    # A connection's waits are bounded too: ``busy_timeout`` for connecting, for data sent
+    # that the network does not acknowledge, and for an idle connection whose peer is gone
+    # (keepalive probes); for a connection of the pool.
+    options.setdefault("pool_timeout", busy_timeout)
+    connect_args = _libpq_timeouts(busy_timeout)
+    connect_args.update(options.pop("connect_args", {}))
+    return create_engine(target, connect_args=connect_args, **options)
+
+
+def _libpq_timeouts(seconds: float) -> dict[str, int]:
+    """libpq's parameters that bound a connection's waits to about ``seconds``: connecting
+    (``connect_timeout``, whole seconds, at least 2: libpq's least), data the network does
+    not acknowledge (``tcp_user_timeout``), and a peer gone silent (keepalive probes after
+    a third of it, two more a sixth of it apart)."""
+    return {
+        "connect_timeout": max(2, math.ceil(seconds)),
+        "tcp_user_timeout": max(1, round(seconds * 1000)),
+        "keepalives": 1,
+        "keepalives_idle": max(1, round(seconds / 3)),
+        "keepalives_interval": max(1, round(seconds / 6)),
+        "keepalives_count": 2,
+    }
 
 
 def writer(engine: Engine) -> Engine:

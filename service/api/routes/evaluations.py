@@ -101,16 +101,13 @@ def open_store(state: Any) -> Store:
                 store = Store.open(
                     None if url is None else url.get_secret_value(),
                     settings.data_dir,
+                    busy_timeout=settings.database_timeout,
                     setup_cache=settings.evaluation_cache_size,
                     max_group=settings.max_batches_per_commit,
                     written_bytes=settings.written_totals_bytes,
                 )
                 state.store = store
     return store
-
-
-def _store(request: Request) -> Store:
-    return open_store(request.app.state)
 
 
 def _expiry_due(request: Request) -> bool:
@@ -134,7 +131,11 @@ async def _swept(request: Request, evaluation_id: str | None = None) -> Store:
     evaluation can have (holding a NUL, which PostgreSQL's text cannot) is a 404 here."""
     if evaluation_id is not None and "\x00" in evaluation_id:
         raise _not_found(evaluation_id)
-    store = _store(request)
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None:
+        # Not opened at the worker's start (the database could not be reached then): its
+        # connecting and migrating wait in the thread pool, the event loop serves on.
+        store = await anyio.to_thread.run_sync(open_store, request.app.state)
     if _expiry_due(request):
         ttl = request.app.state.settings.evaluation_ttl
         try:
