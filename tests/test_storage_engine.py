@@ -59,6 +59,10 @@ def test_an_sqlite_url_names_a_file_whose_directory_is_created(tmp_path: Path) -
         ("mysql://user:hunter2@host/db", "uses 'mysql'"),
         ("postgresql+psycopg2://user:hunter2@host/db", "uses 'postgresql\\+psycopg2'"),
         ("not a url", "not a URL"),
+        # What libpq would refuse at every connection (a 503 for good), refused at once.
+        ("postgresql://user:hunter2@host:99999/db", "has port 99999; expected a port in 1–65535"),
+        ("postgresql://user:hunter2@host/db?sslmode=bogus", "has sslmode='bogus'; expected one"),
+        ("postgresql://user:hunter2@host/db?bogus=1", "parameter 'bogus', which libpq does not"),
     ],
 )
 def test_other_urls_are_refused_without_showing_the_password(

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.exc import ArgumentError
@@ -98,6 +99,7 @@ def parse_database_url(url: str) -> URL:
     scheme = parsed.drivername
     shown = parsed.render_as_string(hide_password=True)
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        _check_libpq_url(parsed, shown)
         return parsed.set(drivername="postgresql+psycopg")
     if scheme in ("sqlite", "sqlite+pysqlite"):
         database = parsed.database or ""
@@ -111,6 +113,34 @@ def parse_database_url(url: str) -> URL:
         f"the database URL {shown!r} uses {scheme!r}; expected sqlite:///<path> or "
         "postgresql://user@host:port/database"
     )
+
+
+#: libpq's values of ``sslmode``.
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+def _check_libpq_url(parsed: URL, shown: str) -> None:
+    """What libpq would refuse of a PostgreSQL URL at every connection (a port out of
+    range, a parameter it does not know, an ``sslmode`` it has not), refused now."""
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(
+            f"the database URL {shown!r} has port {parsed.port}; expected a port in 1–65535"
+        )
+    for key, value in parsed.query.items():
+        values = value if isinstance(value, tuple) else (value,)
+        try:
+            make_conninfo("", **{key: values[-1]})
+        except psycopg.ProgrammingError:
+            raise ValueError(
+                f"the database URL {shown!r} has the parameter {key!r}, which libpq does not "
+                "know; expected libpq's connection parameters (sslmode, options, "
+                "application_name...)"
+            ) from None
+        if key == "sslmode" and values[-1] not in _SSLMODES:
+            raise ValueError(
+                f"the database URL {shown!r} has sslmode={values[-1]!r}; expected one of "
+                f"{sorted(_SSLMODES)}"
+            )
 
 
 def database_url(url: str | None, data_dir: Path) -> URL:
