@@ -85,6 +85,14 @@ class EvaluationError(Exception):
     """The evaluation refused the data, or the service could not be reached: exit 1."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) while the batches were sent: exit 130, saying what was stored."""
+
+
+#: The exit code of a command stopped by SIGINT (128 + 2, as shells report it).
+INTERRUPTED = 130
+
+
 # ---- the command line ------------------------------------------------------------------------
 
 
@@ -226,6 +234,9 @@ def _wire(field: str, path: Path, array: NDArray[Any]) -> NDArray[Any]:
     if array.dtype.name in _WIRE:
         return array
     if array.dtype.kind in "iu":
+        if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:
+            # Past int64's range: as floats, refused with their value, not wrapped around.
+            return array.astype(np.float64)
         return array.astype(np.int64)
     if array.dtype.kind == "f":
         return array.astype(np.float64)
@@ -348,12 +359,17 @@ def _read_npz(field: str, path: Path, key: str | None, fallback: bool) -> NDArra
         ) from None
 
 
+#: A CSV cell's number: decimal, with an exponent, or nan / inf (as NumPy writes them);
+#: not the rest of what Python's float() reads (``1_000``, digits of other scripts).
+_NUMBER = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)",
+    re.IGNORECASE,
+)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
 def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(cell.strip()) is not None
 
 
 def _read_csv(field: str, path: Path, class_names: list[str] | None) -> NDArray[Any]:
@@ -395,18 +411,23 @@ def _read_csv(field: str, path: Path, class_names: list[str] | None) -> NDArray[
                 f"--{_option(field)} {path}, line {number}: {len(cells)} values, expected "
                 f"{width} as on the first row"
             )
-        try:
+        if all(_is_number(cell) for cell in cells):
             values.append([float(cell) for cell in cells])
-        except ValueError:
+        else:
             bad = next(cell for cell in cells if not _is_number(cell))
             hint = " (give --class-names to read class names)" if field == "y_true" else ""
             raise UsageError(
                 f"--{_option(field)} {path}, line {number}: {bad.strip()!r} is not a number{hint}"
-            ) from None
+            )
     array = np.asarray(values, dtype=np.float64)
     if array.shape[1] == 1:
         array = array[:, 0]
-    if field == "y_true" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+    if (
+        field == "y_true"
+        and np.all(np.isfinite(array))
+        and np.all(array == np.round(array))
+        and np.all(np.abs(array) < 2.0**63)
+    ):
         return array.astype(np.int64)  # integer labels, or one-hot / multi-hot rows
     return array
 
@@ -501,6 +522,11 @@ def read_data(args: argparse.Namespace) -> tuple[dict[str, NDArray[Any]], list[s
     return arrays, class_names
 
 
+def _no_constant(token: str) -> Any:
+    # NaN and Infinity are not JSON (the service would receive them as null).
+    raise json.JSONDecodeError(f"{token} is not a JSON number", token, 0)
+
+
 def _entries(option: str, values: Sequence[str] | None) -> list[str | dict[str, Any]] | None:
     """``--loss``/``--metric``/``--report`` values: names, or JSON objects."""
     if values is None:
@@ -509,7 +535,7 @@ def _entries(option: str, values: Sequence[str] | None) -> list[str | dict[str, 
     for value in values:
         if value.lstrip().startswith("{"):
             try:
-                entry = json.loads(value)
+                entry = json.loads(value, parse_constant=_no_constant)
             except json.JSONDecodeError as error:
                 raise UsageError(f"--{option} {value}: not valid JSON ({error})") from None
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -721,13 +747,28 @@ def evaluate_remotely(
                     "before it: once the data is corrected, run again into a new "
                     "evaluation (without --evaluation)."
                 )
+            elif error.status == 409 and "is closed" in str(error):
+                message += (
+                    f" Evaluation {feeding} is closed: it takes no new batch. Run again into "
+                    "a new evaluation (without --evaluation)."
+                )
             else:
                 message += (
                     f" Evaluation {feeding} holds the {batches} batch(es) accepted "
                     f"before it: once the data is corrected, --evaluation {feeding} "
-                    "sends every batch again, and those count once."
+                    "sends every batch again, and those count once (its settings, such as "
+                    "--label-encoding, are fixed: for others, run again without "
+                    "--evaluation)."
                 )
         raise EvaluationError(message) from None
+    except KeyboardInterrupt:
+        if feeding is None:
+            raise
+        raise Interrupted(
+            f"interrupted: evaluation {feeding} holds the {batches} batch(es) accepted so "
+            f"far ({rows} of {total} rows); --evaluation {feeding} sends every batch "
+            "again, and those count once."
+        ) from None
     except (ValueError, KeyError, TypeError):
         # A success whose body is not JSON (orjson's error is a ValueError), or JSON that
         # is not the service's document (a field of another type: a date that is not one).
@@ -912,6 +953,12 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
+    except Interrupted as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     try:
         if args.json:
             sys.stdout.write(json.dumps(response, indent=2) + "\n")
@@ -922,5 +969,10 @@ def run(args: argparse.Namespace) -> int:
         # The reader went away (``| head``): nothing more to say, and nothing at exit
         # either (Python would flush stdout again and complain).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:
+        # A disk full, a file system gone: said once, and stdout not flushed again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: cannot write the results to standard output: {error}", file=sys.stderr)
         return 1
     return 0

@@ -507,6 +507,9 @@ def _unsupported(where: str, dtype: np.dtype[Any]) -> TypeError:
     )
 
 
+_INT64_MAX: Final = int(np.iinfo(np.int64).max)
+
+
 def _wire_array(where: str, value: Any) -> NDArray[Any] | None:
     """``value`` as a C-contiguous little-endian array of a dtype the service takes; None
     for a typed array already encoded (a dict) and for ragged lists, which go as they are
@@ -522,7 +525,10 @@ def _wire_array(where: str, value: Any) -> NDArray[Any] | None:
     if kind not in "biuf":
         raise _unsupported(where, arr.dtype)
     if arr.dtype.name not in WIRE_DTYPES:
-        arr = arr.astype(np.int64 if kind in "iu" else np.float64)
+        # Unsigned integers past int64's range go as floats (refused by the service with
+        # their value, not wrapped around to negative ones).
+        wide = kind == "u" and arr.size > 0 and int(arr.max()) > _INT64_MAX
+        arr = arr.astype(np.int64 if kind in "iu" and not wide else np.float64)
     target = arr.dtype.newbyteorder("<")
     return arr.astype(target, order="C", copy=False)
 

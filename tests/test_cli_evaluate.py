@@ -635,3 +635,109 @@ def test_help_and_invalid_service_settings(
     monkeypatch.setenv("LOSS_SERVICE_WORKERS", "zero")
     code, out, err = evaluate(capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"])
     assert code == 0 and out.startswith("523 samples"), err
+
+
+def test_csv_cells_are_plain_numbers_and_labels_past_int64_are_not_wrapped(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``0_1`` is a number to Python's float() (label 1, silently); 1e20 and a uint64 of
+    2**63 were cast to int64 and refused as -9223372036854775808."""
+    y_pred = str(tmp_path / "p.npy")
+    np.save(y_pred, Y_PRED[:4])
+    underscored = tmp_path / "underscored.csv"
+    underscored.write_text("0\n0_1\n2\n1\n")
+    code, _, err = evaluate(capsys, "--y-true", str(underscored), "--y-pred", y_pred)
+    assert code == 2 and f"--y-true {underscored}, line 2: '0_1' is not a number" in err
+    huge = tmp_path / "huge.csv"
+    huge.write_text("0\n1e20\n2\n1\n")
+    code, _, err = evaluate(capsys, "--y-true", str(huge), "--y-pred", y_pred)
+    assert code == 1 and "received 1e+20 at index [1]" in err
+    assert "RuntimeWarning" not in err
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.array([0, 2**63, 2, 1], np.uint64))
+    code, _, err = evaluate(capsys, "--y-true", str(wide), "--y-pred", y_pred)
+    assert code == 1 and "received 9.223372036854776e+18 at index [1]" in err
+    # The client sends such labels as floats too: refused with their value.
+    with LossClient("http://unused") as client:
+        from service.client import _wire_array
+
+        assert _wire_array("y_true", np.array([2**64 - 1, 0], np.uint64)).dtype == np.float64
+        assert _wire_array("y_true", np.array([7, 0], np.uint64)).dtype == np.int64
+        assert client is not None
+
+
+def test_nan_in_an_option_is_refused_as_not_json(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's json reads NaN, which the service would receive as null."""
+    loss = '{"name": "categorical_focal_crossentropy", "gamma": NaN}'
+    code, _, err = evaluate(
+        capsys, "--y-true", files["y_true"], "--y-pred", files["y_pred"], "--loss", loss
+    )
+    assert code == 2 and "not valid JSON (NaN is not a JSON number" in err
+
+
+def test_results_that_cannot_be_written_are_said_once(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A full disk on standard output: a message and exit code 1, not a traceback."""
+    run = "import sys; from service import cli; sys.exit(cli.main(sys.argv[1:]))"
+    with open("/dev/full", "w") as device:
+        full = subprocess.run(
+            [sys.executable, "-c", run, "evaluate", "--y-true", files["y_true"],
+             "--y-pred", files["y_pred"]],
+            stdout=device, stderr=subprocess.PIPE, text=True, timeout=60,
+        )  # fmt: skip
+    assert full.returncode == 1, full.stderr
+    assert full.stderr.startswith("loss-service evaluate: cannot write the results to standard")
+    assert "Traceback" not in full.stderr
+
+
+def test_ctrl_c_says_what_was_stored_and_exits_130(
+    url: str,
+    files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Locally: "interrupted"; with --url, the evaluation that holds the batches accepted
+    so far, which --evaluation completes."""
+    from service import cli_evaluate
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--batch-size", "100"]
+    with monkeypatch.context() as patched:
+        patched.setattr(cli_evaluate, "evaluate_locally", interrupted)
+        code, out, err = evaluate(capsys, *argv)
+    assert (code, out, err) == (130, "", "loss-service evaluate: interrupted\n")
+    sent: list[int] = []
+
+    from service.client import Evaluation
+
+    original = Evaluation._put_new
+
+    def put_then_interrupt(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(sent) == 2:
+            raise KeyboardInterrupt
+        sent.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluation, "_put_new", put_then_interrupt)
+    code, out, err = evaluate(capsys, *argv, "--url", url)
+    assert code == 130 and out == ""
+    assert "interrupted: evaluation " in err
+    assert "holds the 2 batch(es) accepted so far (200 of" in err
+    assert "--evaluation " in err and "sends every batch again" in err
+
+
+def test_a_closed_evaluation_is_said_to_be_closed(
+    url: str, files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with LossClient(url) as client:
+        closed = client.evaluation()
+        closed.close()
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--url", url]
+    code, _, err = evaluate(capsys, *argv, "--evaluation", closed.id)
+    assert code == 1 and f"Evaluation {closed.id} is closed: it takes no new batch" in err
+    assert "sends every batch again" not in err
