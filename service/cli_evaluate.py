@@ -194,6 +194,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         choices=LABEL_ENCODINGS,
         help="the labels' encoding, stated instead of detected from the first batch",
     )
+    what.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help="the compute dtype (default float32, as Keras; float64 for values past "
+        "float32's range)",
+    )
     run = parser.add_argument_group("how")
     run.add_argument(
         "--batch-size",
@@ -559,6 +565,8 @@ def settings_of(args: argparse.Namespace, class_names: list[str] | None) -> dict
         settings["from_logits"] = True
     if args.label_encoding is not None:
         settings["label_encoding"] = args.label_encoding
+    if args.dtype is not None:
+        settings["dtype"] = args.dtype
     if class_names is not None:
         settings["class_names"] = class_names
     return settings
@@ -914,12 +922,16 @@ def _confusion(key: str, report: Mapping[str, Any], out: TextIO) -> None:
 
 
 #: The options that set an evaluation's settings or metadata (fixed at its creation).
+#: How the service advises the compute dtype (a setting, which --dtype is here).
+_DTYPE_ADVICE = '`dtype: "float64"`'
+
 _SETTING_OPTIONS = {
     "losses": "--loss",
     "metrics": "--metric",
     "reports": "--report",
     "from_logits": "--from-logits",
     "label_encoding": "--label-encoding",
+    "dtype": "--dtype",
     "metadata": "--metadata",
 }
 
@@ -951,7 +963,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     except EvaluationError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        # The service's advice in the command's own words.
+        print(f"{PROG}: {str(error).replace(_DTYPE_ADVICE, '--dtype float64')}", file=sys.stderr)
         return 1
     except Interrupted as error:
         print(f"{PROG}: {error}", file=sys.stderr)

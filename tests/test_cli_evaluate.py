@@ -741,3 +741,17 @@ def test_a_closed_evaluation_is_said_to_be_closed(
     code, _, err = evaluate(capsys, *argv, "--evaluation", closed.id)
     assert code == 1 and f"Evaluation {closed.id} is closed: it takes no new batch" in err
     assert "sends every batch again" not in err
+
+
+def test_dtype_is_an_option_and_the_advice_to_use_it_names_it(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Weights past float32's range: the service advises `dtype: "float64"`, which the
+    command takes as --dtype float64."""
+    weights = str(tmp_path / "huge.npy")
+    np.save(weights, np.full(N, 3e38))
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--sample-weight", weights]
+    code, _, err = evaluate(capsys, *argv)
+    assert code == 1 and err.rstrip().endswith("values, or --dtype float64.")
+    document = evaluate_json(capsys, *argv, "--dtype", "float64")
+    assert np.isfinite(document["losses"]["sparse_categorical_crossentropy"])
