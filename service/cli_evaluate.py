@@ -728,7 +728,9 @@ def evaluate_remotely(
                 on_batch=lambda r: accepted(r.n_samples),
             )
             feeding = None  # every batch in: an error now is not a batch's
-            return evaluation.results().document, evaluation.report_url
+            # Printed: without the user and password a --url may carry.
+            shown = httpx.URL(evaluation.report_url).copy_with(username=None, password=None)
+            return evaluation.results().document, str(shown)
     except LossServiceError as error:
         if answers and not json_answer():
             raise _unlike_the_service(args.url, answers[-1]) from None

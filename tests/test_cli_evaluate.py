@@ -584,6 +584,11 @@ def test_the_readable_table(
     assert f"calibration: ECE {ece:.6f}" in out
     code, out, _ = evaluate(capsys, *argv, "--url", url)
     assert code == 0 and "report: " + url + "/v1/evaluations/" in out
+    # A --url with a user and password (a proxy's, say): the printed link leaves them out.
+    with_user = url.replace("http://", "http://someone:hunter2@")
+    code, out, _ = evaluate(capsys, *argv, "--url", with_user)
+    assert code == 0 and "report: " + url + "/v1/evaluations/" in out
+    assert "hunter2" not in out
 
 
 def test_a_reader_that_goes_away_ends_it_quietly(files: dict[str, str]) -> None:
