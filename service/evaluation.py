@@ -545,22 +545,45 @@ def _overflow_checked() -> np.errstate:
 
 
 def evaluate_head(
-    plan: Plan, inputs: Inputs, resolved: dict[str, list[Entry]] | None = None
+    plan: Plan,
+    inputs: Inputs,
+    resolved: dict[str, list[Entry]] | None = None,
+    cells: registry.CellBudget | None = None,
 ) -> HeadResult:
     """Compute a plan on one batch: values, diagnoses and statistics.
 
     ``resolved``: the entries fixed by an earlier batch (a streaming evaluation), else
-    those that fit this batch's labels. Statistics that overflow float64, and those of a
-    metric or report past ``kernels.STATISTIC_LIMIT``, are a 422 (:func:`_sums_fit`)."""
+    those that fit this batch's labels. ``cells``: the request's count of AUC and
+    confusion counts, shared by its heads (a 413 past the limit, before anything is
+    computed). Statistics that overflow float64, and those of a metric or report past
+    ``kernels.STATISTIC_LIMIT``, are a 422 (:func:`_sums_fit`)."""
     with _overflow_checked():
-        return _evaluate_head(plan, inputs, resolved)
+        return _evaluate_head(plan, inputs, resolved, cells or registry.CellBudget())
+
+
+def _take_cells(
+    plan: Plan, entries: dict[str, list[Entry]], batch: Batch, cells: registry.CellBudget
+) -> None:
+    """Count the entries' AUC and confusion counts against the request's limit."""
+    classes = 2 if batch.encoding == "binary" else batch.n_classes
+    for kind, specs in (("metric", registry.METRICS), ("report", registry.REPORTS)):
+        for e in entries[f"{kind}s"]:
+            spec: registry.Spec = specs[e.name]
+            taken = registry.statistic_cells(spec, e.params, batch.n_classes, classes)
+            if taken:
+                # Relative to the head: errors are put under its place by the caller.
+                cells.take(taken, e.loc[len(plan.loc) :], f"The {e.key} {kind}")
 
 
 def _evaluate_head(
-    plan: Plan, inputs: Inputs, resolved: dict[str, list[Entry]] | None
+    plan: Plan,
+    inputs: Inputs,
+    resolved: dict[str, list[Entry]] | None,
+    cells: registry.CellBudget,
 ) -> HeadResult:
     batch = inputs.batch(-1)
     entries = resolved or resolve_plan(plan, batch.encoding)
+    _take_cells(plan, entries, batch, cells)
     losses: dict[str, float] = {}
     metrics: dict[str, registry.MetricValue] = {}
     resolved_names: dict[str, str] = {}
@@ -629,11 +652,13 @@ def _evaluate_head(
     return HeadResult(response, stats, facts)
 
 
-def _evaluate_one(document: Any, loc: Loc, max_elements: int) -> dict[str, Any]:
+def _evaluate_one(
+    document: Any, loc: Loc, max_elements: int, cells: registry.CellBudget | None = None
+) -> dict[str, Any]:
     plan = parse_plan(document, loc)
     inputs = _inputs(document, loc, max_elements)
     try:
-        result = evaluate_head(plan, inputs)
+        result = evaluate_head(plan, inputs, cells=cells)
     except ServiceError as err:
         # Batch errors point at fields of this document (`y_true`, ...): put them under its place.
         raise (err.prefixed(loc) if loc else err) from None
@@ -699,8 +724,9 @@ def evaluate(document: Any, max_elements: int) -> dict[str, Any]:
     if "outputs" not in document:
         return _evaluate_one(document, (), max_elements)
     outputs, weights = check_heads(document)
+    cells = registry.CellBudget()
     results = {
-        head: _evaluate_one(head_document, ("outputs", head), max_elements)
+        head: _evaluate_one(head_document, ("outputs", head), max_elements, cells)
         for head, head_document in outputs.items()
     }
     check_head_sizes(results)

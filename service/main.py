@@ -462,6 +462,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.budget = MemoryBudget(settings.max_inflight_bytes, settings.max_request_memory_bytes)
     tune_allocator(settings.malloc_mmap_threshold, settings.malloc_trim_threshold)
     registry.set_max_confusion_classes(settings.max_confusion_classes)
+    registry.set_max_statistic_cells(settings.max_statistic_cells)
     kernels.set_kernel_threads(settings.kernel_threads)
     for module in (losses, metrics, evaluate, evaluations, reports, health, oip):
         app.include_router(module.router)

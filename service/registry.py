@@ -657,8 +657,47 @@ _OR: dict[Encoding, str] = {
     "sparse": ", or send one target per output",
     "binary": " for one sigmoid output",
 }
-#: Elements of AUC statistics one request may ask for (thresholds × columns × 4 counts).
-MAX_AUC_CELLS = 1 << 22
+#: Counts that AUC thresholds (thresholds × columns × 4) and confusion matrices (classes²)
+#: keep, summed over one request's entries and heads (a setting of the service, passed in
+#: by the caller through :func:`set_max_statistic_cells`). A streaming evaluation keeps
+#: them for each batch it stores.
+MAX_STATISTIC_CELLS = [1 << 22]
+_CELLS_ENV = "LOSS_SERVICE_MAX_STATISTIC_CELLS"
+
+
+def set_max_statistic_cells(limit: int) -> None:
+    MAX_STATISTIC_CELLS[0] = limit
+
+
+def statistic_cells(spec: Spec, params: Mapping[str, Any], columns: int, classes: int) -> int:
+    """The counts an entry keeps that grow with its parameters and the labels' classes: an
+    AUC's thresholds × columns (pooled: 1) × 4, a confusion matrix's classes²; 0 for the
+    others (their statistics grow with the classes alone, a few per class)."""
+    if "num_thresholds" in params:
+        return int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
+    if spec.class_pairs:
+        return classes * classes
+    return 0
+
+
+class CellBudget:
+    """What one request's entries keep of :data:`MAX_STATISTIC_CELLS`, counted as each
+    head is checked, before anything is computed."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def take(self, cells: int, loc: Loc, what: str) -> None:
+        self.used += cells
+        limit = MAX_STATISTIC_CELLS[0]
+        if self.used > limit:
+            raise PayloadTooLarge.at(
+                loc,
+                f"{what} takes the request's AUC and confusion counts to {self.used}, over "
+                f"the limit of {limit} summed over its entries and heads (setting "
+                f"{_CELLS_ENV}): expected fewer AUC thresholds, `multi_label: false`, or "
+                "fewer AUC metrics and confusion matrices.",
+            )
 
 
 def check_fits(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> None:
@@ -703,13 +742,14 @@ def _check_params_fit(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> No
             f"most {columns}.",
         )
     if "num_thresholds" in params:
-        cells = int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
-        if cells > MAX_AUC_CELLS:
+        cells = statistic_cells(spec, params, columns, columns)
+        limit = MAX_STATISTIC_CELLS[0]
+        if cells > limit:
             raise PayloadTooLarge.at(
                 ("num_thresholds",),
                 f"{spec.name} with {params['num_thresholds']} thresholds over {columns} "
-                f"columns keeps {cells} counts, over the limit of {MAX_AUC_CELLS}: expected "
-                "fewer thresholds, or `multi_label: false`.",
+                f"columns keeps {cells} counts, over the limit of {limit} (setting "
+                f"{_CELLS_ENV}): expected fewer thresholds, or `multi_label: false`.",
             )
     if spec.class_pairs:
         classes = 2 if batch.encoding == "binary" else batch.n_classes

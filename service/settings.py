@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     max_heads: int = Field(default=64, gt=0)
     #: Most classes of a ``confusion_matrix`` report; more: 422.
     max_confusion_classes: int = Field(default=1000, gt=0)
+    #: Most counts of AUC thresholds and confusion matrices in one request, summed over its
+    #: entries and heads; more: 413.
+    max_statistic_cells: int = Field(default=1 << 22, gt=0)
     #: Most entries in one evaluate body's ``losses`` and ``metrics`` together (per head).
     max_entries: int = Field(default=64, gt=0)
     #: Requests whose reservation passed this many bytes give memory back to the operating

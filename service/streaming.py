@@ -145,8 +145,9 @@ def parse_settings(
             )
         outputs, weights = check_heads({k: v for k, v in document.items() if k != "metadata"})
         heads = {}
+        cells = registry.CellBudget()
         for head, settings in outputs.items():
-            parse_plan(settings, ("outputs", head), arrays=False)
+            _take_cells(parse_plan(settings, ("outputs", head), arrays=False), cells)
             heads[head] = settings
         return {
             "outputs": heads,
@@ -162,13 +163,23 @@ def parse_settings(
             f"received {unknown}.",
         )
     settings = {k: v for k, v in document.items() if k != "metadata"}
-    parse_plan(settings, (), arrays=False)
+    _take_cells(parse_plan(settings, (), arrays=False), registry.CellBudget())
     return {
         "outputs": {SINGLE: settings},
         "loss_weights": {},
         "content_hash": content_hash,
         "label_hash": LABEL_HASH,
     }, metadata
+
+
+def _take_cells(plan: Plan, cells: registry.CellBudget) -> None:
+    """Refuse settings whose AUC counts pass the limit whatever the labels' classes (each
+    AUC's thresholds × 4 at least): an evaluation that no batch could be sent to. The
+    batches' classes are counted as they come."""
+    for e in plan.metrics or []:
+        taken = registry.statistic_cells(registry.METRICS[e.name], e.params, 1, 0)
+        if taken:
+            cells.take(taken, e.loc, f"The {e.key} metric")
 
 
 def _plans(config: Mapping[str, Any]) -> dict[str, Plan]:
@@ -375,6 +386,7 @@ def evaluate_batch(
     responses: dict[str, dict[str, Any]] = {}
     codes: list[str] = []
     differences: list[str] = []
+    cells = registry.CellBudget()
     for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
         plan = plans[head]
         stored = None if facts is None else facts["heads"][head]
@@ -403,7 +415,7 @@ def evaluate_batch(
                 arrays.append(("sample_weight", batch.sample_weight))
             digest.add(head, arrays)
             result = evaluate_head(
-                plan, inputs, None if stored is None else _entries_from_facts(stored)
+                plan, inputs, None if stored is None else _entries_from_facts(stored), cells
             )
         except ServiceError as err:
             raise (err.prefixed(loc) if loc else err) from None

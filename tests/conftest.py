@@ -116,9 +116,10 @@ def make_client() -> Iterator[Callable[..., SyncClient]]:
     The keyword ``raise_app_exceptions`` (default True) is the client's, not a setting.
     """
     clients: list[SyncClient] = []
-    # create_app hands the confusion-matrix class limit to the registry (a process-wide
-    # value): an app built with another limit must not leave it to the tests after.
+    # create_app hands the confusion-matrix class and statistic cell limits to the registry
+    # (process-wide values): an app built with other limits must not leave them to the tests.
     confusion_limit = registry.MAX_CONFUSION_CLASSES[0]
+    cell_limit = registry.MAX_STATISTIC_CELLS[0]
 
     def make(*, raise_app_exceptions: bool = True, **overrides: Any) -> SyncClient:
         made = SyncClient(
@@ -131,6 +132,7 @@ def make_client() -> Iterator[Callable[..., SyncClient]]:
     for made in clients:
         made.close()
     registry.set_max_confusion_classes(confusion_limit)
+    registry.set_max_statistic_cells(cell_limit)
     # And the kernels' thread count (None: their own default).
     kernels.set_kernel_threads(None)
 

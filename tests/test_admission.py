@@ -212,6 +212,72 @@ def test_too_many_entries_are_refused(make_client: Callable[..., SyncClient]) ->
     assert "LOSS_SERVICE_MAX_ENTRIES" in response.json()["detail"]
 
 
+def test_a_streaming_evaluation_is_held_to_the_head_and_entry_limits_at_creation(
+    make_client: Callable[..., SyncClient], tmp_path: Path
+) -> None:
+    client = make_client(max_heads=3, max_entries=4, data_dir=tmp_path)
+    heads = {"outputs": {str(i): {} for i in range(4)}}
+    response = client.post("/v1/evaluations", json=heads)
+    assert response.status_code == 413, response.text
+    assert "4 heads" in response.json()["detail"]
+    assert "LOSS_SERVICE_MAX_HEADS" in response.json()["detail"]
+    entries = {"metrics": [{"name": "accuracy", "as": f"a{i}"} for i in range(5)]}
+    response = client.post("/v1/evaluations", json=entries)
+    assert response.status_code == 413, response.text
+    assert "LOSS_SERVICE_MAX_ENTRIES" in response.json()["detail"]
+    assert response.json()["errors"][0]["loc"] == ["metrics"]
+    response = client.post("/v1/evaluations", json={"outputs": {"h": entries}})
+    assert response.status_code == 413, response.text
+    assert response.json()["errors"][0]["loc"] == ["outputs", "h", "metrics"]
+    at_limits = {"outputs": {str(i): {"metrics": entries["metrics"][:4]} for i in range(3)}}
+    assert client.post("/v1/evaluations", json=at_limits).status_code == 201
+
+
+def test_auc_and_confusion_counts_are_summed_over_a_requests_entries_and_heads(
+    make_client: Callable[..., SyncClient], tmp_path: Path
+) -> None:
+    client = make_client(max_statistic_cells=1000, data_dir=tmp_path)
+    auc = [{"name": "auc", "num_thresholds": 100, "as": f"auc{i}"} for i in range(3)]
+    two = {**_small(), "metrics": auc[:2]}
+    assert client.post("/v1/evaluate", json=two).status_code == 200  # 800 counts
+    response = client.post("/v1/evaluate", json={**_small(), "metrics": auc})
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"]
+    assert "1200" in detail and "LOSS_SERVICE_MAX_STATISTIC_CELLS" in detail
+    assert response.json()["errors"][0]["loc"] == ["metrics", 2]
+    # over heads: 400 + 400 + 400
+    heads = {"outputs": {h: {**_small(), "metrics": auc[:1]} for h in "abc"}}
+    response = client.post("/v1/evaluate", json=heads)
+    assert response.status_code == 413, response.text
+    assert response.json()["errors"][0]["loc"] == ["outputs", "c", "metrics", 0]
+    # a confusion matrix counts classes²: 800 + 2² fits, 800 + 31² does not
+    both = {**_small(), "metrics": auc[:2], "reports": ["confusion_matrix"]}
+    assert client.post("/v1/evaluate", json=both).status_code == 200
+    wide = {
+        "y_true": [0, 30],
+        "y_pred": np.full((2, 31), 1 / 31).tolist(),
+        "metrics": auc[:2],
+        "reports": ["confusion_matrix"],
+    }
+    response = client.post("/v1/evaluate", json=wide)
+    assert response.status_code == 413, response.text
+    assert response.json()["errors"][0]["loc"] == ["reports", 0]
+    # A streaming evaluation: its thresholds alone are refused at creation; its classes,
+    # by the batch that brings them (nothing stored).
+    response = client.post("/v1/evaluations", json={"metrics": auc})
+    assert response.status_code == 413, response.text
+    assert response.json()["errors"][0]["loc"] == ["metrics", 2]
+    settings = {"metrics": auc[:2], "reports": ["confusion_matrix"]}
+    created = client.post("/v1/evaluations", json=settings)
+    assert created.status_code == 201, created.text
+    eid = created.json()["id"]
+    wide = {"y_true": [0, 30], "y_pred": np.full((2, 31), 1 / 31).tolist()}
+    response = client.put(f"/v1/evaluations/{eid}/batches/b", json=wide)
+    assert response.status_code == 413, response.text
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 0
+    assert client.put(f"/v1/evaluations/{eid}/batches/b", json=_small()).status_code == 201
+
+
 def test_a_uint8_body_whose_working_memory_is_over_the_limit_is_413(
     make_client: Callable[..., SyncClient],
 ) -> None:

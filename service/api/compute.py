@@ -134,9 +134,9 @@ def _array_info(value: Any, max_elements: int) -> Iterator[ArrayInfo]:
                 yield ArrayInfo(n, rows, np.dtype(dtype))
 
 
-def admit(raw: RawBody, document: Any, settings: Settings) -> None:
-    """Refuse a decoded document whose counts are over the limits (413), and reserve its
-    working memory (413 over the per-request limit, 503 over the worker's budget)."""
+def check_counts(document: Any, settings: Settings) -> None:
+    """Refuse a document (an evaluate body, or a streaming evaluation's settings) with
+    more heads or entries than the limits allow (413)."""
     heads = _heads(document)
     if len(heads) > settings.max_heads:
         raise PayloadTooLarge.at(
@@ -144,20 +144,32 @@ def admit(raw: RawBody, document: Any, settings: Settings) -> None:
             f"`outputs` has {len(heads)} heads, over the limit of {settings.max_heads} "
             f"(setting {_HEADS_ENV}); expected fewer heads per request.",
         )
-    arrays: list[ArrayInfo] = []
-    for head in heads:
+    several = isinstance(document, dict) and isinstance(document.get("outputs"), dict)
+    names = list(document["outputs"]) if several else [None]
+    for name, head in zip(names, heads, strict=True):
         if not isinstance(head, dict):
             continue
         for key in _ENTRY_KEYS:
             entries = head.get(key)
             if isinstance(entries, list) and len(entries) > settings.max_entries:
-                loc = ("outputs", "...", key) if len(heads) > 1 else (key,)
+                loc = (key,) if name is None else ("outputs", name, key)
                 raise PayloadTooLarge.at(
                     loc,
                     f"`{key}` has {len(entries)} entries, over the limit of "
                     f"{settings.max_entries} (setting {_ENTRIES_ENV}); expected fewer "
                     "entries per request.",
                 )
+
+
+def admit(raw: RawBody, document: Any, settings: Settings) -> None:
+    """Refuse a decoded document whose counts are over the limits (413), and reserve its
+    working memory (413 over the per-request limit, 503 over the worker's budget)."""
+    check_counts(document, settings)
+    heads = _heads(document)
+    arrays: list[ArrayInfo] = []
+    for head in heads:
+        if not isinstance(head, dict):
+            continue
         for name in ARRAY_FIELDS:
             arrays.extend(_array_info(head.get(name), settings.max_elements))
     if raw.reservation is None:

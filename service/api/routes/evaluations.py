@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api import schemas
 from service.api.body import read_body
-from service.api.compute import answer, compute, decode
+from service.api.compute import answer, check_counts, compute, decode
 from service.api.error_responses import ERROR_RESPONSES
 from service.api.openapi_body import request_body
 from service.api.responses import json_response
@@ -209,6 +209,7 @@ async def create_evaluation(request: Request) -> Response:
     """Create a streaming evaluation: evaluate's settings, no arrays; batches follow."""
     document = await _json_body(request)
     settings: Settings = request.app.state.settings
+    check_counts(document, settings)
     config, metadata = parse_settings(document, settings.content_hash)
     store = await _swept(request)
     owner = _owner(request)
