@@ -106,12 +106,14 @@ def _finite(value: Any, loc: Loc, what: str, batch: Batch) -> None:
         smaller = (
             "`y_pred` values"
             if batch.sample_weight is None
-            else "`sample_weight` or `y_pred` values"
+            else "`sample_weight` or `y_pred` values (their sum overflows when it is too "
+            "large for the dtype)"
         )
+        wider = "" if batch.y_pred.dtype == np.float64 else ', or `dtype: "float64"`'
         raise invalid(
             loc,
             f"{what} is not finite: the batch's values or weights are too large for the "
-            f'computation\'s dtype. Expected smaller {smaller}, or `dtype: "float64"`.',
+            f"computation's dtype ({batch.y_pred.dtype}). Expected smaller {smaller}{wider}.",
         )
 
 
@@ -599,10 +601,11 @@ def _evaluate_head(
                 values, sample_weight=b.sample_weight, mask=mask, reduction=e.params["reduction"]
             )
         )
+        loss_stats = kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask)
+        # The statistics first: their message names the sum that overflowed float64.
+        _sums_fit(loss_stats, b, (*e.loc,), f"The {e.key} loss", math.inf)
         _finite(reduced, (*e.loc,), f"The {e.key} loss", b)
         losses[e.key] = reduced
-        loss_stats = kernels.loss_stats(values, sample_weight=b.sample_weight, mask=mask)
-        _sums_fit(loss_stats, b, (*e.loc,), f"The {e.key} loss", math.inf)
         for k, v in loss_stats.items():
             stats[f"loss/{e.key}/{k}"] = v
         found += diagnostics.for_loss(spec, b, e.params)

@@ -260,6 +260,32 @@ def test_weights_beyond_the_dtype_and_sums_that_overflow_are_422_never_null(
         assert "not finite" in response.json()["detail"]
 
 
+def test_a_weighted_mean_whose_weights_sum_past_the_dtype_is_422_not_0(client: Any) -> None:
+    # Dividing by a total weight that overflowed would read 0.0 where the weighted mean
+    # is 0.29: refused on every path, whatever the dtype.
+    base = {
+        "y_true": [0, 1],
+        "y_pred": [[0.7, 0.3], [0.2, 0.8]],
+        "reduction": "mean_with_sample_weight",
+    }
+    for weights, dtype in (([1e308, 1e308], "float64"), ([3e38, 3e38], "float32")):
+        body = {**base, "sample_weight": weights, "dtype": dtype}
+        response = client.post("/v1/losses/sparse_categorical_crossentropy", json=body)
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "not finite" in detail and f"({dtype})" in detail, detail
+        assert ('`dtype: "float64"`' in detail) is (dtype == "float32"), detail
+        entry = {"name": "sparse_categorical_crossentropy", "reduction": base["reduction"]}
+        evaluate = {**body, "losses": [entry]}
+        del evaluate["reduction"]
+        response = client.post("/v1/evaluate", json=evaluate)
+        assert response.status_code == 422, response.text
+    fits = {**base, "sample_weight": [1e300, 1e300], "dtype": "float64"}
+    response = client.post("/v1/losses/sparse_categorical_crossentropy", json=fits)
+    assert response.status_code == 200, response.text
+    assert response.json()["loss"] == pytest.approx((-np.log(0.7) - np.log(0.8)) / 2)
+
+
 def test_a_long_unknown_key_is_not_sent_back_whole(client: Any) -> None:
     key = "k" * 1_000_000
     response = client.post("/v1/evaluate", json={"y_true": [1], "y_pred": [[0.5, 0.5]], key: 1})

@@ -216,3 +216,17 @@ def test_sequence_weights_per_sample_and_per_step(name: str) -> None:
     per_step = np.array([[1.0, 0.0], [0.0, 3.0]])
     got = loss(name, labels, y_pred, per_step, reduction="mean_with_sample_weight")
     np.testing.assert_allclose(got, (none[0, 0] + 3 * none[1, 1]) / 4, rtol=1e-6)
+
+
+def test_a_weighted_mean_whose_weights_sum_past_the_dtype_is_nan_for_the_caller_to_refuse() -> None:
+    values = np.array([0.5, 0.25], np.float32)
+    weights = np.array([3e38, 3e38], np.float32)  # each finite in float32, not their sum
+    with np.errstate(over="ignore"):  # as the service computes
+        got = kernels.reduce_loss(
+            values, sample_weight=weights, reduction="mean_with_sample_weight"
+        )
+    assert np.isnan(got) and got.dtype == np.float32
+    halves = kernels.reduce_loss(
+        values, sample_weight=weights / 2, reduction="mean_with_sample_weight"
+    )
+    assert halves == pytest.approx(0.375, rel=1e-6)

@@ -52,6 +52,10 @@ def reduce_loss(
         return np.asarray(total)
     if reduction == "mean_with_sample_weight" and weights is not None:
         divisor = np.broadcast_to(weights, values.shape).sum(dtype=dtype)
+        if not np.isfinite(divisor):
+            # Weights whose sum overflows the dtype: dividing by it would read 0 (Keras's
+            # answer) where the weighted mean is not; NaN, for the caller to refuse.
+            return np.asarray(dtype.type(np.nan))
         return np.asarray(total / divisor if divisor else dtype.type(0))
     return np.asarray(total / dtype.type(values.size))
 
