@@ -519,3 +519,29 @@ def test_merge_refuses_statistics_of_another_shape() -> None:
         merge_stats(a, b)
     with pytest.raises(ValueError, match="keys"):
         merge_stats(a, {"tp": a["tp"]})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logits_are_ranked_as_logits_not_as_their_rounded_sigmoid(dtype: Any) -> None:
+    # The sigmoid keeps the logits' order but rounds large ones alike (float32: every
+    # logit past ~17 to 1.0; float64: past ~37): the top element and the row's maximum
+    # are the largest logit's, as when the probabilities are given.
+    big = dtype(40.0) if dtype == np.float64 else dtype(17.0)
+    logits = np.array([[big, big + 8, -5.0]], dtype)
+    probabilities = np.array([[0.2, 0.7, 0.1]], dtype)  # the same order
+    onehot = np.array([[0, 1, 0]])
+    for scores, from_logits in ((logits, True), (probabilities, False)):
+        for metric in (kernels.precision, kernels.recall):
+            got = metric(onehot, scores, top_k=1, from_logits=from_logits)
+            assert float(got) == 1.0, (metric, from_logits)
+        column = kernels.precision(onehot, scores, top_k=1, class_id=1, from_logits=from_logits)
+        assert float(column) == 1.0
+        for labels in (np.array([1]), onehot):
+            f1 = kernels.f1_score(labels, scores, average="micro", from_logits=from_logits)
+            assert float(f1) == pytest.approx(1.0, abs=1e-6), (labels, from_logits)
+    # Tied logits are still tied; a row whose largest sigmoid is ~0 still has no positive.
+    tied = np.array([[3.0, 3.0, -1.0]], dtype)
+    f1 = kernels.f1_score(np.array([0]), tied, average="micro", from_logits=True)
+    assert float(f1) == pytest.approx(2 / 3, abs=1e-6)
+    low = np.array([[-25.0, -27.0, -30.0]], dtype)
+    assert float(kernels.f1_score(np.array([0]), low, average="micro", from_logits=True)) == 0.0

@@ -150,9 +150,14 @@ def top_k_mask(x: Floats, k: int) -> NDArray[np.bool_]:
     return mask
 
 
-def _top_k_filtered(x: Floats, k: int) -> Floats:
-    """Keras' ``_filter_top_k``: the top ``k`` of each row kept, the rest set to ``-1e10``."""
-    return np.where(top_k_mask(x, k), x, x.dtype.type(NEG_INF))
+def _top_k_filtered(x: Floats, k: int, ranked: Floats | None = None) -> Floats:
+    """Keras' ``_filter_top_k``: the top ``k`` of each row kept, the rest set to ``-1e10``.
+
+    ``ranked``: what the rows are ranked by, when not ``x`` itself: the logits whose
+    sigmoid ``x`` is. The sigmoid keeps their order but rounds large ones alike (every
+    float32 logit past ~17 to 1.0), which would make ties of distinct logits."""
+    mask = top_k_mask(x if ranked is None else np.ascontiguousarray(ranked), k)
+    return np.where(mask, x, x.dtype.type(NEG_INF))
 
 
 def _evenly_distributed(thresholds: Sequence[float]) -> bool:
@@ -386,11 +391,11 @@ def _threshold_list(thresholds: Thresholds, top_k: int | None) -> list[float]:
 
 def _column(rows: Rows, class_id: int, top_k: int | None, from_logits: bool) -> Rows:
     """Column ``class_id`` as a binary batch, after the sigmoid and the top-``k`` filter."""
-    x = rows.pred
+    x = logits = rows.pred
     if from_logits:
         x = sigmoid_into(x, np.empty_like(x))
     if top_k is not None:
-        x = _top_k_filtered(x, top_k)
+        x = _top_k_filtered(x, top_k, logits if from_logits else None)
     if rows.labels is not None:
         y = (rows.labels == class_id)[:, None]
     else:
@@ -436,7 +441,9 @@ def precision_recall_stats(
 
     def block_values(sl: slice) -> Floats:
         x = _block(rows, sl, from_logits=from_logits)
-        return x if top_k is None else _top_k_filtered(x, top_k)
+        if top_k is None:
+            return x
+        return _top_k_filtered(x, top_k, rows.pred[sl] if from_logits else None)
 
     if _evenly_distributed(values):
         pos, neg = _bucket_histograms(
@@ -551,7 +558,9 @@ def fbeta_stats(
 
     A positive prediction is ``y_pred > threshold``; with ``threshold`` None,
     every element equal to its row's maximum whose magnitude exceeds
-    ``1e-9`` (ties give several positives, a row of zeros none). Targets
+    ``1e-9`` (ties give several positives, a row of zeros none); with
+    ``from_logits``, the maxima are the logits' (their sigmoid rounds large ones
+    alike) and the magnitude is the sigmoid's. Targets
     count by value, as Keras multiplies by them (``tp = Σ w ŷ y``, ``support
     = Σ w y``); integer labels stand for their one-hot rows.
 
@@ -564,17 +573,18 @@ def fbeta_stats(
 
     def work(sl: slice) -> None:
         x = _block(rows, sl, from_logits=from_logits)
+        ranked = np.ascontiguousarray(rows.pred[sl]) if from_logits else x
         w = None if rows.weight is None else rows.weight[sl]
         if rows.labels is not None:
             labels = rows.labels[sl]
             if threshold is None:
-                parts[sl.start] = _fbeta_argmax_block(x, labels, w)
+                parts[sl.start] = _fbeta_argmax_block(x, labels, w, ranked)
             else:
                 d = np.greater(x, x.dtype.type(threshold), out=_flags(x.shape, 2))
                 parts[sl.start] = _fbeta_labels_block(d, labels, w)
         else:
             assert rows.dense is not None
-            d = _decisions(x, threshold)
+            d = _decisions(x, threshold, ranked)
             parts[sl.start] = _fbeta_dense_block(d, rows.dense[sl], w)
 
     for_each_block(n, c, work)
@@ -584,31 +594,36 @@ def fbeta_stats(
     return {"tp": counts[0], "fp": counts[1], "fn": counts[2], "support": counts[3]}
 
 
-def _decisions(x: Floats, threshold: float | None) -> NDArray[np.bool_]:
+def _decisions(x: Floats, threshold: float | None, ranked: Floats) -> NDArray[np.bool_]:
+    """Positive predictions: above ``threshold``, or (None) equal to the row's maximum of
+    ``ranked`` (``x``, or the logits whose sigmoid it is) where ``x`` there is not ~0."""
     if threshold is not None:
         return x > x.dtype.type(threshold)
-    top = row_max(x)
+    top = row_max(ranked)
+    peak = top if ranked is x else row_max(x)
     # |max| > 1e-9 so that a row of zeros does not become a row of positives.
-    return (x >= top[:, None]) & (np.abs(top) > x.dtype.type(1e-9))[:, None]
+    return (ranked >= top[:, None]) & (np.abs(peak) > x.dtype.type(1e-9))[:, None]
 
 
 def _fbeta_argmax_block(
-    x: Floats, labels: NDArray[np.intp], w: NDArray[np.float64] | None
+    x: Floats, labels: NDArray[np.intp], w: NDArray[np.float64] | None, ranked: Floats
 ) -> NDArray[Any]:
-    """Counts for integer labels with ``threshold`` None: the row maxima are the positives.
+    """Counts for integer labels with ``threshold`` None: the row maxima (of ``ranked``:
+    ``x``, or the logits whose sigmoid it is) are the positives.
 
     Rows with one maximum (the common case) are counted from their first
     argmax alone; rows with tied maxima take every tied element.
     """
     r, c = x.shape
-    first = np.argmax(x, axis=1)
-    top = x.reshape(-1)[_flat_positions(first, c)]
+    first = np.argmax(ranked, axis=1)
+    at = _flat_positions(first, c)
+    top = ranked.reshape(-1)[at]
     # |max| > 1e-9 so that a row of zeros does not become a row of positives.
-    valid = np.abs(top) > x.dtype.type(1e-9)
+    valid = np.abs(x.reshape(-1)[at]) > x.dtype.type(1e-9)
     ones = np.ones(r) if w is None else w
     support = np.bincount(labels, weights=ones, minlength=c)
     hit = (first == labels) & valid
-    ties = np.equal(x, top[:, None], out=_flags(x.shape, 2))
+    ties = np.equal(ranked, top[:, None], out=_flags(x.shape, 2))
     if int(np.count_nonzero(ties)) == r:
         tp = np.bincount(labels, weights=ones * hit, minlength=c)
         fp = np.bincount(first, weights=ones * (valid & ~hit), minlength=c)
