@@ -147,6 +147,9 @@ def _sums_fit(
             wrong, expected = "overflows float64 (past 1.8e308)", "are finite in float64"
         else:
             reach = f"reaches {size:.3g}" if math.isfinite(size) else "overflows float64"
+            if np.size(value) > 1:
+                # The bound holds for the sum of a statistic's elements (thresholds, classes).
+                reach = f"added up over its {np.size(value)} elements {reach}"
             wrong = (
                 f"{reach}, past the {limit:.3g} (2**1000) within which its value is computed "
                 "without float64 overflowing"

@@ -298,3 +298,8 @@ def test_a_metric_whose_finite_sums_would_overflow_when_added_is_a_422(client: A
     r = client.post("/v1/evaluate", json={**HUGE, "sample_weight": [3e300, 3e300]})
     assert r.status_code == 200, r.text
     assert r.json()["metrics"] == {"accuracy": 0.5}
+    # An AUC's counts per threshold are bounded added up, and its message says so.
+    auc = {**body, "sample_weight": [1e299, 1e299], "num_thresholds": 200}
+    r = client.post("/v1/metrics/auc", json=auc)
+    assert r.status_code == 422, r.text
+    assert "added up over its 200 elements reaches" in r.json()["detail"], r.text
