@@ -55,8 +55,9 @@ CODES: dict[str, str] = {
     "loss gives each a loss of 0, an argmax metric reads each as class 0.",
     "class_without_support": "Some classes have no true sample in the batch: their "
     "precision, recall and F1 are reported as 0 and pull macro averages down.",
-    "auc_undefined": "AUC was asked of labels with a single class (no positives or no "
-    "negatives), or per label of a column without positives: that area is reported as 0.",
+    "auc_undefined": "AUC was asked of labels with a single class (no positives, or no "
+    "negatives for the ROC curve), or per label of a column without positives: that area is "
+    "reported as 0.",
     "calibration_of_scores": "Calibration was asked of values outside [0, 1] with "
     "`from_logits` false: they are not probabilities, so confidences and bins mean nothing.",
 }
@@ -179,14 +180,17 @@ def _auc_undefined(
                 "counts as 0 in the mean over columns.",
             )
         ]
-    if float(positives) > 0 and float(negatives) > 0:
+    if float(positives) > 0 and (float(negatives) > 0 or params.get("curve") == "PR"):
+        # Without negatives the PR curve is defined (a precision of 1 at every threshold):
+        # its area is reported as computed.
         return []
     which = "positive" if float(positives) == 0 else "negative"
+    curve = "ROC curve is" if params.get("curve") == "ROC" else "PR curve's recall is"
     return [
         Diagnosis(
             "auc_undefined",
-            f"The labels hold no {which} element{weight}, so the ROC and PR curves are undefined "
-            "and auc is reported as 0: AUC needs both classes in the data"
+            f"The labels hold no {which} element{weight}, so the {curve} undefined and auc "
+            "is reported as 0: AUC needs both classes in the data"
             + (" (`sample_weight` counts each element as its weight)." if weighted else "."),
         )
     ]

@@ -128,6 +128,14 @@ def test_auc_of_one_class_is_diagnosed_saying_why(client: Any) -> None:
     (warning,) = r.json()["warnings"]
     assert warning["code"] == "auc_undefined" and r.json()["value"] == 0.0
     assert warning["message"].startswith("The labels hold no negative element, so the ROC")
+    # The PR curve without negatives is defined: its area is what was computed, no warning.
+    for summation, area in (("interpolation", 1.0), ("minoring", 2 / 3)):
+        body = {"y_true": [1, 1, 1], "y_pred": [0.2, 0.5, 0.9], "curve": "PR"}
+        r = client.post("/v1/metrics/auc", json={**body, "summation_method": summation})
+        assert r.json()["warnings"] == [] and r.json()["value"] == pytest.approx(area)
+    r = client.post("/v1/metrics/auc", json={"y_true": [0, 0], "y_pred": [0.2, 0.3], "curve": "PR"})
+    (warning,) = r.json()["warnings"]
+    assert "no positive element, so the PR curve's recall is undefined" in warning["message"]
     r = client.post(
         "/v1/metrics/auc",
         json={"y_true": [1, 0], "y_pred": [0.8, 0.3], "sample_weight": [0, 1]},
