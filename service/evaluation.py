@@ -106,14 +106,14 @@ def _finite(value: Any, loc: Loc, what: str, batch: Batch) -> None:
         smaller = (
             "`y_pred` values"
             if batch.sample_weight is None
-            else "`sample_weight` or `y_pred` values (their sum overflows when it is too "
-            "large for the dtype)"
+            else "`sample_weight` or `y_pred` values"
         )
         wider = "" if batch.y_pred.dtype == np.float64 else ', or `dtype: "float64"`'
         raise invalid(
             loc,
-            f"{what} is not finite: the batch's values or weights are too large for the "
-            f"computation's dtype ({batch.y_pred.dtype}). Expected smaller {smaller}{wider}.",
+            f"{what} is not finite: the batch's values or weights (or their sums) are too "
+            f"large for the computation's dtype ({batch.y_pred.dtype}). Expected smaller "
+            f"{smaller}{wider}.",
         )
 
 
