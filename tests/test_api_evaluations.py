@@ -115,15 +115,18 @@ def test_batches_are_idempotent_and_a_reused_id_with_other_content_is_409(api: A
     client = api()
     eid = _create(client)
     first = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 8)))
+    assert client.put(f"/v1/evaluations/{eid}/batches/b", json=_batch(slice(8, 11))).is_success
     again = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(0, 8)))
     assert (first.status_code, again.status_code) == (201, 200)
-    assert {k: v for k, v in again.json().items() if k != "evaluation"} == {
-        k: v for k, v in first.json().items() if k != "evaluation"
-    }
+    # The first answer again, its running counts as they were then (not 2 batches, 11).
+    assert again.json() == first.json()
+    assert again.json()["evaluation"] == {"n_batches": 1, "n_samples": 8}
+    second = client.put(f"/v1/evaluations/{eid}/batches/b", json=_batch(slice(8, 11)))
+    assert second.json()["evaluation"] == {"n_batches": 2, "n_samples": 11}
     other = client.put(f"/v1/evaluations/{eid}/batches/a", json=_batch(slice(8, 16)))
     assert other.status_code == 409
     assert "other content" in other.json()["detail"]
-    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 1
+    assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 2
 
 
 def _typed(a: np.ndarray[Any, Any]) -> dict[str, Any]:

@@ -160,6 +160,19 @@ def test_a_batch_is_counted_once_and_replays_answer_the_first_answer(
     assert bits(totals.values["loss_sum"]) == bits(batch_stats("batch-1")["loss_sum"])
 
 
+def test_the_samples_counted_through_a_batch_are_its_first_answers_count(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    other = store.create_evaluation(OWNER, {}, {})
+    for i in range(3):
+        assert put(store, evaluation.id, f"b{i}").outcome is PutOutcome.CREATED
+    assert put(store, other.id, "b0").outcome is PutOutcome.CREATED
+    assert [store.samples_through(OWNER, evaluation.id, seq) for seq in (1, 2, 3)] == [10, 20, 30]
+    assert store.samples_through(OWNER, other.id, 1) == 10
+    assert store.samples_through(OWNER, evaluation.id, 4) is None  # no such batch
+    assert store.samples_through("another key", evaluation.id, 1) is None
+    assert store.samples_through(OWNER, "0" * 32, 1) is None
+
+
 def test_the_same_batch_id_with_other_content_is_a_conflict(store: Store) -> None:
     evaluation = store.create_evaluation(OWNER, {}, {})
     put(store, evaluation.id, "b")

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from numpy.typing import ArrayLike
-from sqlalchemy import Engine, and_, bindparam, delete, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
 from service.storage.commits import Committer, Put
@@ -469,6 +469,22 @@ class Store:
             ).all()
         following = encode_cursor("batches", rows[limit - 1].seq) if len(rows) > limit else None
         return Page([batch_row(row._mapping) for row in rows[:limit]], following)
+
+    def samples_through(self, owner: str | None, evaluation_id: str, seq: int) -> int | None:
+        """The evaluation's sample count once its batch ``seq`` was counted (the running
+        count its first answer gave: batches are only ever added, so it stays what it
+        was); ``None`` if there is no such evaluation or batch."""
+        with self.engine.connect() as connection:
+            pk = connection.execute(
+                select(evaluations.c.pk).where(_MINE), _key(owner, evaluation_id)
+            ).scalar()
+            if pk is None:
+                return None
+            through = select(func.count(), func.sum(batches.c.n_samples)).where(
+                batches.c.evaluation_pk == pk, batches.c.seq <= seq
+            )
+            count, total = connection.execute(through).one()
+        return None if count != seq else int(total)
 
     def rebuild_totals(self, owner: str | None, evaluation_id: str) -> Totals | None:
         """Recompute the totals and counts from the stored batches, and store them.

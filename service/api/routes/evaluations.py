@@ -366,7 +366,17 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
         BATCHES.labels(PutOutcome.MISMATCH.value).inc()
         raise
     BATCHES.labels(result.outcome.value).inc()
-    return _put_answer(result, evaluation_id, batch_id)
+    counts = None
+    if result.outcome is PutOutcome.REPLAYED and result.batch is not None:
+        # The first answer again: the running counts as they were once it was counted.
+        seq = result.batch.seq
+        samples = await anyio.to_thread.run_sync(
+            lambda: store.samples_through(owner, evaluation_id, seq)
+        )
+        if samples is None:
+            raise _not_found(evaluation_id)  # deleted meanwhile
+        counts = {"n_batches": seq, "n_samples": samples}
+    return _put_answer(result, evaluation_id, batch_id, counts)
 
 
 def _on_event_loop() -> bool:
@@ -377,7 +387,9 @@ def _on_event_loop() -> bool:
     return True
 
 
-def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
+def _put_answer(
+    result: Any, evaluation_id: str, batch_id: str, counts: dict[str, int] | None = None
+) -> Response:
     outcome = result.outcome
     if outcome is PutOutcome.NOT_FOUND:
         raise _not_found(evaluation_id)
@@ -399,10 +411,9 @@ def _put_answer(result: Any, evaluation_id: str, batch_id: str) -> Response:
             "differ from those its first batch fixed.",
         )
     evaluation = result.evaluation
-    answer = {
-        **result.answer,
-        "evaluation": {"n_batches": evaluation.n_batches, "n_samples": evaluation.n_samples},
-    }
+    if counts is None:
+        counts = {"n_batches": evaluation.n_batches, "n_samples": evaluation.n_samples}
+    answer = {**result.answer, "evaluation": counts}
     if outcome is PutOutcome.CREATED:
         # Counted once a batch (its answer's warnings hold every head's): a replay's are
         # those of a batch already counted.
