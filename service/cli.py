@@ -14,12 +14,14 @@ temporary ``PROMETHEUS_MULTIPROC_DIR`` (created here and removed at exit, unless
 was set).
 
 The help and ``--version`` work whatever the settings hold; ``serve`` with an invalid
-setting exits 2 with a message naming its variable.
+setting (or an SQLite store it cannot open, a metrics directory it cannot make) exits 2
+with a message naming its variable, and exits 3 when a worker fails to start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -29,7 +31,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -59,12 +61,57 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+class _Unusable(Exception):
+    """A setting ``serve`` cannot start with, found before the workers start (each of them
+    would fail the same way): its message names the variable."""
+
+
+def _store_problem(settings: Settings) -> str | None:
+    """Why the SQLite store cannot be opened, if it cannot: a data directory that is a
+    file or cannot be created, a file that is not a database. Checked once before the
+    workers start (its schema migrated). A database that cannot serve now (locked,
+    unreachable: requests about evaluations get 503s until it can) is left to them, as is
+    PostgreSQL."""
+    from service.storage import Store, parse_database_url, unavailable
+
+    url = settings.database_url
+    given = None if url is None else url.get_secret_value()
+    if given is not None and parse_database_url(given).get_backend_name() != "sqlite":
+        return None
+    try:
+        store = Store.open(given, settings.data_dir, busy_timeout=settings.database_timeout)
+    except Exception as error:
+        if unavailable(error):
+            return None
+        where = (
+            f"LOSS_SERVICE_DATA_DIR={str(settings.data_dir)!r}"
+            if given is None
+            else "LOSS_SERVICE_DATABASE_URL"
+        )
+        # The driver's own error, without SQLAlchemy's wrapping and link.
+        cause = getattr(error, "orig", None) or error
+        return (
+            f"loss-service: the evaluation store cannot be opened ({where}): "
+            f"{type(cause).__name__}: {cause}. Expected a directory the service may create "
+            "and write, holding the service's own SQLite file if any."
+        )
+    store.dispose()
+    return None
+
+
 @contextmanager
 def _multiprocess_metrics(workers: int) -> Iterator[str | None]:
     """With several workers, a ``PROMETHEUS_MULTIPROC_DIR`` for their metrics."""
     given = os.environ.get(MULTIPROC_ENV)
     if given:
-        os.makedirs(given, exist_ok=True)
+        try:
+            os.makedirs(given, exist_ok=True)
+        except OSError as error:
+            raise _Unusable(
+                f"loss-service: {MULTIPROC_ENV}={given!r} cannot be used as the workers' "
+                f"metrics directory: {error.strerror or error}. Expected a directory the "
+                "service may create and write, or the variable unset."
+            ) from None
         yield given
         return
     if workers <= 1:
@@ -169,19 +216,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print(f"loss-service: --workers must be at least 1, not {args.workers}", file=sys.stderr)
         return 2
-    return serve(args, settings)
+    problem = _store_problem(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        return serve(args, settings)
+    except _Unusable as unusable:
+        print(unusable, file=sys.stderr)
+        return 2
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the service until it is stopped: 0 after a graceful shutdown, 3 when a worker
+    failed to start (uvicorn's code for it, with one worker or several)."""
     previous = signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         with _multiprocess_metrics(args.workers):
-            # Imported once PROMETHEUS_MULTIPROC_DIR is settled (see service.infra.prometheus).
-            import uvicorn
-
+            # Imported (uvicorn too, by _run) once PROMETHEUS_MULTIPROC_DIR is settled (see
+            # service.infra.prometheus).
             from service.infra.logs import logging_config
 
-            uvicorn.run(
+            return _run(
                 "service.main:create_app",
                 factory=True,
                 host=args.host,
@@ -201,8 +257,23 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             )
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _run(app: str, **options: Any) -> int:
+    """``uvicorn.run(app, **options)``, with an exit code: 0 once stopped, 3 (uvicorn's
+    code for it) when a worker failed to start. With one worker uvicorn exits 3 itself;
+    with several, its supervisor stops them all once one fails to start, then returns as
+    after a signal, so the workers' exit codes are read here."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    if options.get("workers", 1) <= 1:
+        uvicorn.run(app, **options)
+        return 0
+    config = uvicorn.Config(app, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0

@@ -80,3 +80,10 @@ def serve_in_thread(app: Any, seconds: float = 20, **config_options: Any) -> Ite
         thread.join(timeout=seconds)
         sock.close()
         assert not thread.is_alive(), f"uvicorn did not stop within {seconds} s"
+
+
+async def failing_startup(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app whose lifespan startup fails: a worker of it never starts serving."""
+    assert scope["type"] == "lifespan"
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "refused for the test"})

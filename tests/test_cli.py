@@ -9,11 +9,11 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 import service
@@ -31,12 +31,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Stands in for ``uvicorn.run``: records its arguments, and the environment and
-    SIGTERM handler it would have run with."""
+def runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
+    """Stands in for ``uvicorn.run`` (``cli._run``): records its arguments, and the
+    environment and SIGTERM handler it would have run with. The store, opened before it,
+    in ``tmp_path``."""
     calls: list[dict[str, Any]] = []
+    monkeypatch.setenv("LOSS_SERVICE_DATA_DIR", str(tmp_path / "data"))
 
-    def fake_run(app: str, **kwargs: Any) -> None:
+    def fake_run(app: str, **kwargs: Any) -> int:
         kwargs["app"] = app
         kwargs["multiproc_dir"] = os.environ.get(cli.MULTIPROC_ENV)
         kwargs["multiproc_dir_exists"] = bool(
@@ -44,8 +46,9 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         )
         kwargs["sigterm"] = signal.getsignal(signal.SIGTERM)
         calls.append(kwargs)
+        return 0
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(cli, "_run", fake_run)
     return calls
 
 
@@ -148,6 +151,60 @@ def test_invalid_settings_exit_2_without_secrets(
     assert "s3cret" not in err
     assert "not valid" not in err
     assert runs == []
+
+
+def test_a_store_that_cannot_be_opened_stops_serve_with_2(
+    runs: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Each worker would fail to start the same way (a traceback, exit 3; with several
+    # workers, exit 0): said once, before any starts.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv("LOSS_SERVICE_DATA_DIR", str(a_file))
+    assert cli.main(["serve", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"LOSS_SERVICE_DATA_DIR={str(a_file)!r}" in err and "FileExistsError" in err, err
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "evaluations.sqlite3").write_bytes(os.urandom(8192))
+    monkeypatch.setenv("LOSS_SERVICE_DATA_DIR", str(corrupt))
+    assert cli.main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "file is not a database" in err and "sqlalche.me" not in err, err
+    monkeypatch.setenv("LOSS_SERVICE_DATABASE_URL", f"sqlite:///{a_file}/evaluations.db")
+    assert cli.main(["serve"]) == 2
+    assert "LOSS_SERVICE_DATABASE_URL" in capsys.readouterr().err
+    assert runs == []
+
+
+def test_a_metrics_dir_that_cannot_be_made_stops_serve_with_2(
+    runs: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    monkeypatch.setenv(cli.MULTIPROC_ENV, str(a_file / "prom"))
+    assert cli.main(["serve", "--workers", "2"]) == 2
+    assert f"{cli.MULTIPROC_ENV}={str(a_file / 'prom')!r} cannot be used" in capsys.readouterr().err
+    assert runs == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_that_fails_to_start_ends_serve_with_3(workers: int) -> None:
+    # uvicorn's supervisor of several workers stops them all and returns as after a signal.
+    code = (
+        "import sys; from service import cli; sys.exit(cli._run('tests.servers:failing_startup',"
+        f" port=0, workers={workers}, lifespan='on', log_level='critical'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 3, done.stderr
 
 
 @pytest.mark.parametrize(
