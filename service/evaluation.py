@@ -654,6 +654,9 @@ def _evaluate_head(
         "entries": {kind: [e.as_dict() for e in items] for kind, items in entries.items()},
         "resolved": resolved_names,
         "label_encoding": batch.encoding,
+        # Rows (1) or rows of sequences (2, ...): batches of another kind cannot be one
+        # evaluate's arrays together.
+        "sample_axes": len(batch.sample_shape),
     }
     return HeadResult(response, stats, facts)
 

@@ -337,7 +337,22 @@ def _differs(head: str, stored: Mapping[str, Any], found: Mapping[str, Any]) -> 
             f"{where}the batch has {found['n_classes']} classes, the evaluation "
             f"{stored['n_classes']} (fixed by its first batch)"
         )
+    # Evaluations whose first batch came before this fact was kept have none.
+    axes = stored.get("sample_axes")
+    if axes is not None and axes != found["sample_axes"]:
+        return (
+            f"{where}the batch's `y_pred` holds {_axes(found['sample_axes'])}, the "
+            f"evaluation's {_axes(axes)} (fixed by its first batch): one evaluate could not "
+            "take both together"
+        )
     return None
+
+
+def _axes(sample_axes: int) -> str:
+    if sample_axes <= 1:
+        return "one prediction row per sample, shape (samples, classes)"
+    steps = ", ".join(["steps"] * (sample_axes - 1))
+    return f"sequences, shape (samples, {steps}, classes)"
 
 
 class _Digest:
@@ -396,6 +411,7 @@ def evaluate_batch(
                 "family": FAMILY[batch.encoding],
                 "n_classes": batch.n_classes,
                 "label_encoding": batch.encoding,
+                "sample_axes": len(batch.sample_shape),
             }
             if stored is not None:
                 difference = _differs(head, stored, found)

@@ -207,6 +207,35 @@ def test_binary_targets_as_ints_or_floats_are_the_same_batch(api: Any) -> None:
     assert other.status_code == 409
 
 
+def test_sequences_and_rows_do_not_mix_in_one_evaluation(api: Any) -> None:
+    # No one evaluate takes a (1, 2, 3) and a (2, 3) y_pred together: the first batch fixes
+    # which. Rows of sequences of other lengths, and binary rows as (n,) or (n, 1), fit.
+    client = api()
+    steps = np.full((1, 2, 3), 1 / 3).tolist()
+    eid = _create(client, {})
+    put = client.put(f"/v1/evaluations/{eid}/batches/a", json={"y_true": [[0, 1]], "y_pred": steps})
+    assert put.status_code == 201, put.text
+    rows = {"y_true": [2, 1], "y_pred": steps[0]}
+    refused = client.put(f"/v1/evaluations/{eid}/batches/b", json=rows)
+    assert refused.status_code == 422, refused.text
+    assert "sequences, shape (samples, steps, classes)" in refused.json()["detail"]
+    longer = {"y_true": [[0, 1, 2]], "y_pred": np.full((1, 3, 3), 1 / 3).tolist()}
+    assert client.put(f"/v1/evaluations/{eid}/batches/c", json=longer).status_code == 201
+    got = client.get(f"/v1/evaluations/{eid}").json()
+    assert (got["n_batches"], got["n_samples"]) == (2, 2)
+    eid = _create(client, {})
+    assert client.put(f"/v1/evaluations/{eid}/batches/a", json=rows).status_code == 201
+    refused = client.put(
+        f"/v1/evaluations/{eid}/batches/b", json={"y_true": [[0, 1]], "y_pred": steps}
+    )
+    assert refused.status_code == 422, refused.text
+    eid = _create(client, {})
+    flat = {"y_true": [0, 1], "y_pred": [0.2, 0.8]}
+    column = {"y_true": [[0], [1]], "y_pred": [[0.3], [0.8]]}
+    assert client.put(f"/v1/evaluations/{eid}/batches/a", json=flat).status_code == 201
+    assert client.put(f"/v1/evaluations/{eid}/batches/b", json=column).status_code == 201
+
+
 def test_first_batches_sent_at_once_in_two_label_encodings_are_both_counted(api: Any) -> None:
     # Two first batches at the same moment, the same classes, one with integer labels and
     # one with one-hot rows: each is evaluated before either fixed the evaluation's facts.

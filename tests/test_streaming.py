@@ -372,3 +372,12 @@ def test_settings_stored_under_earlier_rules_are_read_as_they_were_accepted() ->
     got = streaming.results(config, outcome.facts, outcome.stats, {})
     once = evaluation.evaluate({**batch, "metrics": ["accuracy", "auc"]}, LIMIT)
     _close(got["metrics"], once["metrics"])
+
+
+def test_facts_kept_before_the_sample_axes_were_take_batches_of_either_kind() -> None:
+    found = {"family": "single_label", "n_classes": 3, "label_encoding": "sparse"}
+    assert streaming._differs("", found, {**found, "sample_axes": 2}) is None
+    assert streaming._differs("", {**found, "sample_axes": 1}, {**found, "sample_axes": 1}) is None
+    differs = streaming._differs("h", {**found, "sample_axes": 1}, {**found, "sample_axes": 3})
+    assert differs is not None and differs.startswith("head 'h': ")
+    assert "shape (samples, steps, steps, classes)" in differs
