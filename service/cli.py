@@ -277,3 +277,7 @@ def _run(app: str, **options: Any) -> int:
         supervisor.run()
     failed = any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     return STARTUP_FAILURE if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
