@@ -55,6 +55,9 @@ MAX_TABLE_CLASSES = 30
 MAX_MATRIX_CLASSES = 12
 #: Local batches are already in memory: no element limit beyond what NumPy can hold.
 LOCAL_MAX_ELEMENTS = 2**62
+#: Nor a limit of AUC and confusion counts summed over the entries (each AUC still keeps
+#: at most the service's default of 2**22).
+LOCAL_MAX_CELLS = 2**62
 REPORTS = ("per_class", "confusion_matrix", "calibration")
 LABEL_ENCODINGS = ("sparse", "binary", "one_hot", "multi_hot", "soft")
 #: The longest --timeout taken: a day (a larger one overflows the clocks it is added to).
@@ -603,13 +606,13 @@ def evaluate_locally(
     warnings: Counter[str] = Counter()
     n_batches = n_samples = 0
     try:
-        config = as_stored(parse_settings(settings)[0])
+        config = as_stored(parse_settings(settings, max_cells=LOCAL_MAX_CELLS)[0])
     except ServiceError as error:
         raise EvaluationError(f"the settings were refused: {error.detail}") from None
     for body in _batches(arrays, batch_size):
         rows = body["y_true"].shape[0]
         try:
-            outcome = evaluate_batch(config, body, facts, LOCAL_MAX_ELEMENTS)
+            outcome = evaluate_batch(config, body, facts, LOCAL_MAX_ELEMENTS, LOCAL_MAX_CELLS)
         except ServiceError as error:
             raise EvaluationError(
                 f"batch {n_batches + 1} (rows {n_samples} to {n_samples + rows - 1}) was "

@@ -570,11 +570,11 @@ def _take_cells(
     plan: Plan, entries: dict[str, list[Entry]], batch: Batch, cells: registry.CellBudget
 ) -> None:
     """Count the entries' AUC and confusion counts against the request's limit."""
-    classes = 2 if batch.encoding == "binary" else batch.n_classes
+    confusion = registry.confusion_cells(batch)
     for kind, specs in (("metric", registry.METRICS), ("report", registry.REPORTS)):
         for e in entries[f"{kind}s"]:
             spec: registry.Spec = specs[e.name]
-            taken = registry.statistic_cells(spec, e.params, batch.n_classes, classes)
+            taken = registry.statistic_cells(spec, e.params, batch.n_classes, confusion)
             if taken:
                 # Relative to the head: errors are put under its place by the caller.
                 cells.take(taken, e.loc[len(plan.loc) :], f"The {e.key} {kind}")
@@ -588,7 +588,10 @@ def _evaluate_head(
 ) -> HeadResult:
     batch = inputs.batch(-1)
     entries = resolved or resolve_plan(plan, batch.encoding)
-    _take_cells(plan, entries, batch, cells)
+    if resolved is None:
+        # A streaming evaluation's later batches have its first batch's classes and
+        # entries: counted then (evaluations stored before the limit keep taking batches).
+        _take_cells(plan, entries, batch, cells)
     losses: dict[str, float] = {}
     metrics: dict[str, registry.MetricValue] = {}
     resolved_names: dict[str, str] = {}

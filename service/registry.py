@@ -669,27 +669,41 @@ def set_max_statistic_cells(limit: int) -> None:
     MAX_STATISTIC_CELLS[0] = limit
 
 
-def statistic_cells(spec: Spec, params: Mapping[str, Any], columns: int, classes: int) -> int:
+def statistic_cells(
+    spec: Spec, params: Mapping[str, Any], columns: int, confusion_cells: int
+) -> int:
     """The counts an entry keeps that grow with its parameters and the labels' classes: an
-    AUC's thresholds × columns (pooled: 1) × 4, a confusion matrix's classes²; 0 for the
-    others (their statistics grow with the classes alone, a few per class)."""
+    AUC's thresholds × columns (pooled: 1) × 4, a confusion matrix's ``confusion_cells``
+    (see :func:`confusion_cells`); 0 for the others (their statistics grow with the
+    classes alone, a few per class)."""
     if "num_thresholds" in params:
         return int(params["num_thresholds"]) * (columns if params["multi_label"] else 1) * 4
     if spec.class_pairs:
-        return classes * classes
+        return confusion_cells
     return 0
+
+
+def confusion_cells(batch: Batch) -> int:
+    """The counts of a batch's confusion matrix: classes² for single-label and binary
+    labels, 2 × 2 per label for multi-label ones."""
+    if batch.encoding == "multi_hot":
+        return 4 * batch.n_classes
+    classes = 2 if batch.encoding == "binary" else batch.n_classes
+    return classes * classes
 
 
 class CellBudget:
     """What one request's entries keep of :data:`MAX_STATISTIC_CELLS`, counted as each
     head is checked, before anything is computed."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.used = 0
+        #: None: the service's setting (read when counting).
+        self.limit = limit
 
     def take(self, cells: int, loc: Loc, what: str) -> None:
         self.used += cells
-        limit = MAX_STATISTIC_CELLS[0]
+        limit = MAX_STATISTIC_CELLS[0] if self.limit is None else self.limit
         if self.used > limit:
             raise PayloadTooLarge.at(
                 loc,
@@ -742,7 +756,7 @@ def _check_params_fit(spec: Spec, batch: Batch, params: Mapping[str, Any]) -> No
             f"most {columns}.",
         )
     if "num_thresholds" in params:
-        cells = statistic_cells(spec, params, columns, columns)
+        cells = statistic_cells(spec, params, columns, 0)
         limit = MAX_STATISTIC_CELLS[0]
         if cells > limit:
             raise PayloadTooLarge.at(

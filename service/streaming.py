@@ -119,11 +119,12 @@ def _metadata_problem(raw: Any) -> str | None:
 
 
 def parse_settings(
-    document: Any, content_hash: str = CONTENT_HASH
+    document: Any, content_hash: str = CONTENT_HASH, max_cells: int | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """A creation document's settings (checked: names, parameters, heads) as the JSON the
     store keeps, with the hash its batches are compared with (``content_hash``, one of
-    :data:`CONTENT_HASHES`), and its metadata. Arrays belong to batches, not here."""
+    :data:`CONTENT_HASHES`), and its metadata. Arrays belong to batches, not here.
+    ``max_cells``: the limit of AUC and confusion counts (None: the service's setting)."""
     if content_hash not in _HASHES:
         raise ValueError(f"unknown content hash {content_hash!r}: one of {sorted(_HASHES)}")
     if not isinstance(document, dict):
@@ -145,7 +146,7 @@ def parse_settings(
             )
         outputs, weights = check_heads({k: v for k, v in document.items() if k != "metadata"})
         heads = {}
-        cells = registry.CellBudget()
+        cells = registry.CellBudget(max_cells)
         for head, settings in outputs.items():
             _take_cells(parse_plan(settings, ("outputs", head), arrays=False), cells)
             heads[head] = settings
@@ -163,7 +164,7 @@ def parse_settings(
             f"received {unknown}.",
         )
     settings = {k: v for k, v in document.items() if k != "metadata"}
-    _take_cells(parse_plan(settings, (), arrays=False), registry.CellBudget())
+    _take_cells(parse_plan(settings, (), arrays=False), registry.CellBudget(max_cells))
     return {
         "outputs": {SINGLE: settings},
         "loss_weights": {},
@@ -386,9 +387,11 @@ def evaluate_batch(
     document: Any,
     facts: Mapping[str, Any] | None,
     max_elements: int,
+    max_cells: int | None = None,
 ) -> BatchOutcome:
     """Evaluate one batch document under the evaluation's settings (and the facts its first
     batch fixed, if any): its statistics, its own answer, its facts, its hash.
+    ``max_cells``: the limit of AUC and confusion counts (None: the service's setting).
 
     The hash is over the arrays as computed (predictions in the compute dtype, labels as
     indices, or as targets in the compute dtype: see :data:`LABEL_HASH`), so the same
@@ -401,7 +404,7 @@ def evaluate_batch(
     responses: dict[str, dict[str, Any]] = {}
     codes: list[str] = []
     differences: list[str] = []
-    cells = registry.CellBudget()
+    cells = registry.CellBudget(max_cells)
     for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
         plan = plans[head]
         stored = None if facts is None else facts["heads"][head]

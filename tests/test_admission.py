@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service import admission
+from service import admission, registry
 from service.admission import MemoryBudget, mib
 from service.api.body import RawBody
 from service.api.compute import _run, decode
@@ -276,6 +276,32 @@ def test_auc_and_confusion_counts_are_summed_over_a_requests_entries_and_heads(
     assert response.status_code == 413, response.text
     assert client.get(f"/v1/evaluations/{eid}").json()["n_batches"] == 0
     assert client.put(f"/v1/evaluations/{eid}/batches/b", json=_small()).status_code == 201
+    # Its later batches have the first one's classes and entries: not counted again, so an
+    # evaluation stored under a higher limit keeps taking batches, and replays.
+    registry.set_max_statistic_cells(500)
+    assert client.put(f"/v1/evaluations/{eid}/batches/c", json=_small()).status_code == 201
+    assert client.put(f"/v1/evaluations/{eid}/batches/b", json=_small()).status_code == 200
+
+
+def test_a_multi_label_confusion_matrix_counts_2_by_2_per_label(
+    make_client: Callable[..., SyncClient],
+) -> None:
+    client = make_client(max_statistic_cells=1000)
+    auc = {"name": "auc", "num_thresholds": 200, "multi_label": True}
+    labels = np.eye(30, dtype=int)[:2]
+    labels[0, 5] = 1  # multi-hot
+    multi_hot = {"y_true": labels.tolist(), "y_pred": np.full((2, 30), 0.5).tolist()}
+    # 200 thresholds × 30 labels × 4 = 24,000 counts: over; without it 30 × 4 = 120 counts
+    body = {**multi_hot, "metrics": [auc], "reports": ["confusion_matrix"]}
+    assert client.post("/v1/evaluate", json=body).status_code == 413
+    reports = ["confusion_matrix", {"name": "confusion_matrix", "as": "c2"}]
+    response = client.post("/v1/evaluate", json={**multi_hot, "reports": reports})
+    assert response.status_code == 200, response.text  # 2 × 120 counts
+    # The same 30 classes single-label: a 30 × 30 matrix, 900 counts.
+    sparse = {"y_true": [0, 29], "y_pred": np.full((2, 30), 1 / 30).tolist()}
+    response = client.post("/v1/evaluate", json={**sparse, "reports": reports})
+    assert response.status_code == 413, response.text
+    assert "1800" in response.json()["detail"]
 
 
 def test_a_uint8_body_whose_working_memory_is_over_the_limit_is_413(

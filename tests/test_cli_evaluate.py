@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from servers import serve_in_thread
 
-from service import cli
+from service import cli, cli_evaluate, streaming
 from service.client import LossClient
+from service.errors import PayloadTooLarge
 from service.main import create_app
 from service.settings import Settings
 
@@ -760,3 +761,16 @@ def test_dtype_is_an_option_and_the_advice_to_use_it_names_it(
     assert code == 1 and err.rstrip().endswith("values, or --dtype float64.")
     document = evaluate_json(capsys, *argv, "--dtype", "float64")
     assert np.isfinite(document["losses"]["sparse_categorical_crossentropy"])
+
+
+def test_locally_auc_and_confusion_counts_are_not_summed_against_the_services_limit() -> None:
+    # The service refuses a request whose AUC counts add up past max_statistic_cells; in
+    # this process, as for elements, what NumPy holds is the limit (each AUC still keeps at
+    # most the default).
+    # 11 × 100,000 thresholds × 4 counts: 4.4 million, past the default 2**22.
+    auc = [{"name": "auc", "num_thresholds": 100_000, "as": f"auc{i}"} for i in range(11)]
+    arrays = {"y_true": np.array([0, 1, 1]), "y_pred": np.array([0.2, 0.7, 0.9])}
+    with pytest.raises(PayloadTooLarge):
+        streaming.parse_settings({"metrics": auc})
+    got = cli_evaluate.evaluate_locally(arrays, {"metrics": auc}, 2, lambda rows: None)
+    assert got["metrics"] == {f"auc{i}": pytest.approx(1.0) for i in range(11)}
