@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 from service.main import create_app
 from service.settings import Settings
 from service.storage import Store
-from service.storage.schema import evaluations
+from service.storage.schema import batches, evaluations
 from tests.conftest import SyncClient
 from tests.storage_helpers import BACKENDS, database
 
@@ -885,3 +885,28 @@ def test_an_id_holding_a_nul_is_no_evaluation(api: Any) -> None:
         response = client.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["errors"][0]["loc"] == ["path", "id"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batch_stored_before_its_running_count_was_kept_replays_with_a_summed_one(
+    backend: str, tmp_path: Path, make_client: Callable[..., SyncClient]
+) -> None:
+    with database(backend, tmp_path) as db:
+        client = make_client(database_url=db.url, data_dir=db.data_dir)
+        eid = _create(client, {})
+        sizes = {"a": slice(0, 8), "b": slice(8, 11), "c": slice(11, 16)}
+        first = {
+            batch_id: client.put(f"/v1/evaluations/{eid}/batches/{batch_id}", json=_batch(rows))
+            for batch_id, rows in sizes.items()
+        }
+        assert first["b"].json()["evaluation"] == {"n_batches": 2, "n_samples": 11}
+        store = Store.open(db.url, db.data_dir, migrate=False)
+        try:
+            with store.engine.begin() as connection:
+                connection.execute(update(batches).values(samples_through=None))
+        finally:
+            store.dispose()
+        for batch_id, rows in sizes.items():
+            again = client.put(f"/v1/evaluations/{eid}/batches/{batch_id}", json=_batch(rows))
+            assert again.status_code == 200, again.text
+            assert again.json() == first[batch_id].json()

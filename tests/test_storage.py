@@ -167,6 +167,10 @@ def test_the_samples_counted_through_a_batch_are_its_first_answers_count(store: 
         assert put(store, evaluation.id, f"b{i}").outcome is PutOutcome.CREATED
     assert put(store, other.id, "b0").outcome is PutOutcome.CREATED
     assert [store.samples_through(OWNER, evaluation.id, seq) for seq in (1, 2, 3)] == [10, 20, 30]
+    # Kept with each batch, and given back with it on a replay.
+    replay = put(store, evaluation.id, "b1")
+    assert replay.outcome is PutOutcome.REPLAYED
+    assert replay.batch is not None and replay.batch.samples_through == 20
     assert store.samples_through(OWNER, other.id, 1) == 10
     assert store.samples_through(OWNER, evaluation.id, 4) is None  # no such batch
     assert store.samples_through("another key", evaluation.id, 1) is None

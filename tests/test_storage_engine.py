@@ -218,3 +218,39 @@ def test_postgresql_tests_skip_saying_why_or_fail_under_ci(
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         storage_helpers.require_postgres()
+
+
+def test_batches_stored_before_revision_0002_have_no_running_count(db: Database) -> None:
+    engine = make_engine(db.url, db.data_dir)
+    config = alembic_config()
+    try:
+        with writer(engine).begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(
+                text(
+                    "INSERT INTO evaluations (id, owner, status, created_at, updated_at, "
+                    "n_batches, n_samples, config, meta, warnings, totals) VALUES ('e', '', "
+                    "'open', :t, :t, 1, 5, '{}', '{}', '{}', :b)"
+                ),
+                {"t": "2026-12-01 00:00:00", "b": b""},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO batches (evaluation_pk, seq, batch_id, content_hash, "
+                    "n_samples, received_at, answer, stats) SELECT pk, 1, 'a', :h, 5, :t, "
+                    "'{}', :b FROM evaluations"
+                ),
+                {"h": b"h", "t": "2026-12-01 00:00:00", "b": b""},
+            )
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = connection.execute(text("SELECT samples_through FROM batches")).all()
+        assert kept == [(None,)]
+    finally:
+        engine.dispose()
+    store = Store.open(db.url, db.data_dir)
+    try:
+        assert store.samples_through(None, "e", 1) == 5
+    finally:
+        store.dispose()

@@ -40,6 +40,7 @@ def _batch(pk: int, seq: int, batch_id: str) -> dict[str, Any]:
         # Key order kept, unicode and nesting as given.
         "answer": {"z": 1, "a": [0.5, None], "é": {"k": "v"}},
         "stats": b"\x00\x01stats",
+        "samples_through": 7 * seq,
     }
 
 

@@ -570,6 +570,7 @@ class Committer:
             return _refusal(overflow)
         now = self._clock()
         seq = int(state["n_batches"]) + 1
+        through = int(state["n_samples"]) + put.n_samples
         row = {
             "evaluation_pk": state["pk"],
             "seq": seq,
@@ -579,6 +580,7 @@ class Committer:
             "received_at": now,
             "answer": put.answer,
             "stats": put.stats_blob,
+            "samples_through": through,
         }
         new.append(row)
         created.append(put.totals)
@@ -588,10 +590,12 @@ class Committer:
             counts[code] = counts.get(code, 0) + 1
         state.update(
             n_batches=seq,
-            n_samples=int(state["n_samples"]) + put.n_samples,
+            n_samples=through,
             updated_at=now,
             warnings=counts,
             facts=facts if facts is not None else put.facts,
         )
-        batch = BatchRow(put.batch_id, seq, put.content_hash, int(put.n_samples), now, put.answer)
+        batch = BatchRow(
+            put.batch_id, seq, put.content_hash, int(put.n_samples), now, put.answer, None, through
+        )
         return PutResult(PutOutcome.CREATED, batch, evaluation_row(state))

@@ -79,6 +79,9 @@ class BatchRow:
     #: The answer given when the batch was accepted; a replay answers it again.
     answer: dict[str, Any]
     stats: dict[str, NDArray[Any]] | None = None
+    #: The evaluation's sample count once this batch was counted; ``None`` for batches
+    #: stored before it was kept (see :meth:`Store.samples_through`).
+    samples_through: int | None = None
 
 
 class PutOutcome(StrEnum):
@@ -195,4 +198,5 @@ def batch_row(row: Mapping[Any, Any]) -> BatchRow:
         received_at=row["received_at"],
         answer=row["answer"],
         stats=None if stats is None else decode_arrays(stats),
+        samples_through=None if row.get("samples_through") is None else int(row["samples_through"]),
     )

@@ -20,7 +20,9 @@
 where ``seq`` counts 1, 2, ... in arrival (commit) order; ``batch_id`` is
 unique per evaluation, with its ``content_hash``, ``n_samples``,
 ``received_at``, the ``answer`` (JSON) that was given for it and its own
-``stats``, from which the totals can be rebuilt.
+``stats``, from which the totals can be rebuilt; ``samples_through``, the
+evaluation's sample count once the batch was counted (its answer's running count;
+null for batches stored before revision 0002, whose count is summed on demand).
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ batches = Table(
     Column("received_at", UTCDateTime(), nullable=False),
     Column("answer", Document, nullable=False),
     Column("stats", LargeBinary(), nullable=False),
+    Column("samples_through", BigInteger(), nullable=True),
     PrimaryKeyConstraint("evaluation_pk", "seq"),
     UniqueConstraint("evaluation_pk", "batch_id"),
 )

@@ -369,10 +369,11 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
     counts = None
     if result.outcome is PutOutcome.REPLAYED and result.batch is not None:
         # The first answer again: the running counts as they were once it was counted.
-        seq = result.batch.seq
-        samples = await anyio.to_thread.run_sync(
-            lambda: store.samples_through(owner, evaluation_id, seq)
-        )
+        seq, samples = result.batch.seq, result.batch.samples_through
+        if samples is None:  # a batch stored before the count was kept with it
+            samples = await anyio.to_thread.run_sync(
+                lambda: store.samples_through(owner, evaluation_id, seq)
+            )
         if samples is None:
             raise _not_found(evaluation_id)  # deleted meanwhile
         counts = {"n_batches": seq, "n_samples": samples}
