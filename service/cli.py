@@ -117,7 +117,14 @@ def _multiprocess_metrics(workers: int) -> Iterator[str | None]:
     if workers <= 1:
         yield None
         return
-    created = tempfile.mkdtemp(prefix="loss-service-metrics-")
+    try:
+        created = tempfile.mkdtemp(prefix="loss-service-metrics-")
+    except OSError as error:
+        raise _Unusable(
+            f"loss-service: no temporary directory for the workers' metrics in "
+            f"{tempfile.gettempdir()!r}: {error.strerror or error}. Expected a writable "
+            f"TMPDIR, or {MULTIPROC_ENV} naming a writable directory."
+        ) from None
     os.environ[MULTIPROC_ENV] = created
     try:
         yield created

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,11 @@ def test_a_metrics_dir_that_cannot_be_made_stops_serve_with_2(
     monkeypatch.setenv(cli.MULTIPROC_ENV, str(a_file / "prom"))
     assert cli.main(["serve", "--workers", "2"]) == 2
     assert f"{cli.MULTIPROC_ENV}={str(a_file / 'prom')!r} cannot be used" in capsys.readouterr().err
+    # Made by serve in the temporary directory, which cannot hold it either.
+    monkeypatch.delenv(cli.MULTIPROC_ENV)
+    monkeypatch.setattr(tempfile, "tempdir", str(a_file))
+    assert cli.main(["serve", "--workers", "2"]) == 2
+    assert "no temporary directory for the workers' metrics" in capsys.readouterr().err
     assert runs == []
 
 
