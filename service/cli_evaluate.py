@@ -628,7 +628,7 @@ def evaluate_locally(
     return {
         "n_batches": n_batches,
         "n_samples": n_samples,
-        **results(config, facts, totals.values(), warnings),
+        **results(config, facts, totals.values(), warnings, n_samples),
     }
 
 

@@ -537,8 +537,12 @@ def results(
     facts: Mapping[str, Any] | None,
     totals: Mapping[str, NDArray[Any]],
     warning_counts: Mapping[str, int],
+    n_samples: int | None = None,
 ) -> dict[str, Any]:
-    """The evaluate response over every accepted batch (empty before the first one)."""
+    """The evaluate response over every accepted batch (empty before the first one).
+    ``n_samples``: the batches' samples, each head's (several heads: as in evaluate's
+    response, every head holds as many); the warnings are the evaluation's, counted
+    over batches, not each head's."""
     warnings = [
         {"code": code, "message": diagnostics.CODES.get(code, code), "batches": count}
         for code, count in sorted(warning_counts.items())
@@ -561,9 +565,12 @@ def results(
             **_head_results(plans[SINGLE], facts["heads"][SINGLE], totals, ""),
             "warnings": warnings,
         }
-    outputs = {
-        head: _head_results(plans[head], facts["heads"][head], totals, f"{head}/") for head in heads
-    }
+    outputs = {}
+    for head in heads:
+        values = _head_results(plans[head], facts["heads"][head], totals, f"{head}/")
+        if n_samples is not None:
+            values = {"label_encoding": values["label_encoding"], "n_samples": n_samples, **values}
+        outputs[head] = values
     weights = config["loss_weights"]
     return {"outputs": outputs, "total_loss": total_loss(weights, outputs), "warnings": warnings}
 

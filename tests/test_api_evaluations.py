@@ -418,6 +418,10 @@ def test_several_heads_with_loss_weights(api: Any) -> None:
     once = client.post("/v1/evaluate", json=heads_once).json()
     np.testing.assert_allclose(got["total_loss"], once["total_loss"], rtol=1e-6)
     for head in ("kind", "tags"):
+        # Each head's fields as evaluate gives them (its warnings are the evaluation's,
+        # counted over batches at the top level).
+        assert set(got["outputs"][head]) == set(once["outputs"][head]) - {"warnings"}
+        assert got["outputs"][head]["n_samples"] == once["outputs"][head]["n_samples"] == 24
         for kind in ("losses", "metrics"):
             for key, value in once["outputs"][head][kind].items():
                 np.testing.assert_allclose(got["outputs"][head][kind][key], value, rtol=1e-6)

@@ -442,7 +442,7 @@ def _results(store: Store, owner: str | None, evaluation_id: str) -> dict[str, A
     row = totals.evaluation
     return {
         **_summary(row),
-        **results(row.config, row.facts, totals.values, row.warnings),
+        **results(row.config, row.facts, totals.values, row.warnings, row.n_samples),
     }
 
 

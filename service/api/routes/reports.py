@@ -67,7 +67,7 @@ def _evaluation_and_history(
     row = totals.evaluation
     evaluation = {
         **_summary(row),
-        **results(row.config, row.facts, totals.values, row.warnings),
+        **results(row.config, row.facts, totals.values, row.warnings, row.n_samples),
     }
     evaluation = for_pictures(evaluation, curves(row.config, row.facts, totals.values), row.facts)
     history: list[Mapping[str, Any]] = []
@@ -215,7 +215,7 @@ async def batch_page(request: Request) -> Response:
             arrays, options = _split(document)
             config, _ = parse_settings(options)
             outcome = evaluate_batch(config, arrays, None, settings.max_elements)
-            evaluation = results(config, outcome.facts, outcome.stats, {})
+            evaluation = results(config, outcome.facts, outcome.stats, {}, outcome.n_samples)
             evaluation["n_samples"] = outcome.n_samples
             evaluation["warnings"] = outcome.answer["warnings"]
             evaluation = for_pictures(
