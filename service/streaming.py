@@ -26,6 +26,7 @@ Nothing here touches HTTP or the database: the web layer reads bodies and answer
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -530,6 +531,41 @@ def _counts(stats: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
         small = bool(np.all(np.abs(array) < 2**53)) if array.size else True
         out[name] = array.astype(np.int64) if whole and small else array
     return out
+
+
+def total_loss_guard(
+    config: Mapping[str, Any], facts: Mapping[str, Any]
+) -> Callable[[Callable[[str], Any]], str | None] | None:
+    """For an evaluation of several heads: what refuses a batch after which its
+    ``total_loss`` (each head's losses times ``loss_weights``, added) would overflow,
+    read from the running totals with the batch as :func:`results` reads it (the store
+    asks it in the transaction that would store the batch). ``None`` for one head."""
+    heads = list(config["outputs"])
+    if heads == [SINGLE]:
+        return None
+    weights = config["loss_weights"]
+    losses = [
+        (head, float(weights.get(head, 1.0)), e.key, e.params["reduction"])
+        for head in heads
+        for e in _entries_from_facts(facts["heads"][head])["losses"]
+    ]
+
+    def guard(read: Callable[[str], Any]) -> str | None:
+        total = 0.0
+        for head, weight, key, reduction in losses:
+            start = f"{head}/loss/{key}/"
+            stats = {name: read(start + name) for name in ("sum", "count", "weight")}
+            total += weight * kernels.loss_from_stats(stats, reduction)
+        if math.isfinite(total):
+            return None
+        return (
+            "The batch would take the evaluation's `total_loss` (each head's losses times "
+            "`loss_weights`, added) past float64's range: it was not stored, so that the "
+            "evaluation's results can still be read. Expected smaller `loss_weights` at "
+            "creation, or batches whose losses keep the weighted total finite."
+        )
+
+    return guard
 
 
 def results(

@@ -914,3 +914,30 @@ def test_a_batch_stored_before_its_running_count_was_kept_replays_with_a_summed_
             again = client.put(f"/v1/evaluations/{eid}/batches/{batch_id}", json=_batch(rows))
             assert again.status_code == 200, again.text
             assert again.json() == first[batch_id].json()
+
+
+def test_a_batch_that_would_make_total_loss_overflow_is_refused_unstored(api: Any) -> None:
+    # Each batch's weighted loss is finite (1.5e308 × 0.22), their sum is not: the batch
+    # that tips it is a 422 and not stored, so GET still reads the evaluation.
+    client = api()
+    settings = {
+        "outputs": {
+            "a": {"losses": [{"name": "sparse_categorical_crossentropy", "reduction": "sum"}]}
+        },
+        "loss_weights": {"a": 1.5e308},
+    }
+    eid = _create(client, settings)
+    batch = {"outputs": {"a": {"y_true": [1], "y_pred": [[0.1, 0.8, 0.1]]}}}
+    codes = [
+        client.put(f"/v1/evaluations/{eid}/batches/x{i}", json=batch).status_code for i in range(8)
+    ]
+    accepted = codes.index(422)
+    assert accepted >= 1 and codes[accepted:] == [422] * (8 - accepted), codes
+    refused = client.put(f"/v1/evaluations/{eid}/batches/x9", json=batch)
+    assert "`total_loss`" in refused.json()["detail"] and "not stored" in refused.json()["detail"]
+    got = client.get(f"/v1/evaluations/{eid}")
+    assert got.status_code == 200, got.text
+    assert got.json()["n_batches"] == accepted
+    assert np.isfinite(got.json()["total_loss"])
+    # A replay of an accepted batch is still answered.
+    assert client.put(f"/v1/evaluations/{eid}/batches/x0", json=batch).status_code == 200

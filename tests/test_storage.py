@@ -177,6 +177,44 @@ def test_the_samples_counted_through_a_batch_are_its_first_answers_count(store: 
     assert store.samples_through(OWNER, "0" * 32, 1) is None
 
 
+def test_a_guard_reads_the_totals_with_the_batch_and_may_refuse_it(store: Store) -> None:
+    evaluation = store.create_evaluation(OWNER, {}, {})
+    seen: list[float] = []
+
+    def at_most_12(read: Any) -> str | None:
+        seen.append(float(read("w")))
+        return None if seen[-1] <= 12 else "past 12"
+
+    for batch_id in ("a", "b"):
+        result = store.put_batch(
+            OWNER,
+            evaluation.id,
+            batch_id,
+            content_hash(batch_id),
+            {"w": np.float64(5.0)},
+            {},
+            1,
+            guard=at_most_12,
+        )
+        assert result.outcome is PutOutcome.CREATED
+    with pytest.raises(InvalidInput, match="past 12"):
+        store.put_batch(
+            OWNER,
+            evaluation.id,
+            "c",
+            content_hash("c"),
+            {"w": np.float64(5.0)},
+            {},
+            1,
+            guard=at_most_12,
+        )
+    # (asked again when the refused put is tried after a read of the evaluation)
+    assert seen[:3] == [5.0, 10.0, 15.0] and set(seen[3:]) <= {15.0}
+    totals = store.get_totals(OWNER, evaluation.id)
+    assert totals is not None and totals.evaluation.n_batches == 2
+    assert float(totals.values["w"]) == 10.0
+
+
 def test_the_same_batch_id_with_other_content_is_a_conflict(store: Store) -> None:
     evaluation = store.create_evaluation(OWNER, {}, {})
     put(store, evaluation.id, "b")

@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 #: What a put comes to: its result, or the 422 of a batch that would take the
 #: evaluation's totals past :data:`STATISTIC_LIMIT` (nothing stored).
 Answer = PutResult | InvalidInput
+#: What a put checks of the running totals with its batch, beyond their size (see
+#: :class:`Put`): given a reader of each float statistic's total, a refusal's message
+#: (the batch is then not stored) or ``None``.
+Guard = Callable[[Callable[[str], Any]], str | None]
 
 
 @dataclass(eq=False)
@@ -78,6 +82,9 @@ class Put:
     answer: dict[str, Any]
     facts: dict[str, Any] | None
     codes: list[str]
+    #: Whether the running totals with this batch still give results that can be read
+    #: (a message if not): given a reader of each statistic's total with the batch.
+    guard: Guard | None = None
     future: Future[PutResult] = field(default_factory=Future)
 
 
@@ -565,6 +572,10 @@ class Committer:
         facts = state["facts"]
         if put.facts is not None and facts is not None and facts != put.facts:
             return PutResult(PutOutcome.MISMATCH, None, evaluation_row(state))
+        if put.guard is not None:
+            problem = put.guard(lambda name: room.read(name, put.totals))
+            if problem is not None:
+                return InvalidInput(problem, [FieldError(("body",), problem)])
         overflow = room.admit(put.totals)
         if overflow is not None:
             return _refusal(overflow)

@@ -603,13 +603,26 @@ class Headroom:
             bound = self._bounds[name] = 0 if total is None else total.magnitude_bound()
         return bound
 
-    def _size(self, name: str, part: FixedSum | None, shape: tuple[int, ...]) -> float:
-        """The size of the statistic's total with the batches admitted so far (and
-        ``part``), from the exact sums."""
+    def _merged(self, name: str, part: FixedSum | None, shape: tuple[int, ...]) -> FloatArray:
+        """The statistic's total with the batches admitted so far (and ``part``), read
+        correctly rounded from the exact sums."""
         total = self.totals().sums.get(name)
         merged = FixedSum.zeros(shape) if total is None else total.copy()
         merged.add_all([*self._admitted.get(name, []), *([] if part is None else [part])])
-        return statistic_size(merged.to_floats())
+        return merged.to_floats()
+
+    def _size(self, name: str, part: FixedSum | None, shape: tuple[int, ...]) -> float:
+        """The size of the statistic's total with the batches admitted so far (and
+        ``part``), from the exact sums."""
+        return statistic_size(self._merged(name, part, shape))
+
+    def read(self, name: str, batch: ExactTotals) -> FloatArray:
+        """A float statistic's total with the batches admitted so far and ``batch`` (not
+        admitted by this), as it would then be read."""
+        part = batch.sums.get(name)
+        total = self.totals().sums.get(name)
+        shape = part.shape if part is not None else total.shape if total is not None else ()
+        return self._merged(name, part, shape)
 
     def admit(self, batch: ExactTotals) -> Overflow | None:
         """``None``, and the batch counted in, when the totals with every batch admitted

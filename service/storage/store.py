@@ -45,7 +45,7 @@ from numpy.typing import ArrayLike
 from sqlalchemy import Engine, and_, bindparam, delete, func, select, update
 
 from service.storage.blobs import decode_arrays, decode_totals, encode_arrays, encode_totals
-from service.storage.commits import Committer, Put
+from service.storage.commits import Committer, Guard, Put
 from service.storage.engine import DEFAULT_BUSY_TIMEOUT, JsonObject, make_engine, writer
 from service.storage.exact import ExactTotals
 from service.storage.migrate import upgrade
@@ -348,6 +348,7 @@ class Store:
         *,
         facts: Mapping[str, Any] | None = None,
         warnings: Iterable[str] = (),
+        guard: Guard | None = None,
     ) -> PutResult:
         """Store one batch and count it into the evaluation's totals, exactly once.
 
@@ -371,7 +372,9 @@ class Store:
           :mod:`service.kernels.stats`) or more is not stored: this raises
           :class:`~service.errors.InvalidInput` (a 422) saying which total, so that
           the evaluation's results stay finite and right. The check is made in the
-          transaction that would store it, against the totals it would be added to.
+          transaction that would store it, against the totals it would be added to;
+          so is ``guard``'s (see :data:`~service.storage.commits.Guard`), whose
+          message is then the 422's.
 
         ``stats`` maps names to arrays: float arrays are summed exactly, integer
         and boolean ones as int64 counts (see :mod:`service.storage.exact`);
@@ -387,6 +390,7 @@ class Store:
             n_samples,
             facts=facts,
             warnings=warnings,
+            guard=guard,
             lead=True,
         ).result()
 
@@ -402,6 +406,7 @@ class Store:
         *,
         facts: Mapping[str, Any] | None = None,
         warnings: Iterable[str] = (),
+        guard: Guard | None = None,
         lead: bool = False,
     ) -> Future[PutResult]:
         """:meth:`put_batch` without waiting: the put goes to the commit thread, and the
@@ -435,6 +440,7 @@ class Store:
             _json(answer, "answer"),
             None if facts is None else _json(facts, "facts"),
             sorted(set(warnings)),
+            guard,
         )
         return self._commits.submit(put, lead=lead)
 

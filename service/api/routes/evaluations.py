@@ -47,7 +47,13 @@ from service.infra.prometheus import record_warnings
 from service.settings import Settings
 from service.storage import EvaluationRow, PutOutcome, PutResult, Setup, Store
 from service.storage.rows import BATCH_ID, InvalidCursor
-from service.streaming import Mismatch, evaluate_batch, parse_settings, results
+from service.streaming import (
+    Mismatch,
+    evaluate_batch,
+    parse_settings,
+    results,
+    total_loss_guard,
+)
 from service.wire import JSON_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
@@ -330,6 +336,7 @@ async def _put(request: Request, evaluation_id: str, batch_id: str) -> Response:
             # Facts already fixed were checked by evaluate_batch: nothing to store or compare.
             facts=outcome.facts if fixed.facts is None else None,
             warnings=outcome.warning_codes,
+            guard=total_loss_guard(fixed.config, fixed.facts or outcome.facts),
             # A batch evaluated in the thread pool may commit there, when no commit runs;
             # one evaluated on the event loop leaves it to the commit thread.
             lead=not _on_event_loop(),
