@@ -154,21 +154,24 @@ def test_invalid_settings_exit_2_without_secrets(
     assert runs == []
 
 
+@pytest.fixture
+def a_file(tmp_path: Path) -> Path:
+    """An empty file, where a directory is expected."""
+    made = tmp_path / "a-file"
+    made.write_text("")
+    return made
+
+
 def test_a_store_that_cannot_be_opened_stops_serve_with_2(
-    runs: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, a_file: Path, capsys: Any
 ) -> None:
     # Each worker would fail to start the same way (a traceback, exit 3; with several
     # workers, exit 0): said once, before any starts.
-    a_file = tmp_path / "a-file"
-    a_file.write_text("")
     monkeypatch.setenv("LOSS_SERVICE_DATA_DIR", str(a_file))
     assert cli.main(["serve", "--workers", "2"]) == 2
     err = capsys.readouterr().err
     assert f"LOSS_SERVICE_DATA_DIR={str(a_file)!r}" in err and "FileExistsError" in err, err
-    corrupt = tmp_path / "corrupt"
+    corrupt = a_file.parent / "corrupt"
     corrupt.mkdir()
     (corrupt / "evaluations.sqlite3").write_bytes(os.urandom(8192))
     monkeypatch.setenv("LOSS_SERVICE_DATA_DIR", str(corrupt))
@@ -182,13 +185,8 @@ def test_a_store_that_cannot_be_opened_stops_serve_with_2(
 
 
 def test_a_metrics_dir_that_cannot_be_made_stops_serve_with_2(
-    runs: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    runs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, a_file: Path, capsys: Any
 ) -> None:
-    a_file = tmp_path / "a-file"
-    a_file.write_text("")
     monkeypatch.setenv(cli.MULTIPROC_ENV, str(a_file / "prom"))
     assert cli.main(["serve", "--workers", "2"]) == 2
     assert f"{cli.MULTIPROC_ENV}={str(a_file / 'prom')!r} cannot be used" in capsys.readouterr().err
