@@ -175,13 +175,21 @@ def check_head_sizes(heads: Mapping[str, Mapping[str, Any]]) -> None:
         )
 
 
-def total_loss(weights: Mapping[str, float], heads: Mapping[str, Mapping[str, Any]]) -> float:
-    """A several-heads ``total_loss``: each head's losses (its response's ``losses``)
-    added, times its ``loss_weights`` entry (1 if none), added; refused when it overflows
-    rather than sent as ``null``."""
+def weighted_total(weights: Mapping[str, float], losses: Mapping[str, Any]) -> float:
+    """Each head's losses (``losses[head]``: its loss values) added, times its
+    ``loss_weights`` entry (1 if none), added: the ``total_loss`` of several heads, or
+    ``inf`` / ``nan`` where it overflows."""
     total: float = sum(
-        float(weights.get(head, 1.0)) * sum(response["losses"].values())
-        for head, response in heads.items()
+        float(weights.get(head, 1.0)) * sum(values) for head, values in losses.items()
+    )
+    return total
+
+
+def total_loss(weights: Mapping[str, float], heads: Mapping[str, Mapping[str, Any]]) -> float:
+    """A several-heads ``total_loss`` (:func:`weighted_total` of each head's response's
+    ``losses``), refused when it overflows rather than sent as ``null``."""
+    total = weighted_total(
+        weights, {head: response["losses"].values() for head, response in heads.items()}
     )
     if not math.isfinite(total):
         raise invalid(

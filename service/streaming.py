@@ -59,6 +59,7 @@ from service.evaluation import (
     parse_plan,
     per_class_loss_names,
     total_loss,
+    weighted_total,
 )
 from service.wire import ARRAY_FIELDS
 
@@ -543,20 +544,25 @@ def total_loss_guard(
     heads = list(config["outputs"])
     if heads == [SINGLE]:
         return None
-    weights = config["loss_weights"]
-    losses = [
-        (head, float(weights.get(head, 1.0)), e.key, e.params["reduction"])
+    losses = {
+        head: [
+            (e.key, e.params["reduction"])
+            for e in _entries_from_facts(facts["heads"][head])["losses"]
+        ]
         for head in heads
-        for e in _entries_from_facts(facts["heads"][head])["losses"]
-    ]
+    }
+
+    def value(read: Callable[[str], Any], head: str, key: str, reduction: Any) -> float:
+        start = f"{head}/loss/{key}/"
+        stats = {name: read(start + name) for name in ("sum", "count", "weight")}
+        return kernels.loss_from_stats(stats, reduction)
 
     def guard(read: Callable[[str], Any]) -> str | None:
-        total = 0.0
-        for head, weight, key, reduction in losses:
-            start = f"{head}/loss/{key}/"
-            stats = {name: read(start + name) for name in ("sum", "count", "weight")}
-            total += weight * kernels.loss_from_stats(stats, reduction)
-        if math.isfinite(total):
+        values = {
+            head: [value(read, head, key, reduction) for key, reduction in entries]
+            for head, entries in losses.items()
+        }
+        if math.isfinite(weighted_total(config["loss_weights"], values)):
             return None
         return (
             "The batch would take the evaluation's `total_loss` (each head's losses times "

@@ -607,6 +607,12 @@ class Committer:
             facts=facts if facts is not None else put.facts,
         )
         batch = BatchRow(
-            put.batch_id, seq, put.content_hash, int(put.n_samples), now, put.answer, None, through
+            put.batch_id,
+            seq,
+            put.content_hash,
+            int(put.n_samples),
+            now,
+            put.answer,
+            samples_through=through,
         )
         return PutResult(PutOutcome.CREATED, batch, evaluation_row(state))
