@@ -84,6 +84,22 @@ def _check_elements(n: int, loc: Loc, max_elements: int) -> None:
         )
 
 
+def check_empty_shape(shape: list[int], name: str, loc: Loc, max_elements: int) -> None:
+    """Refuse (422) the shape of an empty array whose other dimensions multiply past
+    ``max_elements``: it holds nothing, but NumPy refuses to build a shape past its index
+    range whatever its zeros (``[0, 2**62]``). ``name``: the shape's field, as shown."""
+    extent = math.prod(d for d in shape if d)
+    if 0 in shape and extent > max_elements:
+        raise invalid(
+            loc,
+            f"{name} is {shape}: an empty array whose other dimensions multiply to {extent}, "
+            f"past the limit of {max_elements} elements per array (setting "
+            "LOSS_SERVICE_MAX_ELEMENTS); expected a shape whose dimensions other than 0 "
+            f"multiply to at most {max_elements} (an array with no element is refused as "
+            "empty in any case).",
+        )
+
+
 def nesting_depth(value: Any) -> int:
     """How many lists deep ``value`` is, along its first elements (``[[0]]``: 2)."""
     depth = 0
@@ -162,6 +178,7 @@ def _typed_header(
         )
     n = math.prod(shape)
     _check_elements(n, loc, max_elements)
+    check_empty_shape(shape, f"{_where(loc)}.shape", (*loc, "shape"), max_elements)
     return np.dtype(dtype).newbyteorder("<"), shape, n
 
 

@@ -50,7 +50,7 @@ import orjson
 from numpy.typing import NDArray
 
 from service import __version__, registry
-from service.arrays import nesting_depth, parse_json
+from service.arrays import check_empty_shape, nesting_depth, parse_json
 from service.errors import Loc, MalformedRequest, NotFound, PayloadTooLarge, invalid, json_kind
 from service.json_body import GENERAL_PARSE_FACTOR
 from service.wire import MAX_DIMS
@@ -242,6 +242,7 @@ def _shape(value: Any, loc: Loc, max_elements: int) -> tuple[list[int], int]:
             f"{_where(loc)} is {value}: {n} elements, over the limit of {max_elements} per "
             f"array (setting {_ELEMENTS_ENV}); expected smaller batches.",
         )
+    check_empty_shape(value, _where(loc), loc, max_elements)
     return value, n
 
 

@@ -82,6 +82,15 @@ def test_typed_array_byte_count_must_match_shape() -> None:
         to_array(bad, ("y_pred",), LIMIT)
 
 
+@pytest.mark.parametrize("shape", [[0, 2**62], [0, 2**26, 2**26, 2**26], [2**40, 0, 2**40]])
+def test_an_empty_shape_numpy_cannot_build_is_422(shape: list[int]) -> None:
+    # Zero elements, within the limit; but NumPy refuses a shape whose other dimensions
+    # overflow its index, whatever the zero.
+    empty = {"dtype": "float32", "shape": shape, "data": ""}
+    with pytest.raises(InvalidInput, match=r"an empty array whose other dimensions multiply"):
+        to_array(empty, ("y_true",), LIMIT)
+
+
 def test_typed_array_checks_size_before_decoding() -> None:
     huge = {"dtype": "float32", "shape": [10**6, 10**6], "data": ""}
     with pytest.raises(PayloadTooLarge, match="1000000000000 elements"):

@@ -389,6 +389,13 @@ INVALID: list[tuple[str, bytes, type[errors.ServiceError], str]] = [
         "1010 elements, over the limit of 1000",
     ),
     (
+        "an empty shape NumPy cannot build",
+        request([tensor("y_true", [], [0, 2**62]), BASIC[1]]),
+        errors.InvalidInput,
+        "`inputs.y_true.shape` is [0, 4611686018427387904]: an empty array whose other "
+        "dimensions multiply to 4611686018427387904",
+    ),
+    (
         "BYTES",
         request([tensor("y_true", ["a"], [1], "BYTES"), BASIC[1]]),
         errors.InvalidInput,
@@ -596,6 +603,12 @@ BINARY_INVALID: list[tuple[str, tuple[bytes, int], type[errors.ServiceError], st
         _binary(TRUE_BYTES, ("y_pred", "FP64", [2, 3], Y_PRED.tobytes())),
         errors.InvalidInput,
         "has binary_data_size 24, but datatype FP64 and shape [2, 3] need 48 bytes",
+    ),
+    (
+        "an empty shape NumPy cannot build",
+        _binary(("y_true", "FP32", [0, 2**40, 2**40], b""), PRED_BYTES),
+        errors.InvalidInput,
+        "an empty array whose other dimensions multiply to 1208925819614629174706176",
     ),
     (
         "BOOL bytes other than 0 and 1",
