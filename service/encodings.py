@@ -65,7 +65,8 @@ class Batch:
     ``y_pred`` is ``(rows, classes)`` in the compute dtype; for sparse labels
     ``labels`` holds ``(rows,)`` integer indices and ``dense`` is None; for the
     other encodings ``dense`` holds ``(rows, classes)`` targets (one-hot labels
-    also get their ``labels``, so the sparse loss and metrics can use them).
+    also get their ``labels``, so the sparse loss and metrics can use them): float
+    targets in the compute dtype, integer and boolean ones as they came.
     Per-sample results have ``sample_shape`` (``y_pred``'s shape without its
     class axis); ``sample_weight`` already broadcasts to it.
     """
@@ -388,7 +389,12 @@ def prepare(
         )
         moved = y_true if ax == y_true.ndim - 1 else np.moveaxis(y_true, ax, -1)
         targets = moved.reshape(-1, n_classes)
-        dense = np.ascontiguousarray(targets)
+        # Float targets in the compute dtype, as the losses take them (Keras casts them)
+        # and as a streaming batch is hashed: JSON lists (read as float64) and a float32
+        # array of the same targets give the same numbers. Integers and booleans are
+        # exact in any dtype, and stay as they came (a uint8 matrix is a quarter the size).
+        kind = dtype if targets.dtype.kind == "f" else None
+        dense = np.ascontiguousarray(targets, dtype=kind)
         encoding = "binary" if family == "binary" else _dense_encoding(dense)
         if encoding == "one_hot":
             labels = dense.argmax(axis=1).astype(np.int64)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 Y_PRED = [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]
@@ -303,3 +305,28 @@ def test_a_metric_whose_finite_sums_would_overflow_when_added_is_a_422(client: A
     r = client.post("/v1/metrics/auc", json=auc)
     assert r.status_code == 422, r.text
     assert "added up over its 200 elements reaches" in r.json()["detail"], r.text
+
+
+def test_soft_targets_as_json_or_float32_give_the_same_bits(client: Any) -> None:
+    # The same float32 values sent as JSON lists (read as float64) and as a typed float32
+    # array: one batch for a streaming evaluation's hash, so one set of numbers.
+    y_true = np.float32([[0.15865174, 0.1778992, 0.66344905], [0.6482021, 0.35166007, 1.4e-4]])
+    y_pred = [[0.66523004, 0.021254132, 0.31351587], [0.19502917, 0.7236425, 0.081328303]]
+    as_typed = {
+        "dtype": "float32",
+        "shape": [2, 3],
+        "data": base64.b64encode(y_true.tobytes()).decode(),
+    }
+    metrics = [
+        {"name": n, "average": a, "as": f"{n}_{a}"}
+        for n in ("f1_score", "fbeta_score")
+        for a in ("micro", "macro", "weighted")
+    ]
+    answers = [
+        client.post(
+            "/v1/evaluate",
+            json={"y_true": targets, "y_pred": y_pred, "metrics": [*metrics, "brier_score", "auc"]},
+        ).json()
+        for targets in (y_true.tolist(), as_typed)
+    ]
+    assert answers[0]["metrics"] == answers[1]["metrics"]

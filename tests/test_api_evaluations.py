@@ -207,6 +207,27 @@ def test_binary_targets_as_ints_or_floats_are_the_same_batch(api: Any) -> None:
     assert other.status_code == 409
 
 
+def test_soft_targets_in_either_encoding_give_one_evaluation_bit_for_bit(api: Any) -> None:
+    # Two evaluations, fed the same soft batches in other orders and other encodings
+    # (JSON lists, read as float64; typed float32): the same bits.
+    client = api()
+    rng = np.random.default_rng(5)
+    targets = rng.dirichlet(np.ones(3), 12).astype(np.float32)
+    settings = {"metrics": [{"name": "f1_score", "average": "micro"}, "brier_score"]}
+    results = []
+    for order, typed_first in (((0, 1, 2), True), ((2, 0, 1), False)):
+        eid = _create(client, settings)
+        for part in order:
+            rows = slice(4 * part, 4 * part + 4)
+            typed = (part == 0) == typed_first
+            y_true = _typed(targets[rows]) if typed else targets[rows].tolist()
+            body = {"y_true": y_true, "y_pred": Y_PRED[rows, :3].tolist()}
+            r = client.put(f"/v1/evaluations/{eid}/batches/{part}", json=body)
+            assert r.status_code == 201, r.text
+        results.append(client.get(f"/v1/evaluations/{eid}").json()["metrics"])
+    assert results[0] == results[1]
+
+
 def test_sequences_and_rows_do_not_mix_in_one_evaluation(api: Any) -> None:
     # No one evaluate takes a (1, 2, 3) and a (2, 3) y_pred together: the first batch fixes
     # which. Rows of sequences of other lengths, and binary rows as (n,) or (n, 1), fit.

@@ -135,6 +135,21 @@ def test_multi_hot_with_all_zero_rows() -> None:
     assert batch([[0, 0, 0], [0, 0, 0]], P3).encoding == "multi_hot"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("arrived", [np.float16, np.float32, np.float64])
+def test_float_targets_are_kept_in_the_compute_dtype(dtype: Any, arrived: Any) -> None:
+    # Every kernel reads the targets as the losses take them and as a streaming batch is
+    # hashed: the same values sent as JSON (float64) or float32 give the same numbers.
+    b = batch(np.asarray([[0.25, 0.5, 0.25], [0, 1, 0]], arrived), P3, dtype=dtype)
+    assert b.dense is not None and b.dense.dtype == np.dtype(dtype)
+    assert b.encoding == "soft"
+
+
+def test_integer_and_bool_targets_keep_their_dtype() -> None:
+    assert batch(np.uint8([[0, 1, 0], [1, 0, 0]]), P3).dense.dtype == np.uint8  # type: ignore[union-attr]
+    assert batch(np.bool_([[0, 1, 1], [1, 0, 0]]), P3).dense.dtype == np.bool_  # type: ignore[union-attr]
+
+
 def test_soft() -> None:
     b = batch([[0.1, 0.8, 0.1], [0, 1, 0]], P3)
     assert b.encoding == "soft"
