@@ -266,10 +266,27 @@ def _batch_heads(document: Any, config: Mapping[str, Any]) -> dict[str, tuple[di
                 f"{unknown}: settings are the evaluation's, fixed at its creation.",
             )
         return {SINGLE: (document, ())}
-    if set(document) != {"outputs"} or not isinstance(document["outputs"], dict):
+    if "outputs" not in document:
         raise invalid(
             ("outputs",),
             f"This evaluation has heads {sorted(heads)}: a batch is "
+            '{"outputs": {<head>: {"y_true", "y_pred", "sample_weight"?}}}; received a '
+            f"batch of fields {sorted(document)}.",
+        )
+    unknown = sorted(set(document) - {"outputs"})
+    if unknown:
+        raise invalid(
+            (unknown[0],),
+            f"A batch of an evaluation with heads {sorted(heads)} holds `outputs` only, "
+            f"received also {unknown}: put each head's arrays (its `sample_weight` too) "
+            "inside its entry in `outputs`; settings are the evaluation's, fixed at its "
+            "creation.",
+        )
+    if not isinstance(document["outputs"], dict):
+        raise invalid(
+            ("outputs",),
+            f"`outputs` must be an object of heads {sorted(heads)}, received a JSON "
+            f"{json_kind(document['outputs'])}: a batch is "
             '{"outputs": {<head>: {"y_true", "y_pred", "sample_weight"?}}}.',
         )
     sent = set(document["outputs"])

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import evaluation, streaming
-from service.errors import Conflict
+from service.errors import Conflict, InvalidInput
 from service.storage.exact import ExactTotals
 
 LIMIT = 1 << 26
@@ -297,6 +297,47 @@ def test_head_names_are_non_empty_and_hold_no_slash(head: str) -> None:
     with pytest.raises(Exception, match="1–128 characters with no `/`") as refused:
         streaming.parse_settings({"outputs": {"h": {}, head: {}}})
     assert refused.value.errors[0].loc == ("outputs", head)  # type: ignore[attr-defined]
+
+
+HEAD_A = {"y_true": [0, 1], "y_pred": [[0.6, 0.4], [0.3, 0.7]]}
+
+
+@pytest.mark.parametrize(
+    ("batch", "loc", "words"),
+    [
+        (
+            {"outputs": {"a": HEAD_A, "b": HEAD_A}, "sample_weight": [1, 0]},
+            ("sample_weight",),
+            "holds `outputs` only, received also ['sample_weight']: put each head's arrays "
+            "(its `sample_weight` too) inside its entry",
+        ),
+        (
+            {"outputs": {"a": HEAD_A, "b": HEAD_A}, "y_true": [0, 1], "metrics": []},
+            ("metrics",),
+            "received also ['metrics', 'y_true']",
+        ),
+        (
+            HEAD_A,
+            ("outputs",),
+            "This evaluation has heads ['a', 'b']: a batch is {\"outputs\": {<head>: "
+            '{"y_true", "y_pred", "sample_weight"?}}}; received a batch of fields '
+            "['y_pred', 'y_true'].",
+        ),
+        (
+            {"outputs": [HEAD_A, HEAD_A]},
+            ("outputs",),
+            "`outputs` must be an object of heads ['a', 'b'], received a JSON array",
+        ),
+    ],
+)
+def test_a_batch_of_several_heads_that_is_shaped_otherwise_is_told_what_is_wrong(
+    batch: dict[str, Any], loc: tuple[str, ...], words: str
+) -> None:
+    config, _ = streaming.parse_settings({"outputs": {"a": {}, "b": {}}})
+    with pytest.raises(InvalidInput) as refused:
+        streaming.evaluate_batch(config, batch, None, LIMIT)
+    assert words in refused.value.detail
+    assert refused.value.errors[0].loc == loc
 
 
 def test_the_heads_of_a_batch_hold_as_many_samples_each() -> None:
