@@ -167,7 +167,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             error = UnsupportedMediaType.at(("header", "content-type"), str(exc.detail))
         else:
             error = MalformedRequest.at(("request",), str(exc.detail))
-        response = problem_response(error, path)
+        # The protocol's clients read {"error"} from any answer under /v2.
+        protocol = path == "/v2" or path.startswith("/v2/")
+        response = oip.error_response(error) if protocol else problem_response(error, path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response

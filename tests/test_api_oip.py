@@ -459,10 +459,35 @@ def test_a_json_body_over_the_json_limit_is_a_413(make_client: Any) -> None:
     assert "binary tensor data extension" in detail
 
 
-def test_unknown_paths_under_v2_are_still_the_service_404(client: SyncClient) -> None:
-    response = client.get("/v2/repository/index")
-    assert response.status_code == 404
-    assert response.headers["content-type"] == "application/problem+json"
+@pytest.mark.parametrize(
+    ("method", "path", "status", "words"),
+    [
+        ("POST", "/v2/repository/index", 404, "No route /v2/repository/index"),
+        ("GET", "/v2/models/auc/config", 404, "No route /v2/models/auc/config"),
+        ("GET", "/v2/models/auc/", 404, "served without the trailing slash"),
+        ("GET", INFER, 405, f"GET is not allowed on {INFER}: expected POST"),
+        ("DELETE", "/v2", 405, "DELETE is not allowed on /v2: expected GET"),
+    ],
+)
+def test_paths_and_methods_the_protocol_lacks_answer_in_its_error_shape(
+    client: SyncClient, method: str, path: str, status: int, words: str
+) -> None:
+    # The protocol's clients read {"error"} from any /v2 answer (tritonclient's model
+    # configuration call, which the service lacks, could not read a problem document).
+    response = client.request(method, path)
+    assert words in _error(response, status)
+    if status == 405:
+        assert response.headers["allow"]
+    assert client.get("/v1/nothing").headers["content-type"] == "application/problem+json"
+
+
+def test_a_protocol_call_the_service_lacks_reaches_the_client_as_its_404(
+    triton_client: Any,
+) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        triton_client.get_model_config("auc")
+    assert caught.value.status() == "404"
+    assert caught.value.message().startswith("No route /v2/models/auc/config: ")
 
 
 # ---- API keys -------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ Errors on these paths are the protocol's ``{"error": "<message>"}`` (``applicati
 with the status codes of ``/v1`` (400, 404, 408, 413, 415, 422, 503...): the protocol's
 clients read that shape (``tritonclient`` raises an ``InferenceServerException`` with its
 message and status). The ``application/problem+json`` format of the API contract is that
-of ``/v1``; a path or method the protocol does not have still gets the service's
-problem+json 404 or 405. With API keys configured, ``/v2/models/*`` needs
-``Authorization: Bearer <key>``, as ``/v1`` does (401, 403); the health paths and ``GET
-/v2`` are open, as ``/healthz`` is.
+of ``/v1``; under ``/v2``, a path or method the service does not serve gets its 404 or 405
+in the protocol's shape too (the service's error handler answers it). With API keys
+configured, ``/v2/models/*`` needs ``Authorization: Bearer <key>``, as ``/v1`` does (401,
+403); the health paths and ``GET /v2`` are open, as ``/healthz`` is.
 """
 
 from __future__ import annotations
