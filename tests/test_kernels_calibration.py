@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from itertools import pairwise
 from typing import Any
 
@@ -32,11 +33,62 @@ def batches(family: str, *, weighted: bool | None = None) -> st.SearchStrategy[d
 # ---- references, written the plain way ----------------------------------------------------
 
 
+def reference_linspace(n_bins: int, dtype: type) -> np.ndarray:
+    """``torch.linspace(0, 1, n + 1, dtype=dtype)`` as PyTorch's CPU kernel computes it:
+    ``s = 1 / n`` in the dtype, edge ``k`` the fused ``k s`` below the middle and
+    ``1 - (n - k) s`` from it, each exact (in rationals) then rounded once: to the
+    nearest of the dtype's values around it (ties to the even one)."""
+    s = Fraction(float(dtype(1) / dtype(n_bins)))
+    half = (n_bins + 1) // 2
+    edges = []
+    for k in range(n_bins + 1):
+        exact = k * s if k < half else 1 - (n_bins - k) * s
+        guess = dtype(float(exact))
+        around = [np.nextafter(guess, dtype(-1)), guess, np.nextafter(guess, dtype(2))]
+        edges.append(
+            min(
+                around,
+                key=lambda v: (
+                    abs(Fraction(float(v)) - exact),
+                    int(v.view(np.uint64 if dtype is np.float64 else np.uint32)) % 2,
+                ),
+            )
+        )
+    return np.array(edges, dtype)
+
+
+#: ``torch.linspace(0, 1, n + 1, dtype=torch.float32)`` (PyTorch 2.13 on x86-64): the edges
+#: that are not ``k / n`` rounded to float32.
+TORCH_FLOAT32_EDGES = {
+    3: {2: float.fromhex("0x1.5555540000000p-1")},
+    15: {
+        3: float.fromhex("0x1.99999c0000000p-3"),
+        6: float.fromhex("0x1.99999c0000000p-2"),
+        7: float.fromhex("0x1.dddde00000000p-2"),
+        8: float.fromhex("0x1.1111100000000p-1"),
+        9: float.fromhex("0x1.3333320000000p-1"),
+        10: float.fromhex("0x1.5555540000000p-1"),
+    },
+    20: {9: float.fromhex("0x1.ccccce0000000p-2")},
+}
+#: The same in float64.
+TORCH_FLOAT64_EDGES = {
+    3: {2: float.fromhex("0x1.5555555555556p-1")},
+    15: {11: float.fromhex("0x1.7777777777778p-1")},
+    20: {
+        3: float.fromhex("0x1.3333333333334p-3"),
+        6: float.fromhex("0x1.3333333333334p-2"),
+        7: float.fromhex("0x1.6666666666667p-2"),
+        11: float.fromhex("0x1.1999999999999p-1"),
+    },
+}
+
+
 def reference_bins(
     confidence: np.ndarray, accuracy: np.ndarray, weight: np.ndarray, n_bins: int
 ) -> dict[str, np.ndarray]:
-    """torchmetrics' ``_binning_bucketize``: ``bucketize(right=True) - 1`` over float32 edges."""
-    edges = (np.arange(n_bins + 1) / n_bins).astype(confidence.dtype)
+    """torchmetrics' ``_binning_bucketize``: ``bucketize(right=True) - 1`` over its edges."""
+    edges = reference_linspace(n_bins, confidence.dtype.type)
     index = np.searchsorted(edges, confidence, side="right") - 1
     return {
         "count": np.bincount(index, weights=weight, minlength=n_bins + 1),
@@ -76,13 +128,44 @@ def reference_brier(batch: dict[str, Any]) -> float:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_bins", [1, 3, 7, 10, 15, 100])
 def test_bin_index_is_exact_at_and_around_every_edge(dtype: type, n_bins: int) -> None:
-    edges = (np.arange(n_bins + 1) / n_bins).astype(dtype)
+    edges = reference_linspace(n_bins, dtype)
     values = np.concatenate(
         [edges, np.nextafter(edges, dtype(0)), np.nextafter(edges, dtype(1))]
     ).astype(dtype)
     values = values[(values >= 0) & (values <= 1)]
     expected = np.searchsorted(edges, values, side="right") - 1
     np.testing.assert_array_equal(_bin_index(values, bin_edges(n_bins, np.dtype(dtype))), expected)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "known"), [(np.float32, TORCH_FLOAT32_EDGES), (np.float64, TORCH_FLOAT64_EDGES)]
+)
+def test_bin_edges_are_torch_linspace(dtype: type, known: dict[int, dict[int, float]]) -> None:
+    for n_bins, differing in known.items():
+        expected = [differing.get(k, float(dtype(k / n_bins))) for k in range(n_bins + 1)]
+        np.testing.assert_array_equal(reference_linspace(n_bins, dtype), np.array(expected, dtype))
+    for n_bins in [*range(1, 200), 999, 4096, 10_000]:
+        np.testing.assert_array_equal(
+            bin_edges(n_bins, np.dtype(dtype))[:-1], reference_linspace(n_bins, dtype)
+        )
+
+
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "n_bins", "expected"),
+    [
+        # torchmetrics 1.9 (PyTorch 2.13): BinaryCalibrationError(n_bins)(preds, target) and
+        # MulticlassCalibrationError(3, n_bins): a float32 confidence on an edge k / n that
+        # torch.linspace rounds upwards falls in the bin below.
+        ([1, 0], [0.45, 0.44], 20, 0.05500000715255737),
+        ([1, 0], [0.2, 0.19], 15, 0.3050000071525574),
+        ([0, 0], [[0.4, 0.3, 0.3], [0.31, 0.39, 0.3]], 15, 0.10500001907348633),
+    ],
+)
+def test_ece_of_confidences_on_an_edge_is_torchmetrics(
+    y_true: Any, y_pred: Any, n_bins: int, expected: float
+) -> None:
+    got = kernels.expected_calibration_error(np.array(y_true), np.float32(y_pred), n_bins=n_bins)
+    assert float(got) == pytest.approx(expected, rel=1e-6)
 
 
 def test_bin_edges_end_at_one() -> None:

@@ -12,8 +12,9 @@ element on its own):
 * confidence: the row's top probability, and correct: its first argmax is
   the label (single-label); or each probability ``p`` itself, and its label
   as the accuracy (binary, multi-label: ``p``, not ``max(p, 1 - p)``);
-* bin ``k < n`` holds confidences in ``[k/n, (k+1)/n)``, edges rounded to
-  ``y_pred``'s dtype and compared in it; a confidence of exactly 1 forms
+* bin ``k < n`` holds confidences in ``[k/n, (k+1)/n)``, the edges as
+  torchmetrics makes them (``torch.linspace`` in ``y_pred``'s dtype, see
+  :func:`bin_edges`) and compared in it; a confidence of exactly 1 forms
   bin ``n``, after the others (torchmetrics' ``bucketize(right=True) - 1``);
 * with ``count_k`` the (weighted) count of bin ``k``, ``N = Σ count_k`` and
   ``gap_k = |accuracy_k - confidence_k|`` (bin means; an empty bin has gap 0):
@@ -30,6 +31,7 @@ elements weighing its weight). Rows are not renormalized.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Literal, cast
 
@@ -56,11 +58,29 @@ Norm = Literal["l1", "l2", "max"]
 
 @lru_cache(maxsize=32)
 def bin_edges(n_bins: int, dtype: np.dtype[Any]) -> Floats:
-    """``[0, 1/n, ..., 1]`` rounded to ``dtype``, then ``+inf``: bin ``k`` is ``[e_k, e_{k+1})``.
+    """torchmetrics' edges, ``torch.linspace(0, 1, n + 1)`` in ``dtype``, then ``+inf``: bin
+    ``k`` is ``[e_k, e_{k+1})``.
 
-    The last edge being exactly 1, a confidence of 1 falls in bin ``n``.
+    PyTorch's CPU kernel takes ``s = 1 / n`` in the dtype and gives edge ``k`` as ``k s``
+    below the middle (``k < (n + 1) // 2``), ``1 - (n - k) s`` from it, each rounded
+    once to the dtype (its builds for current x86 processors fuse the multiply and the
+    add): not always ``k / n`` rounded (``n = 20``: edge 9 is float32's 0.45000002, not
+    0.45, so a float32 confidence of 0.45 falls in bin 8). The last edge is exactly 1: a
+    confidence of 1 falls in bin ``n``.
     """
-    edges = np.append((np.arange(n_bins + 1) / n_bins).astype(dtype), dtype.type(np.inf))
+    n, half = n_bins, (n_bins + 1) // 2
+    if dtype.itemsize <= 4:
+        # s has 24 significant bits and n - k at most 14: in float64, k s and 1 - (n - k) s
+        # are exact, and one rounding to the dtype is PyTorch's.
+        step = float(dtype.type(1) / dtype.type(n))
+        k = np.arange(n + 1, dtype=np.float64)
+        exact = np.where(k < half, k * step, 1.0 - (n - k) * step)
+        values = exact.astype(dtype)
+    else:
+        # Exact in rationals, then rounded once.
+        s = Fraction(1.0 / n)
+        values = np.array([float(k * s if k < half else 1 - (n - k) * s) for k in range(n + 1)])
+    edges = np.append(values.astype(dtype), dtype.type(np.inf))
     edges.flags.writeable = False
     return edges
 
