@@ -213,6 +213,11 @@ def loss(name: str, document: Any, max_elements: int) -> dict[str, Any]:
     batch = inputs.batch(params["axis"])
     value = registry.compute_loss(spec, batch, params)
     _finite(value, ("body",), f"The {name} loss", batch)
+    weights = inputs.sample_weight
+    if value.ndim == 1 and weights is not None and weights.shape[1:] == (1,):
+        # Keras brings per-sample losses of one axis to weights of shape (n, 1) by adding
+        # one (squeeze_or_expand_to_same_rank): its per-sample answer is (n, 1) then.
+        value = value[:, None]
     found = diagnostics.for_loss(spec, batch, params)
     return {
         "loss": _loss_value(value),

@@ -54,6 +54,39 @@ def test_reduction_none_gives_per_sample_values(client: Any) -> None:
     assert r.json()["loss"] == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("body", "shape"),
+    [
+        # Keras (squeeze_or_expand_to_same_rank) expands per-sample losses of rank 1 to the
+        # weights' (n, 1): SparseCategoricalCrossentropy(reduction="none")(y, p,
+        # sample_weight=[[1.], [2.]]) is [[0.0513], [4.6052]].
+        ({"y_true": [1, 2], "y_pred": [[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]]}, [2, 1]),
+        ({"y_true": [[1], [0]], "y_pred": [[0.8], [0.3]]}, [2, 1]),
+        # Losses of rank 2 (sequences) take (n, t, 1) weights squeezed.
+        ({"y_true": [[1, 0]], "y_pred": [[[0.2, 0.8], [0.6, 0.4]]]}, [1, 2]),
+    ],
+)
+def test_reduction_none_with_a_trailing_weight_axis_has_keras_shape(
+    client: Any, body: dict[str, Any], shape: list[int]
+) -> None:
+    y_pred = np.asarray(body["y_pred"])
+    n_weights = y_pred.shape[:-1] if y_pred.shape[-1] > 1 else y_pred.shape[:1]
+    weights = np.arange(1.0, 1.0 + np.prod(n_weights)).reshape(*n_weights, 1)
+    name = "binary_crossentropy" if y_pred.shape[-1] == 1 else "sparse_categorical_crossentropy"
+    weighted = client.post(
+        f"/v1/losses/{name}",
+        json={**body, "reduction": "none", "sample_weight": weights.tolist()},
+    )
+    assert weighted.status_code == 200, weighted.text
+    flat = client.post(
+        f"/v1/losses/{name}",
+        json={**body, "reduction": "none", "sample_weight": weights[..., 0].tolist()},
+    )
+    got = np.asarray(weighted.json()["loss"])
+    assert list(got.shape) == shape
+    np.testing.assert_array_equal(got.reshape(-1), np.asarray(flat.json()["loss"]).reshape(-1))
+
+
 def test_typed_arrays_are_accepted(client: Any) -> None:
     def typed(a: np.ndarray) -> dict[str, Any]:
         return {"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(a).decode()}
