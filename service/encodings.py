@@ -291,6 +291,23 @@ def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) ->
                 f"single 1 and zeros elsewhere; row {row} does not (its values sum to "
                 f"{float(sums[row]):g}): these labels are {detected}.",
             )
+        if stated == "multi_hot" and detected == "soft":
+            where = _first((dense != 0) & (dense != 1))
+            raise invalid(
+                ("label_encoding",),
+                "`label_encoding` is 'multi_hot', which expects `y_true` to hold 0 and 1 only, "
+                f"but `y_true` is soft: row {where[0]} holds {dense[where].item():g}. Leave "
+                "`label_encoding` out to have it detected (or state 'soft').",
+            )
+    if stated in DENSE and detected == "binary":
+        raise invalid(
+            ("label_encoding",),
+            f"`label_encoding` is '{stated}', but `y_true` against `y_pred` is binary: "
+            "`y_pred` has a class axis of size 1 (or both are 1-D), so each target is one "
+            f"label of its own; {stated.replace('_', '-')} targets go with a `y_pred` of "
+            "more than one column (one per class). Leave `label_encoding` out to have it "
+            "detected.",
+        )
     raise invalid(
         ("label_encoding",),
         f"`label_encoding` is '{stated}', but `y_true` against `y_pred` is {detected}: "

@@ -232,6 +232,41 @@ def test_stated_encoding_that_contradicts_the_labels(
     )
 
 
+@pytest.mark.parametrize(
+    ("y_true", "y_pred", "stated", "words", "not_words"),
+    [
+        (
+            [[0.3, 0.7], [0.5, 0.5]],
+            [[0.6, 0.4], [0.2, 0.8]],
+            "multi_hot",
+            ["expects `y_true` to hold 0 and 1 only", "row 0 holds 0.3", "soft"],
+            ["have `y_pred`'s shape"],
+        ),
+        (
+            [0, 1, 1],
+            [0.2, 0.7, 0.9],
+            "soft",
+            ["binary", "class axis of size 1", "more than one column"],
+            ["have `y_pred`'s shape"],
+        ),
+        (
+            [[1], [0]],
+            [[0.3], [0.4]],
+            "one_hot",
+            ["binary", "class axis of size 1"],
+            ["have `y_pred`'s shape"],
+        ),
+    ],
+)
+def test_a_stated_dense_encoding_is_told_what_differs_not_the_shape(
+    y_true: Any, y_pred: Any, stated: Any, words: list[str], not_words: list[str]
+) -> None:
+    # The labels do have y_pred's shape: the refusal names what is wrong with them.
+    error = fails(lambda: batch(y_true, y_pred, label_encoding=stated), f"'{stated}'", *words)
+    for fragment in not_words:
+        assert fragment not in error.detail
+
+
 # ---- invalid inputs ---------------------------------------------------------------------
 
 
