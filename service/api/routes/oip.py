@@ -12,7 +12,8 @@ timeout, memory budget), but its format is not read from ``Content-Type``: the
 protocol's clients (``tritonclient``) send none. A request with
 ``Inference-Header-Content-Length`` is binary (a JSON header of that many bytes, then the
 tensors); one without is JSON. A ``Content-Type`` other than ``application/json`` or
-``application/octet-stream`` is still a 415.
+``application/octet-stream`` is still a 415 (and ``application/octet-stream`` without the
+header is JSON, as Triton reads it).
 
 Errors on these paths are the protocol's ``{"error": "<message>"}`` (``application/json``),
 with the status codes of ``/v1`` (400, 404, 408, 413, 415, 422, 503...): the protocol's
@@ -352,10 +353,11 @@ async def model_version_ready(name: ModelName, version: Version, request: Reques
 def _body_format(request: Request) -> Literal["json", "binary"]:
     """Binary when the request has ``Inference-Header-Content-Length``, else JSON (a
     ``Content-Type``, if any, must be one the service takes)."""
-    declared = declared_content_type(request)
-    if HEADER_LENGTH_HEADER in request.headers:
-        return "binary"
-    return declared or "json"
+    # Checked whatever the answer: a Content-Type the service does not take is a 415.
+    declared_content_type(request)
+    # As Triton reads a request: without the header the body is all JSON, whatever its
+    # Content-Type says (one holding tensors after its JSON gets a 400 naming the header).
+    return "binary" if HEADER_LENGTH_HEADER in request.headers else "json"
 
 
 def _run(found: oip.Model, raw: RawBody, settings: Settings) -> tuple[bytes, int | None, list[str]]:
