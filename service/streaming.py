@@ -445,9 +445,11 @@ def evaluate_batch(
                 labels = batch.labels
             else:
                 assert batch.dense is not None
-                labels = batch.dense
-                if computed_labels:
-                    labels = labels.astype(batch.y_pred.dtype, copy=False)
+                labels = batch.dense.astype(batch.y_pred.dtype, copy=False)
+                if not computed_labels:
+                    # Created before the setting: its stored hashes were made of the targets
+                    # as they arrived (the batch's float ones are cast since).
+                    labels = np.ascontiguousarray(inputs.y_true).reshape(batch.dense.shape)
             arrays = [("y_pred", batch.y_pred), ("y_true", labels)]
             if batch.sample_weight is not None:
                 arrays.append(("sample_weight", batch.sample_weight))

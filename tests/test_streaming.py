@@ -210,6 +210,26 @@ def test_the_content_hash_of_a_batch_never_changes() -> None:
     assert streaming.evaluate_batch(config, other, None, LIMIT).content_hash != new
 
 
+@pytest.mark.parametrize(
+    "y_true",
+    [
+        [[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]],  # soft targets, read from JSON as float64
+        np.float16([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25]]),
+        [[0, 1, 1], [1, 0, 0]],  # multi-hot, read from JSON as int64
+    ],
+)
+def test_an_evaluation_created_before_label_hash_hashes_targets_as_they_came(y_true: Any) -> None:
+    # Its stored hashes were made of the targets in the dtype they arrived in: a retry of a
+    # batch it accepted must hash to the same bytes (else a 409 for the same content).
+    config, _ = streaming.parse_settings({})
+    legacy = {k: v for k, v in config.items() if k != "label_hash"}
+    y_pred = np.float32([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    got = streaming.evaluate_batch(legacy, {"y_true": y_true, "y_pred": y_pred}, None, LIMIT)
+    arrived = np.asarray(y_true)
+    expected = _framed(xxhash.xxh3_128, [("", {"y_pred": y_pred, "y_true": arrived})])
+    assert got.content_hash == expected
+
+
 def test_dense_labels_are_hashed_in_the_compute_dtype() -> None:
     # Binary, multi-hot and soft targets are hashed as the kernels take them (float32
     # here): JSON 1 and 1.0, and integer, boolean or float arrays of the same targets are
