@@ -268,7 +268,9 @@ def _check_integer_labels(y: NDArray[Any], n_classes: int) -> Indices:
     return y.astype(np.int64, copy=False).reshape(-1)
 
 
-def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) -> Encoding:
+def _check_stated(
+    stated: Encoding, detected: Encoding, dense: Floats | None, sample_shape: tuple[int, ...]
+) -> Encoding:
     if stated == detected:
         return stated
     if dense is not None and stated in DENSE:
@@ -292,18 +294,20 @@ def _check_stated(stated: Encoding, detected: Encoding, dense: Floats | None) ->
                 f"{float(sums[row]):g}): these labels are {detected}.",
             )
         if stated == "multi_hot" and detected == "soft":
-            where = _first((dense != 0) & (dense != 1))
+            row, column = _first((dense != 0) & (dense != 1))
+            sample = tuple(int(i) for i in np.unravel_index(row, sample_shape))
             raise invalid(
                 ("label_encoding",),
                 "`label_encoding` is 'multi_hot', which expects `y_true` to hold 0 and 1 only, "
-                f"but `y_true` is soft: row {where[0]} holds {dense[where].item():g}. Leave "
-                "`label_encoding` out to have it detected (or state 'soft').",
+                f"but `y_true` is soft: sample {_at(sample)} holds "
+                f"{dense[row, column].item():g} for class {column}. Leave `label_encoding` "
+                "out to have it detected (or state 'soft').",
             )
     if stated in DENSE and detected == "binary":
         raise invalid(
             ("label_encoding",),
             f"`label_encoding` is '{stated}', but `y_true` against `y_pred` is binary: "
-            "`y_pred` has a class axis of size 1 (or both are 1-D), so each target is one "
+            "`y_pred` has a class axis of size 1 (or is 1-D), so each target is one "
             f"label of its own; {stated.replace('_', '-')} targets go with a `y_pred` of "
             "more than one column (one per class). Leave `label_encoding` out to have it "
             "detected.",
@@ -417,7 +421,7 @@ def prepare(
             labels = dense.argmax(axis=1).astype(np.int64)
     stated = label_encoding is not None
     if label_encoding is not None:
-        encoding = _check_stated(label_encoding, encoding, dense)
+        encoding = _check_stated(label_encoding, encoding, dense, sample_shape)
         if encoding not in ("sparse", "one_hot"):
             labels = None  # stated multi-hot or soft rows are not class indices
     weights: Floats | None = None

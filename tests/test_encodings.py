@@ -239,8 +239,16 @@ def test_stated_encoding_that_contradicts_the_labels(
             [[0.3, 0.7], [0.5, 0.5]],
             [[0.6, 0.4], [0.2, 0.8]],
             "multi_hot",
-            ["expects `y_true` to hold 0 and 1 only", "row 0 holds 0.3", "soft"],
+            ["expects `y_true` to hold 0 and 1 only", "sample [0] holds 0.3 for class 0", "soft"],
             ["have `y_pred`'s shape"],
+        ),
+        (
+            # A sequence batch: the sample is named by its place, not a flattened row.
+            [[[0, 1], [1, 0]], [[0, 1], [0.3, 0.7]]],
+            [[[0.5, 0.5]] * 2] * 2,
+            "multi_hot",
+            ["sample [1, 1] holds 0.3 for class 0"],
+            ["row"],
         ),
         (
             [0, 1, 1],

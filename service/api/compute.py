@@ -129,7 +129,9 @@ def _array_info(value: Any, max_elements: int) -> Iterator[ArrayInfo]:
         dtype, shape = value.get("dtype"), value.get("shape")
         if dtype in DTYPES and isinstance(shape, list) and all(type(d) is int for d in shape):
             n = math.prod(shape)
-            if 0 <= n <= max_elements:
+            # An empty array costs nothing (and is refused when decoded); its first
+            # dimension, maybe 2**62, is no count of rows.
+            if 0 < n <= max_elements:
                 rows = shape[0] if shape else 1
                 yield ArrayInfo(n, rows, np.dtype(dtype))
 
