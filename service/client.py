@@ -1303,6 +1303,11 @@ def _batch_body(
             raise ValueError("a batch is either y_true/y_pred/sample_weight or `outputs`")
         heads: dict[str, Any] = {}
         for head, arrays in outputs.items():
+            if not isinstance(arrays, Mapping):
+                raise TypeError(
+                    f"head {head!r} of a batch is a mapping of {', '.join(ARRAY_FIELDS)} (its "
+                    f"arrays by name); received {type(arrays).__name__}"
+                )
             unknown = sorted(set(arrays) - set(ARRAY_FIELDS))
             if unknown:
                 raise TypeError(

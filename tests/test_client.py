@@ -1385,6 +1385,17 @@ def test_several_heads(stream_url: str) -> None:
         _ = got.losses
 
 
+def test_a_head_given_as_a_tuple_is_told_the_form_it_takes(stream_url: str) -> None:
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(outputs={"a": {}})
+        with pytest.raises(
+            TypeError,
+            match=r"head 'a' of a batch is a mapping of y_true, "
+            r"y_pred, sample_weight \(its arrays by name\); received tuple",
+        ):
+            evaluation.add(outputs={"a": (np.array([0]), np.array([[0.6, 0.4]]))})  # type: ignore[dict-item]
+
+
 def test_async_streaming_evaluation(tmp_path: Path) -> None:
     front = Interpose(create_app(Settings(data_dir=tmp_path)), headers={"Retry-After": "0"})
     y_true, y_pred, _ = stream_data(120)
