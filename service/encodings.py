@@ -340,7 +340,12 @@ def align_sample_weight(sample_weight: NDArray[Any], target: tuple[int, ...]) ->
     if not fits:
         expected = f"{_shape(target[:1])} (one weight per sample)"
         if len(target) > 1:
-            expected += f" or {_shape(target)} (one per loss value)"
+            expected += (
+                f" or {_shape(target)} (one per loss value), or either with a trailing axis "
+                f"of 1 ({_shape((*target[:1], 1))}, {_shape((*target, 1))})"
+            )
+        else:
+            expected += f", or {_shape((*target, 1))}"
         raise invalid(
             ("sample_weight",),
             f"`sample_weight` does not fit the batch: expected shape {expected}, received "

@@ -518,6 +518,21 @@ def test_sample_weight_shapes(weights: np.ndarray, received: str) -> None:
     )
 
 
+def test_sample_weight_shapes_name_every_shape_taken() -> None:
+    # (n, t) losses take (n,), (n, t), and either with a trailing axis of 1.
+    sequences = np.full((2, 4, 3), 1 / 3, np.float32)
+    fails(
+        lambda: batch(np.zeros((2, 4)), sequences, sample_weight=np.ones((2, 4, 2))),
+        "expected shape (2,) (one weight per sample) or (2, 4) (one per loss value), or "
+        "either with a trailing axis of 1 ((2, 1), (2, 4, 1))",
+        "received (2, 4, 2)",
+    )
+    fails(
+        lambda: batch([1, 0], P3, sample_weight=np.ones((2, 2))),
+        "expected shape (2,) (one weight per sample), or (2, 1)",
+    )
+
+
 def test_sample_weight_shapes_accepted() -> None:
     for weights in (np.ones(2), np.ones((2, 1)), np.array(2.0)):
         b = batch([1, 0], P3, sample_weight=weights)
