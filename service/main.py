@@ -53,6 +53,7 @@ from service.errors import (
 )
 from service.infra import requestid
 from service.infra.middleware import with_head
+from service.problems import under_protocol
 from service.settings import Settings
 from service.storage import UNAVAILABLE, unavailable
 
@@ -168,8 +169,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             error = MalformedRequest.at(("request",), str(exc.detail))
         # The protocol's clients read {"error"} from any answer under /v2.
-        protocol = path == "/v2" or path.startswith("/v2/")
-        response = oip.error_response(error) if protocol else problem_response(error, path)
+        response = (
+            oip.error_response(error) if under_protocol(path) else problem_response(error, path)
+        )
         if exc.headers:
             response.headers.update(exc.headers)
         return response

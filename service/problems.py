@@ -12,6 +12,15 @@ from starlette.responses import Response
 
 from service.errors import PROBLEM_CONTENT_TYPE, ServiceError, ServiceUnavailable, problem
 
+#: Where the Open Inference Protocol's paths start: their errors are its ``{"error"}``.
+PROTOCOL_PREFIX = "/v2"
+
+
+def under_protocol(path: str) -> bool:
+    """Whether ``path`` is the protocol's (``/v2`` or below)."""
+    return path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/")
+
+
 #: Answers after which the connection is closed: the rest of the request may never come.
 _CLOSING = frozenset({408, 413, 431})
 

@@ -445,8 +445,9 @@ def evaluate_batch(
                 labels = batch.labels
             else:
                 assert batch.dense is not None
-                labels = batch.dense.astype(batch.y_pred.dtype, copy=False)
-                if not computed_labels:
+                if computed_labels:
+                    labels = batch.dense.astype(batch.y_pred.dtype, copy=False)
+                else:
                     # Created before the setting: its stored hashes were made of the targets
                     # as they arrived (the batch's float ones are cast since).
                     labels = np.ascontiguousarray(inputs.y_true).reshape(batch.dense.shape)

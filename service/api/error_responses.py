@@ -46,6 +46,7 @@ from service.errors import (
 )
 from service.infra.auth import CHALLENGE, is_protected
 from service.infra.middleware import with_head
+from service.problems import under_protocol
 
 _CONTENT = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
@@ -295,7 +296,7 @@ def document_errors(spec: dict[str, Any]) -> None:
     """Set the error responses of every operation outside ``/v2``: those it can answer,
     each described for it, with the headers sent along and an example."""
     for path, item in spec["paths"].items():
-        if path == "/v2" or path.startswith("/v2/"):
+        if under_protocol(path):
             continue  # the protocol's own error shape (service.api.routes.oip)
         methods = [m for m, op in item.items() if isinstance(op, dict) and "operationId" in op]
         # What the service says: every method the path takes, HEAD wherever GET is

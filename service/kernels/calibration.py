@@ -74,8 +74,7 @@ def bin_edges(n_bins: int, dtype: np.dtype[Any]) -> Floats:
         # are exact, and one rounding to the dtype is PyTorch's.
         step = float(dtype.type(1) / dtype.type(n))
         k = np.arange(n + 1, dtype=np.float64)
-        exact = np.where(k < half, k * step, 1.0 - (n - k) * step)
-        values = exact.astype(dtype)
+        values = np.where(k < half, k * step, 1.0 - (n - k) * step)
     else:
         # Exact in rationals, then rounded once.
         s = Fraction(1.0 / n)

@@ -59,6 +59,7 @@ from service.errors import (
 )
 from service.infra.auth import CHALLENGE, Keys
 from service.infra.prometheus import record_warnings
+from service.problems import PROTOCOL_PREFIX
 from service.settings import Settings
 from service.wire import HEADER_LENGTH_HEADER
 
@@ -109,7 +110,7 @@ class ProtocolRoute(APIRoute):
         return answer
 
 
-router = APIRouter(prefix="/v2", tags=["oip"], route_class=ProtocolRoute)
+router = APIRouter(prefix=PROTOCOL_PREFIX, tags=["oip"], route_class=ProtocolRoute)
 
 
 # ---- the spec's models ------------------------------------------------------------------
