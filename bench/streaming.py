@@ -11,6 +11,9 @@ and prints, in one run:
   ≤ 1.3×), over 400 rounds of a running service, after ``FIRST_ROUNDS`` rounds right
   after its start, whose ratio is shown too (on SQLite, their commits also grow the
   write-ahead log file: see ``FIRST_ROUNDS``);
+- the same rounds on the service with its storing cut down (:mod:`bench.floor`):
+  nothing stored, and one row committed with nothing else kept (the least a durable
+  acknowledgement costs);
 - ``GET /v1/evaluations/{id}`` of an evaluation holding ``--batches`` batches (small
   ones, 8×10): its median time (target ≤ 20 ms);
 - the server's RSS after the first 500 of those batches and after all of them: growth
@@ -61,17 +64,24 @@ def rss(pid: int) -> int:
 
 @contextmanager
 def service(
-    url: str | None, data_dir: Path, settings: dict[str, str] | None = None
+    url: str | None,
+    data_dir: Path,
+    settings: dict[str, str] | None = None,
+    floor: str | None = None,
 ) -> Iterator[tuple[str, int]]:
     """``loss-service serve`` (one worker) on ``data_dir`` (or PostgreSQL at ``url``), with
-    the defaults but ``settings`` (environment variables); its URL and process id."""
+    the defaults but ``settings`` (environment variables); its URL and process id.
+    ``floor``: the service with a PUT's storing cut down (see :mod:`bench.floor`)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOSS_SERVICE_")}
     env.update(settings or {})
     env["LOSS_SERVICE_DATA_DIR"] = str(data_dir)
     if url:
         env["LOSS_SERVICE_DATABASE_URL"] = url
-    command = [venv_script("loss-service"), "serve", "--port", str(port), "--log-level", "warning"]
+    program = [venv_script("loss-service")]
+    if floor is not None:
+        program = [sys.executable, "-m", "bench.floor", floor]
+    command = [*program, "serve", "--port", str(port), "--log-level", "warning"]
     with serve(command, port, probe="/healthz", env=env, timeout=60) as server:
         yield server.url, server.pid
 
@@ -360,6 +370,16 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
         "one-row commit ms | commit / evaluate |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    floors = [
+        "",
+        "Where a PUT's time over evaluate's goes: PUT / evaluate of the same batch and rounds",
+        "with the service's storing cut down (see bench/floor.py): nothing stored; one row",
+        "(a number and the batch's hash) committed, the least a durable acknowledgement",
+        "costs, and nothing else kept; the service (from the first table).",
+        "",
+        "| storage | nothing stored | one-row commit only | the service |",
+        "|---|---:|---:|---:|",
+    ]
     small = [
         "",
         "Small batches (32×10 JSON), "
@@ -385,6 +405,15 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
                 (put, post), started = put_against_evaluate(base, rounds, first)
                 get, early, late = many_batches(base, pid, n)
                 puts, posts, counted = small_throughput(base, seconds)
+            cut: list[float] = []
+            for floor in ("skip", "row"):
+                with (
+                    tempfile.TemporaryDirectory() as tmp,
+                    service(url, Path(tmp) / "data", floor=floor) as (floor_base, _),
+                ):
+                    (floor_put, floor_post), _ = put_against_evaluate(floor_base, rounds, first)
+                    cut.append(floor_put / floor_post)
+            floors.append(f"| {name} | {cut[0]:.2f}× | {cut[1]:.2f}× | {put / post:.2f}× |")
             with tempfile.TemporaryDirectory() as tmp:
                 store_first, store = store_alone(url, Path(tmp), post / 1000, rounds, first)
             with tempfile.TemporaryDirectory() as tmp:
@@ -408,7 +437,7 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
                 f"{puts.requests_per_s / posts.requests_per_s:.2f}× | {p99} | "
                 f"{puts.errors + posts.errors} |"
             )
-    return "\n".join(lines + alone + small)
+    return "\n".join(lines + floors + alone + small)
 
 
 def main() -> int:
