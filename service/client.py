@@ -1270,11 +1270,33 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
+def _canonical(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` in one order whatever order it was given in: its heads by name, and each
+    head's (or the body's) arrays as ``y_true``, ``y_pred``, ``sample_weight``. The service
+    takes the heads and fields of a body in any order as the same batch, so its id must
+    not depend on them (a dict of heads built from a set changes order between runs)."""
+
+    def fields(part: Mapping[str, Any]) -> dict[str, Any]:
+        ordered = {key: part[key] for key in ARRAY_FIELDS if key in part}
+        ordered.update((key, value) for key, value in part.items() if key not in ordered)
+        return ordered
+
+    outputs = body.get("outputs")
+    if not isinstance(outputs, Mapping):
+        return fields(body)
+    heads = {
+        name: fields(outputs[name]) if isinstance(outputs[name], Mapping) else outputs[name]
+        for name in sorted(outputs, key=str)
+    }
+    return {**body, "outputs": heads}
+
+
 def content_digest(body: Mapping[str, Any]) -> str:
     """A digest of a batch body's content: its arrays as sent (dtype, shape, bytes) and
-    its structure (heads, fields), so the same batch gives the same digest in any run.
-    The dtypes count: ids made by earlier versions stay the ids of the same arrays, so a
-    job rerun after an upgrade is still idempotent (a rerun must send the same dtypes)."""
+    its structure (heads, fields; in no particular order: see :func:`_canonical`), so the
+    same batch gives the same digest in any run. The dtypes count: ids made by earlier
+    versions stay the ids of the same arrays, so a job rerun after an upgrade is still
+    idempotent (a rerun must send the same dtypes)."""
     digest = hashlib.sha256()
 
     def absorb(a: NDArray[Any]) -> dict[str, Any]:
@@ -1282,7 +1304,7 @@ def content_digest(body: Mapping[str, Any]) -> str:
         digest.update(_raw_bytes(a))
         return {"dtype": a.dtype.str, "shape": list(a.shape)}
 
-    digest.update(_dumps(_replace_arrays(dict(body), absorb)))
+    digest.update(_dumps(_replace_arrays(_canonical(body), absorb)))
     return digest.hexdigest()[:_DIGEST_CHARS]
 
 

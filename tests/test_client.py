@@ -1385,6 +1385,41 @@ def test_several_heads(stream_url: str) -> None:
         _ = got.losses
 
 
+def test_a_rerun_that_lists_heads_or_arrays_in_another_order_counts_nothing_twice(
+    stream_url: str,
+) -> None:
+    """The service takes a batch's heads and fields in any order as the same batch: its id
+    does not depend on them either (a dict of heads built from a set changes order from
+    run to run), so a rerun so written is counted once."""
+    rng = np.random.default_rng(3)
+    a_true, a_pred = rng.integers(0, 3, 20), rng.dirichlet(np.ones(3), 20).astype(np.float32)
+    b_true, b_pred = rng.integers(0, 4, 20), rng.dirichlet(np.ones(4), 20).astype(np.float32)
+    with LossClient(stream_url) as client:
+        evaluation = client.evaluation(outputs={"a": {}, "b": {}})
+        first = evaluation.feed(
+            outputs={
+                "a": {"y_true": a_true, "y_pred": a_pred},
+                "b": {"y_true": b_true, "y_pred": b_pred},
+            },
+            batch_size=10,
+        )
+        rerun = client.open_evaluation(evaluation.id).feed(
+            outputs={
+                "b": {"y_true": b_true, "y_pred": b_pred},
+                "a": {"y_pred": a_pred, "y_true": a_true},
+            },
+            batch_size=10,
+        )
+        assert evaluation.results().n_batches == 2
+    assert [r.batch_id for r in rerun] == [r.batch_id for r in first]
+    assert [r.created for r in rerun] == [False, False]
+    # A body of one head keeps the id every version gave it.
+    arrays = {"y_true": a_true[:2], "y_pred": a_pred[:2]}
+    assert content_digest({"y_pred": arrays["y_pred"], "y_true": arrays["y_true"]}) == (
+        content_digest(arrays)
+    )
+
+
 def test_a_head_given_as_a_tuple_is_told_the_form_it_takes(stream_url: str) -> None:
     with LossClient(stream_url) as client:
         evaluation = client.evaluation(outputs={"a": {}})
