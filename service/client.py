@@ -1362,14 +1362,21 @@ def _batch_of(item: Any) -> dict[str, Any]:
     )
 
 
+def _one_weight(key: str, value: Any) -> bool:
+    """Whether ``value`` is a ``sample_weight`` of one element (a number, ``[w]``...),
+    which the service applies to every row: each part of a split batch takes it whole."""
+    return key == "sample_weight" and isinstance(value, np.ndarray) and value.size == 1
+
+
 def _rows(body: Mapping[str, Any]) -> int | None:
-    """The number of rows every array of a (normalized) batch body has, or None when they
-    differ or an array is not one (nothing to split along)."""
+    """The number of rows every array of a (normalized) batch body has (a weight of one
+    element aside), or None when they differ or an array is not one (nothing to split
+    along)."""
     counts = set()
     for fields in _arrays_of(body):
         for key in ARRAY_FIELDS:
             value = fields.get(key)
-            if value is None:
+            if value is None or _one_weight(key, value):
                 continue
             if not isinstance(value, np.ndarray) or value.ndim == 0:
                 return None
@@ -1387,14 +1394,24 @@ def _split(body: dict[str, Any], parts: int) -> list[dict[str, Any]] | None:
     parts = min(parts, rows)
     size, extra = divmod(rows, parts)
     bounds = [k * size + min(k, extra) for k in range(parts + 1)]
-    return [_replace_arrays(normalized, _rows_of(lo, hi)) for lo, hi in pairwise(bounds)]
+    return [_rows_of(normalized, lo, hi) for lo, hi in pairwise(bounds)]
 
 
-def _rows_of(lo: int, hi: int) -> Callable[[NDArray[Any]], NDArray[Any]]:
-    def rows(a: NDArray[Any]) -> NDArray[Any]:
-        return a[lo:hi]
+def _rows_of(body: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    """Rows ``lo`` to ``hi`` of a normalized batch body (a weight of one element whole)."""
 
-    return rows
+    def part(fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            key: value[lo:hi]
+            if key in ARRAY_FIELDS and value is not None and not _one_weight(key, value)
+            else value
+            for key, value in fields.items()
+        }
+
+    outputs = body.get("outputs")
+    if isinstance(outputs, Mapping):
+        return {**body, "outputs": {name: part(head) for name, head in outputs.items()}}
+    return part(body)
 
 
 _BODY_LIMIT: Final = re.compile(r"request body is over the limit of (\d+) bytes", re.IGNORECASE)
@@ -1438,10 +1455,8 @@ class _BodyLimit:
         """What to send after a 413 to a batch sent as ``call``: the batch again in the
         binary encoding when it was not sent in it, else its parts (None: not a 413, or
         splitting rows cannot help)."""
-        if error.status != 413:
+        if error.status != 413 or not _fewer_rows_help(error):
             return None
-        if any(e.get("loc") == ["outputs"] for e in error.errors):
-            return None  # too many heads: rows are not the problem
         whole = _BODY_LIMIT.search(error.detail)
         if whole is not None:
             learned = int(whole.group(1))
@@ -1451,6 +1466,24 @@ class _BodyLimit:
         named = _BYTES_LIMIT.search(error.detail)
         limit = int(named.group(1)) if named is not None else None
         return _split(body, max(2, -(-_binary_size_of(body, call) // limit)) if limit else 2)
+
+
+def _size_loc(loc: Any) -> bool:
+    """Whether a 413's ``loc`` is the body or one of its arrays (of the body, or a head's)."""
+    if not isinstance(loc, list) or not loc:
+        return False
+    if loc == ["body"] or loc[0] in ARRAY_FIELDS:
+        return True
+    return loc[0] == "outputs" and len(loc) >= 3 and loc[2] in ARRAY_FIELDS
+
+
+def _fewer_rows_help(error: LossServiceError) -> bool:
+    """Whether a 413 is about the batch's size (its body, an array's elements, the working
+    memory its rows take), which fewer rows cure; not about the number of heads or
+    entries, nor the AUC and confusion counts (thresholds and columns make those, not
+    rows). A 413 that names nothing (a proxy's) is taken as about size."""
+    locs = [e.get("loc") for e in error.errors if isinstance(e, Mapping)]
+    return all(_size_loc(loc) for loc in locs)
 
 
 def _binary_size_of(body: dict[str, Any], call: _Call[Any]) -> int:

@@ -1095,6 +1095,46 @@ def test_a_batch_over_the_body_limit_is_split_into_parts(
     assert_same_as_evaluate(got, sync_client.evaluate(y_true, y_pred, weights, **STREAM_SETTINGS))
 
 
+@pytest.mark.parametrize("weight", [2.0, [2.0], [[2.0]]], ids=["number", "(1,)", "(1,1)"])
+def test_a_weight_of_one_element_goes_whole_with_each_part(
+    tmp_path: Path, sync_client: LossClient, weight: Any
+) -> None:
+    """The service applies a ``sample_weight`` of one element to every row: a batch that
+    has one is split as any other, each part taking the weight whole."""
+    y_true, y_pred, _ = stream_data(3000, seed=5)
+    app = create_app(Settings(data_dir=tmp_path, max_body_bytes=20_000))
+    with serve_in_thread(app) as url, LossClient(url) as client:
+        evaluation = client.evaluation(**STREAM_SETTINGS)
+        result = evaluation.add(y_true, y_pred, np.array(weight), batch_id="big")
+        got = evaluation.results()
+    assert len(result.parts) > 1 and sum(p.n_samples for p in result.parts) == 3000
+    assert (got.n_batches, got.n_samples) == (len(result.parts), 3000)
+    everything = sync_client.evaluate(y_true, y_pred, np.array(weight), **STREAM_SETTINGS)
+    assert_same_as_evaluate(got, everything)
+
+
+def test_a_413_that_fewer_rows_cannot_cure_is_not_split(tmp_path: Path) -> None:
+    """AUC with many thresholds over many columns keeps more counts than the service's
+    limit whatever the rows: the batch is refused once, with the service's words, not
+    sent again in ever smaller parts."""
+    rng = np.random.default_rng(2)
+    y_true = (rng.random((400, 50)) < 0.3).astype(np.float32)
+    y_pred = rng.random((400, 50)).astype(np.float32)
+    statuses = Statuses()
+    app = create_app(Settings(data_dir=tmp_path))
+    auc = {"name": "auc", "num_thresholds": 100_000, "multi_label": True}
+    with (
+        serve_in_thread(app) as url,
+        LossClient(url, event_hooks={"response": [statuses]}) as client,
+    ):
+        evaluation = client.evaluation(metrics=[auc], label_encoding="multi_hot")
+        with pytest.raises(PayloadTooLargeError) as refused:
+            evaluation.add(y_true, y_pred, batch_id="wide")
+    assert "thresholds" in refused.value.detail
+    assert not getattr(refused.value, "__notes__", [])
+    assert [s for m, s in statuses.seen if m == "PUT"] == [413]
+
+
 def test_a_refused_part_says_its_rows_and_the_parts_stored(tmp_path: Path) -> None:
     y_true, y_pred, weights = stream_data(3000, seed=5)
     y_pred = y_pred.copy()
