@@ -7,10 +7,11 @@ import contextlib
 import hashlib
 import json
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,26 @@ def test_totals_are_exact_and_do_not_depend_on_the_order_of_batches(store: Store
     rebuilt = store.rebuild_totals(OWNER, backward.id)
     assert rebuilt is not None and rebuilt.evaluation.n_batches == 12
     assert all(bits(rebuilt.values[n]) == bits(a.values[n]) for n in a.values)
+
+
+def test_an_evaluation_is_stamped_once_it_holds_the_write_lock(tmp_path: Path) -> None:
+    """SQLite: an evaluation created while another writer holds the lock is stamped when
+    it gets the lock, so that the list's order (newest first, as stored) is also that of
+    ``created_at`` for evaluations created at once."""
+    store = Store.open(None, tmp_path / "data", clock=lambda: datetime.now(UTC))
+    blocker = sqlite3.connect(tmp_path / "data" / "evaluations.sqlite3", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with ThreadPoolExecutor(1) as pool:
+            creating = pool.submit(store.create_evaluation, OWNER, {}, {})
+            time.sleep(0.3)
+            released = datetime.now(UTC)
+            blocker.execute("COMMIT")
+            created = creating.result(timeout=30)
+    finally:
+        blocker.close()
+        store.dispose()
+    assert created.created_at >= released
 
 
 def test_evaluations_are_listed_newest_first_a_page_at_a_time(store: Store, clock: Clock) -> None:

@@ -180,14 +180,15 @@ class Store:
     def create_evaluation(
         self, owner: str | None, config: Mapping[str, Any], metadata: Mapping[str, Any]
     ) -> EvaluationRow:
-        """A new, open evaluation with no batches, under a new unguessable id."""
-        now = self._clock()
+        """A new, open evaluation with no batches, under a new unguessable id.
+
+        Stamped in its transaction (on SQLite, which takes the write lock up front, once
+        it holds the lock): evaluations created at once are listed newest first by their
+        ``created_at`` too, not only by the order they were stored in."""
         values = {
             "id": new_id(),
             "owner": owner_key(owner),
             "status": "open",
-            "created_at": now,
-            "updated_at": now,
             "n_batches": 0,
             "n_samples": 0,
             "config": _json(config, "configuration"),
@@ -197,6 +198,8 @@ class Store:
             "totals": encode_totals(ExactTotals()),
         }
         with self._writer.begin() as connection:
+            now = self._clock()
+            values.update(created_at=now, updated_at=now)
             connection.execute(evaluations.insert().values(values))
         return evaluation_row(values)
 
