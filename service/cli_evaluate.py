@@ -651,6 +651,12 @@ def check_service_options(url: str, api_key: str | None) -> None:
         raise UsageError(f"--url {url!r}: not an http:// or https:// URL with a host; {example}")
     if parsed.port is not None and not 0 < parsed.port <= 65535:
         raise UsageError(f"--url {url!r}: port {parsed.port} is not 1 to 65535; {example}")
+    if api_key is not None and (parsed.username or parsed.password):
+        raise UsageError(
+            f"--url {parsed.copy_with(username=None, password=None)} with a user or password, "
+            "and --api-key: both go in the Authorization header, which takes one; give "
+            "--api-key with a --url without credentials"
+        )
     if api_key is not None and TOKEN.fullmatch(api_key) is None:
         # The key itself is not quoted back: it is a secret.
         raise UsageError(
@@ -659,8 +665,9 @@ def check_service_options(url: str, api_key: str | None) -> None:
         )
 
 
-def _unlike_the_service(url: str, response: httpx.Response) -> EvaluationError:
-    """The error for an answer that is not the service's (an HTML page, another API)."""
+def _unlike_the_service(url: str, response: httpx.Response, resume: str = "") -> EvaluationError:
+    """The error for an answer that is not the service's (an HTML page, another API);
+    ``resume``: how to finish the evaluation it interrupted, if any."""
     media_type = response.headers.get("content-type", "").partition(";")[0].strip()
     request = response.request
     expected = (
@@ -672,7 +679,7 @@ def _unlike_the_service(url: str, response: httpx.Response) -> EvaluationError:
     return EvaluationError(
         f"the server at {url} did not answer like the loss service ({request.method} "
         f"{request.url.path}: {response.status_code} {response.reason_phrase}, "
-        f"{media_type or 'no content type'}); {expected}"
+        f"{media_type or 'no content type'}); {expected}" + (f";{resume}" if resume else "")
     )
 
 
@@ -708,9 +715,19 @@ def evaluate_remotely(
         rows += n
         on_rows(n)
 
+    def resume() -> str:
+        """How to finish an evaluation whose batches stopped part way ("" before one)."""
+        if feeding is None:
+            return ""
+        return (
+            f" evaluation {feeding} holds the {batches} batch(es) accepted so far ({rows} of "
+            f"{total} rows); --evaluation {feeding} sends every batch again, and those "
+            "count once."
+        )
+
     try:
-        # Binary batches: the service computes on the very values read here (JSON lists
-        # would carry float32 values as their shortest decimals), as the local mode does.
+        # Binary batches: the smallest bodies of float arrays; the service computes on the
+        # very values read here, as the local mode does.
         with LossClient(
             args.url,
             api_key=args.api_key,
@@ -736,12 +753,19 @@ def evaluate_remotely(
             return evaluation.results().document, str(shown)
     except LossServiceError as error:
         if answers and not json_answer():
-            raise _unlike_the_service(args.url, answers[-1]) from None
+            raise _unlike_the_service(args.url, answers[-1], resume()) from None
         message = f"the service answered {error}"
         if feeding is not None:
             last = min(rows + args.batch_size, total) - 1
-            parts = getattr(error, "__notes__", ())
-            message += f" (batch {batches + 1}, rows {rows} to {last})."
+            message += f" (batch {batches + 1}, rows {rows} to {last}"
+            if error.part_start is not None:
+                # Split over the body limit: the service saw a part, and its indices count
+                # from the part's first row.
+                message += (
+                    f"; sent in parts under the body limit, the refused part starting at row "
+                    f"{rows + error.part_start}, from which the answer's indices count"
+                )
+            message += ")."
             family = re.search(r"the batch's labels are (\w+)", str(error))
             if family is not None and "fixed by its first batch" in str(error):
                 # The evaluation's label family is fixed: no corrected rerun into it fits.
@@ -751,7 +775,7 @@ def evaluate_remotely(
                     f"(without --evaluation), stating --label-encoding {family.group(1)} "
                     "if that is the labels' encoding."
                 )
-            elif parts:
+            elif error.parts_stored:
                 # Parts of the refused batch are stored under its content's id: the
                 # corrected batch has another, and a rerun into it would count them again.
                 message += (
@@ -777,20 +801,17 @@ def evaluate_remotely(
     except KeyboardInterrupt:
         if feeding is None:
             raise
-        raise Interrupted(
-            f"interrupted: evaluation {feeding} holds the {batches} batch(es) accepted so "
-            f"far ({rows} of {total} rows); --evaluation {feeding} sends every batch "
-            "again, and those count once."
-        ) from None
+        raise Interrupted("interrupted:" + resume()) from None
     except (ValueError, KeyError, TypeError):
         # A success whose body is not JSON (orjson's error is a ValueError), or JSON that
         # is not the service's document (a field of another type: a date that is not one).
         if not answers or not answers[-1].is_success:
             raise
-        raise _unlike_the_service(args.url, answers[-1]) from None
+        raise _unlike_the_service(args.url, answers[-1], resume()) from None
     except httpx.HTTPError as error:
         raise EvaluationError(
             f"cannot reach the service at {args.url}: {error or type(error).__name__}"
+            + (f";{resume()}" if feeding is not None else "")
         ) from None
 
 

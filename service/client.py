@@ -25,10 +25,10 @@ JSON lists. ``encoding`` forces one form: ``"json"`` (nested lists), ``"typed"``
 body whose arrays hold one is sent typed instead of as lists, so that the service sees
 the value and answers with its 422 naming the field and the index.
 
-JSON lists carry a float32 array's values in their shortest decimal form, which the
-service reads back to the same float32 values; with ``dtype="float64"`` the service
-computes on those decimals, so send ``encoding="binary"`` (or ``"typed"``) to have it
-compute on the exact float32 values.
+JSON lists carry each value of a float32 (or float16) array as the float64 equal to it
+(``0.699999988079071``, not ``0.7``), so that an evaluation with ``dtype="float64"``
+computes on the very values the binary encoding carries, and a batch sent again in
+another encoding is the same batch.
 
 The parameters of a loss, a metric or an evaluate call are keyword arguments, typed by
 :class:`LossParams`, :class:`MetricParams` and :class:`EvaluateParams`; one they do not
@@ -397,6 +397,13 @@ class LossServiceError(Exception):
     the whole document (for a response that was not problem+json, one made from
     the status line and the body's text).
     """
+
+    #: For a part of a batch split over the body limit: the row of the whole batch the
+    #: refused part starts at (an index in ``detail`` counts from it); else ``None``.
+    part_start: int | None = None
+    #: For a part of a split batch: the ids of the batch's parts the evaluation holds
+    #: already (stored before this one was refused).
+    parts_stored: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -771,6 +778,15 @@ def _client_options(
 ) -> dict[str, Any]:
     headers = {"Accept": "application/json"}
     if api_key is not None:
+        url = httpx.URL(base_url)
+        if url.username or url.password:
+            # httpx sends a URL's user and password as Basic authorization, in place of the
+            # key's Bearer one: the service would never see the key.
+            raise ValueError(
+                "an api_key and a base_url with a user or password both go in the "
+                "Authorization header, which takes one: give the key alone, with a base_url "
+                "without credentials"
+            )
         headers["Authorization"] = f"Bearer {api_key}"
     return {"base_url": base_url, "headers": headers, "timeout": timeout}
 
@@ -1075,6 +1091,9 @@ def _part_refused(
     for part in parts:
         starts.append(starts[-1] + (_rows(part) or 0))
     kept = ", ".join(repr(stored[j].batch_id) for j in sorted(stored)) or "none"
+    # A part of a part: its rows are counted from the part's start, which this adds.
+    error.part_start = (error.part_start or 0) + starts[k]
+    error.parts_stored = (*(stored[j].batch_id for j in sorted(stored)), *error.parts_stored)
     if stored and len(_arrays_of(parts[k])) > 1 and "fixed by its first batch" in str(error):
         # The part sent first had the most general labels summed over the heads, not for
         # each head: one head's soft or multi-hot rows were in another part.
@@ -1714,11 +1733,12 @@ class LossClient:
     """A blocking client of the loss service.
 
     ``transport`` replaces httpx's network transport (``httpx.MockTransport`` in tests);
-    ``api_key`` is sent as ``Authorization: Bearer <key>``. ``retry`` says how a streaming
-    evaluation's requests are retried (None: sent once; the one-batch calls ``loss``,
-    ``metric`` and ``evaluate`` are always sent once); ``max_body_bytes`` is the service's
-    body limit, when known, so that larger batches are split before they are sent (else
-    it is learned from the first 413).
+    ``api_key`` is sent as ``Authorization: Bearer <key>`` (a ``base_url`` with a user
+    or password, which httpx would send in that header instead, is refused with it).
+    ``retry`` says how a streaming evaluation's requests are retried (None: sent once; the
+    one-batch calls ``loss``, ``metric`` and ``evaluate`` are always sent once);
+    ``max_body_bytes`` is the service's body limit, when known, so that larger batches are
+    split before they are sent (else it is learned from the first 413).
     """
 
     def __init__(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -421,12 +422,35 @@ def test_a_split_batch_refused_in_part_asks_for_a_new_evaluation(
     argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
     with serve_in_thread(app) as small:
         code, _, err = evaluate(capsys, *argv, "--url", small)
-    assert code == 1 and "(batch 5, rows 400 to 499)" in err
+    assert code == 1 and "(batch 5, rows 400 to 499; sent in parts" in err
+    # The service's index counts from the refused part's first row, which is named.
+    (start,) = re.findall(r"the refused part starting at row (\d+)", err)
+    (index,) = re.findall(r"index \[(\d+), 1\]", err)
+    assert int(start) + int(index) == 450
     assert "part of it is stored in evaluation" in err
     assert "run again into a new evaluation (without --evaluation)" in err
     assert "--evaluation " not in err.split("part of it is stored")[1].replace(
         "(without --evaluation)", ""
     )
+
+
+def test_a_split_batch_refused_in_its_first_part_stored_nothing_of_it(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No part of the refused batch is stored: the evaluation takes the corrected data
+    again (--evaluation), its accepted batches counted once."""
+    broken = tmp_path / "nan.npy"
+    y_pred = Y_PRED.copy()
+    y_pred[405, 1] = np.nan  # the first part of the last batch
+    np.save(broken, y_pred)
+    app = create_app(Settings(data_dir=tmp_path / "data", max_body_bytes=1500))
+    argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
+    with serve_in_thread(app) as small:
+        code, _, err = evaluate(capsys, *argv, "--url", small)
+    assert code == 1 and "the refused part starting at row 400" in err
+    assert "index [5, 1]" in err
+    assert "part of it is stored" not in err
+    assert "holds the 4 batch(es) accepted before it" in err and "--evaluation " in err
 
 
 class _ResultsGone:
@@ -735,6 +759,45 @@ def test_ctrl_c_says_what_was_stored_and_exits_130(
     assert "interrupted: evaluation " in err
     assert "holds the 2 batch(es) accepted so far (200 of" in err
     assert "--evaluation " in err and "sends every batch again" in err
+
+
+def test_a_connection_lost_part_way_names_the_evaluation_to_finish(
+    url: str,
+    files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service unreachable after some batches (retries spent): the evaluation that
+    holds them is named, with how to finish it, as after Ctrl-C."""
+    from service.client import Evaluation
+
+    sent: list[int] = []
+    original = Evaluation._put_new
+
+    def put_then_lose(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(sent) == 2:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+        sent.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluation, "_put_new", put_then_lose)
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"], "--batch-size", "100"]
+    code, out, err = evaluate(capsys, *argv, "--url", url)
+    assert code == 1 and out == ""
+    assert f"cannot reach the service at {url}: [Errno 111] Connection refused" in err
+    (evaluation,) = re.findall(r"evaluation (\w+) holds the 2 batch\(es\) accepted so far", err)
+    assert f"--evaluation {evaluation} sends every batch again" in err
+
+
+def test_credentials_in_the_url_and_an_api_key_are_refused_together(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both go in the Authorization header: the URL's would replace the key's."""
+    argv = ["--y-true", files["y_true"], "--y-pred", files["y_pred"]]
+    url = "http://user:secret@127.0.0.1:9"
+    code, _, err = evaluate(capsys, *argv, "--url", url, "--api-key", "key")
+    assert code == 2 and "both go in the Authorization header" in err
+    assert "secret" not in err
 
 
 def test_a_closed_evaluation_is_said_to_be_closed(

@@ -1460,6 +1460,16 @@ def test_a_rerun_that_lists_heads_or_arrays_in_another_order_counts_nothing_twic
     )
 
 
+def test_an_api_key_and_credentials_in_the_url_are_refused_together() -> None:
+    """httpx would send the URL's user and password as Basic authorization in place of the
+    key: the service would never see the key."""
+    with pytest.raises(ValueError, match="both go in the Authorization header"):
+        LossClient("http://user:pw@127.0.0.1:9", api_key="key")
+    with pytest.raises(ValueError, match="both go in the Authorization header"):
+        AsyncLossClient("http://user@127.0.0.1:9", api_key="key")
+    LossClient("http://user:pw@127.0.0.1:9").close()  # credentials alone: a proxy's
+
+
 def test_a_head_given_as_a_tuple_is_told_the_form_it_takes(stream_url: str) -> None:
     with LossClient(stream_url) as client:
         evaluation = client.evaluation(outputs={"a": {}})
