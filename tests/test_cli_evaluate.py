@@ -409,19 +409,28 @@ def test_a_batch_of_another_label_family_asks_for_a_new_evaluation_stating_it(
     assert "sends every batch again" not in err
 
 
-def test_a_split_batch_refused_in_part_asks_for_a_new_evaluation(
-    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Its stored parts are under the refused batch's id: a rerun of the corrected data
-    into the same evaluation would count their rows again."""
+def _split_and_refused(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], row: int
+) -> tuple[int, str]:
+    """The exit code and standard error of a --url run in batches of 100 rows, each sent in
+    parts under a body limit of 1500 bytes, with a NaN in ``row`` of the predictions."""
     broken = tmp_path / "nan.npy"
     y_pred = Y_PRED.copy()
-    y_pred[450, 1] = np.nan  # the second half of the last batch
+    y_pred[row, 1] = np.nan
     np.save(broken, y_pred)
     app = create_app(Settings(data_dir=tmp_path / "data", max_body_bytes=1500))
     argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
     with serve_in_thread(app) as small:
         code, _, err = evaluate(capsys, *argv, "--url", small)
+    return code, err
+
+
+def test_a_split_batch_refused_in_part_asks_for_a_new_evaluation(
+    files: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its stored parts are under the refused batch's id: a rerun of the corrected data
+    into the same evaluation would count their rows again."""
+    code, err = _split_and_refused(files, tmp_path, capsys, 450)  # the last batch's 2nd half
     assert code == 1 and "(batch 5, rows 400 to 499; sent in parts" in err
     # The service's index counts from the refused part's first row, which is named.
     (start,) = re.findall(r"the refused part starting at row (\d+)", err)
@@ -439,14 +448,7 @@ def test_a_split_batch_refused_in_its_first_part_stored_nothing_of_it(
 ) -> None:
     """No part of the refused batch is stored: the evaluation takes the corrected data
     again (--evaluation), its accepted batches counted once."""
-    broken = tmp_path / "nan.npy"
-    y_pred = Y_PRED.copy()
-    y_pred[405, 1] = np.nan  # the first part of the last batch
-    np.save(broken, y_pred)
-    app = create_app(Settings(data_dir=tmp_path / "data", max_body_bytes=1500))
-    argv = ["--y-true", files["y_true"], "--y-pred", str(broken), "--batch-size", "100"]
-    with serve_in_thread(app) as small:
-        code, _, err = evaluate(capsys, *argv, "--url", small)
+    code, err = _split_and_refused(files, tmp_path, capsys, 405)  # the last batch's 1st part
     assert code == 1 and "the refused part starting at row 400" in err
     assert "index [5, 1]" in err
     assert "part of it is stored" not in err
