@@ -1315,7 +1315,10 @@ def content_digest(body: Mapping[str, Any]) -> str:
     its structure (heads, fields; in no particular order: see :func:`_canonical`), so the
     same batch gives the same digest in any run. The dtypes count: ids made by earlier
     versions stay the ids of the same arrays, so a job rerun after an upgrade is still
-    idempotent (a rerun must send the same dtypes)."""
+    idempotent (a rerun must send the same dtypes), but for a batch of several heads that
+    earlier versions were given out of this order (heads not by name, or arrays not as
+    ``y_true``, ``y_pred``, ``sample_weight``): they hashed it as given, so its id is new,
+    and such a job rerun after the upgrade goes into a new evaluation."""
     digest = hashlib.sha256()
 
     def absorb(a: NDArray[Any]) -> dict[str, Any]:
@@ -1487,10 +1490,8 @@ class _BodyLimit:
         return _split(body, max(2, -(-_binary_size_of(body, call) // limit)) if limit else 2)
 
 
-def _size_loc(loc: Any) -> bool:
+def _size_loc(loc: list[Any]) -> bool:
     """Whether a 413's ``loc`` is the body or one of its arrays (of the body, or a head's)."""
-    if not isinstance(loc, list) or not loc:
-        return False
     if loc == ["body"] or loc[0] in ARRAY_FIELDS:
         return True
     return loc[0] == "outputs" and len(loc) >= 3 and loc[2] in ARRAY_FIELDS
@@ -1500,9 +1501,10 @@ def _fewer_rows_help(error: LossServiceError) -> bool:
     """Whether a 413 is about the batch's size (its body, an array's elements, the working
     memory its rows take), which fewer rows cure; not about the number of heads or
     entries, nor the AUC and confusion counts (thresholds and columns make those, not
-    rows). A 413 that names nothing (a proxy's) is taken as about size."""
+    rows). A 413 that names no place (a proxy's, whatever its body) is taken as about
+    size."""
     locs = [e.get("loc") for e in error.errors if isinstance(e, Mapping)]
-    return all(_size_loc(loc) for loc in locs)
+    return all(_size_loc(loc) for loc in locs if isinstance(loc, list) and loc)
 
 
 def _binary_size_of(body: dict[str, Any], call: _Call[Any]) -> int:

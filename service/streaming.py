@@ -427,8 +427,10 @@ def evaluate_batch(
     for head, (head_document, loc) in sorted(_batch_heads(document, config).items()):
         plan = plans[head]
         stored = None if facts is None else facts["heads"][head]
+        # Its arrays' errors name their place (the head's included), as evaluate's do.
+        arrays_in = inputs_of(head_document, loc, max_elements, plan.common)
         try:
-            inputs, batch = _read(inputs_of(head_document, loc, max_elements, plan.common), stored)
+            inputs, batch = _read(arrays_in, stored)
             found = {
                 "family": FAMILY[batch.encoding],
                 "n_classes": batch.n_classes,

@@ -466,6 +466,24 @@ def test_a_head_name_that_would_share_running_totals_is_refused(api: Any) -> Non
         assert "with no `/` and no control character" in r.json()["detail"]
 
 
+def test_a_heads_array_that_is_refused_is_named_once_under_its_head(api: Any) -> None:
+    """An array of a head refused as read (not an array; over the elements limit) is named
+    ``outputs.<head>.<field>``, as evaluate names it, whatever the encoding."""
+    client = api(max_elements=50)
+    evaluation = _create(client, {"outputs": {"a": {}, "b": {}}})
+    good = {"y_true": [0, 1], "y_pred": [[0.9, 0.1], [0.2, 0.8]]}
+    for batch, status, field in [
+        ({"y_true": [0, 1], "y_pred": "x"}, 422, "y_pred"),
+        ({"y_true": list(range(60)), "y_pred": [[0.5, 0.5]] * 60}, 413, "y_true"),
+    ]:
+        body = {"outputs": {"a": batch, "b": good}}
+        put = client.put(f"/v1/evaluations/{evaluation}/batches/one", json=body)
+        once = client.post("/v1/evaluate", json={"outputs": body["outputs"]})
+        assert (put.status_code, once.status_code) == (status, status), put.text
+        assert [e["loc"] for e in put.json()["errors"]] == [["outputs", "a", field]]
+        assert put.json()["errors"] == once.json()["errors"]
+
+
 def test_evaluations_past_their_time_to_live_are_deleted(api: Any) -> None:
     client = api(evaluation_ttl=1)
     old = _create(client)

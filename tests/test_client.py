@@ -1135,6 +1135,57 @@ def test_a_413_that_fewer_rows_cannot_cure_is_not_split(tmp_path: Path) -> None:
     assert [s for m, s in statuses.seen if m == "PUT"] == [413]
 
 
+@pytest.mark.parametrize("encoding", ["json", "typed"])
+def test_heads_over_the_element_limit_as_json_go_binary_and_split(
+    tmp_path: Path, encoding: str
+) -> None:
+    """A batch of heads whose JSON (or typed) arrays are over the service's elements limit
+    is sent again in the binary encoding, then split: the 413 names each head's array."""
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 4000), rng.random(4000).astype(np.float32)
+    heads = {"a": {"y_true": y, "y_pred": p}, "b": {"y_true": y, "y_pred": p}}
+    app = create_app(Settings(data_dir=tmp_path, max_elements=3000))
+    with serve_in_thread(app) as url, LossClient(url, encoding=encoding) as client:
+        evaluation = client.evaluation(outputs={"a": {}, "b": {}})
+        result = evaluation.add(outputs=heads)
+        assert evaluation.results().n_samples == 4000
+    assert len(result.parts) == 2
+
+
+#: A new evaluation, as the service answers its creation.
+CREATED = {
+    "id": "e1",
+    "status": "open",
+    "created_at": "2026-01-01T00:00:00+00:00",
+    "updated_at": "2026-01-01T00:00:00+00:00",
+    "n_batches": 0,
+    "n_samples": 0,
+    "metadata": {},
+}
+
+
+def test_a_413_naming_no_place_is_split(tmp_path: Path) -> None:
+    """A gateway's 413, whatever its JSON (here ``errors`` without ``loc``), is taken as
+    the body's size: the batch is split."""
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(201, json=CREATED)
+        if len(request.content) > 20_000:
+            too_large = {"code": "REQUEST_TOO_LARGE", "message": "Request entity too large"}
+            return httpx.Response(413, json={"errors": [too_large]})
+        answer = {"batch_id": request.url.path.rsplit("/", 1)[-1], "n_samples": 1}
+        answer |= {"losses": {}, "metrics": {}, "warnings": []}
+        return httpx.Response(201, json={**answer, "evaluation": {"n_batches": 1, "n_samples": 1}})
+
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 10, 1000), rng.random((1000, 10)).astype(np.float32)
+    transport = httpx.MockTransport(gateway)
+    with LossClient("http://gateway.test", transport=transport, retry=None) as client:
+        result = client.evaluation().add(y_true, y_pred)
+    assert len(result.parts) == 2  # halved: the 413 names no byte limit
+
+
 def test_a_refused_part_says_its_rows_and_the_parts_stored(tmp_path: Path) -> None:
     y_true, y_pred, weights = stream_data(3000, seed=5)
     y_pred = y_pred.copy()

@@ -182,9 +182,12 @@ class Store:
     ) -> EvaluationRow:
         """A new, open evaluation with no batches, under a new unguessable id.
 
-        Stamped in its transaction (on SQLite, which takes the write lock up front, once
-        it holds the lock): evaluations created at once are listed newest first by their
-        ``created_at`` too, not only by the order they were stored in."""
+        Stamped in its transaction: on SQLite, which takes the write lock up front, once
+        it holds the lock, so that evaluations created at once are listed (newest first,
+        in the order they were stored) in the order of their ``created_at`` too. On
+        PostgreSQL inserts do not wait for one another, and two created at once may be
+        stored in the other order than they were stamped, by the time between reading
+        the clock and inserting."""
         values = {
             "id": new_id(),
             "owner": owner_key(owner),
