@@ -1,6 +1,7 @@
 """Streaming evaluations, measured against the service's own one-shot evaluate.
 
     python -m bench.streaming [--quick] [--batches 10000]
+    python -m bench.streaming --floor-pairs 3   # the one-row store, then the service, 3 times
 
 Starts ``loss-service serve`` (one worker) on SQLite (a temporary data directory) and,
 when it answers at 127.0.0.1:5432, on PostgreSQL (a schema of its own, dropped after),
@@ -440,12 +441,51 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
     return "\n".join(lines + floors + alone + small)
 
 
+def floor_pairs(pairs: int, quick: bool = False) -> str:
+    """``pairs`` times, on each storage: PUT / evaluate of the large batch on a worker whose
+    store commits one row and keeps nothing else (:mod:`bench.floor`), then on the
+    service, the same rounds each (the first table's)."""
+    rounds, first = (20, 20) if quick else (400, FIRST_ROUNDS)
+    lines = [
+        f"PUT / evaluate, {rounds} rounds after {first}: a store that commits one row and "
+        "keeps nothing else, then the service",
+        "",
+        "| pair | storage | one-row commit only | the service |",
+        "|---|---|---:|---:|",
+    ]
+    with postgres_schema() as pg_url:
+        backends: list[tuple[str, str | None]] = [("SQLite", None)]
+        if pg_url is not None:
+            backends.append(("PostgreSQL", pg_url))
+        for pair in range(1, pairs + 1):
+            for name, url in backends:
+                ratios = []
+                for floor in ("row", None):
+                    with (
+                        tempfile.TemporaryDirectory() as tmp,
+                        service(url, Path(tmp) / "data", floor=floor) as (base, _),
+                    ):
+                        (put, post), _ = put_against_evaluate(base, rounds, first)
+                        ratios.append(put / post)
+                lines.append(f"| {pair} | {name} | {ratios[0]:.2f}× | {ratios[1]:.2f}× |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and batches")
     parser.add_argument("--batches", type=int, default=10_000)
+    parser.add_argument(
+        "--floor-pairs",
+        type=int,
+        metavar="N",
+        help="only N pairs of runs: the one-row store (bench/floor.py), then the service",
+    )
     args = parser.parse_args()
-    print(run(args.quick, args.batches))
+    if args.floor_pairs:
+        print(floor_pairs(args.floor_pairs, args.quick))
+    else:
+        print(run(args.quick, args.batches))
     return 0
 
 
