@@ -318,6 +318,22 @@ def small_throughput(base: str, seconds: float) -> tuple[Load, Load, int]:
     return put, post, counted
 
 
+def storages(pg_url: str | None) -> list[tuple[str, str | None]]:
+    """The storages to measure: SQLite, and PostgreSQL at ``pg_url`` when it answers."""
+    return [("SQLite", None)] + ([] if pg_url is None else [("PostgreSQL", pg_url)])
+
+
+def floor_ratio(url: str | None, floor: str | None, rounds: int, first: int) -> float:
+    """PUT / evaluate of the large batch (see :func:`put_against_evaluate`) on a worker of
+    its own: the service, or with its storing cut down as ``floor`` says (bench.floor)."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        service(url, Path(tmp) / "data", floor=floor) as (base, _),
+    ):
+        (put, post), _ = put_against_evaluate(base, rounds, first)
+    return put / post
+
+
 def many_batches(base: str, pid: int, n: int) -> tuple[float, int, int]:
     """Feed ``n`` small batches; the median GET ms, and RSS after 500 and after all."""
     rng = np.random.default_rng(1)
@@ -392,10 +408,7 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     with postgres_schema() as pg_url:
-        backends: list[tuple[str, str | None]] = [("SQLite", None)]
-        if pg_url is not None:
-            backends.append(("PostgreSQL", pg_url))
-        for name, url in backends:
+        for name, url in storages(pg_url):
             with (
                 tempfile.TemporaryDirectory() as tmp,
                 service(url, Path(tmp) / "data") as (
@@ -406,14 +419,7 @@ def run(quick: bool = False, batches: int = 10_000) -> str:
                 (put, post), started = put_against_evaluate(base, rounds, first)
                 get, early, late = many_batches(base, pid, n)
                 puts, posts, counted = small_throughput(base, seconds)
-            cut: list[float] = []
-            for floor in ("skip", "row"):
-                with (
-                    tempfile.TemporaryDirectory() as tmp,
-                    service(url, Path(tmp) / "data", floor=floor) as (floor_base, _),
-                ):
-                    (floor_put, floor_post), _ = put_against_evaluate(floor_base, rounds, first)
-                    cut.append(floor_put / floor_post)
+            cut = [floor_ratio(url, floor, rounds, first) for floor in ("skip", "row")]
             floors.append(f"| {name} | {cut[0]:.2f}× | {cut[1]:.2f}× | {put / post:.2f}× |")
             with tempfile.TemporaryDirectory() as tmp:
                 store_first, store = store_alone(url, Path(tmp), post / 1000, rounds, first)
@@ -454,20 +460,10 @@ def floor_pairs(pairs: int, quick: bool = False) -> str:
         "|---|---|---:|---:|",
     ]
     with postgres_schema() as pg_url:
-        backends: list[tuple[str, str | None]] = [("SQLite", None)]
-        if pg_url is not None:
-            backends.append(("PostgreSQL", pg_url))
         for pair in range(1, pairs + 1):
-            for name, url in backends:
-                ratios = []
-                for floor in ("row", None):
-                    with (
-                        tempfile.TemporaryDirectory() as tmp,
-                        service(url, Path(tmp) / "data", floor=floor) as (base, _),
-                    ):
-                        (put, post), _ = put_against_evaluate(base, rounds, first)
-                        ratios.append(put / post)
-                lines.append(f"| {pair} | {name} | {ratios[0]:.2f}× | {ratios[1]:.2f}× |")
+            for name, url in storages(pg_url):
+                row, served = (floor_ratio(url, floor, rounds, first) for floor in ("row", None))
+                lines.append(f"| {pair} | {name} | {row:.2f}× | {served:.2f}× |")
     return "\n".join(lines)
 
 
