@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 MULTI_TRUE = [[1, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 1, 0]]
@@ -65,6 +66,20 @@ def test_threshold_metrics_take_from_logits(client: Any) -> None:
     assert client.post("/v1/metrics/binary_accuracy", json=body).json()["value"] == 1.0
     body["from_logits"] = False
     assert client.post("/v1/metrics/binary_accuracy", json=body).json()["value"] == 0.5
+
+
+def test_f_scores_rule_on_a_zero_maximum_reads_the_sigmoid_with_from_logits(client: Any) -> None:
+    """Without a threshold a row whose maximum is 0 predicts nothing; with from_logits that
+    is read of sigmoid(y_pred), never 0: a row of logits whose largest is 0 predicts it, as
+    on the sigmoid's values without from_logits."""
+    logits = [[-1.0, 0.0, -3.0], [2.0, 1.0, 0.0]]
+    sigmoid = (1 / (1 + np.exp(-np.array(logits, np.float32)))).tolist()
+    body = {"y_true": [[0, 1, 0], [1, 0, 0]], "average": "micro"}
+    got = client.post("/v1/metrics/f1_score", json={**body, "y_pred": logits, "from_logits": True})
+    on_sigmoid = client.post("/v1/metrics/f1_score", json={**body, "y_pred": sigmoid})
+    zero = client.post("/v1/metrics/f1_score", json={**body, "y_pred": [[0, 0, 0], [1, 0, 0]]})
+    assert got.json()["value"] == pytest.approx(on_sigmoid.json()["value"]) == pytest.approx(1.0)
+    assert zero.json()["value"] == pytest.approx(2 / 3)  # the row of zeros predicts nothing
 
 
 def test_weighted_mean(client: Any) -> None:
