@@ -1416,24 +1416,16 @@ def _split(body: dict[str, Any], parts: int) -> list[dict[str, Any]] | None:
     parts = min(parts, rows)
     size, extra = divmod(rows, parts)
     bounds = [k * size + min(k, extra) for k in range(parts + 1)]
-    return [_rows_of(normalized, lo, hi) for lo, hi in pairwise(bounds)]
+    return [_replace_arrays(normalized, _rows_of(lo, hi)) for lo, hi in pairwise(bounds)]
 
 
-def _rows_of(body: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
-    """Rows ``lo`` to ``hi`` of a normalized batch body (a weight of one element whole)."""
+def _rows_of(lo: int, hi: int) -> Callable[[NDArray[Any]], NDArray[Any]]:
+    def rows(a: NDArray[Any]) -> NDArray[Any]:
+        # Of a batch of two rows or more, an array of one element is a weight of one
+        # element (see _rows): each part takes it whole.
+        return a if a.size == 1 else a[lo:hi]
 
-    def part(fields: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            key: value[lo:hi]
-            if key in ARRAY_FIELDS and value is not None and not _one_weight(key, value)
-            else value
-            for key, value in fields.items()
-        }
-
-    outputs = body.get("outputs")
-    if isinstance(outputs, Mapping):
-        return {**body, "outputs": {name: part(head) for name, head in outputs.items()}}
-    return part(body)
+    return rows
 
 
 _BODY_LIMIT: Final = re.compile(r"request body is over the limit of (\d+) bytes", re.IGNORECASE)
